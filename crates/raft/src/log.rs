@@ -1,0 +1,241 @@
+//! The replicated log as the core sees it: a snapshot boundary, the entries after it,
+//! and three cursors — what is durable, what is committed, what is applied.
+
+use crate::types::{Entry, Index, SnapshotMeta, Term};
+
+/// The in-memory log. Entries at or below `offset` are compacted into a snapshot.
+#[derive(Debug)]
+pub struct RaftLog {
+    /// Index of the last compacted entry (0 for none).
+    offset: Index,
+    /// Term of the entry at `offset`.
+    offset_term: Term,
+    /// Entries `offset+1 ..= last_index()`.
+    entries: Vec<Entry>,
+    /// Highest index known to be durable and equal to the in-memory log.
+    persisted: Index,
+    /// First index not yet handed to the runtime for persisting.
+    unstable_from: Index,
+    pub committed: Index,
+    pub applied: Index,
+}
+
+impl RaftLog {
+    /// A log recovered from storage: everything given is durable already.
+    pub fn recovered(snapshot: &SnapshotMeta, entries: Vec<Entry>, committed: Index) -> RaftLog {
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.index, snapshot.index + 1 + i as u64, "recovered log has a gap");
+        }
+        let last = snapshot.index + entries.len() as u64;
+        RaftLog {
+            offset: snapshot.index,
+            offset_term: snapshot.term,
+            entries,
+            persisted: last,
+            unstable_from: last + 1,
+            committed: committed.clamp(snapshot.index, last),
+            applied: snapshot.index,
+        }
+    }
+
+    pub fn first_index(&self) -> Index {
+        self.offset + 1
+    }
+
+    pub fn last_index(&self) -> Index {
+        self.offset + self.entries.len() as u64
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.offset_term, |e| e.term)
+    }
+
+    pub fn persisted(&self) -> Index {
+        self.persisted
+    }
+
+    /// The term of the entry at `index`, or `None` if it is compacted or beyond the end.
+    pub fn term(&self, index: Index) -> Option<Term> {
+        if index == self.offset {
+            return Some(self.offset_term);
+        }
+        self.get(index).map(|e| e.term)
+    }
+
+    fn get(&self, index: Index) -> Option<&Entry> {
+        if index <= self.offset {
+            return None;
+        }
+        self.entries.get((index - self.offset - 1) as usize)
+    }
+
+    pub fn match_term(&self, index: Index, term: Term) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Raft §5.4.1: is a candidate's log at least as up to date as ours?
+    pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Entries from `lo` on, at most `max_bytes` (but at least one). `None` if `lo` is
+    /// compacted.
+    pub fn entries_from(&self, lo: Index, max_bytes: usize) -> Option<Vec<Entry>> {
+        if lo <= self.offset {
+            return None;
+        }
+        let start = ((lo - self.offset - 1) as usize).min(self.entries.len());
+        let mut bytes = 0;
+        let taken = self.entries[start..]
+            .iter()
+            .take_while(|e| {
+                bytes += e.size();
+                bytes <= max_bytes || bytes == e.size()
+            })
+            .cloned()
+            .collect();
+        Some(taken)
+    }
+
+    /// Appends entries a leader creates. They must directly follow the last index.
+    pub fn append(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index() + 1, "leader append must be contiguous");
+        assert!(entry.term >= self.last_term(), "terms never decrease along the log");
+        self.entries.push(entry);
+    }
+
+    /// The AppendEntries consistency check and append (§5.3). Returns the index of the
+    /// last new entry on success, `None` if `prev` does not match.
+    pub fn maybe_append(
+        &mut self,
+        prev_index: Index,
+        prev_term: Term,
+        entries: &[Entry],
+    ) -> Result<Option<Index>, LogError> {
+        if !self.match_term(prev_index, prev_term) {
+            return Ok(None);
+        }
+        let last_new = prev_index + entries.len() as u64;
+        if let Some(conflict) = self.find_conflict(entries) {
+            if conflict <= self.committed {
+                return Err(LogError::ConflictWithCommitted { index: conflict, committed: self.committed });
+            }
+            let skip = (conflict - prev_index - 1) as usize;
+            self.truncate_and_append(&entries[skip..]);
+        }
+        Ok(Some(last_new))
+    }
+
+    /// The first index where `entries` disagree with the log, or extend past its end.
+    fn find_conflict(&self, entries: &[Entry]) -> Option<Index> {
+        entries.iter().find(|e| e.index > self.offset && !self.match_term(e.index, e.term)).map(|e| e.index)
+    }
+
+    fn truncate_and_append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        assert!(first.index > self.offset && first.index <= self.last_index() + 1);
+        self.entries.truncate((first.index - self.offset - 1) as usize);
+        self.entries.extend_from_slice(entries);
+        self.persisted = self.persisted.min(first.index - 1);
+        self.unstable_from = self.unstable_from.min(first.index);
+    }
+
+    /// The largest index ≤ `index` whose term is ≤ `term` (fast backtracking: skip a
+    /// whole term of conflicting entries per round trip).
+    pub fn find_conflict_by_term(&self, index: Index, term: Term) -> Index {
+        let mut i = index.min(self.last_index());
+        while i > self.offset {
+            match self.term(i) {
+                Some(t) if t > term => i -= 1,
+                _ => break,
+            }
+        }
+        i
+    }
+
+    pub fn commit_to(&mut self, index: Index) -> bool {
+        if index <= self.committed {
+            return false;
+        }
+        assert!(index <= self.last_index(), "commit {index} beyond last index {}", self.last_index());
+        self.committed = index;
+        true
+    }
+
+    /// Entries to hand to the runtime for persisting.
+    pub fn unstable_entries(&self) -> Vec<Entry> {
+        let from = self.unstable_from.max(self.first_index());
+        self.entries_from(from, usize::MAX).unwrap_or_default()
+    }
+
+    pub fn has_unstable(&self) -> bool {
+        self.unstable_from <= self.last_index()
+    }
+
+    /// Marks entries as handed out for persisting.
+    pub fn mark_handed_out(&mut self) {
+        self.unstable_from = self.last_index() + 1;
+    }
+
+    /// The runtime persisted the entries handed out, the last one at `index`. Entries
+    /// truncated or replaced by a snapshot meanwhile do not count as persisted.
+    pub fn persisted_to(&mut self, index: Index) {
+        let still_valid = index.min(self.unstable_from - 1).min(self.last_index());
+        self.persisted = self.persisted.max(still_valid);
+    }
+
+    /// Committed entries that are durable here and not yet applied, up to `max_bytes`.
+    pub fn next_committed(&self, max_bytes: usize) -> Vec<Entry> {
+        let hi = self.committed.min(self.persisted);
+        if hi <= self.applied {
+            return Vec::new();
+        }
+        let mut out = self.entries_from(self.applied + 1, max_bytes).unwrap_or_default();
+        out.retain(|e| e.index <= hi);
+        out
+    }
+
+    pub fn has_next_committed(&self) -> bool {
+        self.committed.min(self.persisted) > self.applied
+    }
+
+    pub fn applied_to(&mut self, index: Index) {
+        assert!(index <= self.committed, "applied {index} beyond commit {}", self.committed);
+        self.applied = self.applied.max(index);
+    }
+
+    /// Replaces the log with a snapshot's position (a follower installing a snapshot).
+    pub fn restore(&mut self, meta: &SnapshotMeta) {
+        assert!(meta.index > self.committed, "restore must move commit forward");
+        self.offset = meta.index;
+        self.offset_term = meta.term;
+        self.entries.clear();
+        self.committed = meta.index;
+        self.persisted = meta.index;
+        self.unstable_from = meta.index + 1;
+    }
+
+    /// Drops entries up to `index` (already in a snapshot).
+    pub fn compact(&mut self, index: Index) {
+        if index <= self.offset {
+            return;
+        }
+        assert!(index <= self.applied, "compacting {index} beyond applied {}", self.applied);
+        let term = self.term(index).expect("index is in the log");
+        self.entries.drain(..(index - self.offset) as usize);
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    /// The entries currently in memory, for inspection by tests and the simulator.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+/// A message that would break the log's safety; the message is dropped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LogError {
+    #[error("entry {index} conflicts with committed entries up to {committed}")]
+    ConflictWithCommitted { index: Index, committed: Index },
+}

@@ -1,0 +1,242 @@
+//! The runtime's interface to the core: feed it ticks, messages and proposals, then
+//! take a [`Ready`], carry it out, and call [`RawNode::advance`].
+
+use bytes::Bytes;
+
+use crate::config::{Config, ConfigError};
+use crate::event::Event;
+use crate::raft::{ProposeError, Raft, Role, StepError};
+use crate::read_only::ReadState;
+use crate::types::*;
+
+/// What a node recovered from its disk at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// Everything the runtime must do, in this order:
+/// 1. send `messages` (may overlap with step 2);
+/// 2. persist `snapshot`, then `entries`, then `hard_state` — fsynced if [`Ready::must_sync`];
+/// 3. send `persisted_messages`;
+/// 4. install `snapshot` into the state machine, then apply `committed_entries`;
+/// 5. serve `read_states` once the state machine has applied their index;
+/// 6. call [`RawNode::advance`].
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    /// New entries. The first may overwrite the stored log from its index on.
+    pub entries: Vec<Entry>,
+    pub snapshot: Option<Snapshot>,
+    /// A leader's replication traffic: safe to send before persisting.
+    pub messages: Vec<Message>,
+    /// Votes and acknowledgements: send only after persisting.
+    pub persisted_messages: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Reads that can no longer be confirmed (leadership lost); fail them.
+    pub dropped_reads: Vec<u64>,
+    pub events: Vec<Event>,
+    must_sync: bool,
+}
+
+impl Ready {
+    /// Whether this Ready must be fsynced before acknowledging. A change of the commit
+    /// index alone need not be: it can be re-learned from the leader.
+    pub fn must_sync(&self) -> bool {
+        self.must_sync
+    }
+}
+
+/// A summary of the node's state, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub last_index: Index,
+    pub persisted_index: Index,
+    pub first_index: Index,
+    pub conf: ConfState,
+    /// The leader's view of each peer: (id, match index, next index).
+    pub progress: Vec<(NodeId, Index, Index)>,
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    last_entry: Option<Index>,
+    last_committed: Option<Index>,
+    snapshot: Option<Index>,
+}
+
+/// One Raft node, driven by its runtime.
+#[derive(Debug)]
+pub struct RawNode {
+    raft: Raft,
+    last_hard_state: HardState,
+    in_flight: Option<InFlight>,
+}
+
+impl RawNode {
+    /// A node of the cluster `conf`, resuming from what its storage recovered.
+    /// `conf` is only used when there is no snapshot (a brand-new cluster).
+    pub fn new(cfg: Config, conf: ConfState, recovered: Recovered) -> Result<RawNode, ConfigError> {
+        cfg.validate()?;
+        let hard_state = recovered.hard_state;
+        let raft = Raft::new(cfg, conf, hard_state, recovered.snapshot, recovered.entries);
+        let last_hard_state = raft.hard_state();
+        Ok(RawNode { raft, last_hard_state, in_flight: None })
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Delivers a message from a peer. Bad messages are refused without changing state.
+    pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
+        self.raft.step(msg)
+    }
+
+    /// Appends a command to the leader's log. Returns the index and term it will commit
+    /// at if it commits; the runtime learns the outcome when that index is applied.
+    pub fn propose(&mut self, data: Bytes) -> Result<(Index, Term), ProposeError> {
+        self.raft.propose(data)
+    }
+
+    /// Asks for a linearizable read; it appears in [`Ready::read_states`] with `ctx`.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        self.raft.read_index(ctx)
+    }
+
+    /// Hands leadership to `target`; proposals are refused until it finishes or aborts.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        self.raft.transfer_leader(target)
+    }
+
+    /// Starts an election now (tests and operators).
+    pub fn campaign(&mut self) {
+        self.raft.campaign(false);
+    }
+
+    /// The runtime snapshotted the state machine; the log prefix may be dropped.
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        self.raft.compact(snapshot);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        if self.in_flight.is_some() {
+            return false;
+        }
+        let r = &self.raft;
+        r.needs_broadcast
+            || !r.msgs.is_empty()
+            || !r.msgs_after_persist.is_empty()
+            || r.log.has_unstable()
+            || r.pending_snapshot.is_some()
+            || r.log.has_next_committed()
+            || !r.read_states.is_empty()
+            || !r.dropped_reads.is_empty()
+            || !r.events.is_empty()
+            || r.hard_state() != self.last_hard_state
+            || r.has_unconfirmed_reads()
+    }
+
+    /// Takes the work to do. Call [`RawNode::advance`] before the next one.
+    pub fn ready(&mut self) -> Ready {
+        assert!(self.in_flight.is_none(), "ready() called before advance()");
+        let r = &mut self.raft;
+        if r.needs_broadcast {
+            r.needs_broadcast = false;
+            r.broadcast_append();
+        }
+        r.flush_reads();
+        let hard_state = r.hard_state();
+        let hard_state_changed = hard_state != self.last_hard_state;
+        let vote_changed = hard_state.term != self.last_hard_state.term || hard_state.vote != self.last_hard_state.vote;
+        let entries = r.log.unstable_entries();
+        r.log.mark_handed_out();
+        let snapshot = r.pending_snapshot.take();
+        let committed_entries =
+            if snapshot.is_some() { Vec::new() } else { r.log.next_committed(r.cfg.max_apply_bytes) };
+        self.last_hard_state = hard_state;
+        self.in_flight = Some(InFlight {
+            last_entry: entries.last().map(|e| e.index),
+            last_committed: committed_entries.last().map(|e| e.index),
+            snapshot: snapshot.as_ref().map(|s| s.meta.index),
+        });
+        Ready {
+            must_sync: vote_changed || !entries.is_empty() || snapshot.is_some(),
+            hard_state: hard_state_changed.then_some(hard_state),
+            entries,
+            snapshot,
+            messages: std::mem::take(&mut r.msgs),
+            persisted_messages: std::mem::take(&mut r.msgs_after_persist),
+            committed_entries,
+            read_states: std::mem::take(&mut r.read_states),
+            dropped_reads: std::mem::take(&mut r.dropped_reads),
+            events: std::mem::take(&mut r.events),
+        }
+    }
+
+    /// The last Ready was carried out: persisted, sent and applied.
+    pub fn advance(&mut self) {
+        let done = self.in_flight.take().expect("advance() without ready()");
+        let log = &mut self.raft.log;
+        if let Some(index) = done.snapshot {
+            log.applied_to(index.min(log.committed));
+        }
+        if let Some(index) = done.last_entry {
+            log.persisted_to(index);
+        }
+        if let Some(index) = done.last_committed {
+            log.applied_to(index);
+        }
+        self.raft.self_persisted();
+    }
+
+    pub fn status(&self) -> Status {
+        let r = &self.raft;
+        let progress = if r.role == Role::Leader {
+            r.tracker.iter().map(|(id, p)| (*id, p.match_index, p.next_index)).collect()
+        } else {
+            Vec::new()
+        };
+        Status {
+            id: r.id,
+            role: r.role,
+            term: r.term,
+            vote: r.vote,
+            leader: r.leader,
+            commit_index: r.log.committed,
+            applied_index: r.log.applied,
+            last_index: r.log.last_index(),
+            persisted_index: r.log.persisted(),
+            first_index: r.log.first_index(),
+            conf: r.tracker.conf().clone(),
+            progress,
+        }
+    }
+
+    /// The entries held in memory (after the last compaction), for checkers.
+    pub fn log_entries(&self) -> &[Entry] {
+        self.raft.log.entries()
+    }
+
+    /// The term of the entry at `index`, if the log still holds it.
+    pub fn log_term(&self, index: Index) -> Option<Term> {
+        self.raft.log.term(index)
+    }
+
+    /// The newest snapshot this node holds.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.raft.snapshot.as_ref()
+    }
+}

@@ -1,0 +1,174 @@
+//! What a leader knows about one follower's log, and the window of AppendEntries in
+//! flight to it.
+
+use std::collections::VecDeque;
+
+use crate::types::Index;
+
+/// How the leader is currently replicating to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// The follower's log position is unknown: one AppendEntries per heartbeat until
+    /// one succeeds.
+    Probe,
+    /// The follower is in step: AppendEntries are pipelined, up to the window.
+    Replicate,
+    /// The follower needs the snapshot at `index`; chunks are sent one at a time.
+    Snapshot { index: Index },
+}
+
+/// A bounded window of in-flight AppendEntries, each remembered by its last index.
+#[derive(Clone, Debug)]
+pub struct Inflights {
+    last_indexes: VecDeque<Index>,
+    capacity: usize,
+}
+
+impl Inflights {
+    pub fn new(capacity: usize) -> Inflights {
+        assert!(capacity > 0);
+        Inflights { last_indexes: VecDeque::with_capacity(capacity), capacity }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.last_indexes.len() >= self.capacity
+    }
+
+    pub fn add(&mut self, last_index: Index) {
+        assert!(!self.is_full(), "inflight window overflow");
+        debug_assert!(self.last_indexes.back().is_none_or(|&b| b <= last_index));
+        self.last_indexes.push_back(last_index);
+    }
+
+    /// Frees every message acknowledged by a match at `index`.
+    pub fn free_to(&mut self, index: Index) {
+        while self.last_indexes.front().is_some_and(|&i| i <= index) {
+            self.last_indexes.pop_front();
+        }
+    }
+
+    /// Frees the oldest slot: a heartbeat answered means the link works, so a window
+    /// full of lost messages must not stall replication forever.
+    pub fn free_first(&mut self) {
+        self.last_indexes.pop_front();
+    }
+
+    pub fn reset(&mut self) {
+        self.last_indexes.clear();
+    }
+}
+
+/// The leader's view of one peer.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to be durable on the peer.
+    pub match_index: Index,
+    /// Next index to send.
+    pub next_index: Index,
+    pub state: ProgressState,
+    /// In Probe: an AppendEntries was sent since the last heartbeat response.
+    pub probe_sent: bool,
+    pub inflights: Inflights,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// In Snapshot: bytes of the snapshot acknowledged, and ticks since the last chunk.
+    pub snapshot_offset: u64,
+    pub snapshot_idle_ticks: u32,
+    /// The highest ReadIndex confirmation round this peer has answered.
+    pub read_round_acked: u64,
+}
+
+impl Progress {
+    pub fn new(next_index: Index, window: usize) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflights: Inflights::new(window),
+            recent_active: false,
+            snapshot_offset: 0,
+            snapshot_idle_ticks: 0,
+            read_round_acked: 0,
+        }
+    }
+
+    fn reset_state(&mut self, state: ProgressState) {
+        self.state = state;
+        self.probe_sent = false;
+        self.inflights.reset();
+        self.snapshot_offset = 0;
+        self.snapshot_idle_ticks = 0;
+    }
+
+    pub fn become_probe(&mut self) {
+        let next = match self.state {
+            // After a snapshot the follower has at least the snapshot's index.
+            ProgressState::Snapshot { index } => self.match_index.max(index) + 1,
+            _ => self.match_index + 1,
+        };
+        self.reset_state(ProgressState::Probe);
+        self.next_index = next;
+    }
+
+    pub fn become_replicate(&mut self) {
+        self.reset_state(ProgressState::Replicate);
+        self.next_index = self.match_index + 1;
+    }
+
+    pub fn become_snapshot(&mut self, index: Index) {
+        self.reset_state(ProgressState::Snapshot { index });
+    }
+
+    /// A successful AppendEntriesResponse up to `index`. Returns whether it was news.
+    pub fn maybe_update(&mut self, index: Index) -> bool {
+        let updated = index > self.match_index;
+        if updated {
+            self.match_index = index;
+            self.probe_sent = false;
+        }
+        self.next_index = self.next_index.max(index + 1);
+        updated
+    }
+
+    /// A rejection of the AppendEntries whose prev index was `rejected`, with the
+    /// follower's hint. Returns false for a stale rejection.
+    pub fn maybe_decrease_to(&mut self, rejected: Index, match_hint: Index) -> bool {
+        if self.state == ProgressState::Replicate {
+            if rejected <= self.match_index {
+                return false;
+            }
+            self.next_index = self.match_index + 1;
+            return true;
+        }
+        if self.next_index.checked_sub(1) != Some(rejected) {
+            return false;
+        }
+        self.next_index = rejected.min(match_hint + 1).max(self.match_index + 1);
+        self.probe_sent = false;
+        true
+    }
+
+    /// Whether the leader should hold back further AppendEntries to this peer.
+    pub fn is_paused(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflights.is_full(),
+            ProgressState::Snapshot { .. } => true,
+        }
+    }
+
+    /// Records an AppendEntries just sent whose last entry is `last_index`.
+    pub fn sent_append(&mut self, last_index: Option<Index>) {
+        match self.state {
+            ProgressState::Replicate => {
+                if let Some(last) = last_index {
+                    self.next_index = last + 1;
+                    self.inflights.add(last);
+                }
+            }
+            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot { .. } => unreachable!("no appends while sending a snapshot"),
+        }
+    }
+}

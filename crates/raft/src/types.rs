@@ -1,0 +1,196 @@
+//! The values the core exchanges with its runtime: log entries, hard state,
+//! snapshots, cluster configuration and messages between peers.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A node's identity. Ids are chosen by the operator and must be non-zero.
+pub type NodeId = u64;
+/// A Raft term.
+pub type Term = u64;
+/// A log position. Index 0 is the empty log; real entries start at 1.
+pub type Index = u64;
+
+/// What an entry carries. The core interprets only `Noop`; `Command` data is opaque
+/// and goes to the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// Appended by a new leader so it can commit entries of earlier terms (§5.4.2)
+    /// and serve ReadIndex reads.
+    Noop,
+    /// A state machine command.
+    Command,
+}
+
+impl EntryKind {
+    /// The byte that identifies the kind on disk and on the wire.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            EntryKind::Noop => 0,
+            EntryKind::Command => 1,
+        }
+    }
+
+    /// The inverse of [`EntryKind::to_byte`]; `None` for an unknown byte.
+    pub fn from_byte(byte: u8) -> Option<EntryKind> {
+        match byte {
+            0 => Some(EntryKind::Noop),
+            1 => Some(EntryKind::Command),
+            _ => None,
+        }
+    }
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: Index,
+    pub term: Term,
+    pub kind: EntryKind,
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Bytes this entry counts for in size-bounded batches.
+    pub fn size(&self) -> usize {
+        self.data.len() + 24
+    }
+}
+
+/// What must survive a crash besides the log: the current term, the vote cast in it,
+/// and the commit index (stored so a restart can re-apply without waiting for a leader).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: Index,
+}
+
+/// The voting and non-voting members of the cluster.
+///
+/// Learners receive the log but never vote and never count toward a quorum. Membership
+/// changes (a later issue) will move ids between these sets one at a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfState {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl ConfState {
+    /// A configuration whose voters are exactly `ids`.
+    pub fn with_voters(ids: impl IntoIterator<Item = NodeId>) -> ConfState {
+        ConfState { voters: ids.into_iter().collect(), learners: BTreeSet::new() }
+    }
+
+    /// Every member, voters first.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// The position and configuration a snapshot covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last log index the snapshot includes.
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    pub conf: ConfState,
+}
+
+/// A state machine snapshot. `data` is opaque to the core.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}
+
+/// A message between two peers. `term` is the sender's term, except in a pre-vote
+/// request (the term the sender would campaign in) and a granted pre-vote response
+/// (that same term, echoed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// Pre-vote (`pre_vote`) or vote request. `force` is set by leadership transfer and
+    /// tells voters to ignore their leader lease.
+    RequestVote {
+        pre_vote: bool,
+        last_log_index: Index,
+        last_log_term: Term,
+        force: bool,
+    },
+    RequestVoteResponse {
+        pre_vote: bool,
+        granted: bool,
+    },
+    /// Replicates `entries`, which directly follow `prev_log_index`.
+    AppendEntries {
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: Index,
+    },
+    /// On success `index` is the follower's new match index. On rejection `index` is
+    /// the rejected `prev_log_index`, and `reject_hint`/`hint_term` locate where the
+    /// leader should probe next (fast backtracking, as in etcd-raft).
+    AppendEntriesResponse {
+        success: bool,
+        index: Index,
+        reject_hint: Index,
+        hint_term: Term,
+    },
+    /// Leader liveness, commit propagation, and confirmation rounds for ReadIndex.
+    Heartbeat {
+        leader_commit: Index,
+        read_round: u64,
+    },
+    HeartbeatResponse {
+        read_round: u64,
+    },
+    /// One chunk of a snapshot, at byte `offset` of `total_len`. `meta` repeats in each
+    /// chunk so a follower can reject chunks of a snapshot it did not start.
+    InstallSnapshot {
+        meta: SnapshotMeta,
+        offset: u64,
+        total_len: u64,
+        data: Bytes,
+        done: bool,
+    },
+    /// `next_offset` is where the follower wants the next chunk; `done` once installed.
+    InstallSnapshotResponse {
+        meta_index: Index,
+        next_offset: u64,
+        done: bool,
+        rejected: bool,
+    },
+    /// Leadership transfer: the receiver campaigns at once.
+    TimeoutNow,
+}
+
+impl MessageBody {
+    /// A short name for logs and span attributes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageBody::RequestVote { pre_vote: true, .. } => "PreVote",
+            MessageBody::RequestVote { .. } => "RequestVote",
+            MessageBody::RequestVoteResponse { pre_vote: true, .. } => "PreVoteResponse",
+            MessageBody::RequestVoteResponse { .. } => "RequestVoteResponse",
+            MessageBody::AppendEntries { .. } => "AppendEntries",
+            MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            MessageBody::Heartbeat { .. } => "Heartbeat",
+            MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
+        }
+    }
+}
