@@ -1,0 +1,203 @@
+//! Group commit: one writer thread turns many concurrent requests into one write and
+//! one fsync per batch.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use raftkv_raft::{Entry, HardState, Snapshot};
+
+use crate::disk::Counters;
+use crate::error::StorageError;
+use crate::storage::{DiskStorage, StorageStats};
+
+/// Entries and/or a hard state to persist together (see [`DiskStorage::append`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteRequest {
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+}
+
+/// What the batch that carried a request cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub requests_in_batch: usize,
+    /// Entries written by the whole batch.
+    pub entries: usize,
+    /// Bytes written by the whole batch.
+    pub bytes: u64,
+    pub fsync_duration: Duration,
+}
+
+/// Called on the writer thread once the request is durable (or failed). It must not
+/// panic or block on the writer (for instance by submitting to a full queue).
+pub type WriteCallback = Box<dyn FnOnce(Result<BatchReport, StorageError>) + Send>;
+/// Called on the writer thread once a snapshot is saved and the WAL compacted.
+pub type SnapshotCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// Limits of the group-commit writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommitOptions {
+    /// Requests that may wait in the queue; a full queue blocks `submit`.
+    pub queue_capacity: usize,
+    /// At most this many requests per batch.
+    pub max_batch_requests: usize,
+    /// A batch stops taking requests once its entry bytes reach this.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for GroupCommitOptions {
+    fn default() -> Self {
+        GroupCommitOptions { queue_capacity: 1024, max_batch_requests: 1024, max_batch_bytes: 16 << 20 }
+    }
+}
+
+enum Job {
+    Write(WriteRequest, WriteCallback),
+    Snapshot(Snapshot, SnapshotCallback),
+}
+
+/// Owns a [`DiskStorage`] on a dedicated thread and commits requests in batches.
+///
+/// After a failed write or fsync the writer fails that batch and every later request:
+/// the files' state is unknown, so it never reports success again.
+pub struct GroupCommitWriter {
+    tx: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<DiskStorage>>,
+    counters: Arc<Counters>,
+}
+
+impl GroupCommitWriter {
+    /// Starts the writer thread.
+    pub fn spawn(storage: DiskStorage, opts: GroupCommitOptions) -> Result<Self, StorageError> {
+        if opts.max_batch_requests == 0 {
+            return Err(StorageError::invalid("max_batch_requests must be positive"));
+        }
+        let (tx, rx) = sync_channel(opts.queue_capacity);
+        let counters = storage.counters();
+        let wal_dir = storage.wal_dir().to_path_buf();
+        let thread = thread::Builder::new()
+            .name("raftkv-wal".into())
+            .spawn(move || run(storage, &rx, opts))
+            .map_err(|e| StorageError::io("spawn writer thread", wal_dir, e))?;
+        Ok(GroupCommitWriter { tx: Some(tx), thread: Some(thread), counters })
+    }
+
+    /// Queues `request`; `done` runs once it is durable. Blocks while the queue is
+    /// full (backpressure). If the writer is gone, `done` gets [`StorageError::Closed`]
+    /// at once.
+    pub fn submit(&self, request: WriteRequest, done: WriteCallback) {
+        self.send(Job::Write(request, done));
+    }
+
+    /// Queues a snapshot save behind the requests already submitted.
+    pub fn save_snapshot(&self, snapshot: Snapshot, done: SnapshotCallback) {
+        self.send(Job::Snapshot(snapshot, done));
+    }
+
+    fn send(&self, job: Job) {
+        let tx = self.tx.as_ref().expect("the sender lives until shutdown");
+        if let Err(rejected) = tx.send(job) {
+            match rejected.0 {
+                Job::Write(_, done) => done(Err(StorageError::Closed)),
+                Job::Snapshot(_, done) => done(Err(StorageError::Closed)),
+            }
+        }
+    }
+
+    /// Totals of the underlying storage.
+    pub fn stats(&self) -> StorageStats {
+        StorageStats::from_counters(&self.counters)
+    }
+
+    /// Writes everything already queued, stops the thread and returns the storage.
+    pub fn shutdown(mut self) -> Result<DiskStorage, StorageError> {
+        self.stop()
+            .ok_or_else(|| StorageError::Failed { reason: "the writer thread panicked (a callback panicked?)".into() })
+    }
+
+    fn stop(&mut self) -> Option<DiskStorage> {
+        // Why dropping the sender is enough: the thread drains every queued job before
+        // `recv` reports the disconnection.
+        drop(self.tx.take());
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl std::fmt::Debug for GroupCommitWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitWriter").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for GroupCommitWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The writer thread: one batch per iteration until every sender is gone.
+fn run(mut storage: DiskStorage, rx: &Receiver<Job>, opts: GroupCommitOptions) -> DiskStorage {
+    let mut carried = None;
+    loop {
+        let job = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return storage,
+            },
+        };
+        match job {
+            Job::Snapshot(snapshot, done) => done(storage.save_snapshot(&snapshot)),
+            Job::Write(request, done) => {
+                let (batch, next) = collect_batch((request, done), rx, &opts);
+                carried = next;
+                commit_batch(&mut storage, batch);
+            }
+        }
+    }
+}
+
+/// Takes `first` plus every write already queued, within the limits. A snapshot job
+/// ends the batch and is returned, to run after it (keeping submission order).
+fn collect_batch(
+    first: (WriteRequest, WriteCallback),
+    rx: &Receiver<Job>,
+    opts: &GroupCommitOptions,
+) -> (Vec<(WriteRequest, WriteCallback)>, Option<Job>) {
+    let mut bytes = request_bytes(&first.0);
+    let mut batch = vec![first];
+    while batch.len() < opts.max_batch_requests && bytes < opts.max_batch_bytes {
+        match rx.try_recv() {
+            Ok(Job::Write(request, done)) => {
+                bytes += request_bytes(&request);
+                batch.push((request, done));
+            }
+            Ok(job @ Job::Snapshot(..)) => return (batch, Some(job)),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    (batch, None)
+}
+
+fn request_bytes(request: &WriteRequest) -> usize {
+    request.entries.iter().map(Entry::size).sum::<usize>() + 24
+}
+
+/// Writes a batch with one fsync, then calls every callback in order.
+fn commit_batch(storage: &mut DiskStorage, batch: Vec<(WriteRequest, WriteCallback)>) {
+    let requests: Vec<_> = batch.iter().map(|(r, _)| (r.entries.as_slice(), r.hard_state)).collect();
+    let (results, write) = storage.append_batch(&requests);
+    drop(requests);
+    debug_assert_eq!(results.len(), batch.len());
+    let report = write.map(|stats| BatchReport {
+        requests_in_batch: batch.len(),
+        entries: batch.iter().map(|(r, _)| r.entries.len()).sum(),
+        bytes: stats.bytes,
+        fsync_duration: stats.fsync_duration,
+    });
+    for ((_, done), result) in batch.into_iter().zip(results) {
+        done(result.and_then(|()| report.clone()));
+    }
+}

@@ -1,0 +1,231 @@
+//! Snapshot files: `<dir>/snap/<index:016x>-<term:016x>.snap`.
+//!
+//! Layout (little-endian): magic `RKVSNAP\0`, version u32, index u64, term u64,
+//! voter count u32 + ids u64, learner count u32 + ids u64, data length u64, data,
+//! then a crc32c u32 over everything before it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raftkv_raft::{ConfState, Snapshot, SnapshotMeta};
+
+use crate::codec::Reader;
+use crate::disk::Disk;
+use crate::error::StorageError;
+
+const MAGIC: &[u8; 8] = b"RKVSNAP\0";
+const VERSION: u32 = 1;
+const TMP_SUFFIX: &str = ".tmp";
+/// How many snapshot files survive pruning.
+const KEEP: usize = 2;
+
+fn file_name(index: u64, term: u64) -> String {
+    format!("{index:016x}-{term:016x}.snap")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let (index, term) = name.strip_suffix(".snap")?.split_once('-')?;
+    let hex = |s: &str| {
+        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u64::from_str_radix(s, 16).ok()).flatten()
+    };
+    Some((hex(index)?, hex(term)?))
+}
+
+/// The snapshot directory.
+pub(crate) struct SnapDir {
+    disk: Disk,
+    dir: PathBuf,
+}
+
+impl SnapDir {
+    pub fn new(disk: Disk, dir: PathBuf) -> Self {
+        SnapDir { disk, dir }
+    }
+
+    /// Deletes leftover `*.tmp` files of interrupted saves (the previous snapshot
+    /// stays the newest complete one).
+    pub fn remove_tmp(&self) -> Result<(), StorageError> {
+        let mut removed = false;
+        for name in self.disk.list_dir(&self.dir)? {
+            if name.ends_with(TMP_SUFFIX) {
+                tracing::info!(file = %name, "removing an interrupted snapshot");
+                self.disk.remove_file(&self.dir.join(&name))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.disk.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Complete snapshot files, oldest first.
+    fn list(&self) -> Result<Vec<(u64, u64)>, StorageError> {
+        let mut found = Vec::new();
+        for name in self.disk.list_dir(&self.dir)? {
+            match parse_name(&name) {
+                Some(pos) => found.push(pos),
+                None => {
+                    tracing::warn!(dir = %self.dir.display(), file = %name, "ignoring a file that is not a snapshot")
+                }
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// Loads the newest snapshot. A damaged newest snapshot is an error: falling back
+    /// to an older one would silently lose the entries it compacted away.
+    pub fn load_newest(&self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(&(index, term)) = self.list()?.last() else {
+            return Ok(None);
+        };
+        let path = self.dir.join(file_name(index, term));
+        let bytes = self.disk.read(&path)?;
+        let snapshot = decode(&bytes).map_err(|(offset, reason)| StorageError::corrupt(&path, offset, reason))?;
+        if (snapshot.meta.index, snapshot.meta.term) != (index, term) {
+            let reason = format!(
+                "snapshot file content is at index {} term {}, its name says index {index} term {term}",
+                snapshot.meta.index, snapshot.meta.term
+            );
+            return Err(StorageError::corrupt(&path, 0, reason));
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// Writes `snapshot` durably: temporary file, fsync, rename, fsync directory.
+    pub fn save(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let name = file_name(snapshot.meta.index, snapshot.meta.term);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        let mut file = self.disk.create(&tmp)?;
+        self.disk.write(file.as_mut(), &tmp, &encode(snapshot))?;
+        self.disk.sync_file(file.as_mut(), &tmp)?;
+        drop(file);
+        self.disk.rename(&tmp, &path)?;
+        self.disk.sync_dir(&self.dir)
+    }
+
+    /// Deletes all but the newest [`KEEP`] snapshots.
+    pub fn prune(&self) -> Result<(), StorageError> {
+        let all = self.list()?;
+        let old = &all[..all.len().saturating_sub(KEEP)];
+        for &(index, term) in old {
+            self.disk.remove_file(&self.dir.join(file_name(index, term)))?;
+        }
+        if !old.is_empty() {
+            self.disk.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn put_set(out: &mut Vec<u8>, set: &BTreeSet<u64>) {
+    out.extend_from_slice(&(set.len() as u32).to_le_bytes());
+    for id in set {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+}
+
+fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let meta = &snapshot.meta;
+    let ids = meta.conf.voters.len() + meta.conf.learners.len();
+    let mut out = Vec::with_capacity(48 + 8 * ids + snapshot.data.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&meta.index.to_le_bytes());
+    out.extend_from_slice(&meta.term.to_le_bytes());
+    put_set(&mut out, &meta.conf.voters);
+    put_set(&mut out, &meta.conf.learners);
+    out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&snapshot.data);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a snapshot file; errors carry the byte offset of the problem.
+fn decode(bytes: &[u8]) -> Result<Snapshot, (u64, String)> {
+    let Some(body_len) = bytes.len().checked_sub(4) else {
+        return Err((0, format!("snapshot file of {} bytes is too short", bytes.len())));
+    };
+    let (body, trailer) = bytes.split_at(body_len);
+    let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+    let actual = crc32c::crc32c(body);
+    if stored != actual {
+        let reason = format!("snapshot checksum mismatch (stored {stored:#010x}, computed {actual:#010x})");
+        return Err((body_len as u64, reason));
+    }
+    // The checksum held, so a decoding error here means a format bug, not bit rot.
+    decode_body(body).map_err(|reason| (0, reason))
+}
+
+fn decode_body(body: &[u8]) -> Result<Snapshot, String> {
+    let mut r = Reader::new(body);
+    if r.take(8)? != MAGIC {
+        return Err("not a raftkv snapshot file (bad magic)".into());
+    }
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(format!("unsupported snapshot version {version} (expected {VERSION})"));
+    }
+    let (index, term) = (r.u64()?, r.u64()?);
+    let voters = read_set(&mut r)?;
+    let learners = read_set(&mut r)?;
+    let len = usize::try_from(r.u64()?).map_err(|_| "snapshot data length overflows".to_string())?;
+    let data = Bytes::copy_from_slice(r.take(len)?);
+    r.finish()?;
+    let conf = ConfState { voters, learners };
+    Ok(Snapshot { meta: SnapshotMeta { index, term, conf }, data })
+}
+
+fn read_set(r: &mut Reader<'_>) -> Result<BTreeSet<u64>, String> {
+    let count = r.u32()?;
+    (0..count).map(|_| r.u64()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            meta: SnapshotMeta {
+                index: 10,
+                term: 3,
+                conf: ConfState { voters: [1, 2, 3].into(), learners: [4].into() },
+            },
+            data: Bytes::from_static(b"state machine"),
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let snapshot = sample();
+        assert_eq!(decode(&encode(&snapshot)).unwrap(), snapshot);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_detected() {
+        let bytes = encode(&sample());
+        for i in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[i / 8] ^= 1 << (i % 8);
+            assert!(decode(&damaged).is_err(), "bit {i} flip went unnoticed");
+        }
+        assert!(decode(&bytes[..3]).is_err());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(file_name(10, 3), "000000000000000a-0000000000000003.snap");
+        assert_eq!(parse_name(&file_name(10, 3)), Some((10, 3)));
+        assert_eq!(parse_name("000000000000000a-0000000000000003.snap.tmp"), None);
+        assert_eq!(parse_name("a-3.snap"), None);
+    }
+}

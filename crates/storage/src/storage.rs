@@ -1,0 +1,484 @@
+//! [`DiskStorage`]: the WAL, hard state and snapshots of one node.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use raftkv_raft::{Entry, HardState, Snapshot};
+
+use crate::codec::{self, DEFAULT_MAX_RECORD_SIZE, Marker};
+use crate::disk::{Counters, Disk};
+use crate::error::StorageError;
+use crate::fs::{FileHandle, FileSystem, RealFs};
+use crate::log::{Log, last_after};
+use crate::snap::SnapDir;
+use crate::wal::{self, Segment};
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// When writes are made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging every write (and the directory on file changes).
+    #[default]
+    Always,
+    /// Never fsync. Acknowledged data may be lost on power failure: benchmarks only.
+    Never,
+}
+
+/// How to open a [`DiskStorage`].
+#[derive(Clone)]
+pub struct StorageOptions {
+    pub fsync: FsyncPolicy,
+    /// A segment is rolled over once it holds at least this many bytes.
+    pub segment_size: u64,
+    /// The largest record (`len` field) written or accepted on read. Never lower it
+    /// below the size of records already on disk: they would read as corrupt.
+    pub max_record_size: u32,
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            fsync: FsyncPolicy::Always,
+            segment_size: 64 << 20,
+            max_record_size: DEFAULT_MAX_RECORD_SIZE,
+            fs: Arc::new(RealFs),
+        }
+    }
+}
+
+impl fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageOptions")
+            .field("fsync", &self.fsync)
+            .field("segment_size", &self.segment_size)
+            .field("max_record_size", &self.max_record_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What survived on disk, as [`DiskStorage::open`] found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// Contiguous; the first is `snapshot index + 1` (or 1 without a snapshot).
+    pub entries: Vec<Entry>,
+}
+
+/// What one durable write cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub bytes: u64,
+    pub fsynced: bool,
+    pub fsync_duration: Duration,
+}
+
+/// Totals since open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// File fsyncs (`fdatasync`) of WAL segments and snapshot files.
+    pub fsyncs: u64,
+    /// Directory fsyncs.
+    pub dir_fsyncs: u64,
+    pub bytes_written: u64,
+    /// WAL records written (a snapshot file is not a record).
+    pub records_written: u64,
+}
+
+impl StorageStats {
+    pub(crate) fn from_counters(c: &Counters) -> Self {
+        StorageStats {
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            dir_fsyncs: c.dir_fsyncs.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            records_written: c.records_written.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One node's durable state: a WAL in `<dir>/wal/` and snapshots in `<dir>/snap/`.
+pub struct DiskStorage {
+    disk: Disk,
+    wal_dir: PathBuf,
+    snaps: SnapDir,
+    segment_size: u64,
+    max_record: u32,
+    /// Oldest first; the last one is the current segment, open in `file`.
+    segments: Vec<Segment>,
+    file: Box<dyn FileHandle>,
+    /// Indices and terms of the entries after the snapshot.
+    log: Log<u64>,
+    hard_state: HardState,
+    /// Set by the first I/O error while writing; every later write fails with it.
+    poisoned: Option<String>,
+}
+
+impl fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("wal_dir", &self.wal_dir)
+            .field("segments", &self.segments.len())
+            .field("snapshot_index", &self.log.base_index())
+            .field("last_index", &self.log.last_index())
+            .field("hard_state", &self.hard_state)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskStorage {
+    /// Opens (creating if absent) the storage in `dir` and recovers its content.
+    pub fn open(dir: &Path, opts: StorageOptions) -> Result<(DiskStorage, Recovered)> {
+        check_options(&opts)?;
+        let disk = Disk { fs: opts.fs.clone(), sync: opts.fsync == FsyncPolicy::Always, counters: Arc::default() };
+        if !disk.sync {
+            tracing::warn!(
+                dir = %dir.display(),
+                "fsync disabled: data acknowledged may be lost on power failure; benchmarks only"
+            );
+        }
+        let (wal_dir, snap_dir) = (dir.join("wal"), dir.join("snap"));
+        for d in [&wal_dir, &snap_dir] {
+            disk.create_dir_all(d)?;
+        }
+        disk.sync_dir(dir)?;
+        // Why the parent too: `dir` itself may have just been created.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            disk.sync_dir(parent)?;
+        }
+        let snaps = SnapDir::new(disk.clone(), snap_dir);
+        snaps.remove_tmp()?;
+        let snapshot = snaps.load_newest()?;
+        let position = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
+        let replayed = wal::replay(&disk, &wal_dir, position, opts.max_record_size)?;
+        let (storage, entries) = Self::resume(disk, wal_dir, snaps, &opts, replayed)?;
+        let recovered = Recovered { hard_state: storage.hard_state, snapshot, entries };
+        Ok((storage, recovered))
+    }
+
+    /// Builds the storage from a replay: reopens (or creates) the current segment,
+    /// cuts a torn tail, and writes what recovery owes the WAL.
+    fn resume(
+        disk: Disk,
+        wal_dir: PathBuf,
+        snaps: SnapDir,
+        opts: &StorageOptions,
+        replayed: wal::Replayed,
+    ) -> Result<(DiskStorage, Vec<Entry>)> {
+        let wal::Replayed { mut segments, torn, hard_state, log, pending_marker } = replayed;
+        let file = match segments.last() {
+            Some(last) => reopen_segment(&disk, last, torn)?,
+            None => {
+                let path = wal::segment_path(&wal_dir, 1);
+                let file = disk.create(&path)?;
+                disk.sync_dir(&wal_dir)?;
+                segments.push(Segment { seq: 1, path, len: 0, max_index: None });
+                file
+            }
+        };
+        let mut terms = Log::new(log.base_index(), log.base_term());
+        let entries = log.into_items();
+        for e in &entries {
+            terms.apply(e.index, e.term);
+        }
+        let mut storage = DiskStorage {
+            disk,
+            wal_dir,
+            snaps,
+            segment_size: opts.segment_size,
+            max_record: opts.max_record_size,
+            segments,
+            file,
+            log: terms,
+            hard_state,
+            poisoned: None,
+        };
+        storage.write_owed(pending_marker)?;
+        Ok((storage, entries))
+    }
+
+    /// Writes the hard-state header of an empty current segment, and the marker of a
+    /// snapshot whose save crashed before its marker.
+    fn write_owed(&mut self, marker: Option<Marker>) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut records = 0;
+        if self.current().len == 0 {
+            codec::encode_hard_state(&mut buf, &self.hard_state, self.max_record)?;
+            records += 1;
+        }
+        if let Some(m) = &marker {
+            codec::encode_marker(&mut buf, m, self.max_record)?;
+            records += 1;
+        }
+        if records > 0 {
+            self.write_wal(&buf, records)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `entries` (which may overwrite a suffix: an entry at or below the last
+    /// index truncates the log there) and/or `hard_state` as one write, then fsyncs per
+    /// policy. On `Ok` the write is durable.
+    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<WriteStats> {
+        let (mut results, write) = self.append_batch(&[(entries, hard_state.copied())]);
+        results.pop().expect("one result per request")?;
+        write
+    }
+
+    /// Validates and encodes each request in order (a failing request is skipped and
+    /// its error returned in its slot), writes the rest as one write with one fsync,
+    /// and applies them. The second result is that of the write.
+    pub(crate) fn append_batch(
+        &mut self,
+        requests: &[(&[Entry], Option<HardState>)],
+    ) -> (Vec<Result<()>>, Result<WriteStats>) {
+        if let Err(e) = self.check_healthy() {
+            return (requests.iter().map(|_| Err(e.clone())).collect(), Err(e));
+        }
+        let mut last = self.log.last_index();
+        let mut buf = Vec::new();
+        let mut records = 0;
+        let results: Vec<Result<()>> = requests
+            .iter()
+            .map(|&(entries, hs)| {
+                records += self.encode(entries, hs, &mut last, &mut buf)?;
+                Ok(())
+            })
+            .collect();
+        if buf.is_empty() {
+            return (results, Ok(WriteStats::default()));
+        }
+        let write = self.write_wal(&buf, records);
+        if write.is_ok() {
+            let written = requests.iter().zip(&results).filter(|(_, r)| r.is_ok());
+            for (&(entries, hs), _) in written {
+                self.apply(entries, hs);
+            }
+            debug_assert_eq!(self.log.last_index(), last, "validation and apply agree");
+        }
+        (results, write)
+    }
+
+    /// Validates one request against a log ending at `last`, appends its records to
+    /// `out` and returns their count. On error neither `out` nor `last` changes.
+    fn encode(&self, entries: &[Entry], hs: Option<HardState>, last: &mut u64, out: &mut Vec<u8>) -> Result<u64> {
+        let base = self.log.base_index();
+        let mut new_last = *last;
+        for e in entries {
+            new_last = last_after(base, new_last, e.index).map_err(StorageError::invalid)?;
+        }
+        if hs.is_some_and(|hs| hs.vote == Some(0)) {
+            return Err(StorageError::invalid("a vote for node 0 (0 means no vote on disk)"));
+        }
+        let start = out.len();
+        let encoded = self.encode_records(entries, hs.as_ref(), out);
+        if encoded.is_err() {
+            out.truncate(start);
+        }
+        encoded?;
+        *last = new_last;
+        Ok(u64::from(!entries.is_empty()) + u64::from(hs.is_some()))
+    }
+
+    fn encode_records(&self, entries: &[Entry], hs: Option<&HardState>, out: &mut Vec<u8>) -> Result<()> {
+        if !entries.is_empty() {
+            codec::encode_entries(out, entries, self.max_record)?;
+        }
+        if let Some(hs) = hs {
+            codec::encode_hard_state(out, hs, self.max_record)?;
+        }
+        Ok(())
+    }
+
+    /// Updates the in-memory view after a durable write.
+    fn apply(&mut self, entries: &[Entry], hard_state: Option<HardState>) {
+        let segment = self.segments.last_mut().expect("a current segment");
+        for e in entries {
+            self.log.apply(e.index, e.term);
+            segment.max_index = segment.max_index.max(Some(e.index));
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs;
+        }
+    }
+
+    /// Saves `snapshot` durably, marks the WAL, and compacts: deletes old segments
+    /// whose entries are all covered, and all but the newest two snapshot files.
+    ///
+    /// Entries above the snapshot survive only if the log holds the snapshot's index
+    /// with its term; otherwise the whole log is discarded (Raft §7).
+    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.check_healthy()?;
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let (base, base_term) = (self.log.base_index(), self.log.base_term());
+        if index < base || (index == base && term != base_term) {
+            return Err(StorageError::invalid(format!(
+                "snapshot at index {index} term {term} is not newer than the current one at index {base} term {base_term}"
+            )));
+        }
+        let result = self.save_and_compact(snapshot);
+        if let Err(e) = &result {
+            self.poison(e);
+        }
+        result
+    }
+
+    fn save_and_compact(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        self.snaps.save(snapshot)?;
+        // Why the marker comes after the file: a marker without its file would be
+        // unrecoverable, while a file without its marker is completed at open.
+        let keep_suffix = self.log.keeps_suffix(index, term);
+        let mut buf = Vec::new();
+        codec::encode_marker(&mut buf, &Marker { index, term, keep_suffix }, self.max_record)?;
+        self.write_wal(&buf, 1)?;
+        self.log.apply_snapshot(index, term, keep_suffix);
+        self.delete_covered_segments(index, keep_suffix)?;
+        self.snaps.prune()
+    }
+
+    /// Deletes the longest prefix of non-current segments whose entries are all
+    /// covered by the snapshot. Why a prefix: a later segment may overwrite entries of
+    /// an earlier one, and deleting it alone would resurrect what it truncated.
+    fn delete_covered_segments(&mut self, index: u64, keep_suffix: bool) -> Result<()> {
+        let covered = |s: &Segment| !keep_suffix || s.max_index.is_none_or(|m| m <= index);
+        let count = self.segments[..self.segments.len() - 1].iter().take_while(|s| covered(s)).count();
+        // Oldest first, each removal made durable before the next: whatever a crash
+        // leaves is still a contiguous run of segments.
+        for segment in &self.segments[..count] {
+            self.disk.remove_file(&segment.path)?;
+            self.disk.sync_dir(&self.wal_dir)?;
+        }
+        if count > 0 {
+            tracing::debug!(deleted = count, snapshot_index = index, "compacted the WAL");
+        }
+        self.segments.drain(..count);
+        debug_assert!(!self.segments.is_empty(), "the current segment is never deleted");
+        Ok(())
+    }
+
+    /// Writes `buf` (whole records) to the current segment, rolling over first if it
+    /// is full, then fsyncs per policy. Any failure poisons the storage.
+    fn write_wal(&mut self, buf: &[u8], records: u64) -> Result<WriteStats> {
+        self.check_healthy()?;
+        let result = self.write_wal_unchecked(buf, records);
+        if let Err(e) = &result {
+            self.poison(e);
+        }
+        result
+    }
+
+    fn write_wal_unchecked(&mut self, buf: &[u8], records: u64) -> Result<WriteStats> {
+        if self.current().len >= self.segment_size {
+            self.roll()?;
+        }
+        let path = self.current().path.clone();
+        self.disk.write(self.file.as_mut(), &path, buf)?;
+        self.segments.last_mut().expect("a current segment").len += buf.len() as u64;
+        Counters::add(&self.disk.counters.records_written, records);
+        let fsync_duration = self.disk.sync_file(self.file.as_mut(), &path)?;
+        Ok(WriteStats { bytes: buf.len() as u64, fsynced: self.disk.sync, fsync_duration })
+    }
+
+    /// Starts a new segment whose first record is the current hard state. Its fsync
+    /// is the caller's, which follows at once.
+    fn roll(&mut self) -> Result<()> {
+        let seq = self.current().seq + 1;
+        let path = wal::segment_path(&self.wal_dir, seq);
+        let file = self.disk.create(&path)?;
+        self.disk.sync_dir(&self.wal_dir)?;
+        self.file = file;
+        self.segments.push(Segment { seq, path: path.clone(), len: 0, max_index: None });
+        let mut buf = Vec::new();
+        codec::encode_hard_state(&mut buf, &self.hard_state, self.max_record)?;
+        self.disk.write(self.file.as_mut(), &path, &buf)?;
+        self.segments.last_mut().expect("just pushed").len = buf.len() as u64;
+        Counters::add(&self.disk.counters.records_written, 1);
+        tracing::debug!(segment = %path.display(), "rolled over to a new WAL segment");
+        Ok(())
+    }
+
+    fn current(&self) -> &Segment {
+        self.segments.last().expect("a current segment")
+    }
+
+    fn check_healthy(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Failed { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, error: &StorageError) {
+        if error.poisons() && self.poisoned.is_none() {
+            tracing::error!(%error, "storage write failed; refusing all further writes");
+            self.poisoned = Some(error.to_string());
+        }
+    }
+
+    /// Totals since open.
+    pub fn stats(&self) -> StorageStats {
+        StorageStats::from_counters(&self.disk.counters)
+    }
+
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.disk.counters.clone()
+    }
+
+    /// The last durable hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The index of the last entry (or of the snapshot if no entry follows it).
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+
+    /// The index of the newest snapshot (0 without one).
+    pub fn snapshot_index(&self) -> u64 {
+        self.log.base_index()
+    }
+
+    /// Where the snapshots live (`<dir>/snap`).
+    pub fn snap_dir(&self) -> &Path {
+        self.snaps.path()
+    }
+
+    /// Where the WAL segments live (`<dir>/wal`).
+    pub fn wal_dir(&self) -> &Path {
+        &self.wal_dir
+    }
+}
+
+fn check_options(opts: &StorageOptions) -> Result<()> {
+    if opts.segment_size == 0 {
+        return Err(StorageError::invalid("segment_size must be positive"));
+    }
+    // Room for the largest fixed-size record (a hard state: 25 bytes).
+    if opts.max_record_size < 64 {
+        return Err(StorageError::invalid("max_record_size must be at least 64 bytes"));
+    }
+    Ok(())
+}
+
+/// Opens the last segment for appending, first cutting a torn tail back to its last
+/// complete record (durably, so the cut cannot reappear).
+fn reopen_segment(disk: &Disk, last: &Segment, torn: Option<u64>) -> Result<Box<dyn FileHandle>> {
+    let mut file = disk.open_append(&last.path)?;
+    if let Some(file_len) = torn {
+        debug_assert!(last.len < file_len);
+        disk.set_len(file.as_mut(), &last.path, last.len)?;
+        disk.sync_file(file.as_mut(), &last.path)?;
+        tracing::info!(
+            file = %last.path.display(), offset = last.len, dropped_bytes = file_len - last.len,
+            "truncated a torn write at the end of the WAL"
+        );
+    }
+    Ok(file)
+}

@@ -1,0 +1,241 @@
+//! WAL segments on disk and their replay.
+//!
+//! Segments are `<dir>/wal/<seq:016x>.wal`, consecutive. Every segment starts with a
+//! `HardState` record (the state when it was created), so deleting a prefix of old
+//! segments never loses the latest hard state.
+
+use std::path::{Path, PathBuf};
+
+use raftkv_raft::{Entry, HardState};
+
+use crate::codec::{self, Frame, Marker, Record};
+use crate::disk::Disk;
+use crate::error::StorageError;
+use crate::log::{Log, last_after};
+
+/// One segment file as known after replay or creation.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub seq: u64,
+    pub path: PathBuf,
+    /// Bytes of complete records in the file.
+    pub len: u64,
+    /// The highest entry index written to this segment, if any entry was.
+    pub max_index: Option<u64>,
+}
+
+pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.wal"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".wal")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The sequence numbers of the segments in `dir`, ascending and checked contiguous.
+fn list_segments(disk: &Disk, dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut seqs = Vec::new();
+    for name in disk.list_dir(dir)? {
+        match parse_segment_name(&name) {
+            Some(seq) => seqs.push(seq),
+            None => tracing::warn!(dir = %dir.display(), file = %name, "ignoring a file that is not a WAL segment"),
+        }
+    }
+    seqs.sort_unstable();
+    for pair in seqs.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            let missing = segment_path(dir, pair[0] + 1);
+            let reason =
+                format!("WAL segment missing: found segments {:016x} and {:016x} with none between", pair[0], pair[1]);
+            return Err(StorageError::corrupt(missing, 0, reason));
+        }
+    }
+    Ok(seqs)
+}
+
+/// Everything replay learned.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    pub segments: Vec<Segment>,
+    /// `Some(file length)` if the last segment ends in a torn write that must be cut
+    /// back to its `len`.
+    pub torn: Option<u64>,
+    pub hard_state: HardState,
+    pub log: Log<Entry>,
+    /// The marker to write for a snapshot file the WAL has no marker for (a crash
+    /// between the snapshot's rename and its marker).
+    pub pending_marker: Option<Marker>,
+}
+
+/// Replays every segment in `dir` on top of the newest snapshot file's position.
+pub(crate) fn replay(
+    disk: &Disk,
+    dir: &Path,
+    snapshot: Option<(u64, u64)>,
+    limit: u32,
+) -> Result<Replayed, StorageError> {
+    let seqs = list_segments(disk, dir)?;
+    let mut state = ReplayState::new(snapshot);
+    let mut segments = Vec::with_capacity(seqs.len());
+    let mut torn = None;
+    for (i, &seq) in seqs.iter().enumerate() {
+        let path = segment_path(dir, seq);
+        let buf = disk.read(&path)?;
+        let is_last = i + 1 == seqs.len();
+        let (len, max_index) = scan(&path, &buf, is_last, limit, &mut state)?;
+        if len < buf.len() as u64 {
+            debug_assert!(is_last, "only the last segment may be torn");
+            torn = Some(buf.len() as u64);
+        }
+        segments.push(Segment { seq, path, len, max_index });
+    }
+    let (hard_state, log, pending_marker) = state.finish();
+    Ok(Replayed { segments, torn, hard_state, log, pending_marker })
+}
+
+/// Applies the records of one segment; returns its valid length and highest entry.
+fn scan(
+    path: &Path,
+    buf: &[u8],
+    is_last: bool,
+    limit: u32,
+    state: &mut ReplayState,
+) -> Result<(u64, Option<u64>), StorageError> {
+    let mut off = 0;
+    let mut max_index = None;
+    while off < buf.len() {
+        let corrupt = |reason: String| StorageError::corrupt(path, off as u64, reason);
+        match codec::read_frame(buf, off, limit) {
+            Frame::Ok { ty, payload, next } => {
+                let record = codec::decode(ty, payload).map_err(corrupt)?;
+                state.apply(record, &mut max_index).map_err(corrupt)?;
+                off = next;
+            }
+            // Why only here: a crash can tear only the last write, which is at the end
+            // of the last segment. Anywhere else the same damage is corruption.
+            Frame::Incomplete(reason) | Frame::BadChecksum { at_end: true, reason } if is_last => {
+                tracing::warn!(
+                    file = %path.display(), offset = off, file_len = buf.len(), %reason,
+                    "torn write at the end of the WAL: truncating to the last complete record"
+                );
+                break;
+            }
+            Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) => {
+                return Err(corrupt(reason));
+            }
+        }
+    }
+    Ok((off as u64, max_index))
+}
+
+/// The log being rebuilt, starting from the newest snapshot file's position.
+struct ReplayState {
+    log: Log<Entry>,
+    hard_state: HardState,
+    snapshot: Option<(u64, u64)>,
+    /// Whether the WAL holds the marker of the snapshot file `snapshot`.
+    snapshot_marker_seen: bool,
+    /// The term the WAL last wrote at the snapshot file's index (entries at or below
+    /// the base are not kept, but the snapshot decision may need it).
+    wal_term_at_base: Option<u64>,
+}
+
+impl ReplayState {
+    fn new(snapshot: Option<(u64, u64)>) -> Self {
+        let (index, term) = snapshot.unwrap_or((0, 0));
+        ReplayState {
+            log: Log::new(index, term),
+            hard_state: HardState::default(),
+            snapshot,
+            snapshot_marker_seen: false,
+            // Index 0 is the empty log, whose "term" is 0, as in `Log::term_at`.
+            wal_term_at_base: (index == 0).then_some(0),
+        }
+    }
+
+    fn apply(&mut self, record: Record, max_index: &mut Option<u64>) -> Result<(), String> {
+        match record {
+            Record::HardState(hs) => self.hard_state = hs,
+            Record::Entries(entries) => self.apply_entries(entries, max_index)?,
+            Record::Snapshot(marker) => self.apply_marker(marker)?,
+        }
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, max_index: &mut Option<u64>) -> Result<(), String> {
+        for entry in entries {
+            let base = self.log.base_index();
+            last_after(base, self.log.last_index(), entry.index)?;
+            *max_index = (*max_index).max(Some(entry.index));
+            if entry.index < base {
+                self.wal_term_at_base = None;
+            } else if entry.index == base {
+                self.wal_term_at_base = Some(entry.term);
+            }
+            self.log.apply(entry.index, entry);
+        }
+        Ok(())
+    }
+
+    fn apply_marker(&mut self, marker: Marker) -> Result<(), String> {
+        let Some((index, term)) = self.snapshot else {
+            return Err(format!("snapshot marker at index {} but no snapshot file exists", marker.index));
+        };
+        match marker.index.cmp(&index) {
+            std::cmp::Ordering::Greater => {
+                return Err(format!(
+                    "snapshot marker at index {} is newer than the newest snapshot file (index {index})",
+                    marker.index
+                ));
+            }
+            std::cmp::Ordering::Equal if marker.term != term => {
+                return Err(format!(
+                    "snapshot marker at index {index} has term {}, the snapshot file term {term}",
+                    marker.term
+                ));
+            }
+            std::cmp::Ordering::Equal => self.snapshot_marker_seen = true,
+            std::cmp::Ordering::Less => {}
+        }
+        if !marker.keep_suffix {
+            self.log.clear();
+            self.wal_term_at_base = None;
+        }
+        Ok(())
+    }
+
+    /// Applies the snapshot decision if the WAL had no marker for the snapshot file.
+    fn finish(mut self) -> (HardState, Log<Entry>, Option<Marker>) {
+        let pending = match self.snapshot {
+            Some((index, term)) if !self.snapshot_marker_seen => {
+                let keep_suffix = self.wal_term_at_base == Some(term);
+                if !keep_suffix {
+                    self.log.clear();
+                }
+                Some(Marker { index, term, keep_suffix })
+            }
+            _ => None,
+        };
+        (self.hard_state, self.log, pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        let path = segment_path(Path::new("/x"), 0x1f);
+        assert_eq!(path, Path::new("/x/000000000000001f.wal"));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_segment_name(name), Some(0x1f));
+        assert_eq!(parse_segment_name("1f.wal"), None);
+        assert_eq!(parse_segment_name("000000000000001g.wal"), None);
+        assert_eq!(parse_segment_name("000000000000001f.tmp"), None);
+    }
+}

@@ -1,0 +1,195 @@
+//! Fsync policy, failing disks, and group commit.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, mpsc};
+use std::thread;
+
+use common::*;
+use raftkv_storage::{
+    BatchReport, DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageError, WriteRequest,
+};
+
+fn request(index: u64) -> WriteRequest {
+    WriteRequest { entries: entries(index..=index, 1), hard_state: Some(hs(1, Some(1), index.saturating_sub(1))) }
+}
+
+/// Submits and waits for the result.
+fn submit_wait(writer: &GroupCommitWriter, req: WriteRequest) -> Result<BatchReport, StorageError> {
+    let (tx, rx) = mpsc::channel();
+    writer.submit(req, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+#[test]
+fn always_fsyncs_before_returning() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (mut s, _) = DiskStorage::open(dir.path(), options(&fs, FsyncPolicy::Always, 1 << 20)).unwrap();
+    let before = fs.syncs().0;
+    let stats = s.append(&entries(1..=3, 1), Some(&hs(1, None, 0))).unwrap();
+    assert!(stats.fsynced);
+    assert!(stats.bytes > 0);
+    assert_eq!(fs.syncs().0, before + 1, "exactly one fsync for one append");
+    assert_eq!(s.stats().fsyncs, fs.syncs().0);
+    assert_eq!(s.stats().dir_fsyncs, fs.syncs().1);
+}
+
+#[test]
+fn never_policy_performs_no_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (mut s, _) = DiskStorage::open(dir.path(), options(&fs, FsyncPolicy::Never, 100)).unwrap();
+    for i in 1..=10 {
+        let stats = s.append(&entries(i..=i, 1), Some(&hs(1, None, i))).unwrap();
+        assert!(!stats.fsynced);
+    }
+    s.save_snapshot(&snapshot(5, 1)).unwrap();
+    assert!(segments(dir.path()).len() > 1, "rolled over at least once");
+    assert_eq!(fs.syncs(), (0, 0), "no file or directory fsync reached the file system");
+    assert_eq!((s.stats().fsyncs, s.stats().dir_fsyncs), (0, 0));
+    assert!(s.stats().records_written >= 21);
+    drop(s);
+    let (_, rec) = DiskStorage::open(dir.path(), options(&fs, FsyncPolicy::Never, 100)).unwrap();
+    assert_eq!(rec.entries, entries(6..=10, 1));
+}
+
+#[test]
+fn failed_fsync_fails_the_append_and_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
+    s.append(&entries(1..=1, 1), None).unwrap();
+    TestFs::set(&fs.state().fail_sync, true);
+    let err = s.append(&entries(2..=2, 1), None).unwrap_err();
+    assert!(matches!(&err, StorageError::Io { op: "fsync", .. }), "{err}");
+    // The disk "recovers", but the file state is unknown: nothing may succeed.
+    TestFs::set(&fs.state().fail_sync, false);
+    let err = s.append(&entries(2..=2, 1), None).unwrap_err();
+    assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+    assert!(err.to_string().contains("fsync"), "names the first failure: {err}");
+    assert!(matches!(s.save_snapshot(&snapshot(1, 1)), Err(StorageError::Failed { .. })));
+}
+
+#[test]
+fn failed_write_poisons_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
+    s.append(&entries(1..=1, 1), None).unwrap();
+    TestFs::set(&fs.state().fail_write, true);
+    let err = s.append(&entries(2..=3, 1), None).unwrap_err();
+    assert!(matches!(&err, StorageError::Io { op: "write", .. }), "{err}");
+    TestFs::set(&fs.state().fail_write, false);
+    assert!(matches!(s.append(&entries(2..=2, 1), None), Err(StorageError::Failed { .. })));
+    drop(s);
+    // The half-written record is a torn tail: recovery keeps what was acknowledged.
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.entries, entries(1..=1, 1));
+}
+
+#[test]
+fn group_commit_batches_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    fs.state().sync_delay_ms.store(5, Ordering::SeqCst);
+    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let fsyncs_before = writer.stats().fsyncs;
+    let (threads, per_thread) = (4, 25);
+    // Indices must reach the queue in order, so each is allocated and submitted under
+    // one lock; the fsync delay lets requests pile up behind a batch meanwhile.
+    let next_index = Mutex::new(1u64);
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|scope| {
+        for _ in 0..threads {
+            let (writer, next_index, tx) = (&writer, &next_index, tx.clone());
+            scope.spawn(move || {
+                for _ in 0..per_thread {
+                    let mut next = next_index.lock().unwrap();
+                    let tx = tx.clone();
+                    writer.submit(request(*next), Box::new(move |r| tx.send(r).unwrap()));
+                    *next += 1;
+                }
+            });
+        }
+    });
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    let requests = threads * per_thread;
+    assert_eq!(results.len(), requests as usize);
+    for r in &results {
+        let report = r.as_ref().expect("every request succeeds");
+        assert!(report.requests_in_batch >= 1 && report.bytes > 0);
+    }
+    let fsyncs = writer.stats().fsyncs - fsyncs_before;
+    assert!(fsyncs < requests, "{fsyncs} fsyncs for {requests} requests");
+    assert!(results.iter().any(|r| r.as_ref().unwrap().requests_in_batch > 1));
+    drop(writer.shutdown().unwrap());
+
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.entries, entries(1..=requests, 1));
+    assert_eq!(rec.hard_state, hs(1, Some(1), requests - 1));
+}
+
+#[test]
+fn group_commit_fails_the_batch_and_every_later_request_after_a_failed_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    submit_wait(&writer, request(1)).unwrap();
+
+    TestFs::set(&fs.state().fail_sync, true);
+    let err = submit_wait(&writer, request(2)).unwrap_err();
+    assert!(matches!(&err, StorageError::Io { op: "fsync", .. }), "{err}");
+    TestFs::set(&fs.state().fail_sync, false);
+    for i in 2..5 {
+        let err = submit_wait(&writer, request(i)).unwrap_err();
+        assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+    }
+    let (tx, rx) = mpsc::channel();
+    writer.save_snapshot(snapshot(1, 1), Box::new(move |r| tx.send(r).unwrap()));
+    assert!(matches!(rx.recv().unwrap(), Err(StorageError::Failed { .. })));
+}
+
+#[test]
+fn group_commit_invalid_request_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path());
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    submit_wait(&writer, request(1)).unwrap();
+    let err = submit_wait(&writer, request(5)).unwrap_err();
+    assert!(matches!(err, StorageError::Invalid { .. }), "{err}");
+    submit_wait(&writer, request(2)).unwrap();
+    drop(writer);
+    assert_eq!(open(dir.path()).1.entries, entries(1..=2, 1));
+}
+
+#[test]
+fn group_commit_saves_snapshots_in_order_and_flushes_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path());
+    let opts = GroupCommitOptions { queue_capacity: 2, ..GroupCommitOptions::default() };
+    let writer = GroupCommitWriter::spawn(s, opts).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=6 {
+        let tx = tx.clone();
+        writer.submit(request(i), Box::new(move |r| tx.send(r.map(|_| ())).unwrap()));
+    }
+    let snap_tx = tx.clone();
+    writer.save_snapshot(snapshot(4, 1), Box::new(move |r| snap_tx.send(r).unwrap()));
+    for i in 7..=8 {
+        let tx = tx.clone();
+        writer.submit(request(i), Box::new(move |r| tx.send(r.map(|_| ())).unwrap()));
+    }
+    drop(writer); // flushes and joins
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), 9);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
+    assert_eq!(rec.entries, entries(5..=8, 1));
+}

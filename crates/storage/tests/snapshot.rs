@@ -1,0 +1,181 @@
+//! Snapshots: atomic saves, corruption, compaction of the WAL behind them.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use raftkv_storage::{DiskStorage, StorageError, StorageOptions};
+
+#[test]
+fn snapshot_round_trip_drops_covered_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 2), Some(&hs(2, Some(1), 8))).unwrap();
+    s.save_snapshot(&snapshot(6, 2)).unwrap();
+    assert_eq!((s.snapshot_index(), s.last_index()), (6, 10));
+    s.append(&entries(11..=12, 2), None).unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(6, 2)));
+    assert_eq!(rec.entries, entries(7..=12, 2));
+    assert_eq!(rec.hard_state, hs(2, Some(1), 8));
+}
+
+#[test]
+fn snapshot_that_does_not_match_the_log_discards_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
+    // From a leader: index 8 has term 3 there, so our whole log is stale (Raft §7).
+    s.save_snapshot(&snapshot(8, 3)).unwrap();
+    assert_eq!(s.last_index(), 8);
+    s.append(&entries(9..=9, 3), None).unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(8, 3)));
+    assert_eq!(rec.entries, entries(9..=9, 3));
+}
+
+#[test]
+fn older_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=5, 1), None).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    let err = s.save_snapshot(&snapshot(3, 1)).unwrap_err();
+    assert!(matches!(err, StorageError::Invalid { .. }), "{err}");
+    s.append(&entries(6..=6, 1), None).unwrap();
+}
+
+#[test]
+fn interrupted_snapshot_leaves_the_old_one_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
+    s.save_snapshot(&snapshot(5, 1)).unwrap();
+    drop(s);
+    // Snapshot B crashed before its rename: a partial temporary file remains.
+    let snap_dir = dir.path().join("snap");
+    let tmp = snap_dir.join(format!("{:016x}-{:016x}.snap.tmp", 9, 1));
+    fs::write(&tmp, b"RKVSNAP\0partial").unwrap();
+
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(5, 1)));
+    assert_eq!(rec.entries, entries(6..=10, 1));
+    assert!(!tmp.exists(), "the temporary file was removed");
+    assert_eq!(sorted_names(&snap_dir), [format!("{:016x}-{:016x}.snap", 5, 1)]);
+}
+
+#[test]
+fn crash_between_snapshot_rename_and_marker_is_completed_at_open() {
+    for (term, expected_entries) in [(1, entries(9..=10, 1)), (3, vec![])] {
+        let src = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(src.path());
+        s.append(&entries(1..=10, 1), None).unwrap();
+        drop(s);
+        // The snapshot file is in place, but the WAL has no marker for it.
+        let crashed = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), crashed.path());
+        let (mut s, _) = open(src.path());
+        s.save_snapshot(&snapshot(8, term)).unwrap();
+        let name = format!("{:016x}-{:016x}.snap", 8, term);
+        fs::copy(src.path().join("snap").join(&name), crashed.path().join("snap").join(&name)).unwrap();
+
+        let (mut s, rec) = open(crashed.path());
+        assert_eq!(rec.snapshot, Some(snapshot(8, term)), "term {term}");
+        assert_eq!(rec.entries, expected_entries, "term {term}");
+        // Appends after recovery survive the next open (the decision was recorded in
+        // the WAL, so it is not re-taken against the new entries).
+        let next = s.last_index() + 1;
+        s.append(&entries(next..=next, 4), None).unwrap();
+        drop(s);
+        let (_, rec) = open(crashed.path());
+        let mut expected = expected_entries;
+        expected.push(entry(next, 4));
+        assert_eq!(rec.entries, expected, "term {term}");
+    }
+}
+
+#[test]
+fn corrupted_snapshot_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    s.save_snapshot(&snapshot(8, 1)).unwrap();
+    drop(s);
+    let name = format!("{:016x}-{:016x}.snap", 8, 1);
+    let path = dir.path().join("snap").join(&name);
+    flip_bit(&path, 30, 2);
+    let err = DiskStorage::open(dir.path(), StorageOptions::default()).unwrap_err();
+    assert!(matches!(&err, StorageError::Corrupt { file, .. } if *file == path), "{err}");
+    assert!(err.to_string().contains(&name), "{err}");
+}
+
+#[test]
+fn keeps_the_newest_two_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
+    for i in [2, 4, 6, 8] {
+        s.save_snapshot(&snapshot(i, 1)).unwrap();
+    }
+    let names = sorted_names(&dir.path().join("snap"));
+    assert_eq!(names, [6, 8].map(|i| format!("{i:016x}-{:016x}.snap", 1)));
+}
+
+#[test]
+fn compaction_deletes_covered_segments_and_keeps_the_hard_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (mut s, _) = open_with(dir.path(), &fs, 200);
+    // The only hard-state write happens in the first segment.
+    s.append(&entries(1..=1, 5), Some(&hs(5, Some(3), 1))).unwrap();
+    for i in 2..=30 {
+        s.append(&entries(i..=i, 5), None).unwrap();
+    }
+    let before = segments(dir.path());
+    assert!(before.len() >= 5, "{before:?}");
+
+    s.save_snapshot(&snapshot(20, 5)).unwrap();
+    let after = segments(dir.path());
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    assert!(!after.contains(&before[0]), "the first segment is gone: {after:?}");
+    assert_eq!(after.last(), before.last(), "the current segment stays");
+    drop(s);
+
+    let (mut s, rec) = open_with(dir.path(), &fs, 200);
+    assert_eq!(rec.snapshot, Some(snapshot(20, 5)));
+    assert_eq!(rec.entries, entries(21..=30, 5));
+    assert_eq!(rec.hard_state, hs(5, Some(3), 1));
+
+    // Compacting everything leaves only the current segment, hard state intact.
+    s.save_snapshot(&snapshot(30, 5)).unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    drop(s);
+    let (_, rec) = open_with(dir.path(), &fs, 200);
+    assert_eq!(rec.entries, vec![]);
+    assert_eq!(rec.hard_state, hs(5, Some(3), 1));
+}
+
+#[test]
+fn compaction_never_deletes_an_overwrite_whose_target_survives() {
+    // Segment size 1: every write goes to a new segment. Segment 2 holds 1..=12 of
+    // term 1, segment 3 overwrites 5..=6 with term 2, truncating 7..=12.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TestFs::default();
+    let (mut s, _) = open_with(dir.path(), &fs, 1);
+    s.append(&entries(1..=12, 1), None).unwrap();
+    s.append(&entries(5..=6, 2), None).unwrap();
+    s.save_snapshot(&snapshot(6, 2)).unwrap();
+    // Segment 3 is covered by the snapshot but segment 2 is not: deleting 3 alone
+    // would resurrect 7..=12 of term 1.
+    let names = segments(dir.path());
+    assert!(names.contains(&format!("{:016x}.wal", 3)), "{names:?}");
+    assert!(!names.contains(&format!("{:016x}.wal", 1)), "{names:?}");
+    drop(s);
+    let (_, rec) = open_with(dir.path(), &fs, 1);
+    assert_eq!(rec.snapshot, Some(snapshot(6, 2)));
+    assert_eq!(rec.entries, vec![]);
+}
