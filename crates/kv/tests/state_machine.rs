@@ -1,0 +1,408 @@
+//! Behaviour of the key/value state machine through its public API.
+
+use bytes::Bytes;
+use raftkv_kv::{
+    Applied, Command, CommandError, KvError, KvStateMachine, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN, WriteOp,
+    WriteResult,
+};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(key: &str, value: &str) -> WriteOp {
+    WriteOp::Put { key: b(key), value: b(value) }
+}
+
+fn delete(key: &str) -> WriteOp {
+    WriteOp::Delete { key: b(key) }
+}
+
+fn cas(key: &str, expected: Option<&str>, new: &str) -> WriteOp {
+    WriteOp::Cas { key: b(key), expected: expected.map(b), new: b(new) }
+}
+
+fn entry(client_id: u64, seq: u64, op: WriteOp) -> Bytes {
+    Command { client_id, seq, op }.encode()
+}
+
+/// Applies at the next index in term 1.
+fn run(sm: &mut KvStateMachine, client_id: u64, seq: u64, op: WriteOp) -> Applied {
+    let index = sm.applied_index() + 1;
+    sm.apply(index, 1, &entry(client_id, seq, op))
+}
+
+fn ok(applied: Applied) -> WriteResult {
+    assert!(!applied.duplicate);
+    applied.result.expect("command should apply")
+}
+
+#[test]
+fn put_get_delete() {
+    let mut sm = KvStateMachine::new();
+    assert!(sm.is_empty());
+    assert_eq!(ok(run(&mut sm, 1, 1, put("k", "v1"))), WriteResult::Put { existed: false });
+    assert_eq!(ok(run(&mut sm, 1, 2, put("k", "v2"))), WriteResult::Put { existed: true });
+    assert_eq!(sm.get(b"k"), Some(b("v2")));
+    assert_eq!(sm.len(), 1);
+    assert_eq!(ok(run(&mut sm, 1, 3, delete("k"))), WriteResult::Delete { existed: true });
+    assert_eq!(ok(run(&mut sm, 1, 4, delete("k"))), WriteResult::Delete { existed: false });
+    assert_eq!(sm.get(b"k"), None);
+    assert!(sm.is_empty());
+    assert_eq!((sm.applied_index(), sm.applied_term()), (4, 1));
+}
+
+#[test]
+fn applied_reports_index_term_and_client() {
+    let mut sm = KvStateMachine::new();
+    let a = sm.apply(3, 2, &entry(9, 4, put("k", "v")));
+    assert_eq!((a.index, a.term, a.client_id, a.seq), (3, 2, 9, 4));
+    assert_eq!((sm.applied_index(), sm.applied_term()), (3, 2));
+}
+
+#[test]
+fn cas_matching_value_swaps() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "old"));
+    let r = ok(run(&mut sm, 1, 2, cas("k", Some("old"), "new")));
+    assert_eq!(r, WriteResult::Cas { swapped: true, current: None });
+    assert_eq!(sm.get(b"k"), Some(b("new")));
+}
+
+#[test]
+fn cas_mismatch_returns_current_value() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "actual"));
+    let r = ok(run(&mut sm, 1, 2, cas("k", Some("other"), "new")));
+    let current = Some(b("actual"));
+    assert_eq!(r, WriteResult::Cas { swapped: false, current });
+    assert_eq!(sm.get(b"k"), Some(b("actual")));
+    // Expecting a value on an absent key fails and reports absence.
+    let r = ok(run(&mut sm, 1, 3, cas("missing", Some("x"), "new")));
+    assert_eq!(r, WriteResult::Cas { swapped: false, current: None });
+    assert_eq!(sm.get(b"missing"), None);
+}
+
+#[test]
+fn cas_expect_absent() {
+    let mut sm = KvStateMachine::new();
+    let r = ok(run(&mut sm, 1, 1, cas("k", None, "first")));
+    assert_eq!(r, WriteResult::Cas { swapped: true, current: None });
+    assert_eq!(sm.get(b"k"), Some(b("first")));
+    let r = ok(run(&mut sm, 1, 2, cas("k", None, "second")));
+    let current = Some(b("first"));
+    assert_eq!(r, WriteResult::Cas { swapped: false, current });
+    assert_eq!(sm.get(b"k"), Some(b("first")));
+}
+
+fn keys(page: &raftkv_kv::ScanPage) -> Vec<&[u8]> {
+    page.items.iter().map(|(k, _)| k.as_ref()).collect()
+}
+
+#[test]
+fn scan_prefix_limit_and_more() {
+    let mut sm = KvStateMachine::new();
+    for (i, k) in ["b", "abd", "a", "abc", "ab", "ac"].into_iter().enumerate() {
+        run(&mut sm, 1, i as u64 + 1, put(k, &format!("v-{k}")));
+    }
+    let page = sm.scan(b"ab", 2).unwrap();
+    assert_eq!(keys(&page), [&b"ab"[..], b"abc"]);
+    assert_eq!(page.items[1].1, b("v-abc"));
+    assert!(page.more);
+    let page = sm.scan(b"ab", 3).unwrap();
+    assert_eq!(keys(&page), [&b"ab"[..], b"abc", b"abd"]);
+    assert!(!page.more);
+    let all = sm.scan(b"", MAX_SCAN_LIMIT).unwrap();
+    assert_eq!(keys(&all), [&b"a"[..], b"ab", b"abc", b"abd", b"ac", b"b"]);
+    assert!(!all.more);
+    let none = sm.scan(b"zz", 5).unwrap();
+    assert!(none.items.is_empty() && !none.more);
+}
+
+#[test]
+fn scan_after_continues_a_page() {
+    let mut sm = KvStateMachine::new();
+    for (i, k) in ["a1", "a2", "a3", "b1"].into_iter().enumerate() {
+        run(&mut sm, 1, i as u64 + 1, put(k, "v"));
+    }
+    let first = sm.scan(b"a", 2).unwrap();
+    let last = first.items.last().unwrap().0.clone();
+    let next = sm.scan_after(b"a", Some(&last), 2).unwrap();
+    assert_eq!(keys(&next), [&b"a3"[..]]);
+    assert!(!next.more);
+    // A cursor before the prefix starts at the prefix.
+    let from_start = sm.scan_after(b"a", Some(b"0"), 10).unwrap();
+    assert_eq!(from_start.items.len(), 3);
+}
+
+#[test]
+fn scan_limit_out_of_range_is_an_error_naming_the_limit() {
+    let sm = KvStateMachine::new();
+    for limit in [0, MAX_SCAN_LIMIT + 1] {
+        let err = sm.scan(b"", limit).unwrap_err();
+        assert_eq!(err, KvError::ScanLimit { limit });
+        assert!(err.to_string().contains("10000"), "{err}");
+    }
+    assert!(sm.scan(b"", 1).is_ok());
+}
+
+#[test]
+fn limits_are_checked_with_messages_naming_the_limit() {
+    let long_key = Bytes::from(vec![b'k'; 5000]);
+    let op = WriteOp::Delete { key: long_key };
+    let err = Command { client_id: 1, seq: 1, op }.validate().unwrap_err();
+    assert_eq!(err.to_string(), "key is 5000 bytes; the limit is 4096");
+
+    let err = delete("").validate().unwrap_err();
+    assert_eq!(err, KvError::EmptyKey);
+    assert!(err.to_string().contains("4096"), "{err}");
+
+    let big = Bytes::from(vec![0; MAX_VALUE_LEN + 1]);
+    let op = WriteOp::Put { key: b("k"), value: big.clone() };
+    assert_eq!(op.validate().unwrap_err().to_string(), "value is 1048577 bytes; the limit is 1048576");
+    let op = WriteOp::Cas { key: b("k"), expected: Some(big), new: b("n") };
+    assert_eq!(op.validate().unwrap_err(), KvError::ExpectedTooLong { len: MAX_VALUE_LEN + 1 });
+
+    let key = Bytes::from(vec![b'k'; MAX_KEY_LEN]);
+    let value = Bytes::from(vec![0; MAX_VALUE_LEN]);
+    assert_eq!(WriteOp::Put { key, value }.validate(), Ok(()));
+}
+
+#[test]
+fn command_over_a_limit_is_rejected_without_changing_state() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "v"));
+    let mut expected = sm.clone();
+    let value = Bytes::from(vec![0; MAX_VALUE_LEN + 1]);
+    let a = run(&mut sm, 2, 1, WriteOp::Put { key: b("k"), value });
+    let err = KvError::ValueTooLong { len: MAX_VALUE_LEN + 1 };
+    assert_eq!(a.result, Err(CommandError::Rejected(err)));
+    assert_eq!((a.client_id, a.seq), (2, 1));
+    // Same as if the entry carried no command: only the applied index moved.
+    expected.apply_noop(2, 1).unwrap();
+    assert_eq!(sm, expected);
+    assert_eq!(sm.last_seq(2), None);
+}
+
+#[test]
+fn undecodable_entry_is_an_error_and_changes_nothing() {
+    for garbage in [&[][..], &[0xff; 3], b"definitely not postcard"] {
+        let mut sm = KvStateMachine::new();
+        run(&mut sm, 1, 1, put("k", "v"));
+        let mut expected = sm.clone();
+        let a = sm.apply(2, 1, garbage);
+        assert!(matches!(a.result, Err(CommandError::Rejected(KvError::Decode { .. }))), "{a:?}");
+        assert_eq!((a.client_id, a.seq, a.duplicate), (0, 0, false));
+        expected.apply_noop(2, 1).unwrap();
+        assert_eq!(sm, expected);
+        assert_eq!(sm.digest(), expected.digest());
+    }
+}
+
+#[test]
+fn trailing_bytes_do_not_decode() {
+    let mut data = entry(1, 1, put("k", "v")).to_vec();
+    assert!(Command::decode(&data).is_ok());
+    data.push(0);
+    assert!(matches!(Command::decode(&data), Err(KvError::Decode { .. })));
+}
+
+#[test]
+fn command_round_trips() {
+    let cmd = Command { client_id: u64::MAX, seq: 7, op: cas("key", None, "value") };
+    assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+}
+
+#[test]
+fn retried_command_applies_once_and_returns_the_original_result() {
+    let mut sm = KvStateMachine::new();
+    let first_entry = entry(7, 1, put("k", "from-7"));
+    let first = sm.apply(1, 1, &first_entry);
+    assert_eq!(first.result, Ok(WriteResult::Put { existed: false }));
+    sm.apply(2, 1, &entry(8, 1, put("k", "from-8")));
+    // The retry lands later, in a new term, after another client's write.
+    let retry = sm.apply(5, 2, &first_entry);
+    assert!(retry.duplicate);
+    assert_eq!((retry.index, retry.term, retry.client_id, retry.seq), (1, 1, 7, 1));
+    assert_eq!(retry.result, first.result);
+    assert_eq!(sm.get(b"k"), Some(b("from-8")), "retry must not apply again");
+    assert_eq!((sm.applied_index(), sm.applied_term()), (5, 2));
+}
+
+#[test]
+fn stale_sequence_is_rejected() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 3, 1, put("k", "1"));
+    run(&mut sm, 3, 2, put("k", "2"));
+    let a = run(&mut sm, 3, 1, put("k", "old"));
+    let err = CommandError::StaleSequence { client_id: 3, seq: 1, last: 2 };
+    assert_eq!(a.result, Err(err.clone()));
+    assert_eq!(err.to_string(), "client 3 sent seq 1, but seq 2 was already applied");
+    assert_eq!(sm.get(b"k"), Some(b("2")));
+    assert_eq!(sm.last_seq(3), Some(2));
+}
+
+#[test]
+fn sequence_numbers_may_skip() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 3, 1, put("k", "1"));
+    assert_eq!(ok(run(&mut sm, 3, 10, put("k", "10"))), WriteResult::Put { existed: true });
+    assert_eq!(sm.last_seq(3), Some(10));
+}
+
+fn eviction_run() -> KvStateMachine {
+    let mut sm = KvStateMachine::new().with_max_sessions(3);
+    for client in 1..=5 {
+        run(&mut sm, client, 1, put("k", "v"));
+    }
+    sm
+}
+
+#[test]
+fn session_eviction_is_bounded_and_deterministic() {
+    let mut sm = eviction_run();
+    assert_eq!(sm.session_count(), 3);
+    let present: Vec<_> = (1..=5).map(|c| sm.last_seq(c).is_some()).collect();
+    assert_eq!(present, [false, false, true, true, true], "oldest sessions go first");
+    // Client 3 writes again, so client 4 is now the least recently used.
+    run(&mut sm, 3, 2, put("k", "v"));
+    run(&mut sm, 6, 1, put("k", "v"));
+    let present: Vec<_> = (1..=6).map(|c| sm.last_seq(c).is_some()).collect();
+    assert_eq!(present, [false, false, true, false, true, true]);
+    assert_eq!(sm.session_count(), 3);
+    // Another replica doing the same ends in the same state.
+    let mut other = eviction_run();
+    run(&mut other, 3, 2, put("k", "v"));
+    run(&mut other, 6, 1, put("k", "v"));
+    assert_eq!(other, sm);
+    assert_eq!(other.digest(), sm.digest());
+}
+
+#[test]
+fn retry_from_an_evicted_client_is_applied_again() {
+    // The documented cost of a bounded table: size it above the active clients.
+    let mut sm = eviction_run();
+    let a = run(&mut sm, 1, 1, put("k", "again"));
+    assert!(!a.duplicate);
+    assert!(a.result.is_ok());
+}
+
+#[test]
+fn max_sessions_is_at_least_one() {
+    let mut sm = KvStateMachine::new().with_max_sessions(0);
+    assert_eq!(sm.max_sessions(), 1);
+    run(&mut sm, 1, 1, put("k", "v"));
+    run(&mut sm, 2, 1, put("k", "v"));
+    assert_eq!((sm.session_count(), sm.last_seq(2)), (1, Some(1)));
+}
+
+#[test]
+#[cfg_attr(debug_assertions, should_panic(expected = "not after the applied index"))]
+fn index_not_after_applied_is_refused() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "v"));
+    let before = sm.clone();
+    let a = sm.apply(1, 1, &entry(1, 2, put("k", "other")));
+    let err = CommandError::IndexNotAfterApplied { index: 1, applied: 1 };
+    assert_eq!(a.result, Err(err.clone()));
+    assert_eq!(sm.apply_noop(1, 1), Err(err));
+    assert_eq!(sm, before);
+}
+
+#[test]
+fn noop_advances_the_applied_index() {
+    let mut sm = KvStateMachine::new();
+    sm.apply_noop(1, 1).unwrap();
+    sm.apply_noop(4, 2).unwrap();
+    assert_eq!((sm.applied_index(), sm.applied_term()), (4, 2));
+    assert!(sm.is_empty());
+}
+
+fn workload() -> Vec<(u64, u64, Bytes)> {
+    let mut entries = Vec::new();
+    for i in 0..40u64 {
+        let client = i % 4 + 1;
+        let key = format!("key-{}", i % 7);
+        let op = match i % 3 {
+            0 => put(&key, &format!("value-{i}")),
+            1 => cas(&key, None, "fresh"),
+            _ => delete(&key),
+        };
+        entries.push((i * 2 + 1, 1 + i / 10, entry(client, i / 4 + 1, op)));
+    }
+    entries.push((100, 5, entries[39].2.clone())); // a retry
+    entries.push((101, 5, Bytes::from_static(b"\xff\xff")));
+    entries
+}
+
+#[test]
+fn snapshot_restore_then_continue_equals_direct_application() {
+    let entries = workload();
+    let mut direct = KvStateMachine::new().with_max_sessions(3);
+    for (index, term, data) in &entries {
+        direct.apply(*index, *term, data);
+    }
+    for split in [0, 1, 17, entries.len()] {
+        let mut first = KvStateMachine::new().with_max_sessions(3);
+        for (index, term, data) in &entries[..split] {
+            first.apply(*index, *term, data);
+        }
+        let mut restored = KvStateMachine::restore(&first.snapshot()).unwrap();
+        assert_eq!(restored, first);
+        for (index, term, data) in &entries[split..] {
+            let want = first.apply(*index, *term, data);
+            assert_eq!(restored.apply(*index, *term, data), want);
+        }
+        assert_eq!(restored.digest(), direct.digest());
+        assert_eq!(restored.snapshot(), direct.snapshot());
+        assert_eq!(restored, direct);
+    }
+}
+
+#[test]
+fn digest_reflects_data_and_sessions() {
+    let mut a = KvStateMachine::new();
+    let mut b2 = KvStateMachine::new();
+    assert_eq!(a.digest(), b2.digest());
+    run(&mut a, 1, 1, put("k", "v"));
+    run(&mut b2, 1, 1, put("k", "w"));
+    assert_ne!(a.digest(), b2.digest());
+    let mut c = KvStateMachine::new();
+    run(&mut c, 2, 1, put("k", "v")); // same data, different session
+    assert_ne!(a.digest(), c.digest());
+}
+
+#[test]
+fn bad_snapshots_are_errors() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "v"));
+    run(&mut sm, 2, 1, cas("k", Some("x"), "y"));
+    let good = sm.snapshot();
+    let is_snapshot_err = |data: &[u8]| matches!(KvStateMachine::restore(data), Err(KvError::Snapshot { .. }));
+    assert!(is_snapshot_err(&[]));
+    for len in 1..good.len() {
+        assert!(is_snapshot_err(&good[..len]), "truncated to {len}");
+    }
+    let mut trailing = good.to_vec();
+    trailing.push(0);
+    assert!(is_snapshot_err(&trailing));
+    let mut version = good.to_vec();
+    version[0] = 99;
+    assert!(is_snapshot_err(&version));
+    assert!(is_snapshot_err(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
+    assert!(KvStateMachine::restore(&good).is_ok());
+}
+
+#[test]
+fn inconsistent_snapshot_is_an_error() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "v"));
+    let good = sm.snapshot().to_vec();
+    // Layout: version, applied_index=1, applied_term=1, max_sessions (varint) ...
+    // Setting applied_index to 0 puts the session after the applied index.
+    let mut bad = good.clone();
+    assert_eq!(bad[1], 1);
+    bad[1] = 0;
+    let err = KvStateMachine::restore(&bad).unwrap_err();
+    assert!(err.to_string().contains("applied index"), "{err}");
+}
