@@ -1,0 +1,153 @@
+//! Safety invariants of Raft, checked over a trace of observations.
+//!
+//! The checker sees only [`Observation`]s, never the nodes themselves, so a test can
+//! feed it a deliberately broken trace and see each violation reported.
+//!
+//! Log matching is checked inductively: every entry is observed with the term of its
+//! predecessor. If every `(index, term)` always carries the same data and the same
+//! predecessor term, then two logs that share an `(index, term)` share every entry
+//! before it (Raft §5.3) — without comparing whole logs after every step.
+
+use std::collections::BTreeMap;
+
+use raftkv_raft::{Index, NodeId, Term};
+
+/// A node's log for end-of-run checks: its first index and `(index, term)` pairs.
+pub type LogView = (Index, Vec<(Index, Term)>);
+
+/// One thing that happened in a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// `node` became leader of `term`; `log` is its whole in-memory log as
+    /// `(index, term, data_hash)`, and `first_index` the first index it holds.
+    BecameLeader { node: NodeId, term: Term, first_index: Index, log: Vec<(Index, Term, u64)> },
+    /// `node` holds (in memory, about to persist) the entry `(index, term)` whose
+    /// predecessor has `prev_term`.
+    Appended { node: NodeId, index: Index, term: Term, prev_term: Term, data_hash: u64 },
+    /// `node` applied the committed entry `(index, term)`.
+    Applied { node: NodeId, index: Index, term: Term, data_hash: u64 },
+    /// A ReadIndex read was released at `read_index`; writes acknowledged before the
+    /// read was issued reached `acked_before`.
+    ReadReleased { node: NodeId, read_index: Index, acked_before: Index },
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    TwoLeaders { term: Term, first: NodeId, second: NodeId },
+    LogMismatch { node: NodeId, index: Index, term: Term, detail: String },
+    LeaderMissingCommitted { leader: NodeId, term: Term, index: Index },
+    AppliedDiverged { node: NodeId, index: Index, expected_term: Term, got_term: Term },
+    AppliedOutOfOrder { node: NodeId, index: Index, previous: Index },
+    StaleRead { node: NodeId, read_index: Index, acked_before: Index },
+    CommittedLost { index: Index, detail: String },
+}
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    leaders: BTreeMap<Term, NodeId>,
+    /// (index, term) → (data hash, predecessor term), as first seen.
+    entries: BTreeMap<(Index, Term), (u64, Term)>,
+    /// index → (term, data hash) of the entry committed there.
+    committed: BTreeMap<Index, (Term, u64)>,
+    last_applied: BTreeMap<NodeId, Index>,
+    violations: Vec<Violation>,
+}
+
+impl Checker {
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    pub fn observe(&mut self, observation: Observation) {
+        match observation {
+            Observation::BecameLeader { node, term, first_index, log } => self.leader(node, term, first_index, &log),
+            Observation::Appended { node, index, term, prev_term, data_hash } => {
+                self.appended(node, index, term, prev_term, data_hash)
+            }
+            Observation::Applied { node, index, term, data_hash } => self.applied(node, index, term, data_hash),
+            Observation::ReadReleased { node, read_index, acked_before } => {
+                if read_index < acked_before {
+                    self.violations.push(Violation::StaleRead { node, read_index, acked_before });
+                }
+            }
+        }
+    }
+
+    /// A node restarted from its disk: what it applied before is forgotten, and it will
+    /// re-apply from its snapshot on.
+    pub fn node_restarted(&mut self, node: NodeId) {
+        self.last_applied.remove(&node);
+    }
+
+    fn leader(&mut self, node: NodeId, term: Term, first_index: Index, log: &[(Index, Term, u64)]) {
+        if let Some(&first) = self.leaders.get(&term)
+            && first != node
+        {
+            self.violations.push(Violation::TwoLeaders { term, first, second: node });
+        }
+        self.leaders.entry(term).or_insert(node);
+        // Leader completeness (§5.4): every committed entry is in the new leader's log
+        // (entries before `first_index` are covered by its snapshot).
+        let by_index: BTreeMap<Index, Term> = log.iter().map(|&(i, t, _)| (i, t)).collect();
+        for (&index, &(committed_term, _)) in self.committed.range(first_index..) {
+            if by_index.get(&index) != Some(&committed_term) {
+                self.violations.push(Violation::LeaderMissingCommitted { leader: node, term, index });
+                return;
+            }
+        }
+    }
+
+    fn appended(&mut self, node: NodeId, index: Index, term: Term, prev_term: Term, data_hash: u64) {
+        let known = *self.entries.entry((index, term)).or_insert((data_hash, prev_term));
+        if known != (data_hash, prev_term) {
+            let detail = format!(
+                "first seen as (hash {:x}, prev term {}), now (hash {data_hash:x}, prev term {prev_term})",
+                known.0, known.1
+            );
+            self.violations.push(Violation::LogMismatch { node, index, term, detail });
+        }
+    }
+
+    fn applied(&mut self, node: NodeId, index: Index, term: Term, data_hash: u64) {
+        if let Some(&previous) = self.last_applied.get(&node)
+            && index <= previous
+        {
+            self.violations.push(Violation::AppliedOutOfOrder { node, index, previous });
+        }
+        self.last_applied.insert(node, index);
+        match self.committed.get(&index) {
+            Some(&(expected_term, expected_hash)) => {
+                if (expected_term, expected_hash) != (term, data_hash) {
+                    self.violations.push(Violation::AppliedDiverged { node, index, expected_term, got_term: term });
+                }
+            }
+            None => {
+                self.committed.insert(index, (term, data_hash));
+            }
+        }
+    }
+
+    /// At the end of a run: every live node's log must still hold, or have snapshotted,
+    /// every committed entry. `logs` maps node → (first index, `(index, term)` pairs).
+    pub fn check_nothing_lost(&mut self, logs: &BTreeMap<NodeId, LogView>) {
+        for (&node, (first_index, log)) in logs {
+            let by_index: BTreeMap<Index, Term> = log.iter().copied().collect();
+            for (&index, &(term, _)) in self.committed.range(first_index..) {
+                if by_index.get(&index) != Some(&term) {
+                    let detail = format!("node {node} lacks committed entry {index} (term {term})");
+                    self.violations.push(Violation::CommittedLost { index, detail });
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn committed_len(&self) -> usize {
+        self.committed.len()
+    }
+
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+}

@@ -1,0 +1,718 @@
+//! A simulated cluster: real Raft cores and real state machines over a simulated
+//! network and simulated disks, all driven by one seeded RNG and one logical clock.
+//!
+//! One time unit is the smallest step; nodes tick every [`TICK`] units. A node's Ready
+//! is "fsynced" a random few units after it is taken, and a crash before then loses it:
+//! a restarted node has exactly what its disk had.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use bytes::Bytes;
+use raftkv_kv::{Command, KvStateMachine, WriteOp};
+use raftkv_raft::{
+    ConfState, Config, Entry, EntryKind, Event, HardState, Index, Message, NodeId, RawNode, Ready, Recovered, Role,
+    Snapshot, SnapshotMeta, Term,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::checker::{Checker, Observation, Violation};
+
+/// Time units per tick.
+pub const TICK: u64 = 10;
+
+/// Knobs of a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub nodes: usize,
+    /// Percent of messages dropped.
+    pub drop_percent: u64,
+    /// Percent of messages delivered twice.
+    pub duplicate_percent: u64,
+    /// Messages take 1..=max_delay units; different delays reorder them.
+    pub max_delay: u64,
+    /// A Ready becomes durable 0..=max_fsync units after it is taken.
+    pub max_fsync: u64,
+    /// Take a state machine snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Raft's compaction slack: small, so lagging followers need snapshots.
+    pub compaction_slack: u64,
+    /// Small, so snapshots travel in many chunks.
+    pub snapshot_chunk_bytes: usize,
+    /// Client commands retry after this many units without an answer.
+    pub retry_after: u64,
+    pub clients: usize,
+}
+
+impl SimOptions {
+    pub fn new(nodes: usize) -> SimOptions {
+        SimOptions {
+            nodes,
+            drop_percent: 0,
+            duplicate_percent: 0,
+            max_delay: 3,
+            max_fsync: 2,
+            snapshot_every: 40,
+            compaction_slack: 8,
+            snapshot_chunk_bytes: 256,
+            retry_after: 400,
+            clients: 3,
+        }
+    }
+}
+
+/// What a simulated disk holds: exactly what was fsynced.
+#[derive(Clone, Debug, Default)]
+struct Disk {
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn write_entries(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        self.entries.retain(|e| e.index < first.index);
+        self.entries.extend_from_slice(entries);
+    }
+
+    /// A snapshot from the leader replaces the log unless the log already has the
+    /// entry the snapshot ends at.
+    fn install_snapshot(&mut self, snapshot: &Snapshot) {
+        let meta = &snapshot.meta;
+        let matches = self.entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
+        if matches {
+            self.entries.retain(|e| e.index > meta.index);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = Some(snapshot.clone());
+    }
+
+    fn compact(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        self.entries.retain(|e| e.index > index);
+        self.snapshot = Some(snapshot);
+    }
+}
+
+struct InFlightReady {
+    durable_at: u64,
+    ready: Ready,
+}
+
+struct SimNode {
+    raw: Option<RawNode>,
+    kv: KvStateMachine,
+    disk: Disk,
+    in_flight: Option<InFlightReady>,
+    tick_phase: u64,
+    last_snapshot_index: Index,
+    restarts: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Outstanding {
+    command: Bytes,
+    sent_at: u64,
+    at: Option<(NodeId, Index, Term)>,
+}
+
+#[derive(Clone, Debug)]
+struct SimClient {
+    id: u64,
+    seq: u64,
+    outstanding: Option<Outstanding>,
+}
+
+struct InTransit {
+    deliver_at: u64,
+    /// Send order: a unique tie-breaker, so delivery order depends only on the seed.
+    order: u64,
+    msg: Message,
+}
+
+impl PartialEq for InTransit {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deliver_at, self.order) == (other.deliver_at, other.order)
+    }
+}
+
+impl Eq for InTransit {}
+
+impl PartialOrd for InTransit {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InTransit {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deliver_at, self.order).cmp(&(other.deliver_at, other.order))
+    }
+}
+
+/// A simulated cluster. Public methods let tests script scenarios; [`crate::run_seed`]
+/// drives it with random faults.
+pub struct Cluster {
+    pub opts: SimOptions,
+    seed: u64,
+    rng: ChaCha8Rng,
+    pub now: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    in_transit: BinaryHeap<Reverse<InTransit>>,
+    sent: u64,
+    /// Directed links that drop everything: (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    checker: Checker,
+    clients: Vec<SimClient>,
+    acked_max_index: Index,
+    acked_commands: u64,
+    pending_reads: BTreeMap<(NodeId, u64), Index>,
+    released: Vec<(u64, NodeId, u64, Index)>,
+    next_read_ctx: u64,
+    /// (node, client, seq) → index of the one non-duplicate application.
+    applied_commands: BTreeMap<(NodeId, u64, u64), Index>,
+    exactly_once_violations: Vec<String>,
+    /// Everything nodes reported, for scripted tests: (time, node, event).
+    pub events: Vec<(u64, NodeId, Event)>,
+    /// The last notable things that happened, printed when a run fails.
+    recent: Vec<String>,
+    pub clients_active: bool,
+}
+
+fn fnv(data: &[u8], kind: EntryKind) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind.to_byte());
+    for b in data {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Cluster {
+    pub fn new(seed: u64, opts: SimOptions) -> Cluster {
+        let mut cluster = Cluster {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
+            now: 0,
+            nodes: BTreeMap::new(),
+            in_transit: BinaryHeap::new(),
+            sent: 0,
+            blocked: BTreeSet::new(),
+            checker: Checker::new(),
+            clients: Vec::new(),
+            acked_max_index: 0,
+            acked_commands: 0,
+            pending_reads: BTreeMap::new(),
+            released: Vec::new(),
+            next_read_ctx: 1,
+            applied_commands: BTreeMap::new(),
+            exactly_once_violations: Vec::new(),
+            events: Vec::new(),
+            recent: Vec::new(),
+            clients_active: true,
+            opts,
+        };
+        for id in 1..=cluster.opts.nodes as NodeId {
+            let tick_phase = cluster.rng.next_u64() % TICK;
+            let node = SimNode {
+                raw: None,
+                kv: KvStateMachine::new(),
+                disk: Disk::default(),
+                in_flight: None,
+                tick_phase,
+                last_snapshot_index: 0,
+                restarts: 0,
+            };
+            cluster.nodes.insert(id, node);
+            cluster.boot(id);
+        }
+        for i in 0..cluster.opts.clients as u64 {
+            cluster.clients.push(SimClient { id: 1000 + i, seq: 0, outstanding: None });
+        }
+        cluster
+    }
+
+    fn conf(&self) -> ConfState {
+        ConfState::with_voters(1..=self.opts.nodes as NodeId)
+    }
+
+    fn raft_config(&self, id: NodeId, restarts: u64) -> Config {
+        let mut cfg = Config::new(id);
+        cfg.seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (id << 32) ^ restarts;
+        cfg.compaction_slack = self.opts.compaction_slack;
+        cfg.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
+        cfg.max_append_bytes = 4096;
+        cfg.max_inflight_appends = 8;
+        cfg
+    }
+
+    /// Starts (or restarts) a node from exactly what its disk holds.
+    fn boot(&mut self, id: NodeId) {
+        let conf = self.conf();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.restarts += 1;
+        let restarts = node.restarts;
+        let cfg = self.raft_config(id, restarts);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let disk = node.disk.clone();
+        node.kv = match &disk.snapshot {
+            Some(s) => KvStateMachine::restore(&s.data).expect("simulated disk holds a valid snapshot"),
+            None => KvStateMachine::new(),
+        };
+        node.last_snapshot_index = disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let recovered = Recovered { hard_state: disk.hard_state, snapshot: disk.snapshot, entries: disk.entries };
+        node.raw = Some(RawNode::new(cfg, conf, recovered).expect("valid config"));
+        node.in_flight = None;
+        self.checker.node_restarted(id);
+    }
+
+    fn note(&mut self, line: String) {
+        if self.recent.len() >= 40 {
+            self.recent.remove(0);
+        }
+        self.recent.push(format!("t={} {line}", self.now));
+    }
+
+    // ---- scripted control ----
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[&id].raw.is_some()
+    }
+
+    pub fn raw(&self, id: NodeId) -> Option<&RawNode> {
+        self.nodes[&id].raw.as_ref()
+    }
+
+    pub fn raw_mut(&mut self, id: NodeId) -> Option<&mut RawNode> {
+        self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut())
+    }
+
+    pub fn kv(&self, id: NodeId) -> &KvStateMachine {
+        &self.nodes[&id].kv
+    }
+
+    /// The live node that believes it leads the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.raw.as_ref().map(|r| (id, r.status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| *id)
+    }
+
+    pub fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.raw = None;
+        node.in_flight = None; // not yet fsynced: lost
+        self.pending_reads.retain(|(n, _), _| *n != id);
+        self.note(format!("crash {id}"));
+    }
+
+    pub fn restart(&mut self, id: NodeId) {
+        if !self.is_up(id) {
+            self.boot(id);
+            self.note(format!("restart {id}"));
+        }
+    }
+
+    /// Restarts a node whose disk was lost.
+    pub fn restart_empty(&mut self, id: NodeId) {
+        self.crash(id);
+        self.nodes.get_mut(&id).expect("known node").disk = Disk::default();
+        self.boot(id);
+        self.note(format!("restart {id} with an empty disk"));
+    }
+
+    /// Cuts every link between the groups (each node may reach only its own group).
+    pub fn partition(&mut self, groups: &[Vec<NodeId>]) {
+        self.blocked.clear();
+        for a in self.node_ids() {
+            for b in self.node_ids() {
+                let same = groups.iter().any(|g| g.contains(&a) && g.contains(&b));
+                if a != b && !same {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+        self.note(format!("partition {groups:?}"));
+    }
+
+    pub fn isolate(&mut self, id: NodeId) {
+        let rest: Vec<NodeId> = self.node_ids().into_iter().filter(|&n| n != id).collect();
+        self.partition(&[vec![id], rest]);
+    }
+
+    /// Drops messages from `from` to `to` only.
+    pub fn cut_one_way(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+        self.note(format!("cut {from} -> {to}"));
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+        self.note("heal".to_string());
+    }
+
+    /// Runs until `done` holds or `max_units` pass. Returns whether it held.
+    pub fn run_until(&mut self, max_units: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        for _ in 0..max_units {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    pub fn run_for(&mut self, units: u64) {
+        for _ in 0..units {
+            self.step();
+        }
+    }
+
+    /// Proposes a command at `node` (it must lead). Returns (index, term).
+    pub fn propose_at(&mut self, node: NodeId, command: &Command) -> Option<(Index, Term)> {
+        self.raw_mut(node)?.propose(command.encode()).ok()
+    }
+
+    /// Asks `node` for a ReadIndex read; returns its context if accepted.
+    pub fn read_at(&mut self, node: NodeId) -> Option<u64> {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw_mut(node)?.read_index(ctx).ok()?;
+        self.pending_reads.insert((node, ctx), self.acked_max_index);
+        Some(ctx)
+    }
+
+    /// Reads released so far, as (time, node, ctx, index).
+    pub fn released_reads(&self) -> &[(u64, NodeId, u64, Index)] {
+        &self.released
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.checker.violations().iter().map(|v| format!("{v:?}")).collect();
+        out.extend(self.exactly_once_violations.iter().cloned());
+        out
+    }
+
+    pub fn checker_violations(&self) -> &[Violation] {
+        self.checker.violations()
+    }
+
+    /// Messages sent but not yet delivered or dropped.
+    pub fn in_transit(&self) -> usize {
+        self.in_transit.len()
+    }
+
+    pub fn acked_commands(&self) -> u64 {
+        self.acked_commands
+    }
+
+    pub fn recent_history(&self) -> &[String] {
+        &self.recent
+    }
+
+    // ---- the clock ----
+
+    pub fn step(&mut self) {
+        self.now += 1;
+        self.deliver_due();
+        for id in self.node_ids() {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            if (self.now + node.tick_phase).is_multiple_of(TICK)
+                && let Some(raw) = node.raw.as_mut()
+            {
+                raw.tick();
+            }
+        }
+        if self.clients_active {
+            self.clients_act();
+        }
+        for id in self.node_ids() {
+            self.process_node(id);
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while self.in_transit.peek().is_some_and(|Reverse(m)| m.deliver_at <= self.now) {
+            let Reverse(InTransit { msg, .. }) = self.in_transit.pop().expect("peeked");
+            if self.blocked.contains(&(msg.from, msg.to)) {
+                continue;
+            }
+            if let Some(raw) = self.nodes.get_mut(&msg.to).and_then(|n| n.raw.as_mut()) {
+                // A refused message is a peer's bug or corruption; the core stays intact.
+                let _ = raw.step(msg);
+            }
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for msg in msgs {
+            if self.blocked.contains(&(msg.from, msg.to)) || self.rng.next_u64() % 100 < self.opts.drop_percent {
+                continue;
+            }
+            let copies = if self.rng.next_u64() % 100 < self.opts.duplicate_percent { 2 } else { 1 };
+            for _ in 0..copies {
+                let deliver_at = self.now + 1 + self.rng.next_u64() % self.opts.max_delay.max(1);
+                self.sent += 1;
+                self.in_transit.push(Reverse(InTransit { deliver_at, order: self.sent, msg: msg.clone() }));
+            }
+        }
+    }
+
+    fn process_node(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.raw.is_none() {
+            return;
+        }
+        if node.in_flight.as_ref().is_some_and(|f| f.durable_at <= self.now) {
+            self.complete_ready(id);
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let raw = node.raw.as_mut().expect("checked");
+        if node.in_flight.is_some() || !raw.has_ready() {
+            return;
+        }
+        let ready = raw.ready();
+        let durable_at = self.now + self.rng.next_u64() % (self.opts.max_fsync + 1);
+        self.observe_ready(id, &ready);
+        let messages = self.nodes.get_mut(&id).expect("known node").park_ready(ready, durable_at);
+        self.send(messages);
+        if durable_at <= self.now {
+            self.complete_ready(id);
+        }
+    }
+
+    fn observe_ready(&mut self, id: NodeId, ready: &Ready) {
+        let raw = self.nodes[&id].raw.as_ref().expect("live node");
+        let mut observations = Vec::new();
+        for entry in &ready.entries {
+            let prev_term = raw.log_term(entry.index - 1).unwrap_or(0);
+            let data_hash = fnv(&entry.data, entry.kind);
+            observations.push(Observation::Appended {
+                node: id,
+                index: entry.index,
+                term: entry.term,
+                prev_term,
+                data_hash,
+            });
+        }
+        for event in &ready.events {
+            if let Event::BecameLeader { term } = event {
+                let log = raw.log_entries().iter().map(|e| (e.index, e.term, fnv(&e.data, e.kind))).collect();
+                let first_index = raw.status().first_index;
+                observations.push(Observation::BecameLeader { node: id, term: *term, first_index, log });
+            }
+            self.events.push((self.now, id, event.clone()));
+        }
+        for event in ready.events.iter().filter(|e| !matches!(e, Event::Committed { .. })) {
+            let line = format!("node {id}: {event:?}");
+            self.note(line);
+        }
+        for o in observations {
+            self.checker.observe(o);
+        }
+    }
+
+    fn complete_ready(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let InFlightReady { ready, .. } = node.in_flight.take().expect("a ready in flight");
+        if let Some(snapshot) = &ready.snapshot {
+            node.disk.install_snapshot(snapshot);
+            node.kv = KvStateMachine::restore(&snapshot.data).expect("leader sent a valid snapshot");
+            node.last_snapshot_index = snapshot.meta.index;
+        }
+        node.disk.write_entries(&ready.entries);
+        if let Some(hs) = ready.hard_state {
+            node.disk.hard_state = hs;
+        }
+        self.send(ready.persisted_messages);
+        for entry in &ready.committed_entries {
+            self.apply(id, entry);
+        }
+        for read in &ready.read_states {
+            if let Some(acked_before) = self.pending_reads.remove(&(id, read.ctx)) {
+                self.checker.observe(Observation::ReadReleased { node: id, read_index: read.index, acked_before });
+                self.released.push((self.now, id, read.ctx, read.index));
+            }
+        }
+        for ctx in &ready.dropped_reads {
+            self.pending_reads.remove(&(id, *ctx));
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.raw.as_mut().expect("live").advance();
+        self.maybe_snapshot(id);
+    }
+
+    fn apply(&mut self, id: NodeId, entry: &Entry) {
+        let data_hash = fnv(&entry.data, entry.kind);
+        self.checker.observe(Observation::Applied { node: id, index: entry.index, term: entry.term, data_hash });
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if entry.kind == EntryKind::Noop {
+            node.kv.apply_noop(entry.index, entry.term).expect("indexes increase");
+        } else {
+            let applied = node.kv.apply(entry.index, entry.term, &entry.data);
+            if !applied.duplicate && applied.result.is_ok() {
+                let key = (id, applied.client_id, applied.seq);
+                let first = *self.applied_commands.entry(key).or_insert(entry.index);
+                if first != entry.index {
+                    let v = format!(
+                        "node {id} applied client {} seq {} twice: at {first} and {}",
+                        key.1, key.2, entry.index
+                    );
+                    self.exactly_once_violations.push(v);
+                }
+            }
+        }
+        self.ack_clients(id, entry);
+    }
+
+    fn ack_clients(&mut self, id: NodeId, entry: &Entry) {
+        for client in &mut self.clients {
+            let Some(out) = &mut client.outstanding else { continue };
+            let Some((node, index, term)) = out.at else { continue };
+            if node != id || index != entry.index {
+                continue;
+            }
+            if term == entry.term {
+                client.outstanding = None;
+                self.acked_max_index = self.acked_max_index.max(index);
+                self.acked_commands += 1;
+            } else {
+                out.at = None; // replaced by another leader's entry: retry
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let applied = node.kv.applied_index();
+        if applied < node.last_snapshot_index + self.opts.snapshot_every {
+            return;
+        }
+        let raw = node.raw.as_mut().expect("live");
+        let conf = raw.status().conf;
+        let meta = SnapshotMeta { index: applied, term: node.kv.applied_term(), conf };
+        let snapshot = Snapshot { meta, data: node.kv.snapshot() };
+        node.disk.compact(snapshot.clone());
+        raw.compact(snapshot);
+        node.last_snapshot_index = applied;
+    }
+
+    // ---- clients ----
+
+    fn clients_act(&mut self) {
+        if !self.rng.next_u64().is_multiple_of(4) {
+            return;
+        }
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.status().role == Role::Leader))
+            .map(|(id, _)| *id)
+            .collect();
+        if leaders.is_empty() {
+            return;
+        }
+        let leader = leaders[(self.rng.next_u64() % leaders.len() as u64) as usize];
+        let c = (self.rng.next_u64() % self.clients.len().max(1) as u64) as usize;
+        if self.clients.is_empty() {
+            return;
+        }
+        if self.rng.next_u64().is_multiple_of(5) {
+            self.read_at(leader);
+            return;
+        }
+        let now = self.now;
+        let retry_after = self.opts.retry_after;
+        let key = self.rng.next_u64() % 5;
+        let client = &mut self.clients[c];
+        let due = match &client.outstanding {
+            None => true,
+            Some(o) => o.at.is_none() || now >= o.sent_at + retry_after,
+        };
+        if !due {
+            return;
+        }
+        if client.outstanding.is_none() {
+            client.seq += 1;
+            let op = WriteOp::Put {
+                key: Bytes::from(format!("k{key}")),
+                value: Bytes::from(format!("{}-{}", client.id, client.seq)),
+            };
+            let command = Command { client_id: client.id, seq: client.seq, op }.encode();
+            client.outstanding = Some(Outstanding { command, sent_at: now, at: None });
+        }
+        let out = client.outstanding.as_mut().expect("set above");
+        out.sent_at = now;
+        let command = out.command.clone();
+        if let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut())
+            && let Ok((index, term)) = raw.propose(command)
+        {
+            self.clients[c].outstanding.as_mut().expect("set").at = Some((leader, index, term));
+        }
+    }
+
+    // ---- end-of-run checks ----
+
+    /// Every live node's log or snapshot still holds every committed entry.
+    pub fn check_nothing_lost(&mut self) {
+        let mut logs = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if let Some(raw) = &node.raw {
+                let pairs = raw.log_entries().iter().map(|e| (e.index, e.term)).collect();
+                logs.insert(*id, (raw.status().first_index, pairs));
+            }
+        }
+        self.checker.check_nothing_lost(&logs);
+    }
+
+    /// Whether all nodes are up and have applied exactly `index`.
+    pub fn all_applied(&self, index: Index) -> bool {
+        self.nodes.values().all(|n| n.raw.is_some() && n.kv.applied_index() >= index)
+    }
+
+    /// State machine digests of all nodes (they must agree once converged).
+    pub fn digests(&self) -> BTreeMap<NodeId, (Index, u64)> {
+        self.nodes.iter().map(|(id, n)| (*id, (n.kv.applied_index(), n.kv.digest()))).collect()
+    }
+
+    /// Every node's status, one line each, for failure reports.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (id, node) in &self.nodes {
+            match &node.raw {
+                None => out.push_str(&format!("  node {id}: down\n")),
+                Some(raw) => {
+                    let s = raw.status();
+                    out.push_str(&format!(
+                        "  node {id}: {} term={} leader={:?} commit={} applied={} kv_applied={} last={} persisted={} first={} in_flight={} progress={:?}\n",
+                        s.role.as_str(), s.term, s.leader, s.commit_index, s.applied_index, node.kv.applied_index(),
+                        s.last_index, s.persisted_index, s.first_index, node.in_flight.is_some(), s.progress
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+}
+
+impl SimNode {
+    /// Parks a taken Ready until it is durable; returns the messages to send now.
+    fn park_ready(&mut self, mut ready: Ready, durable_at: u64) -> Vec<Message> {
+        let messages = std::mem::take(&mut ready.messages);
+        self.in_flight = Some(InFlightReady { durable_at, ready });
+        messages
+    }
+}

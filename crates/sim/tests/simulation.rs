@@ -1,0 +1,74 @@
+//! The randomized simulation: many seeds of 3- and 5-node clusters under faults.
+//!
+//! `RAFT_SIM_SEEDS=100000` runs more seeds; `RAFT_SIM_SEED=<n>` (with
+//! `RAFT_SIM_NODES`) replays one seed exactly, via the `replay` test.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use raftkv_sim::run_seed;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(value.parse().unwrap_or_else(|_| panic!("{name} must be a number, got {value:?}")))
+}
+
+/// Runs `count` seeds starting at `first` on all cores; panics with every failure's
+/// replay line.
+fn run_many(first: u64, count: u64, nodes: usize) {
+    let next = Arc::new(AtomicU64::new(first));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, failures) = (next.clone(), failures.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= first + count {
+                        break;
+                    }
+                    if let Err(failure) = run_seed(seed, nodes) {
+                        failures.lock().unwrap().push(failure.to_string());
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("simulation thread");
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} of {count} seeds failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn three_node_clusters_stay_safe_and_live() {
+    let seeds = env_u64("RAFT_SIM_SEEDS").unwrap_or(1_000);
+    run_many(0, seeds, 3);
+}
+
+#[test]
+fn five_node_clusters_stay_safe_and_live() {
+    let seeds = env_u64("RAFT_SIM_SEEDS").unwrap_or(1_000);
+    run_many(1_000_000, seeds, 5);
+}
+
+#[test]
+fn replay() {
+    let Some(seed) = env_u64("RAFT_SIM_SEED") else { return };
+    let nodes = env_u64("RAFT_SIM_NODES").unwrap_or(3) as usize;
+    match run_seed(seed, nodes) {
+        Ok(report) => println!("seed {seed} passed: {report:?}"),
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+#[test]
+fn a_run_is_a_pure_function_of_its_seed() {
+    let a = run_seed(7, 3).expect("seed 7 passes");
+    let b = run_seed(7, 3).expect("seed 7 passes");
+    assert_eq!((a.faults, a.acked_commands, a.time), (b.faults, b.acked_commands, b.time));
+    assert!(a.acked_commands > 10, "the workload committed commands: {a:?}");
+    assert!(a.faults > 10, "the nemesis injected faults: {a:?}");
+}
