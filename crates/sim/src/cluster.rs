@@ -22,6 +22,10 @@ use crate::checker::{Checker, Observation, Violation};
 /// Time units per tick.
 pub const TICK: u64 = 10;
 
+/// The simulated network holds at most this many messages; more means a message storm,
+/// which is reported as a violation (and the excess dropped, like a full buffer).
+pub const MAX_IN_TRANSIT: usize = 20_000;
+
 /// Knobs of a simulated cluster.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -174,7 +178,7 @@ pub struct Cluster {
     next_read_ctx: u64,
     /// (node, client, seq) → index of the one non-duplicate application.
     applied_commands: BTreeMap<(NodeId, u64, u64), Index>,
-    exactly_once_violations: Vec<String>,
+    harness_violations: Vec<String>,
     /// Everything nodes reported, for scripted tests: (time, node, event).
     pub events: Vec<(u64, NodeId, Event)>,
     /// The last notable things that happened, printed when a run fails.
@@ -208,7 +212,7 @@ impl Cluster {
             released: Vec::new(),
             next_read_ctx: 1,
             applied_commands: BTreeMap::new(),
-            exactly_once_violations: Vec::new(),
+            harness_violations: Vec::new(),
             events: Vec::new(),
             recent: Vec::new(),
             clients_active: true,
@@ -398,17 +402,12 @@ impl Cluster {
 
     pub fn violations(&self) -> Vec<String> {
         let mut out: Vec<String> = self.checker.violations().iter().map(|v| format!("{v:?}")).collect();
-        out.extend(self.exactly_once_violations.iter().cloned());
+        out.extend(self.harness_violations.iter().cloned());
         out
     }
 
     pub fn checker_violations(&self) -> &[Violation] {
         self.checker.violations()
-    }
-
-    /// Messages sent but not yet delivered or dropped.
-    pub fn in_transit(&self) -> usize {
-        self.in_transit.len()
     }
 
     pub fn acked_commands(&self) -> u64 {
@@ -455,6 +454,12 @@ impl Cluster {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for msg in msgs {
+            if self.in_transit.len() >= MAX_IN_TRANSIT {
+                if self.harness_violations.iter().all(|v| !v.starts_with("message storm")) {
+                    self.harness_violations.push(format!("message storm: {MAX_IN_TRANSIT} messages in flight"));
+                }
+                return;
+            }
             if self.blocked.contains(&(msg.from, msg.to)) || self.rng.next_u64() % 100 < self.opts.drop_percent {
                 continue;
             }
@@ -567,7 +572,7 @@ impl Cluster {
                         "node {id} applied client {} seq {} twice: at {first} and {}",
                         key.1, key.2, entry.index
                     );
-                    self.exactly_once_violations.push(v);
+                    self.harness_violations.push(v);
                 }
             }
         }
