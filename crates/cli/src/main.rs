@@ -1,0 +1,218 @@
+//! `raftkv`: the command line of raftkv.
+//!
+//! Exit codes: 0 success; 1 failure (including "not found" and a cas that did not
+//! swap); 2 usage error; 3 outcome unknown (the deadline passed: a write may or may
+//! not have been applied, or no leader answered a read).
+
+mod demo;
+mod duration;
+mod kv;
+mod up;
+mod validate;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use raftkv_client::ClientError;
+
+use crate::duration::parse_duration;
+
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Parser, Debug)]
+#[command(name = "raftkv", version, about = "raftkv: a replicated key/value store on Raft", propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Options every command accepts.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Cluster members to contact, as HOST:PORT,HOST:PORT (any members; the leader is
+    /// found from their answers).
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTKV_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT,...",
+        default_value = DEFAULT_ENDPOINTS
+    )]
+    pub endpoints: Vec<String>,
+
+    /// Overall deadline of one operation, retries included (e.g. 5s, 500ms, 2m).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Print machine-readable JSON (put, delete, cas, get, scan, status).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Set KEY to VALUE. Prints `index=<n> term=<t> leader=<id>`.
+    Put { key: String, value: String },
+    /// Print KEY's value (linearizable unless --stale). Exit 1 with `not found` if absent.
+    Get {
+        key: String,
+        /// Read any node's local state, which may be stale.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove KEY. Prints `index=<n> term=<t> leader=<id>`.
+    Delete { key: String },
+    /// Set KEY to NEW if its value is EXPECTED (`cas KEY EXPECTED NEW`) or if it is
+    /// absent (`cas KEY --expect-absent NEW`). Exit 1, with the current value (or
+    /// `not found`) on stderr, if it did not swap.
+    Cas {
+        key: String,
+        /// EXPECTED NEW, or just NEW with --expect-absent.
+        #[arg(value_name = "EXPECTED NEW", num_args = 1..=2, required = true)]
+        values: Vec<String>,
+        /// Swap only if KEY is absent.
+        #[arg(long)]
+        expect_absent: bool,
+    },
+    /// Print the pairs whose key starts with PREFIX, one `key<TAB>value` per line.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many pairs.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Read any node's local state, which may be stale.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show every endpoint's id, role, term, leader, commit and applied index.
+    Status,
+    /// Ask the leader to hand leadership to TARGET (or to the most caught-up peer).
+    TransferLeader { target: Option<u64> },
+    /// Check the cluster end to end: writes, linearizable reads, cas, delete, and a
+    /// concurrent phase. Ends with SUCCESS (exit 0) or FAILURE: <reason> (exit 1).
+    Validate(validate::ValidateArgs),
+    /// Start a local cluster of server processes; Ctrl-C stops it.
+    Up(up::UpArgs),
+    /// Run the failure scenario end to end on this machine: start, validate, kill the
+    /// leader, restart, stop a node, restore, verify.
+    Demo(demo::DemoArgs),
+    /// Run one server node in this process (what `up` and `demo` start when no
+    /// `raftkv-server` executable is beside this one).
+    #[command(hide = true)]
+    Server(raftkv_server::ServerArgs),
+}
+
+/// A failed command: its message and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError { code: 1, message: message.into() }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        let code = if e.is_deadline() { 3 } else { 1 };
+        CliError { code, message: format!("error: {e}") }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Server(args) = cli.command {
+        return run_server(args);
+    }
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.global, cli.command));
+    // Do not wait for lingering connection tasks.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("{}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn run(global: Global, command: Cmd) -> CliResult {
+    match command {
+        Cmd::Put { key, value } => kv::put(&global, key, value).await,
+        Cmd::Get { key, stale } => kv::get(&global, key, stale).await,
+        Cmd::Delete { key } => kv::delete(&global, key).await,
+        Cmd::Cas { key, values, expect_absent } => {
+            let (expected, new) = match (expect_absent, values.as_slice()) {
+                (true, [new]) => (None, new.clone()),
+                (false, [expected, new]) => (Some(expected.clone()), new.clone()),
+                (true, _) => return Err(usage("cas KEY --expect-absent NEW takes exactly one value after KEY")),
+                (false, _) => return Err(usage("cas takes KEY EXPECTED NEW (or KEY --expect-absent NEW)")),
+            };
+            kv::cas(&global, key, expected, new).await
+        }
+        Cmd::Scan { prefix, limit, stale } => kv::scan(&global, prefix, limit, stale).await,
+        Cmd::Status => kv::status(&global).await,
+        Cmd::TransferLeader { target } => kv::transfer_leader(&global, target).await,
+        Cmd::Validate(args) => validate::command(&global, args).await,
+        Cmd::Up(args) => up::command(&global, args).await,
+        Cmd::Demo(args) => demo::command(&global, args).await,
+        Cmd::Server(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// A usage error of `cas`, reported like clap's own (exit 2).
+fn usage(message: &str) -> CliError {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    cli.build();
+    let mut cmd = cli.find_subcommand_mut("cas").cloned().unwrap_or(cli);
+    let err = cmd.error(clap::error::ErrorKind::WrongNumberOfValues, message);
+    CliError { code: 2, message: err.render().to_string().trim_end().to_string() }
+}
+
+fn run_server(args: raftkv_server::ServerArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(raftkv_server::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Debug logs to stderr, only when RUST_LOG is set.
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}

@@ -1,0 +1,540 @@
+//! [`Client`]: routing, retries and exactly-once writes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftkv_kv::{Command, WriteOp, WriteResult};
+use raftkv_raft::NodeId;
+use raftkv_rpc::tarpc::client::RpcError;
+use raftkv_rpc::tarpc::context::{self, Context};
+use raftkv_rpc::{ClientError as RpcClientError, GetReply, NodeStatus, RaftKvClient, ReadConsistency, ScanReply};
+use tracing::debug;
+
+use crate::backoff::Backoff;
+use crate::error::ClientError;
+
+/// Grace beyond an attempt's deadline before the client gives up waiting locally
+/// (tarpc enforces the deadline itself; this only guards against a stuck transport).
+const LOCAL_TIMEOUT_SLACK: Duration = Duration::from_millis(100);
+
+/// How patient a [`Client`] is.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Overall deadline of one operation, retries included.
+    pub timeout: Duration,
+    /// Deadline of one attempt (one RPC to one server).
+    pub rpc_timeout: Duration,
+    /// Deadline of opening a TCP connection (a dead address must not stall a retry).
+    pub connect_timeout: Duration,
+    /// First backoff delay after a failed attempt; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Deadline of one endpoint's answer in [`Client::status_all`].
+    pub status_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            status_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Default options with the given overall deadline (attempts and connects are
+    /// bounded by the smaller of it and their default).
+    pub fn with_timeout(timeout: Duration) -> Self {
+        let d = ClientOptions::default();
+        ClientOptions {
+            timeout,
+            rpc_timeout: d.rpc_timeout.min(timeout),
+            connect_timeout: d.connect_timeout.min(timeout),
+            status_timeout: d.status_timeout.min(timeout),
+            ..d
+        }
+    }
+}
+
+/// A committed write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Log index and term the write was committed at (the original ones when
+    /// `duplicate`).
+    pub index: u64,
+    pub term: u64,
+    /// The leader that answered.
+    pub leader: NodeId,
+    pub result: WriteResult,
+    /// The server had already applied this `(client_id, seq)`: an earlier attempt
+    /// went through, and this is its cached outcome.
+    pub duplicate: bool,
+    /// The endpoint that answered.
+    pub endpoint: String,
+    /// The request's sequence number.
+    pub seq: u64,
+}
+
+impl WriteOutcome {
+    /// For a cas: whether it swapped, and the value found when it did not.
+    pub fn cas_result(&self) -> Option<(bool, Option<Bytes>)> {
+        match &self.result {
+            WriteResult::Cas { swapped, current } => Some((*swapped, current.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Where a request may be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Only the leader serves it; a success confirms the endpoint as leader.
+    Leader,
+    /// Any node may answer (stale reads).
+    Any,
+}
+
+struct Routing {
+    endpoints: Vec<String>,
+    /// The endpoint believed to be the leader.
+    leader: Option<String>,
+    /// The next endpoint to try when no leader is known.
+    cursor: usize,
+    conns: HashMap<String, RaftKvClient>,
+}
+
+struct Writer {
+    next_seq: u64,
+    /// The last write, when its outcome is unknown: it may still be retried with
+    /// the same seq until another write is issued.
+    unknown: Option<Command>,
+}
+
+/// What one attempt yielded, when it did not succeed.
+enum Failure {
+    /// The node is not the leader; go to the hinted address, if any.
+    NotLeader(Option<String>),
+    /// Try again, elsewhere (the node is unreachable, unavailable or timed out).
+    Elsewhere(String),
+    /// Try again on the same node after backing off (it is overloaded).
+    Same(String),
+    /// Give up now.
+    Fatal(ClientError),
+}
+
+/// A raftkv client. Cheap to share by reference: reads run concurrently, writes are
+/// serialized (one outstanding write per client id). Create several clients for
+/// concurrent writes.
+pub struct Client {
+    opts: ClientOptions,
+    client_id: u64,
+    routing: Mutex<Routing>,
+    writer: tokio::sync::Mutex<Writer>,
+}
+
+impl Client {
+    /// A client for the cluster reachable at `endpoints` (`host:port`, any members;
+    /// it learns the leader's address from their answers).
+    pub fn new(endpoints: Vec<String>, opts: ClientOptions) -> Result<Client, ClientError> {
+        let mut eps: Vec<String> = Vec::new();
+        for e in endpoints {
+            let e = e.trim().to_string();
+            if !e.is_empty() && !eps.contains(&e) {
+                eps.push(e);
+            }
+        }
+        if eps.is_empty() {
+            return Err(ClientError::Config("no endpoints given".into()));
+        }
+        let client_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let cursor = rand::random_range(0..eps.len());
+        Ok(Client {
+            opts,
+            client_id,
+            routing: Mutex::new(Routing { endpoints: eps, leader: None, cursor, conns: HashMap::new() }),
+            writer: tokio::sync::Mutex::new(Writer { next_seq: 0, unknown: None }),
+        })
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    /// The known endpoints (the given ones plus any learned from leader hints).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.routing().endpoints.clone()
+    }
+
+    /// The endpoint currently believed to be the leader.
+    pub fn leader_endpoint(&self) -> Option<String> {
+        self.routing().leader.clone()
+    }
+
+    // ---- writes -------------------------------------------------------------------
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<WriteOutcome, ClientError> {
+        self.write(WriteOp::Put { key: key.into(), value: value.into() }).await
+    }
+
+    /// Removes `key` (a success whether or not it existed; see `result`).
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<WriteOutcome, ClientError> {
+        self.write(WriteOp::Delete { key: key.into() }).await
+    }
+
+    /// Sets `key` to `new` if its value is `expected` (`None`: if it is absent). The
+    /// outcome's [`WriteOutcome::cas_result`] tells whether it swapped.
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<WriteOutcome, ClientError> {
+        self.write(WriteOp::Cas { key: key.into(), expected, new: new.into() }).await
+    }
+
+    /// Performs one write, exactly once, with a new sequence number.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, ClientError> {
+        op.validate().map_err(|e| ClientError::Rejected(e.to_string()))?;
+        let mut w = self.writer.lock().await;
+        w.next_seq += 1;
+        let cmd = Command { client_id: self.client_id, seq: w.next_seq, op };
+        w.unknown = None;
+        let res = self.send_write(&cmd).await;
+        if matches!(res, Err(ClientError::Unknown(_))) {
+            w.unknown = Some(cmd);
+        }
+        res
+    }
+
+    /// Retries the last write if its outcome was unknown, with the same sequence
+    /// number (so it is applied at most once). `Ok(None)`: there is no such write
+    /// (the last write succeeded or failed definitely, or none was made).
+    pub async fn retry_unknown(&self) -> Result<Option<WriteOutcome>, ClientError> {
+        let mut w = self.writer.lock().await;
+        let Some(cmd) = w.unknown.clone() else { return Ok(None) };
+        let res = self.send_write(&cmd).await;
+        if !matches!(res, Err(ClientError::Unknown(_))) {
+            w.unknown = None;
+        }
+        res.map(Some)
+    }
+
+    async fn send_write(&self, cmd: &Command) -> Result<WriteOutcome, ClientError> {
+        let seq = cmd.seq;
+        let (reply, endpoint) = self
+            .call("write", true, Route::Leader, |c, ctx| {
+                let cmd = cmd.clone();
+                async move { c.write(ctx, cmd).await }
+            })
+            .await?;
+        Ok(WriteOutcome {
+            index: reply.index,
+            term: reply.term,
+            leader: reply.leader,
+            result: reply.result,
+            duplicate: reply.duplicate,
+            endpoint,
+            seq,
+        })
+    }
+
+    // ---- reads --------------------------------------------------------------------
+
+    /// The value of `key`, or `None` if absent. Linearizable unless `stale`.
+    pub async fn get(&self, key: impl Into<Bytes>, stale: bool) -> Result<Option<Bytes>, ClientError> {
+        Ok(self.get_meta(key, stale).await?.value)
+    }
+
+    /// Like [`get`](Self::get), with the index the read was served at and who served it.
+    pub async fn get_meta(&self, key: impl Into<Bytes>, stale: bool) -> Result<GetReply, ClientError> {
+        let key = key.into();
+        raftkv_kv::validate_key(&key).map_err(|e| ClientError::Rejected(e.to_string()))?;
+        let (consistency, route) = consistency(stale);
+        let (reply, _) = self
+            .call("get", false, route, |c, ctx| {
+                let key = key.clone();
+                async move { c.get(ctx, key, consistency).await }
+            })
+            .await?;
+        Ok(reply)
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix`, in key order.
+    pub async fn scan(&self, prefix: impl Into<Bytes>, limit: u32, stale: bool) -> Result<ScanReply, ClientError> {
+        let prefix = prefix.into();
+        if limit == 0 || limit as usize > raftkv_kv::MAX_SCAN_LIMIT {
+            return Err(ClientError::Rejected(format!(
+                "scan limit is {limit}; it must be from 1 to {}",
+                raftkv_kv::MAX_SCAN_LIMIT
+            )));
+        }
+        let (consistency, route) = consistency(stale);
+        let (reply, _) = self
+            .call("scan", false, route, |c, ctx| {
+                let prefix = prefix.clone();
+                async move { c.scan(ctx, prefix, limit, consistency).await }
+            })
+            .await?;
+        Ok(reply)
+    }
+
+    /// Asks the leader to hand leadership to `target` (or to the most caught-up
+    /// peer); returns the node leadership goes to.
+    pub async fn transfer_leader(&self, target: Option<NodeId>) -> Result<NodeId, ClientError> {
+        let (id, _) = self
+            .call("transfer_leader", false, Route::Leader, |c, ctx| async move { c.transfer_leader(ctx, target).await })
+            .await?;
+        Ok(id)
+    }
+
+    // ---- status -------------------------------------------------------------------
+
+    /// One endpoint's status, within [`ClientOptions::status_timeout`].
+    pub async fn status(&self, endpoint: &str) -> Result<NodeStatus, ClientError> {
+        let deadline = Instant::now() + self.opts.status_timeout;
+        let conn = self.connection(endpoint, deadline).await.map_err(ClientError::Unreachable)?;
+        let mut ctx = context::current();
+        ctx.deadline = deadline;
+        let left = deadline.saturating_duration_since(Instant::now()) + LOCAL_TIMEOUT_SLACK;
+        match tokio::time::timeout(left, conn.status(ctx)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                self.drop_connection(endpoint, &e);
+                Err(ClientError::Unreachable(format!("{endpoint}: {e}")))
+            }
+            Err(_) => {
+                Err(ClientError::Unreachable(format!("{endpoint}: no answer within {:?}", self.opts.status_timeout)))
+            }
+        }
+    }
+
+    /// Every known endpoint's status, queried concurrently, in endpoint order.
+    pub async fn status_all(&self) -> Vec<(String, Result<NodeStatus, ClientError>)> {
+        let eps = self.endpoints();
+        let results = futures::future::join_all(eps.iter().map(|e| self.status(e))).await;
+        eps.into_iter().zip(results).collect()
+    }
+
+    // ---- routing and retries ------------------------------------------------------
+
+    fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
+        // A panic while holding this lock cannot leave the routing state invalid.
+        self.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The leader if known, else the next endpoint in turn.
+    fn pick(&self) -> String {
+        let r = self.routing();
+        r.leader.clone().unwrap_or_else(|| r.endpoints[r.cursor % r.endpoints.len()].clone())
+    }
+
+    /// The attempt at `endpoint` failed: stop treating it as leader and move on.
+    fn failed(&self, endpoint: &str) {
+        let mut r = self.routing();
+        if r.leader.as_deref() == Some(endpoint) {
+            r.leader = None;
+        }
+        if let Some(i) = r.endpoints.iter().position(|e| e == endpoint) {
+            r.cursor = i + 1;
+        } else {
+            r.cursor += 1;
+        }
+    }
+
+    fn set_leader(&self, endpoint: &str) {
+        let mut r = self.routing();
+        if !r.endpoints.iter().any(|e| e == endpoint) {
+            r.endpoints.push(endpoint.to_string());
+        }
+        r.leader = Some(endpoint.to_string());
+    }
+
+    async fn connection(&self, endpoint: &str, deadline: Instant) -> Result<RaftKvClient, String> {
+        if let Some(c) = self.routing().conns.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let limit = self.opts.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let c = match tokio::time::timeout(limit, raftkv_rpc::connect(endpoint)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("{endpoint}: cannot connect: {e}")),
+            Err(_) => return Err(format!("{endpoint}: cannot connect within {limit:?}")),
+        };
+        debug!(endpoint, "connected");
+        self.routing().conns.insert(endpoint.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn drop_connection(&self, endpoint: &str, e: &RpcError) {
+        if !matches!(e, RpcError::DeadlineExceeded) {
+            debug!(endpoint, error = %e, "dropping connection");
+            self.routing().conns.remove(endpoint);
+        }
+    }
+
+    /// Runs one request until it succeeds, fails definitely, or the deadline passes.
+    /// Returns the reply and the endpoint that gave it.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        is_write: bool,
+        route: Route,
+        mut attempt: F,
+    ) -> Result<(T, String), ClientError>
+    where
+        F: FnMut(RaftKvClient, Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, RpcClientError>, RpcError>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.opts.timeout;
+        let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
+        let mut last_error = String::from("no attempt was made");
+        let mut redirects = 0usize;
+        let mut attempts = 0u32;
+        loop {
+            if Instant::now() >= deadline {
+                let msg = format!(
+                    "{op} did not complete within {:?} ({attempts} attempts; last error: {last_error})",
+                    self.opts.timeout
+                );
+                return Err(if is_write { ClientError::Unknown(msg) } else { ClientError::NoLeader(msg) });
+            }
+            attempts += 1;
+            let endpoint = self.pick();
+            let failure = match self.connection(&endpoint, deadline).await {
+                Err(e) => Failure::Elsewhere(e),
+                Ok(conn) => {
+                    let attempt_deadline = (Instant::now() + self.opts.rpc_timeout).min(deadline);
+                    let mut ctx = context::current();
+                    ctx.deadline = attempt_deadline;
+                    let local = attempt_deadline.saturating_duration_since(Instant::now()) + LOCAL_TIMEOUT_SLACK;
+                    match tokio::time::timeout(local, attempt(conn, ctx)).await {
+                        Ok(Ok(Ok(v))) => {
+                            if route == Route::Leader {
+                                self.set_leader(&endpoint);
+                            }
+                            debug!(op, endpoint, attempts, elapsed = ?start.elapsed(), "ok");
+                            return Ok((v, endpoint));
+                        }
+                        Ok(Ok(Err(e))) => classify(op, is_write, &endpoint, e),
+                        Ok(Err(e)) => {
+                            self.drop_connection(&endpoint, &e);
+                            Failure::Elsewhere(format!("{endpoint}: {e}"))
+                        }
+                        Err(_) => {
+                            Failure::Elsewhere(format!("{endpoint}: no answer within {:?}", self.opts.rpc_timeout))
+                        }
+                    }
+                }
+            };
+            match failure {
+                Failure::Fatal(e) => return Err(e),
+                Failure::NotLeader(Some(hint)) if hint != endpoint => {
+                    debug!(op, endpoint, hint, "redirected to leader");
+                    last_error = format!("{endpoint}: not the leader (hint: {hint})");
+                    self.set_leader(&hint);
+                    redirects += 1;
+                    // Hints can be stale during an election; stop trusting them blindly
+                    // after a round of redirects.
+                    if redirects > self.endpoints().len() {
+                        backoff.sleep(deadline).await;
+                    }
+                }
+                Failure::NotLeader(_) => {
+                    debug!(op, endpoint, "not the leader, no hint");
+                    last_error = format!("{endpoint}: not the leader, leader unknown");
+                    self.failed(&endpoint);
+                    backoff.sleep(deadline).await;
+                }
+                Failure::Elsewhere(e) => {
+                    debug!(op, endpoint, error = %e, "attempt failed");
+                    last_error = e;
+                    self.failed(&endpoint);
+                    backoff.sleep(deadline).await;
+                }
+                Failure::Same(e) => {
+                    debug!(op, endpoint, error = %e, "backing off");
+                    last_error = e;
+                    backoff.sleep(deadline).await;
+                }
+            }
+        }
+    }
+}
+
+fn consistency(stale: bool) -> (ReadConsistency, Route) {
+    if stale { (ReadConsistency::Stale, Route::Any) } else { (ReadConsistency::Linearizable, Route::Leader) }
+}
+
+fn classify(op: &str, is_write: bool, endpoint: &str, e: RpcClientError) -> Failure {
+    match e {
+        RpcClientError::NotLeader { leader_addr, .. } => Failure::NotLeader(leader_addr),
+        RpcClientError::Timeout => Failure::Elsewhere(format!("{endpoint}: {op} timed out on the server")),
+        RpcClientError::Unavailable(m) => Failure::Elsewhere(format!("{endpoint}: unavailable: {m}")),
+        RpcClientError::Overloaded(m) => Failure::Same(format!("{endpoint}: overloaded: {m}")),
+        RpcClientError::Invalid(m) => Failure::Fatal(ClientError::Rejected(m)),
+        // Retrying a write with the same seq is safe, and its outcome is not known.
+        RpcClientError::Internal(m) if is_write => Failure::Elsewhere(format!("{endpoint}: server error: {m}")),
+        RpcClientError::Internal(m) => Failure::Fatal(ClientError::Server(format!("{endpoint}: {m}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_requires_endpoints_and_dedups() {
+        assert!(matches!(Client::new(vec![], ClientOptions::default()), Err(ClientError::Config(_))));
+        let c = Client::new(vec!["a:1".into(), " a:1 ".into(), "b:2".into(), String::new()], ClientOptions::default())
+            .unwrap();
+        assert_eq!(c.endpoints(), vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_ne!(c.client_id(), 0);
+    }
+
+    #[tokio::test]
+    async fn dead_endpoints_give_deadline_errors() {
+        // Bind then drop, so the port is (almost certainly) closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let opts = ClientOptions::with_timeout(Duration::from_millis(300));
+        let c = Client::new(vec![addr], opts).unwrap();
+        let start = Instant::now();
+        let e = c.put("k", "v").await.unwrap_err();
+        assert!(matches!(e, ClientError::Unknown(_)), "{e}");
+        assert!(e.to_string().contains("may or may not have been applied"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        let e = c.get("k", false).await.unwrap_err();
+        assert!(matches!(e, ClientError::NoLeader(_)), "{e}");
+        // The unknown write is remembered for a same-seq retry.
+        assert!(matches!(c.retry_unknown().await, Err(ClientError::Unknown(_))));
+        let st = c.status_all().await;
+        assert_eq!(st.len(), 1);
+        assert!(st[0].1.is_err());
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_are_rejected_locally() {
+        let c =
+            Client::new(vec!["127.0.0.1:1".into()], ClientOptions::with_timeout(Duration::from_millis(100))).unwrap();
+        assert!(matches!(c.put("", "v").await, Err(ClientError::Rejected(_))));
+        assert!(matches!(c.scan("p", 0, false).await, Err(ClientError::Rejected(_))));
+        assert!(matches!(c.retry_unknown().await, Ok(None)));
+    }
+}

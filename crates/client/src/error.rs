@@ -1,0 +1,36 @@
+//! The client's errors: what a caller can act on, not how the failure happened.
+
+/// Why an operation did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The deadline passed after a write may have been sent. It may or may not have
+    /// been applied (and may still be applied later). Retry it with
+    /// [`Client::retry_unknown`](crate::Client::retry_unknown) to learn its fate
+    /// without applying it twice.
+    #[error("outcome unknown: {0}; the write may or may not have been applied")]
+    Unknown(String),
+    /// The deadline passed for a read (or status-like request) without any leader
+    /// answering. Nothing was changed.
+    #[error("no leader answered before the deadline: {0}")]
+    NoLeader(String),
+    /// The request is invalid (e.g. a key or value over a limit) and was not applied.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A server failed a read with an internal error.
+    #[error("server error: {0}")]
+    Server(String),
+    /// One endpoint could not be reached or did not answer (for per-endpoint
+    /// requests such as status).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The client was built wrongly (e.g. without endpoints).
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The deadline passed (outcome unknown for a write, no leader for a read).
+    pub fn is_deadline(&self) -> bool {
+        matches!(self, ClientError::Unknown(_) | ClientError::NoLeader(_))
+    }
+}

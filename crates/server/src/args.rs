@@ -1,0 +1,370 @@
+//! Command-line flags (each also read from `RAFTKV_<FLAG>`) and their resolution into a
+//! [`NodeConfig`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use raftkv_raft::NodeId;
+use raftkv_storage::FsyncPolicy;
+
+/// The flags of `raftkv-server` (and of `raftkv server` in the CLI).
+///
+/// Two ways to name the cluster: static (`--id`, `--listen`, `--peers`) or Kubernetes
+/// (`--pod-name`, `--service`, `--replicas`, derived from a StatefulSet's stable names).
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(name = "raftkv-server", version, about = "A raftkv node: a replicated key/value store on Raft")]
+pub struct ServerArgs {
+    /// This node's id (non-zero). Static mode.
+    #[arg(long, env = "RAFTKV_ID", conflicts_with = "pod_name")]
+    pub id: Option<u64>,
+
+    /// Address to listen on, e.g. 127.0.0.1:6001. Static mode.
+    #[arg(long, env = "RAFTKV_LISTEN", value_name = "HOST:PORT", conflicts_with = "pod_name")]
+    pub listen: Option<String>,
+
+    /// Every member as ID=HOST:PORT, comma separated. May include this node (its entry is
+    /// then its advertised address); if it does not, this node is added with --listen.
+    #[arg(
+        long,
+        env = "RAFTKV_PEERS",
+        value_name = "ID=HOST:PORT,...",
+        value_delimiter = ',',
+        value_parser = parse_peer,
+        conflicts_with = "pod_name"
+    )]
+    pub peers: Vec<Peer>,
+
+    /// Directory of this node's write-ahead log and snapshots.
+    #[arg(long, env = "RAFTKV_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Kubernetes mode: this pod's name, `<statefulset>-<ordinal>`; the id is ordinal + 1.
+    #[arg(long, env = "RAFTKV_POD_NAME", requires_all = ["service", "replicas"])]
+    pub pod_name: Option<String>,
+
+    /// Kubernetes mode: the headless service of the StatefulSet.
+    #[arg(long, env = "RAFTKV_SERVICE", requires = "pod_name")]
+    pub service: Option<String>,
+
+    /// Kubernetes mode: the number of replicas (cluster members).
+    #[arg(long, env = "RAFTKV_REPLICAS", requires = "pod_name")]
+    pub replicas: Option<u32>,
+
+    /// Kubernetes mode: the port every pod listens on.
+    #[arg(long, env = "RAFTKV_PORT", default_value_t = 6000)]
+    pub port: u16,
+
+    /// Kubernetes mode: the namespace. When given, peer names are qualified as
+    /// `<pod>.<service>.<namespace>.svc`; otherwise `<pod>.<service>` (same namespace).
+    #[arg(long, env = "RAFTKV_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Length of one Raft tick in milliseconds.
+    #[arg(long, env = "RAFTKV_TICK_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tick_ms: u64,
+
+    /// Ticks without a leader before a follower campaigns.
+    #[arg(long, env = "RAFTKV_ELECTION_TICKS", default_value_t = 10)]
+    pub election_ticks: u32,
+
+    /// Ticks between leader heartbeats.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_TICKS", default_value_t = 1)]
+    pub heartbeat_ticks: u32,
+
+    /// Snapshot the state machine after this many entries applied since the last one
+    /// (0 disables snapshots).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+
+    /// Whether to fsync before acknowledging. `never` may lose acknowledged writes on
+    /// power failure: benchmarks only.
+    #[arg(long, env = "RAFTKV_FSYNC", value_enum, default_value_t = FsyncMode::Always)]
+    pub fsync: FsyncMode,
+
+    /// Log output format. The filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "RAFTKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--fsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncMode {
+    Always,
+    Never,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One `ID=HOST:PORT` entry of `--peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// Parses one `ID=HOST:PORT` entry. The address is not resolved (peers may not exist yet).
+pub fn parse_peer(s: &str) -> Result<Peer, String> {
+    let s = s.trim();
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("'{s}' is not ID=HOST:PORT (e.g. 1=10.0.0.1:6000)"))?;
+    let id: NodeId = id.trim().parse().map_err(|_| format!("'{s}': the id '{}' is not a number", id.trim()))?;
+    if id == 0 {
+        return Err(format!("'{s}': node ids must be non-zero"));
+    }
+    let addr = addr.trim();
+    check_addr(addr).map_err(|e| format!("'{s}': {e}"))?;
+    Ok(Peer { id, addr: addr.to_string() })
+}
+
+/// Checks the shape `HOST:PORT` without resolving the host.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("the address '{addr}' has no :PORT"))?;
+    if host.is_empty() {
+        return Err(format!("the address '{addr}' has no host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("the address '{addr}' has an invalid port '{port}'"))?;
+    Ok(())
+}
+
+/// Everything a node needs to start, derived from [`ServerArgs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// The address to bind.
+    pub listen: String,
+    /// Every member (this node included) and the address peers reach it at.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub snapshot_entries: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl NodeConfig {
+    /// How long an election timeout is at least.
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks
+    }
+}
+
+impl ServerArgs {
+    /// Validates the flags and derives the node's identity, address and peers.
+    /// Errors name the offending flag.
+    pub fn resolve(&self) -> Result<NodeConfig, String> {
+        let (id, listen, peers) = match &self.pod_name {
+            Some(pod) => self.resolve_kubernetes(pod)?,
+            None => self.resolve_static()?,
+        };
+        if self.heartbeat_ticks == 0 {
+            return Err("--heartbeat-ticks must be at least 1".into());
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err(format!(
+                "--election-ticks ({}) must be greater than --heartbeat-ticks ({})",
+                self.election_ticks, self.heartbeat_ticks
+            ));
+        }
+        Ok(NodeConfig {
+            id,
+            listen,
+            peers,
+            data_dir: self.data_dir.clone(),
+            tick: Duration::from_millis(self.tick_ms),
+            election_ticks: self.election_ticks,
+            heartbeat_ticks: self.heartbeat_ticks,
+            snapshot_entries: self.snapshot_entries,
+            fsync: match self.fsync {
+                FsyncMode::Always => FsyncPolicy::Always,
+                FsyncMode::Never => FsyncPolicy::Never,
+            },
+        })
+    }
+
+    fn resolve_static(&self) -> Result<(NodeId, String, BTreeMap<NodeId, String>), String> {
+        let id = self.id.ok_or("--id is required (or use Kubernetes mode with --pod-name)")?;
+        if id == 0 {
+            return Err("--id must be non-zero".into());
+        }
+        let listen = self.listen.clone().ok_or("--listen is required (or use Kubernetes mode with --pod-name)")?;
+        check_addr(&listen).map_err(|e| format!("--listen: {e}"))?;
+        let mut peers = BTreeMap::new();
+        for p in &self.peers {
+            if peers.insert(p.id, p.addr.clone()).is_some() {
+                return Err(format!("--peers lists node {} more than once", p.id));
+            }
+        }
+        peers.entry(id).or_insert_with(|| listen.clone());
+        Ok((id, listen, peers))
+    }
+
+    fn resolve_kubernetes(&self, pod: &str) -> Result<(NodeId, String, BTreeMap<NodeId, String>), String> {
+        let service = self.service.as_deref().ok_or("--service is required with --pod-name")?;
+        let replicas = self.replicas.ok_or("--replicas is required with --pod-name")?;
+        if replicas == 0 {
+            return Err("--replicas must be at least 1".into());
+        }
+        if service.is_empty() {
+            return Err("--service must not be empty".into());
+        }
+        let (set, ordinal) = pod
+            .rsplit_once('-')
+            .and_then(|(set, n)| Some((set, n.parse::<u64>().ok()?)))
+            .filter(|(set, _)| !set.is_empty())
+            .ok_or_else(|| format!("--pod-name '{pod}' must look like <statefulset>-<ordinal>, e.g. raft-0"))?;
+        if ordinal >= u64::from(replicas) {
+            return Err(format!("--pod-name '{pod}' has ordinal {ordinal}, but --replicas is {replicas}"));
+        }
+        let domain = match &self.namespace {
+            Some(ns) => format!("{service}.{ns}.svc"),
+            None => service.to_string(),
+        };
+        let port = self.port;
+        let peers = (0..u64::from(replicas)).map(|i| (i + 1, format!("{set}-{i}.{domain}:{port}"))).collect();
+        Ok((ordinal + 1, format!("0.0.0.0:{port}"), peers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerArgs, clap::Error> {
+        // clap also reads RAFTKV_* variables; these tests assume none is set.
+        ServerArgs::try_parse_from(std::iter::once("raftkv-server").chain(args.iter().copied()))
+    }
+
+    fn resolve(args: &[&str]) -> Result<NodeConfig, String> {
+        parse(args).map_err(|e| e.to_string())?.resolve()
+    }
+
+    #[test]
+    fn static_mode_with_self_in_peers() {
+        let cfg = resolve(&[
+            "--id",
+            "2",
+            "--listen",
+            "0.0.0.0:6002",
+            "--peers",
+            "1=10.0.0.1:6001,2=10.0.0.2:6002, 3=node-3.example:6003",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(cfg.id, 2);
+        assert_eq!(cfg.listen, "0.0.0.0:6002");
+        let peers: Vec<_> = cfg.peers.iter().map(|(i, a)| (*i, a.as_str())).collect();
+        assert_eq!(peers, [(1, "10.0.0.1:6001"), (2, "10.0.0.2:6002"), (3, "node-3.example:6003")]);
+        assert_eq!(cfg.tick, Duration::from_millis(100));
+        assert_eq!((cfg.election_ticks, cfg.heartbeat_ticks, cfg.snapshot_entries), (10, 1, 10_000));
+        assert_eq!(cfg.fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn static_mode_adds_self_from_listen() {
+        let cfg =
+            resolve(&["--id", "3", "--listen", "127.0.0.1:7003", "--peers", "1=a:1,2=b:2", "--data-dir", "d"]).unwrap();
+        assert_eq!(cfg.peers.get(&3).map(String::as_str), Some("127.0.0.1:7003"));
+        assert_eq!(cfg.peers.len(), 3);
+        let single = resolve(&["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "d"]).unwrap();
+        assert_eq!(single.peers.into_iter().collect::<Vec<_>>(), [(1, "127.0.0.1:1".to_string())]);
+    }
+
+    #[test]
+    fn repeated_peers_flags_accumulate() {
+        let cfg = resolve(&["--id", "1", "--listen", "h:1", "--peers", "1=h:1", "--peers", "2=h:2", "--data-dir", "d"])
+            .unwrap();
+        assert_eq!(cfg.peers.len(), 2);
+    }
+
+    #[test]
+    fn peer_entry_errors_are_clear() {
+        assert!(parse_peer("1=10.0.0.1:6000").is_ok());
+        assert!(parse_peer("x=h:1").unwrap_err().contains("the id 'x' is not a number"));
+        assert!(parse_peer("0=h:1").unwrap_err().contains("non-zero"));
+        assert!(parse_peer("1-h:1").unwrap_err().contains("is not ID=HOST:PORT"));
+        assert!(parse_peer("1=h").unwrap_err().contains("has no :PORT"));
+        assert!(parse_peer("1=h:99999").unwrap_err().contains("invalid port '99999'"));
+        assert!(parse_peer("1=:5").unwrap_err().contains("has no host"));
+        let err = parse(&["--id", "1", "--listen", "h:1", "--peers", "1=h:1,2=oops", "--data-dir", "d"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--peers"), "{msg}");
+        assert!(msg.contains("'2=oops'"), "{msg}");
+    }
+
+    #[test]
+    fn static_mode_errors_name_the_flag() {
+        let e = resolve(&["--listen", "h:1", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--id is required"), "{e}");
+        let e = resolve(&["--id", "1", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--listen is required"), "{e}");
+        let e = resolve(&["--id", "0", "--listen", "h:1", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--id must be non-zero"), "{e}");
+        let e = resolve(&["--id", "1", "--listen", "nohost", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--listen"), "{e}");
+        let e = resolve(&["--id", "1", "--listen", "h:1", "--peers", "2=a:1,2=b:2", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--peers lists node 2 more than once"), "{e}");
+        let e = resolve(&["--id", "1", "--listen", "h:1", "--election-ticks", "1", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--election-ticks"), "{e}");
+        let e = resolve(&["--id", "1", "--listen", "h:1"]).unwrap_err();
+        assert!(e.contains("--data-dir"), "{e}");
+        let e = resolve(&["--id", "1", "--listen", "h:1", "--data-dir", "d", "--fsync", "sometimes"]).unwrap_err();
+        assert!(e.contains("--fsync"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_mode_derives_id_peers_and_listen() {
+        let cfg =
+            resolve(&["--pod-name", "raft-1", "--service", "raft-service", "--replicas", "3", "--data-dir", "/d"])
+                .unwrap();
+        assert_eq!(cfg.id, 2);
+        assert_eq!(cfg.listen, "0.0.0.0:6000");
+        let peers: Vec<_> = cfg.peers.iter().map(|(i, a)| (*i, a.as_str())).collect();
+        assert_eq!(
+            peers,
+            [(1, "raft-0.raft-service:6000"), (2, "raft-1.raft-service:6000"), (3, "raft-2.raft-service:6000")]
+        );
+    }
+
+    #[test]
+    fn kubernetes_mode_port_namespace_and_dashed_names() {
+        let cfg = resolve(&[
+            "--pod-name",
+            "my-kv-store-0",
+            "--service",
+            "kv",
+            "--replicas",
+            "1",
+            "--port",
+            "7000",
+            "--namespace",
+            "prod",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        assert_eq!(cfg.id, 1);
+        assert_eq!(cfg.listen, "0.0.0.0:7000");
+        assert_eq!(cfg.peers.get(&1).map(String::as_str), Some("my-kv-store-0.kv.prod.svc:7000"));
+    }
+
+    #[test]
+    fn kubernetes_mode_errors() {
+        let e = resolve(&["--pod-name", "raft", "--service", "s", "--replicas", "3", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--pod-name 'raft' must look like"), "{e}");
+        let e = resolve(&["--pod-name", "raft-3", "--service", "s", "--replicas", "3", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("ordinal 3"), "{e}");
+        let e = resolve(&["--pod-name", "raft-0", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--service") && e.contains("--replicas"), "{e}");
+        let e = resolve(&["--pod-name", "raft-0", "--service", "s", "--replicas", "3", "--id", "1", "--data-dir", "d"])
+            .unwrap_err();
+        assert!(e.contains("--id") && e.contains("--pod-name"), "{e}");
+    }
+}

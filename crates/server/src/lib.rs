@@ -1,0 +1,246 @@
+//! The raftkv node runtime.
+//!
+//! Its job: be the only place where the pieces meet. One tokio task (the Raft loop)
+//! owns the Raft core ([`raftkv_raft::RawNode`]), the state machine
+//! ([`raftkv_kv::KvStateMachine`]) and the handle of the storage writer
+//! ([`raftkv_storage::GroupCommitWriter`]); the network and the disk work around it
+//! through bounded channels:
+//!
+//! - the tarpc service ([`raftkv_rpc::RaftKv`]) turns client requests and peer message
+//!   batches into inputs of the loop and waits for answers within each request's
+//!   deadline;
+//! - one task per peer batches outbound messages onto one reused connection;
+//! - the group-commit writer thread fsyncs; while it does, new inputs queue up and share
+//!   the next fsync.
+//!
+//! What it must never do:
+//! - acknowledge a write before it is committed, i.e. durable (fsynced) on a majority —
+//!   this node's own entries and vote are durable before it sends the messages that
+//!   depend on them;
+//! - block the Raft loop on the network: every send to a peer is a non-blocking enqueue
+//!   that drops the message (Raft retransmits) when the peer is slow;
+//! - panic on network or disk input: bad messages are refused, and a storage failure or
+//!   an unusable snapshot stops the node with an error instead.
+//!
+//! Peer traffic carries cluster id 0 and any cluster id is accepted: a node does not yet
+//! store the id of the cluster it belongs to, so two clusters whose members are listed
+//! in each other's `--peers` would not be told apart.
+
+mod args;
+mod node;
+mod peer;
+mod service;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use raftkv_kv::KvStateMachine;
+use raftkv_raft::{ConfState, Config, RawNode};
+use raftkv_rpc::RaftKv;
+use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
+use raftkv_storage::{DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use args::{FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer};
+
+/// Raft message batches from peers waiting for the loop; when full, peers get `Busy`.
+const RAFT_QUEUE: usize = 1024;
+/// Client requests waiting for the loop; when full, clients get `Overloaded`.
+const CLIENT_QUEUE: usize = 4096;
+/// Requests one connection may have in flight.
+const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
+
+/// Runs a node until SIGTERM or Ctrl-C, as `raftkv-server` does: sets up logging,
+/// resolves the flags, binds `--listen` and calls [`serve`].
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let cfg = args.resolve().map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
+    let listener =
+        TcpListener::bind(&cfg.listen).await.with_context(|| format!("cannot listen on --listen {}", cfg.listen))?;
+    serve(cfg, listener, shutdown_signal()).await
+}
+
+/// Installs the global tracing subscriber, writing to stderr (filter from `RUST_LOG`,
+/// default `info`).
+/// Does nothing if one is already installed (e.g. by an embedding program or a test).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("shutting down: received SIGTERM"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("shutting down: received Ctrl-C"),
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch for SIGTERM; only Ctrl-C stops the node"),
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::info!("shutting down: received Ctrl-C");
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs node `cfg.id` on an already bound `listener` until `shutdown` resolves, then
+/// hands off leadership if it leads (waiting at most two election timeouts), stops
+/// serving and flushes storage. Returns an error if storage fails or cannot be opened.
+pub async fn serve(
+    cfg: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr().context("reading the listen address")?;
+    tracing::info!(
+        id = cfg.id,
+        listen = %local,
+        peers = ?cfg.peers,
+        data_dir = %cfg.data_dir.display(),
+        tick_ms = cfg.tick.as_millis() as u64,
+        election_ticks = cfg.election_ticks,
+        heartbeat_ticks = cfg.heartbeat_ticks,
+        snapshot_entries = cfg.snapshot_entries,
+        "starting raftkv node"
+    );
+    if cfg.fsync == FsyncPolicy::Never {
+        tracing::warn!(
+            "!!! --fsync never: writes are acknowledged WITHOUT being flushed to disk; a power failure or \
+             kernel crash can lose acknowledged data. Use this for benchmarks only !!!"
+        );
+    }
+    if !cfg.peers.contains_key(&cfg.id) {
+        anyhow::bail!("node {} is not among the peers {:?}", cfg.id, cfg.peers);
+    }
+
+    let opts = StorageOptions { fsync: cfg.fsync, ..StorageOptions::default() };
+    let dir = cfg.data_dir.clone();
+    let (storage, recovered) = tokio::task::spawn_blocking(move || DiskStorage::open(&dir, opts))
+        .await
+        .context("the storage open task failed")?
+        .with_context(|| format!("cannot open storage in --data-dir {}", cfg.data_dir.display()))?;
+    let kv = match &recovered.snapshot {
+        Some(snap) => KvStateMachine::restore(&snap.data)
+            .with_context(|| format!("the snapshot at index {} on disk cannot be restored", snap.meta.index))?,
+        None => KvStateMachine::new(),
+    };
+    tracing::info!(
+        id = cfg.id,
+        term = recovered.hard_state.term,
+        commit = recovered.hard_state.commit,
+        snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.meta.index),
+        entries = recovered.entries.len(),
+        "recovered storage"
+    );
+    let raft_cfg = Config {
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        seed: random_seed(cfg.id),
+        ..Config::new(cfg.id)
+    };
+    let recovered = raftkv_raft::Recovered {
+        hard_state: recovered.hard_state,
+        snapshot: recovered.snapshot,
+        entries: recovered.entries,
+    };
+    let raw = RawNode::new(raft_cfg, ConfState::with_voters(cfg.peers.keys().copied()), recovered)?;
+    let writer =
+        GroupCommitWriter::spawn(storage, GroupCommitOptions::default()).context("cannot start the storage writer")?;
+
+    let mut peer_tasks = Vec::new();
+    let mut peers = HashMap::new();
+    for (&id, addr) in &cfg.peers {
+        if id != cfg.id {
+            let (sender, task) = peer::spawn_peer(id, addr.clone());
+            peers.insert(id, sender);
+            peer_tasks.push(task);
+        }
+    }
+    let peer_addrs = Arc::new(cfg.peers.iter().map(|(id, addr)| (*id, addr.clone())).collect::<Vec<_>>());
+    let (raft_tx, raft_rx) = tokio::sync::mpsc::channel(RAFT_QUEUE);
+    let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
+    let service = service::Service { id: cfg.id, peers: peer_addrs.clone(), raft_tx, client_tx };
+    let incoming = raftkv_rpc::listen(listener).await.context("cannot serve on the listener")?;
+    let server = tokio::spawn(accept_loop(incoming, service));
+
+    let loop_cfg = node::LoopConfig {
+        tick: cfg.tick,
+        election_timeout: cfg.election_timeout(),
+        snapshot_entries: cfg.snapshot_entries,
+    };
+    let node = node::Node::new(raw, kv, writer, peers, peer_addrs, loop_cfg);
+    let result = node.run(raft_rx, client_rx, shutdown).await;
+
+    tracing::info!(id = cfg.id, "shutting down: closing connections");
+    server.abort();
+    let _ = server.await;
+    for task in peer_tasks {
+        task.abort();
+    }
+    match &result {
+        Ok(()) => tracing::info!(id = cfg.id, "shut down"),
+        Err(e) => tracing::error!(id = cfg.id, error = format!("{e:#}"), "node stopped on an error"),
+    }
+    result
+}
+
+/// Accepts connections and serves each on its own task until aborted (which aborts
+/// the connection tasks too).
+async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Service) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(transport)) => {
+                    let serve = service.clone().serve();
+                    connections.spawn(
+                        BaseChannel::with_defaults(transport)
+                            .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
+                            .execute(serve)
+                            .for_each(|request| async {
+                                tokio::spawn(request);
+                            }),
+                    );
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => {
+                    tracing::warn!("the listener closed");
+                    break;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// A seed for election jitter that differs between nodes and restarts.
+fn random_seed(id: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(id);
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}

@@ -1,0 +1,182 @@
+//! Outbound Raft traffic: one task per peer, each with a bounded queue, one reused
+//! connection, batching, per-RPC deadlines and reconnection with backoff.
+//!
+//! The Raft loop only ever calls [`PeerSender::send`], which never waits: when a peer's
+//! queue is full the message is dropped (and counted); Raft retransmits what matters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use raftkv_raft::{Entry, Message, MessageBody, NodeId};
+use raftkv_rpc::{PeerError, RaftKvClient, tarpc};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+
+/// The cluster id sent with every batch (see the crate documentation).
+pub(crate) const CLUSTER_ID: u64 = 0;
+/// Messages waiting for one peer; more are dropped.
+const QUEUE_CAPACITY: usize = 4096;
+/// Upper bounds on one `raft` RPC.
+const MAX_BATCH_MESSAGES: usize = 512;
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Deadline of one connection attempt and of one RPC.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Counters of one peer link.
+#[derive(Debug, Default)]
+pub(crate) struct PeerStats {
+    pub sent: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// The Raft loop's handle on one peer's outbound queue.
+#[derive(Debug)]
+pub(crate) struct PeerSender {
+    id: NodeId,
+    tx: mpsc::Sender<Message>,
+    stats: Arc<PeerStats>,
+}
+
+impl PeerSender {
+    /// Queues `msg` without waiting; drops it if the queue is full.
+    pub fn send(&self, msg: Message) {
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(m)) => {
+                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(peer = self.id, kind = m.body.name(), dropped, "peer queue full; dropping messages");
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &PeerStats {
+        &self.stats
+    }
+}
+
+/// Starts the task that delivers messages to peer `id` at `addr` (resolved on every
+/// connection attempt). It ends once its [`PeerSender`] is dropped.
+pub(crate) fn spawn_peer(id: NodeId, addr: String) -> (PeerSender, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let stats = Arc::new(PeerStats::default());
+    let task = tokio::spawn(PeerLink { id, addr, rx, stats: stats.clone(), conn: None, backoff: MIN_BACKOFF }.run());
+    (PeerSender { id, tx, stats }, task)
+}
+
+struct PeerLink {
+    id: NodeId,
+    addr: String,
+    rx: mpsc::Receiver<Message>,
+    stats: Arc<PeerStats>,
+    conn: Option<RaftKvClient>,
+    backoff: Duration,
+}
+
+impl PeerLink {
+    async fn run(mut self) {
+        let mut carry: Option<Message> = None;
+        let mut healthy = true;
+        loop {
+            let first = match carry.take() {
+                Some(m) => m,
+                None => match self.rx.recv().await {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            if self.conn.is_none() {
+                match tokio::time::timeout(RPC_TIMEOUT, raftkv_rpc::connect(&self.addr)).await {
+                    Ok(Ok(client)) => {
+                        tracing::info!(peer = self.id, addr = %self.addr, "connected to peer");
+                        self.conn = Some(client);
+                        self.backoff = MIN_BACKOFF;
+                        healthy = true;
+                    }
+                    Ok(Err(e)) => {
+                        self.connect_failed(first, &e.to_string(), &mut healthy).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        self.connect_failed(first, "connection attempt timed out", &mut healthy).await;
+                        continue;
+                    }
+                }
+            }
+            let mut bytes = message_bytes(&first);
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+                let Ok(m) = self.rx.try_recv() else { break };
+                let size = message_bytes(&m);
+                if bytes + size > MAX_BATCH_BYTES {
+                    carry = Some(m);
+                    break;
+                }
+                bytes += size;
+                batch.push(m);
+            }
+            let n = batch.len() as u64;
+            let mut ctx = tarpc::context::current();
+            ctx.deadline = std::time::Instant::now() + RPC_TIMEOUT;
+            let client = self.conn.as_ref().expect("connected above");
+            match client.raft(ctx, CLUSTER_ID, batch).await {
+                Ok(Ok(())) => {
+                    self.stats.sent.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::debug!(peer = self.id, error = %e, messages = n, "peer refused a batch");
+                    if e == PeerError::Busy {
+                        // Let its Raft loop catch up instead of hammering it.
+                        tokio::time::sleep(MIN_BACKOFF).await;
+                    }
+                }
+                Err(tarpc::client::RpcError::DeadlineExceeded) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::debug!(peer = self.id, messages = n, "raft RPC to peer timed out");
+                }
+                Err(e) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(peer = self.id, addr = %self.addr, error = %e, "lost connection to peer");
+                    self.conn = None;
+                }
+            }
+        }
+    }
+
+    /// Drops `first` and everything queued (it would be stale by the next attempt; Raft
+    /// resends), then waits out the backoff.
+    async fn connect_failed(&mut self, first: Message, error: &str, healthy: &mut bool) {
+        drop(first);
+        let mut dropped = 1;
+        while self.rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if *healthy {
+            tracing::warn!(peer = self.id, addr = %self.addr, error, "cannot connect to peer; retrying with backoff");
+            *healthy = false;
+        } else {
+            tracing::debug!(peer = self.id, addr = %self.addr, error, backoff_ms = self.backoff.as_millis() as u64, "cannot connect to peer");
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Approximate bytes of `m` on the wire, for batch limits.
+fn message_bytes(m: &Message) -> usize {
+    64 + match &m.body {
+        MessageBody::AppendEntries { entries, .. } => entries.iter().map(Entry::size).sum(),
+        MessageBody::InstallSnapshot { data, .. } => data.len(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,133 @@
+//! The tarpc [`RaftKv`] service: validates requests, hands them to the Raft loop through
+//! bounded channels and waits for the answer within the request's deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftkv_kv::{Command, MAX_SCAN_LIMIT};
+use raftkv_raft::{Message, NodeId};
+use raftkv_rpc::tarpc::context::Context;
+use raftkv_rpc::{ClientError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, WriteReply};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::node::{ReadOp, ReadOutput, Request};
+
+/// No request waits longer than this, whatever deadline its client set.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// One clone per connection; all share the node's input channels.
+#[derive(Clone)]
+pub(crate) struct Service {
+    pub id: NodeId,
+    pub peers: Arc<Vec<(NodeId, String)>>,
+    pub raft_tx: mpsc::Sender<Vec<Message>>,
+    pub client_tx: mpsc::Sender<Request>,
+}
+
+impl Service {
+    fn submit(&self, request: Request) -> Result<(), ClientError> {
+        self.client_tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ClientError::Overloaded("the node's request queue is full".into()),
+            mpsc::error::TrySendError::Closed(_) => ClientError::Unavailable("the node is shutting down".into()),
+        })
+    }
+
+    async fn read(&self, ctx: Context, op: ReadOp, consistency: ReadConsistency) -> Result<ReadOutput, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::Read { op, consistency, reply })?;
+        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+    }
+}
+
+/// Waits for the Raft loop's answer until the request's deadline (capped at
+/// [`MAX_WAIT`]). Dropping `rx` on timeout tells the loop to forget the request.
+async fn wait<T>(
+    ctx: Context,
+    rx: oneshot::Receiver<Result<T, ClientError>>,
+    if_dropped: ClientError,
+) -> Result<T, ClientError> {
+    let now = Instant::now();
+    let deadline = Instant::from_std(ctx.deadline).min(now + MAX_WAIT);
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(if_dropped),
+        Err(_) => Err(ClientError::Timeout),
+    }
+}
+
+impl RaftKv for Service {
+    async fn raft(self, _: Context, _cluster_id: u64, messages: Vec<Message>) -> Result<(), PeerError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.raft_tx.try_send(messages).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PeerError::Busy,
+            mpsc::error::TrySendError::Closed(_) => PeerError::ShuttingDown,
+        })
+    }
+
+    async fn write(self, ctx: Context, command: Command) -> Result<WriteReply, ClientError> {
+        command.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let data = command.encode();
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::Write { data, reply })?;
+        // Why Timeout when the loop is gone: the write may have been proposed already.
+        wait(ctx, rx, ClientError::Timeout).await
+    }
+
+    async fn get(self, ctx: Context, key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError> {
+        raftkv_kv::validate_key(&key).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        match self.read(ctx, ReadOp::Get(key), consistency).await? {
+            ReadOutput::Get(reply) => Ok(reply),
+            ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+        }
+    }
+
+    async fn scan(
+        self,
+        ctx: Context,
+        prefix: Bytes,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<ScanReply, ClientError> {
+        let limit = limit as usize;
+        if limit == 0 || limit > MAX_SCAN_LIMIT {
+            return Err(ClientError::Invalid(format!("scan limit is {limit}; it must be from 1 to {MAX_SCAN_LIMIT}")));
+        }
+        match self.read(ctx, ReadOp::Scan { prefix, limit }, consistency).await? {
+            ReadOutput::Scan(reply) => Ok(reply),
+            ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+        }
+    }
+
+    async fn status(self, ctx: Context) -> NodeStatus {
+        let unavailable = NodeStatus {
+            id: self.id,
+            role: "unavailable".into(),
+            term: 0,
+            leader: None,
+            commit_index: 0,
+            applied_index: 0,
+            last_index: 0,
+            snapshot_index: 0,
+            peers: self.peers.as_ref().clone(),
+        };
+        let (reply, rx) = oneshot::channel();
+        if self.client_tx.try_send(Request::Status(reply)).is_err() {
+            return unavailable;
+        }
+        let deadline = Instant::from_std(ctx.deadline).min(Instant::now() + MAX_WAIT);
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(status)) => status,
+            _ => unavailable,
+        }
+    }
+
+    async fn transfer_leader(self, ctx: Context, target: Option<NodeId>) -> Result<NodeId, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::Transfer { target, reply })?;
+        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+    }
+}
