@@ -44,6 +44,9 @@ pub struct SimOptions {
     pub compaction_slack: u64,
     /// Small, so snapshots travel in many chunks.
     pub snapshot_chunk_bytes: usize,
+    /// Bytes of entries per AppendEntries: small values split a new leader's catch-up
+    /// into many messages, so old-term entries travel without the leader's no-op.
+    pub max_append_bytes: usize,
     /// Client commands retry after this many units without an answer.
     pub retry_after: u64,
     pub clients: usize,
@@ -60,6 +63,7 @@ impl SimOptions {
             snapshot_every: 40,
             compaction_slack: 8,
             snapshot_chunk_bytes: 256,
+            max_append_bytes: 4096,
             retry_after: 400,
             clients: 3,
         }
@@ -247,7 +251,7 @@ impl Cluster {
         cfg.seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (id << 32) ^ restarts;
         cfg.compaction_slack = self.opts.compaction_slack;
         cfg.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
-        cfg.max_append_bytes = 4096;
+        cfg.max_append_bytes = self.opts.max_append_bytes;
         cfg.max_inflight_appends = 8;
         cfg
     }

@@ -15,8 +15,10 @@ const FAULT_UNITS: u64 = 5_000;
 const LIVENESS_UNITS: u64 = 4_000;
 /// …and every node must then catch up within this many.
 const CONVERGENCE_UNITS: u64 = 4_000;
-/// On average one fault action per this many units.
-const FAULT_EVERY: u64 = 150;
+/// On average one fault action per this many units; each seed draws its own, from a
+/// calm cluster to one in constant turmoil (short leaderships are what expose commit
+/// rule bugs such as Raft's Figure 8).
+const FAULT_EVERY: [u64; 4] = [300, 150, 60, 25];
 
 #[derive(Debug)]
 pub struct RunReport {
@@ -60,13 +62,15 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
     opts.duplicate_percent = knobs.next_u64() % 5;
     opts.max_delay = 1 + knobs.next_u64() % 20;
     opts.max_fsync = knobs.next_u64() % 6;
+    opts.max_append_bytes = [64, 512, 4096][(knobs.next_u64() % 3) as usize];
+    let fault_every = FAULT_EVERY[(knobs.next_u64() % FAULT_EVERY.len() as u64) as usize];
     let mut cluster = Cluster::new(seed, opts);
     let fail = |c: &Cluster, reason: String| Failure { seed, nodes, reason, recent: c.recent_history().to_vec() };
 
     let mut faults = 0;
     for _ in 0..FAULT_UNITS {
         cluster.step();
-        if cluster.rng().next_u64().is_multiple_of(FAULT_EVERY) {
+        if cluster.rng().next_u64().is_multiple_of(fault_every) {
             inject_fault(&mut cluster);
             faults += 1;
         }
