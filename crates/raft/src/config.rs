@@ -34,6 +34,9 @@ pub struct Config {
     /// Entries kept in memory behind a snapshot, so slightly lagging followers catch up
     /// from the log instead of a whole snapshot.
     pub compaction_slack: u64,
+    /// A learner is promoted to voter only once its log is within this many entries of
+    /// the leader's last index, so a promotion cannot stall commits while it catches up.
+    pub max_promotion_lag: u64,
     /// Seed of the node's RNG (election timeout jitter).
     pub seed: u64,
 }
@@ -55,6 +58,7 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 8 << 30,
             compaction_slack: 1_000,
+            max_promotion_lag: 1_000,
             seed: id,
         }
     }

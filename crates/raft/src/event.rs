@@ -1,7 +1,7 @@
 //! Things that happened inside the core, reported through `Ready` so the runtime can
 //! log and trace them without the core knowing about either.
 
-use crate::types::{Index, NodeId, Term};
+use crate::types::{ConfState, Index, NodeId, Term};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -23,6 +23,10 @@ pub enum Event {
     SnapshotInstalled { index: Index, term: Term },
     /// A leadership transfer did not finish within an election timeout.
     TransferAborted { target: NodeId },
+    /// The node's configuration — the latest in its log, committed or not — changed:
+    /// a ConfChange entry at `index` was appended, or truncation or a snapshot took the
+    /// log back to the configuration as of `index`.
+    ConfChanged { index: Index, conf: ConfState },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub enum StepDownReason {
     HigherTerm,
     /// Check-quorum: no quorum heard from within an election timeout.
     LostQuorum,
+    /// The leader's removal from the configuration committed; it handed leadership off.
+    Removed,
 }
 
 impl StepDownReason {
@@ -59,6 +65,7 @@ impl StepDownReason {
         match self {
             StepDownReason::HigherTerm => "higher_term",
             StepDownReason::LostQuorum => "lost_quorum",
+            StepDownReason::Removed => "removed",
         }
     }
 }

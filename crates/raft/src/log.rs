@@ -1,7 +1,13 @@
 //! The replicated log as the core sees it: a snapshot boundary, the entries after it,
-//! and three cursors — what is durable, what is committed, what is applied.
+//! and three cursors — what is durable, what is committed, what is applied — and the
+//! cluster configurations the log holds.
+//!
+//! Configurations follow the Raft dissertation's single-server rule (§4.1): a node uses
+//! the latest configuration in its log, committed or not. So the log tracks a base
+//! configuration (as of its offset) and the configuration after each ConfChange entry
+//! it holds; truncating the log takes back the configurations of the entries removed.
 
-use crate::types::{Entry, Index, SnapshotMeta, Term};
+use crate::types::{ConfChange, ConfState, Entry, EntryKind, Index, SnapshotMeta, Term};
 
 /// The in-memory log. Entries at or below `offset` are compacted into a snapshot.
 #[derive(Debug)]
@@ -18,24 +24,69 @@ pub struct RaftLog {
     unstable_from: Index,
     pub committed: Index,
     pub applied: Index,
+    /// The configuration as of `offset`.
+    base_conf: ConfState,
+    /// (index, configuration after it) for each valid ConfChange entry in `entries`,
+    /// in index order.
+    confs: Vec<(Index, ConfState)>,
 }
 
 impl RaftLog {
-    /// A log recovered from storage: everything given is durable already.
-    pub fn recovered(snapshot: &SnapshotMeta, entries: Vec<Entry>, committed: Index) -> RaftLog {
+    /// A log recovered from storage: everything given is durable already. `base_conf`
+    /// is the configuration as of the snapshot (or of the empty log).
+    pub fn recovered(snapshot: &SnapshotMeta, base_conf: ConfState, entries: Vec<Entry>, committed: Index) -> RaftLog {
         for (i, entry) in entries.iter().enumerate() {
             assert_eq!(entry.index, snapshot.index + 1 + i as u64, "recovered log has a gap");
         }
         let last = snapshot.index + entries.len() as u64;
-        RaftLog {
+        let mut log = RaftLog {
             offset: snapshot.index,
             offset_term: snapshot.term,
-            entries,
+            entries: Vec::new(),
             persisted: last,
             unstable_from: last + 1,
             committed: committed.clamp(snapshot.index, last),
             applied: snapshot.index,
+            base_conf,
+            confs: Vec::new(),
+        };
+        log.track_confs(&entries);
+        log.entries = entries;
+        log
+    }
+
+    // ---- configurations ----
+
+    /// Records the configurations of ConfChange entries about to follow the log's end.
+    fn track_confs(&mut self, entries: &[Entry]) {
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            let next = ConfChange::decode(&entry.data).and_then(|cc| self.conf().apply_change(&cc));
+            // An undecodable or invalid change is a no-op, on every node alike: validity
+            // depends only on the log before it.
+            if let Ok(conf) = next {
+                self.confs.push((entry.index, conf));
+            }
         }
+    }
+
+    /// The latest configuration in the log, committed or not.
+    pub fn conf(&self) -> &ConfState {
+        self.confs.last().map_or(&self.base_conf, |(_, c)| c)
+    }
+
+    /// The index of the entry that made the latest configuration (the log's offset if
+    /// that entry is compacted, or there is none).
+    pub fn conf_index(&self) -> Index {
+        self.confs.last().map_or(self.offset, |(i, _)| *i)
+    }
+
+    /// The configuration as of `index` (after applying the entry there), or `None` if
+    /// `index` is compacted away or beyond the log's end.
+    pub fn conf_at(&self, index: Index) -> Option<&ConfState> {
+        if index < self.offset || index > self.last_index() {
+            return None;
+        }
+        Some(self.confs.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base_conf, |(_, c)| c))
     }
 
     pub fn first_index(&self) -> Index {
@@ -101,6 +152,7 @@ impl RaftLog {
     pub fn append(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index() + 1, "leader append must be contiguous");
         assert!(entry.term >= self.last_term(), "terms never decrease along the log");
+        self.track_confs(std::slice::from_ref(&entry));
         self.entries.push(entry);
     }
 
@@ -135,6 +187,8 @@ impl RaftLog {
         let Some(first) = entries.first() else { return };
         assert!(first.index > self.offset && first.index <= self.last_index() + 1);
         self.entries.truncate((first.index - self.offset - 1) as usize);
+        self.confs.retain(|(i, _)| *i < first.index);
+        self.track_confs(entries);
         self.entries.extend_from_slice(entries);
         self.persisted = self.persisted.min(first.index - 1);
         self.unstable_from = self.unstable_from.min(first.index);
@@ -213,6 +267,8 @@ impl RaftLog {
         self.committed = meta.index;
         self.persisted = meta.index;
         self.unstable_from = meta.index + 1;
+        self.base_conf = meta.conf.clone();
+        self.confs.clear();
     }
 
     /// Drops entries up to `index` (already in a snapshot).
@@ -222,6 +278,8 @@ impl RaftLog {
         }
         assert!(index <= self.applied, "compacting {index} beyond applied {}", self.applied);
         let term = self.term(index).expect("index is in the log");
+        self.base_conf = self.conf_at(index).expect("index is in the log").clone();
+        self.confs.retain(|(i, _)| *i > index);
         self.entries.drain(..(index - self.offset) as usize);
         self.offset = index;
         self.offset_term = term;

@@ -85,13 +85,22 @@ pub struct RawNode {
 }
 
 impl RawNode {
-    /// A node of the cluster `conf`, resuming from what its storage recovered.
-    /// `conf` is only used when there is no snapshot (a brand-new cluster).
+    /// A node resuming from what its storage recovered.
+    ///
+    /// The configuration is recovered from the snapshot and the log, never from `conf`.
+    /// `conf` only bootstraps a brand-new cluster: when storage holds nothing and `conf`
+    /// has voters, the node appends and commits one ConfChange entry per member (term 1,
+    /// the same on every initial member), which its first Ready persists. A node that
+    /// joins an existing cluster passes `ConfState::default()`: it starts with no
+    /// configuration, never campaigns, and learns the configuration from the leader.
+    /// (A log written before configurations were logged — whose first entry is not a
+    /// ConfChange — still takes `conf` as its base.)
     pub fn new(cfg: Config, conf: ConfState, recovered: Recovered) -> Result<RawNode, ConfigError> {
         cfg.validate()?;
         let hard_state = recovered.hard_state;
         let raft = Raft::new(cfg, conf, hard_state, recovered.snapshot, recovered.entries);
-        let last_hard_state = raft.hard_state();
+        // After a bootstrap the new term and commit index must reach the disk too.
+        let last_hard_state = if raft.bootstrapped { hard_state } else { raft.hard_state() };
         Ok(RawNode { raft, last_hard_state, in_flight: None })
     }
 
@@ -109,6 +118,14 @@ impl RawNode {
     /// at if it commits; the runtime learns the outcome when that index is applied.
     pub fn propose(&mut self, data: Bytes) -> Result<(Index, Term), ProposeError> {
         self.raft.propose(data)
+    }
+
+    /// Proposes a membership change (leader only). It takes effect on this node when
+    /// appended, and on each other node when it reaches that node's log. See
+    /// [`ProposeError`] for why it may be refused; at most one change is uncommitted at
+    /// a time. Returns the index and term it will commit at if it commits.
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(Index, Term), ProposeError> {
+        self.raft.propose_conf_change(cc)
     }
 
     /// Asks for a linearizable read; it appears in [`Ready::read_states`] with `ctx`.
@@ -155,7 +172,9 @@ impl RawNode {
         let r = &mut self.raft;
         if r.needs_broadcast {
             r.needs_broadcast = false;
-            r.broadcast_append();
+            if r.role == Role::Leader {
+                r.broadcast_append();
+            }
         }
         r.flush_reads();
         let hard_state = r.hard_state();
@@ -166,6 +185,18 @@ impl RawNode {
         let snapshot = r.pending_snapshot.take();
         let committed_entries =
             if snapshot.is_some() { Vec::new() } else { r.log.next_committed(r.cfg.max_apply_bytes) };
+        // Nothing of a term or vote that is not durable yet may leave the node. A leader's
+        // traffic normally goes out while its entries persist, but a node that won an
+        // election this Ready without anyone else's vote (a single-voter configuration)
+        // would otherwise send entries of a term it could forget in a crash — and then
+        // lead that term again with different entries.
+        let mut messages = std::mem::take(&mut r.msgs);
+        let mut persisted_messages = std::mem::take(&mut r.msgs_after_persist);
+        if vote_changed {
+            messages.append(&mut persisted_messages);
+            persisted_messages = messages;
+            messages = Vec::new();
+        }
         self.last_hard_state = hard_state;
         self.in_flight = Some(InFlight {
             last_entry: entries.last().map(|e| e.index),
@@ -177,8 +208,8 @@ impl RawNode {
             hard_state: hard_state_changed.then_some(hard_state),
             entries,
             snapshot,
-            messages: std::mem::take(&mut r.msgs),
-            persisted_messages: std::mem::take(&mut r.msgs_after_persist),
+            messages,
+            persisted_messages,
             committed_entries,
             read_states: std::mem::take(&mut r.read_states),
             dropped_reads: std::mem::take(&mut r.dropped_reads),
@@ -233,6 +264,24 @@ impl RawNode {
     /// The term of the entry at `index`, if the log still holds it.
     pub fn log_term(&self, index: Index) -> Option<Term> {
         self.raft.log.term(index)
+    }
+
+    /// The configuration as of `index` (after the entry there), or `None` if `index` is
+    /// compacted or beyond the log. A snapshot taken at the applied index must carry
+    /// `conf_at(applied)`, not the current configuration, which may be newer.
+    pub fn conf_at(&self, index: Index) -> Option<ConfState> {
+        self.raft.log.conf_at(index).cloned()
+    }
+
+    /// The node's current configuration: the latest in its log, committed or not.
+    pub fn conf(&self) -> &ConfState {
+        self.raft.log.conf()
+    }
+
+    /// The index of the entry that made the current configuration (the snapshot's
+    /// index if that entry is compacted; 0 for a configuration given at start-up).
+    pub fn conf_index(&self) -> Index {
+        self.raft.log.conf_index()
     }
 
     /// The newest snapshot this node holds.

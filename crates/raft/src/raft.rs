@@ -60,6 +60,18 @@ pub enum ProposeError {
     TooManyReads { limit: usize },
     #[error("node {0} is not a voter")]
     NotAVoter(NodeId),
+    /// Only one configuration change may be uncommitted at a time.
+    #[error("the configuration change at index {index} has not committed yet")]
+    ConfChangePending { index: Index },
+    /// A new leader accepts configuration changes only once it has committed an entry
+    /// of its own term (the fix for the single-server change bug, raft-dev 2015).
+    #[error("the leader has not yet committed an entry of its term")]
+    NoCommitInTerm,
+    #[error(transparent)]
+    InvalidConfChange(#[from] ConfChangeError),
+    /// A learner is promoted only once it is within `limit` entries of the leader.
+    #[error("node {node} is {lag} entries behind the leader (limit {limit})")]
+    NotCaughtUp { node: NodeId, lag: u64, limit: u64 },
 }
 
 /// A snapshot arriving in chunks from the leader.
@@ -110,6 +122,11 @@ pub struct Raft {
     /// New entries were proposed: replicate them when the runtime next asks for a Ready,
     /// so a burst of proposals shares AppendEntries.
     pub(crate) needs_broadcast: bool,
+    /// The index of the last configuration change this leader may not have committed
+    /// yet; another is refused until the commit index reaches it.
+    pending_conf_index: Index,
+    /// Raft::new created the bootstrap entries of a brand-new cluster.
+    pub(crate) bootstrapped: bool,
 }
 
 impl Raft {
@@ -121,13 +138,47 @@ impl Raft {
         entries: Vec<Entry>,
     ) -> Raft {
         let meta = snapshot.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
-        let conf = if meta.index > 0 { meta.conf.clone() } else { conf };
-        let log = RaftLog::recovered(&meta, entries, hard_state.commit);
+        // The configuration lives in the log and in snapshots. `conf` (the startup
+        // flags) only bootstraps a brand-new cluster — and serves as the base of a log
+        // written before configurations were logged (its first entry is not a
+        // ConfChange).
+        let bootstrap = meta.index == 0 && entries.is_empty() && !conf.voters.is_empty();
+        let legacy = meta.index == 0 && entries.first().is_some_and(|e| e.kind != EntryKind::ConfChange);
+        let base = if meta.index > 0 {
+            meta.conf.clone()
+        } else if legacy {
+            conf.clone()
+        } else {
+            ConfState::default()
+        };
+        let mut log = RaftLog::recovered(&meta, base, entries, hard_state.commit);
+        let (mut term, mut vote) = (hard_state.term, hard_state.vote);
+        if bootstrap {
+            // Like etcd-raft: every initial member appends the same entries, one per
+            // member, at term 1 and commits them, so that a node joining later learns the
+            // initial configuration from the log like any other.
+            let voters = conf.voters.iter().map(|&id| ConfChange::new(ConfChangeKind::AddVoter, id, Bytes::new()));
+            let learners =
+                conf.learners.iter().map(|&id| ConfChange::new(ConfChangeKind::AddLearner, id, Bytes::new()));
+            for cc in voters.chain(learners) {
+                let index = log.last_index() + 1;
+                log.append(Entry { index, term: 1, kind: EntryKind::ConfChange, data: cc.encode() });
+            }
+            log.commit_to(log.last_index());
+            if term == 0 {
+                (term, vote) = (1, None);
+            }
+        }
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let conf = log.conf().clone();
+        let mut events = Vec::new();
+        if bootstrap {
+            events.push(Event::ConfChanged { index: log.conf_index(), conf: conf.clone() });
+        }
         let mut raft = Raft {
             id: cfg.id,
-            term: hard_state.term,
-            vote: hard_state.vote,
+            term,
+            vote,
             leader: None,
             role: Role::Follower,
             log,
@@ -141,7 +192,7 @@ impl Raft {
             msgs_after_persist: Vec::new(),
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
-            events: Vec::new(),
+            events,
             lead_transferee: None,
             snapshot,
             pending_snapshot: None,
@@ -149,6 +200,8 @@ impl Raft {
             election: None,
             uncommitted_bytes: 0,
             needs_broadcast: false,
+            pending_conf_index: 0,
+            bootstrapped: bootstrap,
             cfg,
         };
         raft.reset_timers();
@@ -159,8 +212,31 @@ impl Raft {
         HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
 
+    /// Whether this node may campaign: it is a voter of its latest configuration, or of
+    /// its committed one. The latter covers a node whose removal is in its log but not
+    /// committed (dissertation §4.2.2): it may be the only one with the removal entry
+    /// (say, a leader that removed itself and then lost leadership), and must be able to
+    /// lead again to commit it; as a candidate it does not count its own vote, and as a
+    /// leader it does not count itself, and hands off once the removal commits. Never a
+    /// learner, a node that knows its removal committed, or a new node that has not
+    /// learned the configuration yet.
     fn promotable(&self) -> bool {
         self.tracker.is_voter(self.id)
+            || self.log.conf_at(self.log.committed).is_some_and(|c| c.voters.contains(&self.id))
+    }
+
+    /// Brings the tracker in line with the latest configuration in the log, after the
+    /// log changed (append, truncation, snapshot). New members start probing.
+    fn sync_conf(&mut self) {
+        if self.log.conf() == self.tracker.conf() {
+            return;
+        }
+        let conf = self.log.conf().clone();
+        self.tracker.set_conf(conf.clone(), self.log.last_index() + 1);
+        if self.lead_transferee.is_some_and(|t| !self.tracker.is_voter(t)) {
+            self.lead_transferee = None;
+        }
+        self.events.push(Event::ConfChanged { index: self.log.conf_index(), conf });
     }
 
     fn reset_timers(&mut self) {
@@ -236,7 +312,19 @@ impl Raft {
         self.role = Role::Follower;
         self.set_leader(leader);
         self.lead_transferee = None;
+        // Proposals waiting to be broadcast are a leader's business; a follower sends
+        // no AppendEntries (its progress view is stale, its log may be truncated).
+        self.needs_broadcast = false;
         self.reset_timers();
+    }
+
+    /// A leader whose removal committed steps down.
+    fn step_down_removed(&mut self) {
+        debug_assert_eq!(self.role, Role::Leader);
+        self.events.push(Event::SteppedDown { term: self.term, reason: StepDownReason::Removed });
+        self.dropped_reads.extend(self.read_only.drain());
+        self.role = Role::Follower;
+        self.become_follower(self.term, None);
     }
 
     fn set_leader(&mut self, leader: Option<NodeId>) {
@@ -283,6 +371,9 @@ impl Raft {
             me.become_replicate();
         }
         self.uncommitted_bytes = 0;
+        // Any configuration change in the log may be uncommitted; the no-op must commit
+        // before another is accepted anyway.
+        self.pending_conf_index = self.log.last_index();
         // A no-op of the new term lets the leader commit earlier terms' entries (§5.4.2)
         // and learn its commit index for ReadIndex.
         let index = self.log.last_index() + 1;
@@ -347,6 +438,13 @@ impl Raft {
         self.cfg.pre_vote = saved;
     }
 
+    /// Votes are given without consulting the configuration (dissertation §4.1): a
+    /// candidate may be a voter in a configuration this node has not received yet, and
+    /// refusing it could leave a cluster with a majority up unable to elect (a lagging
+    /// voter that does not know the only up-to-date candidate). A removed node cannot
+    /// disrupt anyway: it lacks its committed removal, so a majority of its old
+    /// configuration has a more up-to-date log and refuses its pre-vote, and voters in
+    /// a leader's lease ignore it — it never gets to raise anyone's term.
     fn handle_vote_request(&mut self, m: &Message, pre_vote: bool, last_log_index: Index, last_log_term: Term) {
         let can_vote = self.vote == Some(m.from)
             || (self.vote.is_none() && self.leader.is_none())
@@ -508,7 +606,9 @@ impl Raft {
             self.send(from, MessageBody::AppendEntriesResponse { success: true, index, reject_hint: 0, hint_term: 0 });
             return Ok(());
         }
-        match self.log.maybe_append(prev, prev_term, entries)? {
+        let appended = self.log.maybe_append(prev, prev_term, entries);
+        self.sync_conf();
+        match appended? {
             Some(last_new) => {
                 self.log.commit_to(leader_commit.min(last_new));
                 self.send(
@@ -583,8 +683,8 @@ impl Raft {
             return;
         }
         self.log.restore(meta);
-        self.tracker.set_conf(meta.conf.clone(), meta.index + 1);
         self.events.push(Event::SnapshotInstalled { index: meta.index, term: meta.term });
+        self.sync_conf();
         self.pending_snapshot = Some(snapshot.clone());
         self.snapshot = Some(snapshot);
     }
@@ -637,6 +737,45 @@ impl Raft {
             && self.tracker.get(from).is_some_and(|p| p.match_index == self.log.last_index())
         {
             self.send(from, MessageBody::TimeoutNow);
+            if self.removal_committed() {
+                self.step_down_removed();
+                return;
+            }
+        }
+        self.maybe_hand_off_removed();
+    }
+
+    /// This leader is not a voter of its configuration, and that configuration has
+    /// committed.
+    fn removal_committed(&self) -> bool {
+        self.role == Role::Leader && !self.tracker.is_voter(self.id) && self.log.conf_index() <= self.log.committed
+    }
+
+    /// A leader that removed itself keeps leading (without counting itself) until the
+    /// removal commits; then it hands leadership to the most caught-up voter and steps
+    /// down. If that voter lags, it first catches up, as in a leadership transfer.
+    fn maybe_hand_off_removed(&mut self) {
+        if !self.removal_committed() || self.lead_transferee.is_some() {
+            return;
+        }
+        let best = self
+            .tracker
+            .conf()
+            .voters
+            .iter()
+            .map(|&id| (self.tracker.get(id).map_or(0, |p| p.match_index), std::cmp::Reverse(id)))
+            .max();
+        let Some((matched, std::cmp::Reverse(target))) = best else {
+            self.step_down_removed();
+            return;
+        };
+        if matched == self.log.last_index() {
+            self.send(target, MessageBody::TimeoutNow);
+            self.step_down_removed();
+        } else {
+            self.lead_transferee = Some(target);
+            self.election_elapsed = 0;
+            self.send_append(target, true);
         }
     }
 
@@ -825,7 +964,16 @@ impl Raft {
             }
             if let Some(target) = self.lead_transferee.take() {
                 self.events.push(Event::TransferAborted { target });
+                if self.removal_committed() {
+                    // The hand-off did not finish: step down anyway, the voters elect.
+                    self.step_down_removed();
+                    return;
+                }
             }
+        }
+        self.maybe_hand_off_removed();
+        if self.role != Role::Leader {
+            return;
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;
@@ -865,6 +1013,41 @@ impl Raft {
         }
         self.uncommitted_bytes += entry.size();
         self.log.append(entry);
+        self.needs_broadcast = true;
+        Ok((index, self.term))
+    }
+
+    /// Appends a configuration change to the leader's log; it takes effect at once.
+    /// Refused unless this leader has committed an entry of its term and no other
+    /// change is uncommitted, if the change does not fit the configuration, or (for a
+    /// promotion) if the learner lags by more than `max_promotion_lag` entries or has
+    /// not acknowledged any entry yet.
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(Index, Term), ProposeError> {
+        self.check_leader()?;
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if self.log.term(self.log.committed) != Some(self.term) {
+            return Err(ProposeError::NoCommitInTerm);
+        }
+        if self.pending_conf_index > self.log.committed {
+            return Err(ProposeError::ConfChangePending { index: self.pending_conf_index });
+        }
+        self.log.conf().apply_change(&cc)?;
+        if cc.change == ConfChangeKind::PromoteVoter {
+            let matched = self.tracker.get(cc.node).map_or(0, |p| p.match_index);
+            let lag = self.log.last_index().saturating_sub(matched);
+            let limit = self.cfg.max_promotion_lag;
+            if lag > limit || matched == 0 {
+                return Err(ProposeError::NotCaughtUp { node: cc.node, lag, limit });
+            }
+        }
+        let index = self.log.last_index() + 1;
+        let entry = Entry { index, term: self.term, kind: EntryKind::ConfChange, data: cc.encode() };
+        self.uncommitted_bytes += entry.size();
+        self.log.append(entry);
+        self.pending_conf_index = index;
+        self.sync_conf();
         self.needs_broadcast = true;
         Ok((index, self.term))
     }

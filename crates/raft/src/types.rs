@@ -13,8 +13,8 @@ pub type Term = u64;
 /// A log position. Index 0 is the empty log; real entries start at 1.
 pub type Index = u64;
 
-/// What an entry carries. The core interprets only `Noop`; `Command` data is opaque
-/// and goes to the state machine.
+/// What an entry carries. The core interprets `Noop` and `ConfChange`; `Command` data
+/// is opaque and goes to the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     /// Appended by a new leader so it can commit entries of earlier terms (§5.4.2)
@@ -22,6 +22,11 @@ pub enum EntryKind {
     Noop,
     /// A state machine command.
     Command,
+    /// A membership change: `data` is an encoded [`ConfChange`]. It takes effect on every
+    /// node as soon as it is in the node's log (committed or not); the state machine
+    /// treats it as a no-op. One that does not decode, or is invalid for the
+    /// configuration before it, changes nothing (on every node alike).
+    ConfChange,
 }
 
 impl EntryKind {
@@ -30,6 +35,7 @@ impl EntryKind {
         match self {
             EntryKind::Noop => 0,
             EntryKind::Command => 1,
+            EntryKind::ConfChange => 2,
         }
     }
 
@@ -38,6 +44,7 @@ impl EntryKind {
         match byte {
             0 => Some(EntryKind::Noop),
             1 => Some(EntryKind::Command),
+            2 => Some(EntryKind::ConfChange),
             _ => None,
         }
     }
@@ -71,7 +78,7 @@ pub struct HardState {
 /// The voting and non-voting members of the cluster.
 ///
 /// Learners receive the log but never vote and never count toward a quorum. Membership
-/// changes (a later issue) will move ids between these sets one at a time.
+/// changes ([`ConfChange`]) move one id at a time between these sets and "not a member".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfState {
     pub voters: BTreeSet<NodeId>,
@@ -88,6 +95,131 @@ impl ConfState {
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.voters.iter().chain(self.learners.iter()).copied()
     }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// The configuration after `cc`, or why `cc` is not valid in this one. A valid change
+    /// always changes the configuration, and changes the voters by at most one node.
+    pub fn apply_change(&self, cc: &ConfChange) -> Result<ConfState, ConfChangeError> {
+        let id = cc.node;
+        if id == 0 {
+            return Err(ConfChangeError::InvalidNode);
+        }
+        let mut next = self.clone();
+        match cc.change {
+            ConfChangeKind::AddLearner | ConfChangeKind::AddVoter if self.contains(id) => {
+                return Err(ConfChangeError::AlreadyMember(id));
+            }
+            ConfChangeKind::AddLearner => {
+                next.learners.insert(id);
+            }
+            ConfChangeKind::AddVoter => {
+                next.voters.insert(id);
+            }
+            ConfChangeKind::PromoteVoter => {
+                if !next.learners.remove(&id) {
+                    return Err(ConfChangeError::NotALearner(id));
+                }
+                next.voters.insert(id);
+            }
+            ConfChangeKind::Remove => {
+                if !next.learners.remove(&id) && !next.voters.remove(&id) {
+                    return Err(ConfChangeError::NotAMember(id));
+                }
+                if next.voters.is_empty() {
+                    return Err(ConfChangeError::NoVoters);
+                }
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// What a [`ConfChange`] does to its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfChangeKind {
+    /// A non-member becomes a learner: it receives the log but does not vote.
+    AddLearner,
+    /// A learner becomes a voter. The leader accepts this only once the learner has
+    /// caught up to within [`crate::Config::max_promotion_lag`] entries.
+    PromoteVoter,
+    /// A non-member becomes a voter at once (the dissertation's plain single-server
+    /// addition). Adding a learner and promoting it is kinder to availability.
+    AddVoter,
+    /// A voter or learner leaves the configuration.
+    Remove,
+}
+
+impl ConfChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfChangeKind::AddLearner => "add_learner",
+            ConfChangeKind::PromoteVoter => "promote_voter",
+            ConfChangeKind::AddVoter => "add_voter",
+            ConfChangeKind::Remove => "remove",
+        }
+    }
+}
+
+/// A single-server membership change, carried by an [`EntryKind::ConfChange`] entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfChange {
+    pub change: ConfChangeKind,
+    pub node: NodeId,
+    /// Opaque to the core; the runtime puts the node's address here.
+    pub context: Bytes,
+}
+
+/// The first byte of an encoded [`ConfChange`]: the format version.
+const CONF_CHANGE_FORMAT: u8 = 1;
+
+impl ConfChange {
+    pub fn new(change: ConfChangeKind, node: NodeId, context: impl Into<Bytes>) -> ConfChange {
+        ConfChange { change, node, context: context.into() }
+    }
+
+    /// The entry data for this change: a version byte, then postcard.
+    pub fn encode(&self) -> Bytes {
+        let mut out = vec![CONF_CHANGE_FORMAT];
+        let body = postcard::to_allocvec(self).expect("postcard encoding of a ConfChange cannot fail");
+        out.extend_from_slice(&body);
+        out.into()
+    }
+
+    /// The inverse of [`ConfChange::encode`]. Never panics: bad bytes are an error, and
+    /// trailing bytes are refused so that every byte string has at most one meaning.
+    pub fn decode(data: &[u8]) -> Result<ConfChange, ConfChangeError> {
+        let malformed = |reason: String| ConfChangeError::Malformed(reason);
+        let (&version, body) = data.split_first().ok_or_else(|| malformed("empty".to_string()))?;
+        if version != CONF_CHANGE_FORMAT {
+            return Err(malformed(format!("unknown format version {version}")));
+        }
+        let (cc, rest) = postcard::take_from_bytes::<ConfChange>(body).map_err(|e| malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(malformed(format!("{} trailing bytes", rest.len())));
+        }
+        Ok(cc)
+    }
+}
+
+/// A configuration change that cannot be decoded or does not fit the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeError {
+    #[error("malformed configuration change: {0}")]
+    Malformed(String),
+    #[error("node id 0 is not valid")]
+    InvalidNode,
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    #[error("node {0} is not a learner")]
+    NotALearner(NodeId),
+    #[error("the configuration would have no voters")]
+    NoVoters,
 }
 
 /// The position and configuration a snapshot covers.

@@ -7,10 +7,28 @@
 //! predecessor. If every `(index, term)` always carries the same data and the same
 //! predecessor term, then two logs that share an `(index, term)` share every entry
 //! before it (Raft §5.3) — without comparing whole logs after every step.
+//!
+//! Membership changes add three rules, over the configurations nodes report when they
+//! apply a ConfChange entry (committed configurations) and when they become leader:
+//! - `ConfDiverged`: every node computes the same configuration at a committed index.
+//! - `ConfJumped`: consecutive committed configurations differ by at most one voter
+//!   (the single-server rule, seen in the committed log).
+//! - `NonVoterLed`: a new leader is a voter of its latest configuration, or of the one
+//!   its log has committed — a node whose removal is in its log but not yet committed
+//!   there may lead to commit it (dissertation §4.2.2); learners, new nodes and nodes
+//!   that know of their committed removal never lead.
+//! - `StaleLeaderConf`: a new leader's configuration is at least as new as the latest
+//!   committed one (leader completeness, for configurations). With the rule above, a
+//!   node removed by a committed entry leads again only if its own log has that entry
+//!   but not its commit — and then it only finishes the hand-off.
+//!
+//! Observations of committed configurations arrive in index order: the first node to
+//! apply an index has applied (or restored a snapshot made by a node that applied)
+//! every earlier one.
 
 use std::collections::BTreeMap;
 
-use raftkv_raft::{Index, NodeId, Term};
+use raftkv_raft::{ConfState, Index, NodeId, Term};
 
 /// A node's log for end-of-run checks: its first index and `(index, term)` pairs.
 pub type LogView = (Index, Vec<(Index, Term)>);
@@ -29,6 +47,12 @@ pub enum Observation {
     /// A ReadIndex read was released at `read_index`; writes acknowledged before the
     /// read was issued reached `acked_before`.
     ReadReleased { node: NodeId, read_index: Index, acked_before: Index },
+    /// `node` applied the committed ConfChange entry at `index`; `conf` is the
+    /// configuration its log has as of that index (unchanged if the entry was invalid).
+    ConfApplied { node: NodeId, index: Index, conf: ConfState },
+    /// The configuration of `node` when it became leader of `term`: `conf`, made by the
+    /// entry at `conf_index`, and `committed_conf`, as of its commit index.
+    LeaderConf { node: NodeId, term: Term, conf_index: Index, conf: ConfState, committed_conf: ConfState },
 }
 
 /// A broken invariant.
@@ -41,6 +65,10 @@ pub enum Violation {
     AppliedOutOfOrder { node: NodeId, index: Index, previous: Index },
     StaleRead { node: NodeId, read_index: Index, acked_before: Index },
     CommittedLost { index: Index, detail: String },
+    ConfDiverged { node: NodeId, index: Index, expected: ConfState, got: ConfState },
+    ConfJumped { index: Index, from: ConfState, to: ConfState },
+    NonVoterLed { node: NodeId, term: Term },
+    StaleLeaderConf { node: NodeId, term: Term, conf_index: Index, committed_conf_index: Index },
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +79,10 @@ pub struct Checker {
     /// index → (term, data hash) of the entry committed there.
     committed: BTreeMap<Index, (Term, u64)>,
     last_applied: BTreeMap<NodeId, Index>,
+    /// index → configuration as of the committed ConfChange entry there.
+    confs: BTreeMap<Index, ConfState>,
+    /// The index of the latest committed entry that changed the configuration.
+    conf_changed_at: Index,
     violations: Vec<Violation>,
 }
 
@@ -71,7 +103,35 @@ impl Checker {
                     self.violations.push(Violation::StaleRead { node, read_index, acked_before });
                 }
             }
+            Observation::ConfApplied { node, index, conf } => self.conf_applied(node, index, conf),
+            Observation::LeaderConf { node, term, conf_index, conf, committed_conf } => {
+                if !conf.voters.contains(&node) && !committed_conf.voters.contains(&node) {
+                    self.violations.push(Violation::NonVoterLed { node, term });
+                }
+                if conf_index < self.conf_changed_at {
+                    let committed_conf_index = self.conf_changed_at;
+                    self.violations.push(Violation::StaleLeaderConf { node, term, conf_index, committed_conf_index });
+                }
+            }
         }
+    }
+
+    fn conf_applied(&mut self, node: NodeId, index: Index, conf: ConfState) {
+        if let Some(expected) = self.confs.get(&index) {
+            if *expected != conf {
+                let expected = expected.clone();
+                self.violations.push(Violation::ConfDiverged { node, index, expected, got: conf });
+            }
+            return;
+        }
+        let before = self.confs.range(..index).next_back().map(|(_, c)| c.clone()).unwrap_or_default();
+        if before.voters.symmetric_difference(&conf.voters).count() > 1 {
+            self.violations.push(Violation::ConfJumped { index, from: before.clone(), to: conf.clone() });
+        }
+        if before != conf {
+            self.conf_changed_at = self.conf_changed_at.max(index);
+        }
+        self.confs.insert(index, conf);
     }
 
     /// A node restarted from its disk: what it applied before is forgotten, and it will

@@ -4,6 +4,11 @@
 //! One time unit is the smallest step; nodes tick every [`TICK`] units. A node's Ready
 //! is "fsynced" a random few units after it is taken, and a crash before then loses it:
 //! a restarted node has exactly what its disk had.
+//!
+//! The cluster's membership can change: nodes `1..=opts.nodes` bootstrap the cluster,
+//! and ids up to [`MAX_NODES`] can join later as brand-new empty nodes (learners first).
+//! A removed node keeps running (harmlessly) unless crashed; adding an id again starts
+//! a new incarnation with a wiped disk.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -11,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use bytes::Bytes;
 use raftkv_kv::{Command, KvStateMachine, WriteOp};
 use raftkv_raft::{
-    ConfState, Config, Entry, EntryKind, Event, HardState, Index, Message, NodeId, RawNode, Ready, Recovered, Role,
-    Snapshot, SnapshotMeta, Term,
+    ConfChange, ConfChangeKind, ConfState, Config, Entry, EntryKind, Event, HardState, Index, Message, NodeId,
+    ProposeError, RawNode, Ready, Recovered, Role, Snapshot, SnapshotMeta, Term,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -25,6 +30,13 @@ pub const TICK: u64 = 10;
 /// The simulated network holds at most this many messages; more means a message storm,
 /// which is reported as a violation (and the excess dropped, like a full buffer).
 pub const MAX_IN_TRANSIT: usize = 20_000;
+
+/// Node ids `1..=MAX_NODES` may exist.
+pub const MAX_NODES: NodeId = 7;
+
+/// The simulation's `Config::max_promotion_lag`: small, so that lagging learners are
+/// refused promotion in short runs.
+pub const MAX_PROMOTION_LAG: u64 = 20;
 
 /// Knobs of a simulated cluster.
 #[derive(Clone, Debug)]
@@ -108,6 +120,10 @@ impl Disk {
 struct InFlightReady {
     durable_at: u64,
     ready: Ready,
+    /// What the checker learns from this Ready, once it is durable: a crash before then
+    /// loses the Ready, and nothing of it left the node that the receivers do not
+    /// report themselves.
+    observations: Vec<Observation>,
 }
 
 struct SimNode {
@@ -118,6 +134,9 @@ struct SimNode {
     tick_phase: u64,
     last_snapshot_index: Index,
     restarts: u64,
+    /// An initial member that still bootstraps the cluster if its disk is empty; false
+    /// for nodes that join later and for nodes whose disk was wiped.
+    bootstrap: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +207,9 @@ pub struct Cluster {
     /// The last notable things that happened, printed when a run fails.
     recent: Vec<String>,
     pub clients_active: bool,
+    /// Configuration changes the leaders accepted: (kind, node, whether the proposer
+    /// removed itself).
+    pub conf_changes: Vec<(ConfChangeKind, NodeId, bool)>,
 }
 
 fn fnv(data: &[u8], kind: EntryKind) -> u64 {
@@ -220,20 +242,11 @@ impl Cluster {
             events: Vec::new(),
             recent: Vec::new(),
             clients_active: true,
+            conf_changes: Vec::new(),
             opts,
         };
         for id in 1..=cluster.opts.nodes as NodeId {
-            let tick_phase = cluster.rng.next_u64() % TICK;
-            let node = SimNode {
-                raw: None,
-                kv: KvStateMachine::new(),
-                disk: Disk::default(),
-                in_flight: None,
-                tick_phase,
-                last_snapshot_index: 0,
-                restarts: 0,
-            };
-            cluster.nodes.insert(id, node);
+            cluster.create_node(id, true);
             cluster.boot(id);
         }
         for i in 0..cluster.opts.clients as u64 {
@@ -242,7 +255,26 @@ impl Cluster {
         cluster
     }
 
-    fn conf(&self) -> ConfState {
+    fn create_node(&mut self, id: NodeId, bootstrap: bool) {
+        assert!((1..=MAX_NODES).contains(&id), "node ids are 1..={MAX_NODES}");
+        // A new incarnation keeps counting restarts, so its RNG seed is new too.
+        let restarts = self.nodes.get(&id).map_or(0, |n| n.restarts);
+        let tick_phase = self.rng.next_u64() % TICK;
+        let node = SimNode {
+            raw: None,
+            kv: KvStateMachine::new(),
+            disk: Disk::default(),
+            in_flight: None,
+            tick_phase,
+            last_snapshot_index: 0,
+            restarts,
+            bootstrap,
+        };
+        self.nodes.insert(id, node);
+    }
+
+    /// The configuration the initial members bootstrap.
+    fn initial_conf(&self) -> ConfState {
         ConfState::with_voters(1..=self.opts.nodes as NodeId)
     }
 
@@ -253,12 +285,14 @@ impl Cluster {
         cfg.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
         cfg.max_append_bytes = self.opts.max_append_bytes;
         cfg.max_inflight_appends = 8;
+        cfg.max_promotion_lag = MAX_PROMOTION_LAG;
         cfg
     }
 
     /// Starts (or restarts) a node from exactly what its disk holds.
     fn boot(&mut self, id: NodeId) {
-        let conf = self.conf();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let conf = if node.bootstrap { self.initial_conf() } else { ConfState::default() };
         let node = self.nodes.get_mut(&id).expect("known node");
         node.restarts += 1;
         let restarts = node.restarts;
@@ -330,12 +364,72 @@ impl Cluster {
         }
     }
 
-    /// Restarts a node whose disk was lost.
+    /// Restarts a node whose disk was lost. It comes back as a brand-new node with no
+    /// configuration, and learns everything from the leader.
     pub fn restart_empty(&mut self, id: NodeId) {
         self.crash(id);
-        self.nodes.get_mut(&id).expect("known node").disk = Disk::default();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.disk = Disk::default();
+        node.bootstrap = false;
         self.boot(id);
         self.note(format!("restart {id} with an empty disk"));
+    }
+
+    // ---- membership ----
+
+    /// Starts `id` as a brand-new, empty node (a new incarnation if it existed: its disk
+    /// is wiped). It has no configuration until a leader adds it and replicates to it.
+    ///
+    /// Reusing the id of a removed node is unsafe while any node's log may still hold a
+    /// configuration that counts the old incarnation as a voter: a stale node could win
+    /// an election with the forgetful new incarnation's vote. The nemesis only adds
+    /// fresh ids.
+    pub fn start_new_node(&mut self, id: NodeId) {
+        if self.nodes.contains_key(&id) {
+            self.crash(id);
+        }
+        self.create_node(id, false);
+        self.boot(id);
+        self.note(format!("start new node {id}"));
+    }
+
+    /// Proposes a configuration change at `leader`.
+    pub fn propose_conf_change_at(
+        &mut self,
+        leader: NodeId,
+        change: ConfChangeKind,
+        node: NodeId,
+    ) -> Result<(Index, Term), ProposeError> {
+        let context = Bytes::from(format!("sim-node-{node}"));
+        let raw = self.raw_mut(leader).ok_or(ProposeError::NotLeader { leader: None })?;
+        let result = raw.propose_conf_change(ConfChange::new(change, node, context));
+        self.note(format!("node {leader}: propose {} {node}: {result:?}", change.as_str()));
+        if result.is_ok() {
+            self.conf_changes.push((change, node, node == leader));
+        }
+        result
+    }
+
+    /// Has the leader add `id` as a learner and, if it accepts, starts `id` as a new
+    /// empty node.
+    pub fn add_learner(&mut self, id: NodeId) -> Result<(Index, Term), ProposeError> {
+        let leader = self.leader().ok_or(ProposeError::NotLeader { leader: None })?;
+        let result = self.propose_conf_change_at(leader, ConfChangeKind::AddLearner, id)?;
+        self.start_new_node(id);
+        Ok(result)
+    }
+
+    /// The configuration of the live node that leads the highest term, if any.
+    pub fn leader_conf(&self) -> Option<ConfState> {
+        self.leader().map(|l| self.raw(l).expect("leader is up").conf().clone())
+    }
+
+    /// The members of the leader's configuration; every node if there is no leader.
+    pub fn members(&self) -> Vec<NodeId> {
+        match self.leader_conf() {
+            Some(conf) => conf.members().collect(),
+            None => self.node_ids(),
+        }
     }
 
     /// Cuts every link between the groups (each node may reach only its own group).
@@ -491,15 +585,16 @@ impl Cluster {
         }
         let ready = raw.ready();
         let durable_at = self.now + self.rng.next_u64() % (self.opts.max_fsync + 1);
-        self.observe_ready(id, &ready);
-        let messages = self.nodes.get_mut(&id).expect("known node").park_ready(ready, durable_at);
+        let observations = self.observe_ready(id, &ready);
+        let messages = self.nodes.get_mut(&id).expect("known node").park_ready(ready, durable_at, observations);
         self.send(messages);
         if durable_at <= self.now {
             self.complete_ready(id);
         }
     }
 
-    fn observe_ready(&mut self, id: NodeId, ready: &Ready) {
+    /// Records a Ready's events, and returns what the checker learns once it is durable.
+    fn observe_ready(&mut self, id: NodeId, ready: &Ready) -> Vec<Observation> {
         let raw = self.nodes[&id].raw.as_ref().expect("live node");
         let mut observations = Vec::new();
         for entry in &ready.entries {
@@ -518,6 +613,9 @@ impl Cluster {
                 let log = raw.log_entries().iter().map(|e| (e.index, e.term, fnv(&e.data, e.kind))).collect();
                 let first_index = raw.status().first_index;
                 observations.push(Observation::BecameLeader { node: id, term: *term, first_index, log });
+                let (conf_index, conf) = (raw.conf_index(), raw.conf().clone());
+                let committed_conf = raw.conf_at(raw.status().commit_index).unwrap_or_default();
+                observations.push(Observation::LeaderConf { node: id, term: *term, conf_index, conf, committed_conf });
             }
             self.events.push((self.now, id, event.clone()));
         }
@@ -525,14 +623,16 @@ impl Cluster {
             let line = format!("node {id}: {event:?}");
             self.note(line);
         }
-        for o in observations {
-            self.checker.observe(o);
-        }
+        observations
     }
 
     fn complete_ready(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let InFlightReady { ready, .. } = node.in_flight.take().expect("a ready in flight");
+        let InFlightReady { ready, observations, .. } = node.in_flight.take().expect("a ready in flight");
+        for o in observations {
+            self.checker.observe(o);
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
         if let Some(snapshot) = &ready.snapshot {
             node.disk.install_snapshot(snapshot);
             node.kv = KvStateMachine::restore(&snapshot.data).expect("leader sent a valid snapshot");
@@ -563,8 +663,15 @@ impl Cluster {
     fn apply(&mut self, id: NodeId, entry: &Entry) {
         let data_hash = fnv(&entry.data, entry.kind);
         self.checker.observe(Observation::Applied { node: id, index: entry.index, term: entry.term, data_hash });
+        if entry.kind == EntryKind::ConfChange {
+            // The node's configuration as of this entry; None if a snapshot replaced the
+            // log meanwhile (its maker applied the entry, and was observed then).
+            if let Some(conf) = self.nodes[&id].raw.as_ref().and_then(|r| r.conf_at(entry.index)) {
+                self.checker.observe(Observation::ConfApplied { node: id, index: entry.index, conf });
+            }
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
-        if entry.kind == EntryKind::Noop {
+        if entry.kind != EntryKind::Command {
             node.kv.apply_noop(entry.index, entry.term).expect("indexes increase");
         } else {
             let applied = node.kv.apply(entry.index, entry.term, &entry.data);
@@ -607,7 +714,10 @@ impl Cluster {
             return;
         }
         let raw = node.raw.as_mut().expect("live");
-        let conf = raw.status().conf;
+        // The configuration as of the snapshot's index, not the (possibly newer) latest.
+        // None if a snapshot from the leader replaced the log since this Ready was taken:
+        // it is installed with the next Ready, so skip this one.
+        let Some(conf) = raw.conf_at(applied) else { return };
         let meta = SnapshotMeta { index: applied, term: node.kv.applied_term(), conf };
         let snapshot = Snapshot { meta, data: node.kv.snapshot() };
         node.disk.compact(snapshot.clone());
@@ -671,10 +781,12 @@ impl Cluster {
 
     // ---- end-of-run checks ----
 
-    /// Every live node's log or snapshot still holds every committed entry.
+    /// Every live member's log or snapshot still holds every committed entry. (A removed
+    /// node stops receiving the log, so it may lack later entries.)
     pub fn check_nothing_lost(&mut self) {
+        let members = self.members();
         let mut logs = BTreeMap::new();
-        for (id, node) in &self.nodes {
+        for (id, node) in self.nodes.iter().filter(|(id, _)| members.contains(id)) {
             if let Some(raw) = &node.raw {
                 let pairs = raw.log_entries().iter().map(|e| (e.index, e.term)).collect();
                 logs.insert(*id, (raw.status().first_index, pairs));
@@ -683,9 +795,11 @@ impl Cluster {
         self.checker.check_nothing_lost(&logs);
     }
 
-    /// Whether all nodes are up and have applied exactly `index`.
+    /// Whether every member of the leader's configuration is up and has applied `index`.
     pub fn all_applied(&self, index: Index) -> bool {
-        self.nodes.values().all(|n| n.raw.is_some() && n.kv.applied_index() >= index)
+        self.members()
+            .iter()
+            .all(|id| self.nodes.get(id).is_some_and(|n| n.raw.is_some() && n.kv.applied_index() >= index))
     }
 
     /// State machine digests of all nodes (they must agree once converged).
@@ -702,9 +816,10 @@ impl Cluster {
                 Some(raw) => {
                     let s = raw.status();
                     out.push_str(&format!(
-                        "  node {id}: {} term={} leader={:?} commit={} applied={} kv_applied={} last={} persisted={} first={} in_flight={} progress={:?}\n",
+                        "  node {id}: {} term={} leader={:?} commit={} applied={} kv_applied={} last={} persisted={} first={} in_flight={} voters={:?} learners={:?} conf_index={} progress={:?}\n",
                         s.role.as_str(), s.term, s.leader, s.commit_index, s.applied_index, node.kv.applied_index(),
-                        s.last_index, s.persisted_index, s.first_index, node.in_flight.is_some(), s.progress
+                        s.last_index, s.persisted_index, s.first_index, node.in_flight.is_some(), s.conf.voters,
+                        s.conf.learners, raw.conf_index(), s.progress
                     ));
                 }
             }
@@ -719,9 +834,9 @@ impl Cluster {
 
 impl SimNode {
     /// Parks a taken Ready until it is durable; returns the messages to send now.
-    fn park_ready(&mut self, mut ready: Ready, durable_at: u64) -> Vec<Message> {
+    fn park_ready(&mut self, mut ready: Ready, durable_at: u64, observations: Vec<Observation>) -> Vec<Message> {
         let messages = std::mem::take(&mut ready.messages);
-        self.in_flight = Some(InFlightReady { durable_at, ready });
+        self.in_flight = Some(InFlightReady { durable_at, ready, observations });
         messages
     }
 }

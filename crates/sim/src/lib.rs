@@ -10,5 +10,5 @@ mod cluster;
 mod run;
 
 pub use checker::{Checker, Observation, Violation};
-pub use cluster::{Cluster, SimOptions, TICK};
+pub use cluster::{Cluster, MAX_NODES, MAX_PROMOTION_LAG, SimOptions, TICK};
 pub use run::{Failure, RunReport, run_seed};

@@ -1,13 +1,19 @@
 //! One seeded run: a period of random faults (the nemesis), then healing, then the
 //! liveness and convergence checks.
+//!
+//! The nemesis mixes membership changes — add a learner (a brand-new empty node),
+//! promote a learner, remove a member (the leader too) — with crashes, restarts and
+//! network faults. Liveness is then required of the configuration the cluster ends
+//! with: once faults heal and every node is back up (removed nodes too, to show they
+//! do not disrupt), a leader commits, and every member of its configuration converges.
 
 use std::fmt;
 
-use raftkv_raft::NodeId;
+use raftkv_raft::{ConfChangeKind, NodeId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::cluster::{Cluster, SimOptions};
+use crate::cluster::{Cluster, MAX_NODES, SimOptions};
 
 /// Time units of random faults.
 const FAULT_UNITS: u64 = 5_000;
@@ -19,6 +25,8 @@ const CONVERGENCE_UNITS: u64 = 4_000;
 /// calm cluster to one in constant turmoil (short leaderships are what expose commit
 /// rule bugs such as Raft's Figure 8).
 const FAULT_EVERY: [u64; 4] = [300, 150, 60, 25];
+/// The nemesis never promotes beyond this many voters, to keep runs fast.
+const MAX_VOTERS: usize = 5;
 
 #[derive(Debug)]
 pub struct RunReport {
@@ -27,6 +35,9 @@ pub struct RunReport {
     pub faults: u64,
     pub acked_commands: u64,
     pub time: u64,
+    /// Configuration changes accepted by leaders, and how many removed their proposer.
+    pub conf_changes: usize,
+    pub leader_removals: usize,
 }
 
 /// A failed run, with what is needed to replay it.
@@ -110,7 +121,9 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
             format!("liveness: nodes did not converge within {CONVERGENCE_UNITS} units:\n{statuses}"),
         ));
     }
-    let digests = cluster.digests();
+    let members = cluster.members();
+    let digests: std::collections::BTreeMap<_, _> =
+        cluster.digests().into_iter().filter(|(id, _)| members.contains(id)).collect();
     let first = digests.values().next().copied();
     if digests.values().any(|d| Some(*d) != first) {
         return Err(fail(&cluster, format!("state machines differ at the same applied index: {digests:?}")));
@@ -119,22 +132,71 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
     if let Some(v) = cluster.violations().first() {
         return Err(fail(&cluster, format!("safety: {v}")));
     }
-    Ok(RunReport { seed, nodes, faults, acked_commands: cluster.acked_commands(), time: cluster.now })
+    let conf_changes = cluster.conf_changes.len();
+    let leader_removals = cluster.conf_changes.iter().filter(|c| c.2).count();
+    Ok(RunReport {
+        seed,
+        nodes,
+        faults,
+        acked_commands: cluster.acked_commands(),
+        time: cluster.now,
+        conf_changes,
+        leader_removals,
+    })
 }
 
-/// Every node is up and has applied the leader's commit index.
+/// Every member of the leader's configuration is up and has applied its commit index.
 fn converged(c: &Cluster) -> bool {
     let Some(leader) = c.leader() else { return false };
     let commit = c.raw(leader).expect("leader is up").status().commit_index;
-    c.node_ids()
+    c.members()
         .iter()
         .all(|&id| c.raw(id).is_some_and(|r| r.status().commit_index == commit) && c.kv(id).applied_index() == commit)
+}
+
+/// Proposes a random membership change at the leader: add a learner, promote one, or
+/// remove a member (possibly the leader itself). Most attempts that break a rule of
+/// the core (one change at a time, a lagging learner, …) are simply refused.
+fn change_membership(c: &mut Cluster) {
+    let Some(leader) = c.leader() else { return };
+    let conf = c.raw(leader).expect("leader is up").conf().clone();
+    let pick = |c: &mut Cluster, from: &[NodeId]| from[(c.rng().next_u64() % from.len() as u64) as usize];
+    match c.rng().next_u64() % 3 {
+        0 => {
+            // Only ids never used before: a removed id must not come back with a wiped
+            // disk while any node's log may hold an old configuration that counts it as
+            // a voter (that node could win an election with the forgetful node's vote
+            // and lose committed entries). Node ids stand for incarnations, as etcd's
+            // member ids do.
+            let fresh: Vec<NodeId> = (1..=MAX_NODES).filter(|&id| !c.node_ids().contains(&id)).collect();
+            if fresh.is_empty() {
+                return;
+            }
+            let id = pick(c, &fresh);
+            if c.propose_conf_change_at(leader, ConfChangeKind::AddLearner, id).is_ok() {
+                c.start_new_node(id);
+            }
+        }
+        1 => {
+            let learners: Vec<NodeId> = conf.learners.iter().copied().collect();
+            if learners.is_empty() || conf.voters.len() >= MAX_VOTERS {
+                return;
+            }
+            let id = pick(c, &learners);
+            let _ = c.propose_conf_change_at(leader, ConfChangeKind::PromoteVoter, id);
+        }
+        _ => {
+            let members: Vec<NodeId> = conf.members().collect();
+            let id = pick(c, &members);
+            let _ = c.propose_conf_change_at(leader, ConfChangeKind::Remove, id);
+        }
+    }
 }
 
 fn inject_fault(c: &mut Cluster) {
     let ids = c.node_ids();
     let pick = |c: &mut Cluster, from: &[NodeId]| from[(c.rng().next_u64() % from.len() as u64) as usize];
-    match c.rng().next_u64() % 7 {
+    match c.rng().next_u64() % 9 {
         0 => {
             let up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
             if !up.is_empty() {
@@ -171,6 +233,7 @@ fn inject_fault(c: &mut Cluster) {
                 c.cut_one_way(from, to);
             }
         }
+        5 | 6 => change_membership(c),
         _ => c.heal(),
     }
 }

@@ -3,7 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use raftkv_raft::ConfState;
 use raftkv_sim::{Checker, Observation as O, Violation as V};
+
+fn voters(ids: &[u64]) -> ConfState {
+    ConfState::with_voters(ids.iter().copied())
+}
 
 fn checker_after(trace: Vec<O>) -> Checker {
     let mut checker = Checker::new();
@@ -98,4 +103,68 @@ fn a_lost_committed_entry_is_reported_at_the_end() {
     logs.insert(2, (1, vec![(1, 1)]));
     c.check_nothing_lost(&logs);
     assert!(matches!(c.violations(), [V::CommittedLost { index: 2, .. }]), "{:?}", c.violations());
+}
+
+#[test]
+fn healthy_configuration_changes_have_no_violations() {
+    let c = checker_after(vec![
+        O::ConfApplied { node: 1, index: 1, conf: voters(&[1]) },
+        O::ConfApplied { node: 1, index: 2, conf: voters(&[1, 2]) },
+        O::ConfApplied { node: 2, index: 2, conf: voters(&[1, 2]) },
+        O::ConfApplied { node: 1, index: 5, conf: voters(&[2]) },
+        // Node 1 removed itself; its removal is not committed in its own log yet, so it
+        // may lead to commit it.
+        O::LeaderConf { node: 1, term: 3, conf_index: 5, conf: voters(&[2]), committed_conf: voters(&[1, 2]) },
+        O::LeaderConf { node: 2, term: 4, conf_index: 5, conf: voters(&[2]), committed_conf: voters(&[2]) },
+    ]);
+    assert_eq!(c.violations(), &[]);
+}
+
+#[test]
+fn diverging_configurations_are_reported() {
+    let c = checker_after(vec![
+        O::ConfApplied { node: 1, index: 1, conf: voters(&[1]) },
+        O::ConfApplied { node: 2, index: 1, conf: voters(&[2]) },
+    ]);
+    assert_eq!(c.violations(), &[V::ConfDiverged { node: 2, index: 1, expected: voters(&[1]), got: voters(&[2]) }]);
+}
+
+#[test]
+fn a_configuration_change_of_two_voters_at_once_is_reported() {
+    let c = checker_after(vec![
+        O::ConfApplied { node: 1, index: 3, conf: voters(&[1, 2, 3]) },
+        O::ConfApplied { node: 1, index: 4, conf: voters(&[1, 4, 5]) },
+    ]);
+    assert!(
+        matches!(c.violations(), [V::ConfJumped { index: 3, .. }, V::ConfJumped { index: 4, .. }]),
+        "{:?}",
+        c.violations()
+    );
+}
+
+#[test]
+fn a_leader_that_is_not_a_voter_is_reported() {
+    let mut learner = voters(&[1, 2, 3]);
+    learner.learners.insert(4);
+    let c = checker_after(vec![O::LeaderConf {
+        node: 4,
+        term: 2,
+        conf_index: 4,
+        conf: learner.clone(),
+        committed_conf: learner,
+    }]);
+    assert_eq!(c.violations(), &[V::NonVoterLed { node: 4, term: 2 }]);
+}
+
+#[test]
+fn a_removed_node_leading_with_a_stale_configuration_is_reported() {
+    // Node 3's removal committed at index 7; node 3 then wins with its old configuration.
+    let c = checker_after(vec![
+        O::ConfApplied { node: 1, index: 1, conf: voters(&[1]) },
+        O::ConfApplied { node: 1, index: 2, conf: voters(&[1, 2]) },
+        O::ConfApplied { node: 1, index: 3, conf: voters(&[1, 2, 3]) },
+        O::ConfApplied { node: 1, index: 7, conf: voters(&[1, 2]) },
+        O::LeaderConf { node: 3, term: 5, conf_index: 3, conf: voters(&[1, 2, 3]), committed_conf: voters(&[1, 2, 3]) },
+    ]);
+    assert_eq!(c.violations(), &[V::StaleLeaderConf { node: 3, term: 5, conf_index: 3, committed_conf_index: 7 }]);
 }

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use raftkv_kv::{Command, WriteOp};
-use raftkv_raft::{Event, NodeId, Role};
-use raftkv_sim::{Cluster, SimOptions, TICK};
+use raftkv_raft::{ConfChangeKind, Event, NodeId, ProposeError, Role, StepDownReason};
+use raftkv_sim::{Cluster, MAX_PROMOTION_LAG, SimOptions, TICK};
 
 /// Generous bound for an election: several randomized timeouts.
 const ELECTION_BOUND: u64 = 60 * TICK;
@@ -129,4 +129,219 @@ fn a_retried_command_applies_once_even_across_a_leader_change() {
         assert_eq!(c.kv(id).get(b"k"), Some(Bytes::from("from-client-2")), "node {id}: the retry did not apply again");
     }
     assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+// ---- membership changes ----
+
+fn leader_conf_committed(c: &Cluster) -> bool {
+    c.leader().is_some_and(|l| {
+        let raw = c.raw(l).unwrap();
+        raw.conf_index() <= raw.status().commit_index
+    })
+}
+
+/// Proposes `change` of `node` at the current leader, retrying until it is accepted,
+/// then runs until the leader has committed it.
+fn change_conf(c: &mut Cluster, change: ConfChangeKind, node: NodeId) -> u64 {
+    let mut accepted = None;
+    let ok = c.run_until(ELECTION_BOUND * 4, |c| c.leader().is_some() && leader_conf_committed(c));
+    assert!(ok, "the configuration settles");
+    for _ in 0..50 {
+        let leader = c.leader().expect("a leader");
+        match c.propose_conf_change_at(leader, change, node) {
+            Ok((index, _)) => {
+                accepted = Some(index);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, ProposeError::NoCommitInTerm | ProposeError::ConfChangePending { .. }),
+                    "unexpected refusal: {e}"
+                );
+                c.run_for(5 * TICK);
+            }
+        }
+    }
+    let index = accepted.expect("the change is accepted");
+    let committed = c.run_until(ELECTION_BOUND * 4, |c| {
+        c.leader().is_some_and(|l| c.raw(l).unwrap().status().commit_index >= index)
+    });
+    assert!(committed, "the {change:?} of {node} at {index} commits");
+    index
+}
+
+#[test]
+fn a_learner_is_added_and_promoted_under_load() {
+    let mut c = cluster(3, 21);
+    assert!(c.run_until(200 * TICK, |c| c.acked_commands() > 20), "the workload commits");
+    let leader = c.leader().unwrap();
+    c.add_learner(4).expect("the leader adds a learner");
+    assert!(c.raw(4).unwrap().status().conf.voters.is_empty(), "a new node starts with no configuration");
+    // The learner catches up (its log and a snapshot) while the clients keep writing.
+    let caught_up = c.run_until(ELECTION_BOUND * 4, |c| {
+        let commit = c.raw(leader).unwrap().status().commit_index;
+        c.kv(4).applied_index() + MAX_PROMOTION_LAG / 2 >= commit && c.raw(4).unwrap().conf().learners.contains(&4)
+    });
+    assert!(caught_up, "the learner catches up:\n{}", c.describe());
+    let acked = c.acked_commands();
+    change_conf(&mut c, ConfChangeKind::PromoteVoter, 4);
+    let conf = c.leader_conf().unwrap();
+    assert_eq!(conf.voters.iter().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert!(conf.learners.is_empty());
+    assert!(c.run_until(200 * TICK, |c| c.acked_commands() > acked + 20), "the workload keeps committing");
+    c.clients_active = false;
+    let converged = c.run_until(ELECTION_BOUND * 4, |c| {
+        let d = c.digests();
+        c.leader().is_some_and(|l| d.values().all(|v| *v == d[&l]))
+    });
+    assert!(converged, "every member converges: {:?}", c.digests());
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+#[test]
+fn a_leader_that_removes_itself_hands_off_and_steps_down() {
+    let mut c = cluster(3, 22);
+    assert!(c.run_until(200 * TICK, |c| c.acked_commands() > 10), "the workload commits");
+    let old = c.leader().unwrap();
+    let term = term_of(&c, old);
+    let index = change_conf(&mut c, ConfChangeKind::Remove, old);
+    let stepped_down = c.run_until(ELECTION_BOUND, |c| {
+        c.events
+            .iter()
+            .any(|(_, id, e)| *id == old && matches!(e, Event::SteppedDown { reason: StepDownReason::Removed, .. }))
+    });
+    assert!(stepped_down, "the removed leader steps down once its removal commits");
+    let stepped_at = c.events.iter().find(|(_, id, e)| *id == old && matches!(e, Event::SteppedDown { .. })).unwrap().0;
+    let commit_seen = c.raw(old).unwrap().status().commit_index;
+    assert!(commit_seen >= index, "it stepped down only after the removal at {index} committed");
+    assert!(c.run_until(ELECTION_BOUND, |c| c.leader().is_some_and(|l| l != old)), "another voter leads");
+    let new = c.leader().unwrap();
+    assert!(term_of(&c, new) > term);
+    let handed_off = c
+        .events
+        .iter()
+        .any(|(t, id, e)| *t >= stepped_at && *id == new && matches!(e, Event::ElectionStarted { transfer: true, .. }));
+    assert!(handed_off, "the new leader campaigned because of the hand-off");
+    let acked = c.acked_commands();
+    assert!(c.run_until(200 * TICK, |c| c.acked_commands() > acked + 10), "the cluster keeps committing");
+    c.run_for(100 * TICK);
+    assert_ne!(c.raw(old).unwrap().status().role, Role::Leader, "the removed node never leads again");
+    let campaigned =
+        c.events.iter().any(|(t, id, e)| *t > stepped_at && *id == old && matches!(e, Event::ElectionStarted { .. }));
+    assert!(!campaigned, "a node that knows of its removal never campaigns");
+    assert_eq!(c.leader_conf().unwrap().voters.len(), 2);
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+#[test]
+fn a_removed_node_that_keeps_running_does_not_disrupt_the_cluster() {
+    let mut c = cluster(3, 23);
+    let leader = c.leader().unwrap();
+    let removed = c.node_ids().into_iter().find(|&id| id != leader).unwrap();
+    // The removed node does not hear of its removal: it still believes it is a voter.
+    c.isolate(removed);
+    change_conf(&mut c, ConfChangeKind::Remove, removed);
+    assert!(c.raw(removed).unwrap().conf().voters.contains(&removed));
+    let term = term_of(&c, leader);
+    c.heal();
+    c.run_for(50 * 10 * TICK); // dozens of its election timeouts
+    let started =
+        c.events.iter().filter(|(_, id, e)| *id == removed && matches!(e, Event::ElectionStarted { .. })).count();
+    assert!(started > 0, "the removed node keeps trying to campaign");
+    assert_eq!(c.leader(), Some(leader), "the leader was not deposed");
+    assert_eq!(term_of(&c, leader), term, "the cluster's term did not rise");
+    let acked = c.acked_commands();
+    assert!(c.run_until(200 * TICK, |c| c.acked_commands() > acked + 10), "the cluster keeps committing");
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+#[test]
+fn learners_never_vote_or_count_toward_a_quorum() {
+    let mut c = cluster(3, 24);
+    for id in [4, 5] {
+        change_conf(&mut c, ConfChangeKind::AddLearner, id);
+        c.start_new_node(id);
+    }
+    let leader = c.leader().unwrap();
+    let caught_up = c.run_until(ELECTION_BOUND * 4, |c| {
+        let commit = c.raw(leader).unwrap().status().commit_index;
+        [4, 5].iter().all(|&l| c.raw(l).unwrap().status().commit_index == commit)
+    });
+    assert!(caught_up, "the learners catch up");
+    // The leader and both learners on one side, the two other voters on the other: the
+    // leader has 3 of 5 members but only 1 of 3 voters.
+    let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    c.partition(&[vec![leader, 4, 5], others.clone()]);
+    let commit = c.raw(leader).unwrap().status().commit_index;
+    c.run_for(30 * 10 * TICK);
+    let side = [leader, 4, 5];
+    for id in side {
+        let s = c.raw(id).unwrap().status();
+        assert!(
+            s.commit_index <= commit + 1,
+            "node {id} saw no commit without a voter quorum: {} > {commit}",
+            s.commit_index
+        );
+        assert_ne!(s.role, Role::Leader, "node {id} does not lead without a quorum of voters");
+    }
+    let learner_campaigned =
+        c.events.iter().any(|(_, id, e)| [4, 5].contains(id) && matches!(e, Event::ElectionStarted { .. }));
+    assert!(!learner_campaigned, "learners never campaign");
+    let learner_leads =
+        c.events.iter().any(|(_, id, e)| [4, 5].contains(id) && matches!(e, Event::BecameLeader { .. }));
+    assert!(!learner_leads);
+    c.heal();
+    assert!(c.run_until(ELECTION_BOUND, |c| c.leader().is_some()), "the cluster recovers");
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+#[test]
+fn a_lagging_learner_is_not_promoted() {
+    let mut c = cluster(3, 25);
+    c.clients_active = false;
+    change_conf(&mut c, ConfChangeKind::AddLearner, 4);
+    c.start_new_node(4);
+    assert!(c.run_until(ELECTION_BOUND, |c| c.kv(4).applied_index() > 0), "the learner starts catching up");
+    c.isolate(4);
+    let leader = c.leader().unwrap();
+    for seq in 1..=2 * MAX_PROMOTION_LAG {
+        let (index, _) = c.propose_at(leader, &put(1, seq, "k", "v")).expect("leader accepts");
+        let committed = c.run_until(ELECTION_BOUND, |c| c.raw(leader).unwrap().status().commit_index >= index);
+        assert!(committed, "the voters commit without the learner");
+    }
+    let refused = c.propose_conf_change_at(leader, ConfChangeKind::PromoteVoter, 4);
+    assert!(
+        matches!(refused, Err(ProposeError::NotCaughtUp { node: 4, lag, limit: MAX_PROMOTION_LAG }) if lag > MAX_PROMOTION_LAG),
+        "{refused:?}"
+    );
+    c.heal();
+    let caught_up = c.run_until(ELECTION_BOUND * 4, |c| {
+        let commit = c.raw(leader).unwrap().status().commit_index;
+        c.raw(4).unwrap().status().commit_index == commit
+    });
+    assert!(caught_up, "the learner catches up once healed");
+    change_conf(&mut c, ConfChangeKind::PromoteVoter, 4);
+    assert!(c.leader_conf().unwrap().voters.contains(&4));
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+#[test]
+fn only_one_configuration_change_is_uncommitted_at_a_time() {
+    let mut c = cluster(3, 26);
+    c.clients_active = false;
+    let settled = c.run_until(ELECTION_BOUND, |c| {
+        c.leader().is_some_and(|l| {
+            let s = c.raw(l).unwrap().status();
+            s.commit_index == s.last_index
+        })
+    });
+    assert!(settled, "the leader commits its no-op");
+    let leader = c.leader().unwrap();
+    let others: Vec<NodeId> = c.node_ids().into_iter().filter(|&id| id != leader).collect();
+    c.partition(&[vec![leader], others]);
+    let (index, _) = c.propose_conf_change_at(leader, ConfChangeKind::AddLearner, 4).expect("first change accepted");
+    let second = c.propose_conf_change_at(leader, ConfChangeKind::AddLearner, 5);
+    assert_eq!(second, Err(ProposeError::ConfChangePending { index }));
+    let invalid = c.propose_conf_change_at(leader, ConfChangeKind::PromoteVoter, 6);
+    assert!(matches!(invalid, Err(ProposeError::ConfChangePending { .. })), "{invalid:?}");
 }

@@ -28,8 +28,13 @@ fn run_many(first: u64, count: u64, nodes: usize) {
                     if seed >= first + count {
                         break;
                     }
-                    if let Err(failure) = run_seed(seed, nodes) {
-                        failures.lock().unwrap().push(failure.to_string());
+                    // A panic in the core is a failure of its seed, reported with the rest.
+                    match std::panic::catch_unwind(|| run_seed(seed, nodes)) {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(failure)) => failures.lock().unwrap().push(failure.to_string()),
+                        Err(_) => failures.lock().unwrap().push(format!(
+                            "simulation panicked: seed={seed} nodes={nodes}\nreplay: RAFT_SIM_SEED={seed} RAFT_SIM_NODES={nodes} cargo test -p raftkv-sim --test simulation replay -- --nocapture"
+                        )),
                     }
                 }
             })
@@ -71,4 +76,26 @@ fn a_run_is_a_pure_function_of_its_seed() {
     assert_eq!((a.faults, a.acked_commands, a.time), (b.faults, b.acked_commands, b.time));
     assert!(a.acked_commands > 10, "the workload committed commands: {a:?}");
     assert!(a.faults > 10, "the nemesis injected faults: {a:?}");
+}
+
+#[test]
+fn the_nemesis_changes_membership() {
+    let reports: Vec<_> = (0..40).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let changes: usize = reports.iter().map(|r| r.conf_changes).sum();
+    let leader_removals: usize = reports.iter().map(|r| r.leader_removals).sum();
+    assert!(changes > 40, "membership changes were made: {changes}");
+    assert!(leader_removals > 0, "leaders were removed: {leader_removals}");
+}
+
+#[test]
+#[ignore]
+fn membership_stats() {
+    for nodes in [3, 5] {
+        let first = if nodes == 3 { 0 } else { 1_000_000 };
+        let reports: Vec<_> = (first..first + 200).map(|seed| run_seed(seed, nodes).expect("seed passes")).collect();
+        let changes: usize = reports.iter().map(|r| r.conf_changes).sum();
+        let removals: usize = reports.iter().map(|r| r.leader_removals).sum();
+        let acked: u64 = reports.iter().map(|r| r.acked_commands).sum();
+        println!("nodes={nodes}: 200 seeds, {changes} conf changes, {removals} leader self-removals, {acked} acked");
+    }
 }
