@@ -134,7 +134,6 @@ fn main() -> ExitCode {
     if let Cmd::Server(args) = cli.command {
         return run_server(args);
     }
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -142,7 +141,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let telemetry = {
+        // Inside the runtime: the gRPC exporter's connection lives on it.
+        let _entered = runtime.enter();
+        init_tracing()
+    };
     let result = runtime.block_on(run(cli.global, cli.command));
+    // Export the spans still queued while the runtime (and the exporter's connection)
+    // still runs: a short-lived command would otherwise lose them.
+    telemetry.shutdown();
     // Do not wait for lingering connection tasks.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
@@ -207,12 +214,8 @@ fn run_server(args: raftkv_server::ServerArgs) -> ExitCode {
     }
 }
 
-/// Debug logs to stderr, only when RUST_LOG is set.
-fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+/// Logs to stderr only when RUST_LOG is set; OpenTelemetry traces (service
+/// `raftkv-cli`) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+fn init_tracing() -> raftkv_telemetry::Telemetry {
+    raftkv_telemetry::init(raftkv_telemetry::Options::new("raftkv-cli", raftkv_telemetry::LogOutput::TextIfRustLog))
 }

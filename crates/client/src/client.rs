@@ -11,7 +11,7 @@ use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::client::RpcError;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::{ClientError as RpcClientError, GetReply, NodeStatus, RaftKvClient, ReadConsistency, ScanReply};
-use tracing::debug;
+use tracing::{Instrument as _, debug};
 
 use crate::backoff::Backoff;
 use crate::error::ClientError;
@@ -211,17 +211,28 @@ impl Client {
     }
 
     /// Performs one write, exactly once, with a new sequence number.
+    ///
+    /// Traced as one `kv.put` / `kv.delete` / `kv.cas` client span; the servers'
+    /// spans join its trace through tarpc's request context.
     pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, ClientError> {
-        op.validate().map_err(|e| ClientError::Rejected(e.to_string()))?;
-        let mut w = self.writer.lock().await;
-        w.next_seq += 1;
-        let cmd = Command { client_id: self.client_id, seq: w.next_seq, op };
-        w.unknown = None;
-        let res = self.send_write(&cmd).await;
-        if matches!(res, Err(ClientError::Unknown(_))) {
-            w.unknown = Some(cmd);
+        let span = write_span(&op, self.client_id, false);
+        async {
+            op.validate().map_err(|e| ClientError::Rejected(e.to_string()))?;
+            let mut w = self.writer.lock().await;
+            w.next_seq += 1;
+            tracing::Span::current().record("seq", w.next_seq);
+            let cmd = Command { client_id: self.client_id, seq: w.next_seq, op };
+            w.unknown = None;
+            let res = self.send_write(&cmd).await;
+            if matches!(res, Err(ClientError::Unknown(_))) {
+                w.unknown = Some(cmd);
+            }
+            res
         }
-        res
+        .instrument(span.clone())
+        .await
+        .inspect(|o| record_write(&span, o))
+        .inspect_err(|e| record_error(&span, e))
     }
 
     /// Retries the last write if its outcome was unknown, with the same sequence
@@ -230,7 +241,14 @@ impl Client {
     pub async fn retry_unknown(&self) -> Result<Option<WriteOutcome>, ClientError> {
         let mut w = self.writer.lock().await;
         let Some(cmd) = w.unknown.clone() else { return Ok(None) };
-        let res = self.send_write(&cmd).await;
+        let span = write_span(&cmd.op, self.client_id, true);
+        span.record("seq", cmd.seq);
+        let res = self
+            .send_write(&cmd)
+            .instrument(span.clone())
+            .await
+            .inspect(|o| record_write(&span, o))
+            .inspect_err(|e| record_error(&span, e));
         if !matches!(res, Err(ClientError::Unknown(_))) {
             w.unknown = None;
         }
@@ -266,15 +284,37 @@ impl Client {
     /// Like [`get`](Self::get), with the index the read was served at and who served it.
     pub async fn get_meta(&self, key: impl Into<Bytes>, stale: bool) -> Result<GetReply, ClientError> {
         let key = key.into();
-        raftkv_kv::validate_key(&key).map_err(|e| ClientError::Rejected(e.to_string()))?;
-        let (consistency, route) = consistency(stale);
-        let (reply, _) = self
-            .call("get", false, route, |c, ctx| {
-                let key = key.clone();
-                async move { c.get(ctx, key, consistency).await }
-            })
-            .await?;
-        Ok(reply)
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = "kv.get",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            key = %key_text(&key),
+            stale,
+            found = tracing::field::Empty,
+            index = tracing::field::Empty,
+            node = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        async {
+            raftkv_kv::validate_key(&key).map_err(|e| ClientError::Rejected(e.to_string()))?;
+            let (consistency, route) = consistency(stale);
+            let (reply, _) = self
+                .call("get", false, route, |c, ctx| {
+                    let key = key.clone();
+                    async move { c.get(ctx, key, consistency).await }
+                })
+                .await?;
+            Ok(reply)
+        }
+        .instrument(span.clone())
+        .await
+        .inspect(|r: &GetReply| {
+            span.record("found", r.value.is_some());
+            span.record("index", r.index);
+            span.record("node", r.node);
+        })
+        .inspect_err(|e| record_error(&span, e))
     }
 
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
@@ -286,22 +326,50 @@ impl Client {
                 raftkv_kv::MAX_SCAN_LIMIT
             )));
         }
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = "kv.scan",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            prefix = %key_text(&prefix),
+            limit,
+            stale,
+            items = tracing::field::Empty,
+            index = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
         let (consistency, route) = consistency(stale);
         let (reply, _) = self
             .call("scan", false, route, |c, ctx| {
                 let prefix = prefix.clone();
                 async move { c.scan(ctx, prefix, limit, consistency).await }
             })
-            .await?;
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| record_error(&span, e))?;
+        span.record("items", reply.items.len() as u64);
+        span.record("index", reply.index);
         Ok(reply)
     }
 
     /// Asks the leader to hand leadership to `target` (or to the most caught-up
     /// peer); returns the node leadership goes to.
     pub async fn transfer_leader(&self, target: Option<NodeId>) -> Result<NodeId, ClientError> {
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = "kv.transfer_leader",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            target = target.unwrap_or(0),
+            new_leader = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
         let (id, _) = self
             .call("transfer_leader", false, Route::Leader, |c, ctx| async move { c.transfer_leader(ctx, target).await })
-            .await?;
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| record_error(&span, e))?;
+        span.record("new_leader", id);
         Ok(id)
     }
 
@@ -493,6 +561,57 @@ fn classify(op: &str, is_write: bool, endpoint: &str, e: RpcClientError) -> Fail
         // Retrying a write with the same seq is safe, and its outcome is not known.
         RpcClientError::Internal(m) if is_write => Failure::Elsewhere(format!("{endpoint}: server error: {m}")),
         RpcClientError::Internal(m) => Failure::Fatal(ClientError::Server(format!("{endpoint}: {m}"))),
+    }
+}
+
+// ---- tracing ----------------------------------------------------------------------
+
+/// The client span of one write: `kv.put`, `kv.delete` or `kv.cas` (the OpenTelemetry
+/// name; the `tracing` name is `kv.request` for all of them).
+fn write_span(op: &WriteOp, client_id: u64, retry: bool) -> tracing::Span {
+    let (name, key) = match op {
+        WriteOp::Put { key, .. } => ("kv.put", key),
+        WriteOp::Delete { key } => ("kv.delete", key),
+        WriteOp::Cas { key, .. } => ("kv.cas", key),
+    };
+    tracing::info_span!(
+        "kv.request",
+        otel.name = name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        key = %key_text(key),
+        client_id,
+        seq = tracing::field::Empty,
+        retry,
+        index = tracing::field::Empty,
+        term = tracing::field::Empty,
+        leader = tracing::field::Empty,
+        endpoint = tracing::field::Empty,
+        duplicate = tracing::field::Empty,
+        error = tracing::field::Empty,
+    )
+}
+
+fn record_write(span: &tracing::Span, o: &WriteOutcome) {
+    span.record("index", o.index);
+    span.record("term", o.term);
+    span.record("leader", o.leader);
+    span.record("endpoint", o.endpoint.as_str());
+    span.record("duplicate", o.duplicate);
+}
+
+fn record_error(span: &tracing::Span, e: &ClientError) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error", tracing::field::display(e));
+}
+
+/// A key as span attribute: UTF-8 (lossy), at most 64 characters.
+fn key_text(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    if text.chars().count() > 64 {
+        format!("{}…", text.chars().take(64).collect::<String>())
+    } else {
+        text.into_owned()
     }
 }
 

@@ -33,16 +33,29 @@ pub const SERVER_BIN_ENV: &str = "RAFTKV_SERVER_BIN";
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The program (and leading arguments) that starts one server.
+///
+/// Servers inherit this process's environment (so `OTEL_*` and `RUST_LOG` pass
+/// through), with `OTEL_SERVICE_NAME=raftkv-server` (each node reports
+/// `service.instance.id` `node-<id>` itself) and without `POD_NAME` (which would give
+/// every node the same instance id); `env` is applied last.
 #[derive(Clone, Debug)]
 pub struct ServerCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Extra environment variables of every server.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl ServerCommand {
     /// Runs the executable at `program` with the server arguments.
     pub fn binary(program: impl Into<PathBuf>) -> Self {
-        ServerCommand { program: program.into(), args: Vec::new() }
+        ServerCommand { program: program.into(), args: Vec::new(), env: Vec::new() }
+    }
+
+    /// Sets an environment variable of every server started with this command.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Finds a server to run: `$RAFTKV_SERVER_BIN` if set, else `<current executable>
@@ -54,7 +67,7 @@ impl ServerCommand {
             return Ok(ServerCommand::binary(p));
         }
         let exe = std::env::current_exe()?;
-        Ok(ServerCommand { program: exe, args: vec!["server".into()] })
+        Ok(ServerCommand { program: exe, args: vec!["server".into()], env: Vec::new() })
     }
 }
 
@@ -158,6 +171,9 @@ impl NodeProcess {
         if std::env::var_os("NO_COLOR").is_none() {
             cmd.env("NO_COLOR", "1");
         }
+        // Traces: every node is a raftkv-server, told apart by its instance id.
+        cmd.env("OTEL_SERVICE_NAME", "raftkv-server").env_remove("POD_NAME");
+        cmd.envs(self.command.env.iter().map(|(k, v)| (k, v)));
         #[cfg(unix)]
         cmd.process_group(0);
         let child = cmd

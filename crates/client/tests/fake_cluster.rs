@@ -12,7 +12,7 @@ use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError as RpcError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, WriteReply,
+    ClientError as RpcError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, TraceLink, WriteReply,
 };
 
 #[derive(Default)]
@@ -31,7 +31,7 @@ struct Fake {
 }
 
 impl RaftKv for Fake {
-    async fn raft(self, _: Context, _: u64, _: Vec<Message>) -> Result<(), PeerError> {
+    async fn raft(self, _: Context, _: u64, _: Vec<Message>, _: Vec<TraceLink>) -> Result<(), PeerError> {
         Ok(())
     }
 

@@ -100,11 +100,24 @@ pub enum PeerError {
     Busy,
 }
 
+/// A span another trace is linked to: the W3C ids of a sampled OpenTelemetry span.
+///
+/// tarpc's request context carries one trace context (the parent of the server's
+/// span). When one `raft` batch carries the entries of several traced client
+/// requests, the first is that parent and the others travel here, so the receiver
+/// can link its spans to every request's trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceLink {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
 #[tarpc::service]
 pub trait RaftKv {
     /// A batch of Raft messages from one peer. Accepted into a bounded queue; the Raft
-    /// loop processes them later.
-    async fn raft(cluster_id: u64, messages: Vec<Message>) -> Result<(), PeerError>;
+    /// loop processes them later. `links`: the other traced requests whose entries the
+    /// batch carries (see [`TraceLink`]); usually empty.
+    async fn raft(cluster_id: u64, messages: Vec<Message>, links: Vec<TraceLink>) -> Result<(), PeerError>;
     /// A put, delete or cas; answered once committed and applied.
     async fn write(command: Command) -> Result<WriteReply, ClientError>;
     async fn get(key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError>;

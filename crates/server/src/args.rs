@@ -86,6 +86,11 @@ pub struct ServerArgs {
     /// Log output format. The filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "RAFTKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Serve HTTP `/livez`, `/readyz` and `/metrics` (Prometheus text) on this address,
+    /// e.g. 0.0.0.0:9090. Off when not given.
+    #[arg(long, env = "RAFTKV_ADMIN_LISTEN", value_name = "HOST:PORT", value_parser = parse_admin_listen)]
+    pub admin_listen: Option<String>,
 }
 
 /// `--fsync`.
@@ -120,6 +125,12 @@ pub fn parse_peer(s: &str) -> Result<Peer, String> {
     let addr = addr.trim();
     check_addr(addr).map_err(|e| format!("'{s}': {e}"))?;
     Ok(Peer { id, addr: addr.to_string() })
+}
+
+/// `--admin-listen`: `HOST:PORT`, checked like `--listen`.
+fn parse_admin_listen(s: &str) -> Result<String, String> {
+    check_addr(s.trim())?;
+    Ok(s.trim().to_string())
 }
 
 /// Checks the shape `HOST:PORT` without resolving the host.
@@ -366,5 +377,15 @@ mod tests {
         let e = resolve(&["--pod-name", "raft-0", "--service", "s", "--replicas", "3", "--id", "1", "--data-dir", "d"])
             .unwrap_err();
         assert!(e.contains("--id") && e.contains("--pod-name"), "{e}");
+    }
+
+    #[test]
+    fn admin_listen_is_optional_and_checked() {
+        let base = ["--pod-name", "raft-0", "--service", "s", "--replicas", "1", "--data-dir", "d"];
+        assert_eq!(parse(&base).unwrap().admin_listen, None);
+        let with = |a: &str| parse(&[&base[..], &["--admin-listen", a]].concat());
+        assert_eq!(with("0.0.0.0:9090").unwrap().admin_listen.as_deref(), Some("0.0.0.0:9090"));
+        let msg = with("9090").unwrap_err().to_string();
+        assert!(msg.contains("--admin-listen"), "{msg}");
     }
 }

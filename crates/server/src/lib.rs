@@ -26,10 +26,12 @@
 //! store the id of the cluster it belongs to, so two clusters whose members are listed
 //! in each other's `--peers` would not be told apart.
 
+pub mod admin;
 mod args;
 mod node;
 mod peer;
 mod service;
+mod trace;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +48,7 @@ use raftkv_storage::{DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWr
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+pub use admin::AdminState;
 pub use args::{FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer};
 
 /// Raft message batches from peers waiting for the loop; when full, peers get `Busy`.
@@ -55,14 +58,55 @@ const CLIENT_QUEUE: usize = 4096;
 /// Requests one connection may have in flight.
 const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
 
-/// Runs a node until SIGTERM or Ctrl-C, as `raftkv-server` does: sets up logging,
-/// resolves the flags, binds `--listen` and calls [`serve`].
+/// Runs a node until SIGTERM or Ctrl-C, as `raftkv-server` does: sets up logging and
+/// OpenTelemetry export ([`init_telemetry`]), resolves the flags, binds `--listen` and
+/// calls [`serve`]; flushes the spans still queued before it returns.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let telemetry = init_telemetry(&args);
+    let result = run_node(args).await;
+    // Blocking (the last export); the exporter's connection lives on this runtime.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
+}
+
+/// Installs logging and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, trace export with
+/// `service.name` `raftkv-server` (unless `OTEL_SERVICE_NAME` says otherwise) and
+/// `service.instance.id` the pod name (`--pod-name`, else `$POD_NAME`) or
+/// `node-<id>`. Call from inside the tokio runtime; keep the result until exit.
+pub fn init_telemetry(args: &ServerArgs) -> raftkv_telemetry::Telemetry {
+    let log = match args.log_format {
+        LogFormat::Text => raftkv_telemetry::LogOutput::Text,
+        LogFormat::Json => raftkv_telemetry::LogOutput::Json,
+    };
+    let instance = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|p| !p.trim().is_empty()))
+        .or_else(|| args.id.map(|id| format!("node-{id}")));
+    let mut opts = raftkv_telemetry::Options::new("raftkv-server", log);
+    opts.instance_id = instance;
+    raftkv_telemetry::init(opts)
+}
+
+async fn run_node(args: ServerArgs) -> anyhow::Result<()> {
     let cfg = args.resolve().map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
     let listener =
         TcpListener::bind(&cfg.listen).await.with_context(|| format!("cannot listen on --listen {}", cfg.listen))?;
-    serve(cfg, listener, shutdown_signal()).await
+    let admin = AdminState::new();
+    // Bound before storage opens, so /livez answers while a long log is recovered.
+    let admin_task = match &args.admin_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --admin-listen {addr}"))?;
+            tracing::info!(admin_listen = %addr, "serving /livez, /readyz and /metrics");
+            Some(tokio::spawn(admin::serve_http(l, admin.clone())))
+        }
+        None => None,
+    };
+    let result = serve_with_admin(cfg, listener, admin, shutdown_signal()).await;
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    result
 }
 
 /// Installs the global tracing subscriber, writing to stderr (filter from `RUST_LOG`,
@@ -108,6 +152,18 @@ pub async fn shutdown_signal() {
 pub async fn serve(
     cfg: NodeConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    serve_with_admin(cfg, listener, AdminState::new(), shutdown).await
+}
+
+/// [`serve`], reporting readiness and metrics to `admin` (what the admin port shows):
+/// ready once storage is recovered and the RPC port listens, whether or not a leader
+/// is known.
+pub async fn serve_with_admin(
+    cfg: NodeConfig,
+    listener: TcpListener,
+    admin: Arc<AdminState>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the listen address")?;
@@ -181,13 +237,15 @@ pub async fn serve(
     let service = service::Service { id: cfg.id, peers: peer_addrs.clone(), raft_tx, client_tx };
     let incoming = raftkv_rpc::listen(listener).await.context("cannot serve on the listener")?;
     let server = tokio::spawn(accept_loop(incoming, service));
+    admin.set_id(cfg.id);
+    admin.set_ready();
 
     let loop_cfg = node::LoopConfig {
         tick: cfg.tick,
         election_timeout: cfg.election_timeout(),
         snapshot_entries: cfg.snapshot_entries,
     };
-    let node = node::Node::new(raw, kv, writer, peers, peer_addrs, loop_cfg);
+    let node = node::Node::new(raw, kv, writer, peers, peer_addrs, loop_cfg).with_admin(admin);
     let result = node.run(raft_rx, client_rx, shutdown).await;
 
     tracing::info!(id = cfg.id, "shutting down: closing connections");

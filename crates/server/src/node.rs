@@ -11,14 +11,20 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use raftkv_kv::{Applied, CommandError, KvStateMachine};
 use raftkv_raft::{
-    EntryKind, Event, HardState, Index, Message, NodeId, ProposeError, RawNode, Role, Snapshot, SnapshotMeta, Term,
+    EntryKind, Event, HardState, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Snapshot,
+    SnapshotMeta, Term,
 };
 use raftkv_rpc::{ClientError, GetReply, NodeStatus, ReadConsistency, ScanReply, WriteReply};
-use raftkv_storage::{GroupCommitWriter, StorageError, WriteRequest};
+use raftkv_storage::{BatchReport, GroupCommitWriter, StorageError, WriteRequest};
+use raftkv_telemetry::opentelemetry::trace::{Span as _, SpanContext};
+use raftkv_telemetry::opentelemetry::{Context as OtelContext, KeyValue};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument as _;
 
+use crate::admin::{AdminState, role_code};
 use crate::peer::PeerSender;
+use crate::trace::{self, ElectionTrace, WriteTrace};
 
 /// Inputs handled per loop iteration from each channel before the Ready is processed.
 const MAX_DRAIN: usize = 1024;
@@ -35,6 +41,8 @@ pub(crate) enum Request {
     Write {
         data: Bytes,
         reply: Reply<WriteReply>,
+        /// The request's span (empty when it is not traced).
+        trace: OtelContext,
     },
     Read {
         op: ReadOp,
@@ -46,6 +54,13 @@ pub(crate) enum Request {
         target: Option<NodeId>,
         reply: Reply<NodeId>,
     },
+}
+
+/// A batch of Raft messages from one peer, with the spans it opened here (see
+/// [`trace::inbound_spans`]), which end once the loop has persisted what it brought.
+pub(crate) struct RaftBatch {
+    pub messages: Vec<Message>,
+    pub spans: Vec<tracing::Span>,
 }
 
 pub(crate) enum ReadOp {
@@ -63,6 +78,8 @@ struct PendingWrite {
     /// index has this term.
     term: Term,
     reply: Reply<WriteReply>,
+    proposed_at: Instant,
+    trace: Option<WriteTrace>,
 }
 
 struct PendingRead {
@@ -102,6 +119,12 @@ pub(crate) struct Node {
     ticks: u64,
     /// Set once shutdown began: when to give up on handing off leadership.
     draining: Option<Instant>,
+    /// The election this node runs, from its pre-vote to its end.
+    election: Option<ElectionTrace>,
+    /// Spans of received batches, ended once what they brought is persisted.
+    inbound_spans: Vec<tracing::Span>,
+    /// What the admin port reports (probes and metrics).
+    admin: Arc<AdminState>,
 }
 
 impl Node {
@@ -134,14 +157,42 @@ impl Node {
             leader: status.leader,
             ticks: 0,
             draining: None,
+            election: None,
+            inbound_spans: Vec::new(),
+            admin: AdminState::new(),
         }
+    }
+
+    /// Reports readiness and metrics to `admin` from now on.
+    pub fn with_admin(mut self, admin: Arc<AdminState>) -> Node {
+        self.admin = admin;
+        self.publish_status(&self.raw.status());
+        self
+    }
+
+    /// Copies the gauges of `st` to the admin port's metrics.
+    fn publish_status(&self, st: &raftkv_raft::Status) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.admin.metrics;
+        m.term.store(st.term, Relaxed);
+        m.role.store(role_code(st.role), Relaxed);
+        m.leader.store(st.leader.unwrap_or(0), Relaxed);
+        m.commit_index.store(st.commit_index, Relaxed);
+        m.applied_index.store(self.kv.applied_index(), Relaxed);
+        m.last_index.store(st.last_index, Relaxed);
+        m.snapshot_index.store(self.snapshot_index, Relaxed);
+        m.pending_writes.store(self.writes.len() as u64, Relaxed);
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs until `shutdown` resolves (then hands off leadership, bounded) or storage
     /// fails. Returns the storage or state machine failure that stopped it, if any.
     pub async fn run(
         mut self,
-        mut raft_rx: mpsc::Receiver<Vec<Message>>,
+        mut raft_rx: mpsc::Receiver<RaftBatch>,
         mut client_rx: mpsc::Receiver<Request>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -197,9 +248,16 @@ impl Node {
     fn on_tick(&mut self) {
         self.raw.tick();
         self.ticks += 1;
+        self.admin.ticked();
         self.flush_due = self.deferred_hs.is_some();
         if self.ticks.is_multiple_of(SWEEP_TICKS) {
-            self.writes.retain(|_, w| !w.reply.is_closed());
+            self.writes.retain(|_, w| {
+                let keep = !w.reply.is_closed();
+                if !keep && let Some(t) = &mut w.trace {
+                    t.end_propose(false);
+                }
+                keep
+            });
             self.reads.retain(|_, r| !r.reply.is_closed());
             self.parked.retain(|_, reads| {
                 reads.retain(|r| !r.reply.is_closed());
@@ -208,8 +266,9 @@ impl Node {
         }
     }
 
-    fn step_batch(&mut self, batch: Vec<Message>) {
-        for m in batch {
+    fn step_batch(&mut self, batch: RaftBatch) {
+        self.inbound_spans.extend(batch.spans);
+        for m in batch.messages {
             // Why check here: the core trusts that senders are members.
             if m.to != self.id || !self.peers.contains_key(&m.from) {
                 tracing::debug!(
@@ -229,21 +288,26 @@ impl Node {
 
     fn handle_request(&mut self, request: Request) {
         match request {
-            Request::Write { data, reply } => {
+            Request::Write { data, reply, trace } => {
                 let result = self.propose(data);
                 match result {
                     Ok((index, term)) => {
-                        self.writes.insert(index, PendingWrite { term, reply });
+                        Self::count(&self.admin.metrics.proposals);
+                        let trace = WriteTrace::start(self.id, &trace, index, term);
+                        self.writes.insert(index, PendingWrite { term, reply, proposed_at: Instant::now(), trace });
                     }
                     Err(e) => {
+                        Self::count(&self.admin.metrics.proposals_failed);
                         let _ = reply.send(Err(e));
                     }
                 }
             }
             Request::Read { op, consistency: ReadConsistency::Stale, reply } => {
+                Self::count(&self.admin.metrics.reads);
                 let _ = reply.send(self.serve_read(&op));
             }
             Request::Read { op, consistency: ReadConsistency::Linearizable, reply } => {
+                Self::count(&self.admin.metrics.reads);
                 if self.draining.is_some() {
                     let _ = reply.send(Err(shutting_down()));
                     return;
@@ -285,7 +349,12 @@ impl Node {
             ProposeError::Backpressure { .. } | ProposeError::TooManyReads { .. } => {
                 ClientError::Overloaded(e.to_string())
             }
-            ProposeError::NotAVoter(_) => ClientError::Invalid(e.to_string()),
+            ProposeError::ConfChangePending { .. } | ProposeError::NoCommitInTerm => {
+                ClientError::Unavailable(e.to_string())
+            }
+            ProposeError::NotAVoter(_) | ProposeError::InvalidConfChange(_) | ProposeError::NotCaughtUp { .. } => {
+                ClientError::Invalid(e.to_string())
+            }
         }
     }
 
@@ -352,6 +421,7 @@ impl Node {
     fn start_drain(&mut self) {
         let deadline = Instant::now() + self.cfg.election_timeout * 2;
         self.draining = Some(deadline);
+        self.admin.set_draining();
         tracing::info!(id = self.id, role = self.role.as_str(), "shutting down");
         self.hand_off_leadership();
     }
@@ -379,6 +449,9 @@ impl Node {
         while self.raw.has_ready() {
             any = true;
             let mut rd = self.raw.ready();
+            // Before anything is persisted or applied: an election's vote fsync is
+            // part of its span, and a commit's writes are still waiting here.
+            self.trace_events(&rd.events);
             self.send(std::mem::take(&mut rd.messages));
             if let Some(snap) = &rd.snapshot {
                 self.save_snapshot(snap.clone()).await.with_context(|| {
@@ -395,11 +468,26 @@ impl Node {
                     continue;
                 }
                 let applied = match entry.kind {
-                    EntryKind::Noop => {
+                    // The core applies configuration changes itself; to the state
+                    // machine they are position-only, like a no-op.
+                    EntryKind::Noop | EntryKind::ConfChange => {
                         let _ = self.kv.apply_noop(entry.index, entry.term);
                         None
                     }
-                    EntryKind::Command => Some(self.kv.apply(entry.index, entry.term, &entry.data)),
+                    EntryKind::Command => {
+                        let span = self
+                            .writes
+                            .get(&entry.index)
+                            .filter(|w| w.term == entry.term)
+                            .and_then(|w| w.trace.as_ref())
+                            .map(|t| trace::apply_span(self.id, &t.request, entry.index, entry.term));
+                        let applied = self.kv.apply(entry.index, entry.term, &entry.data);
+                        if let Some(mut span) = span {
+                            span.set_attribute(KeyValue::new("duplicate", applied.duplicate));
+                            span.end();
+                        }
+                        Some(applied)
+                    }
                 };
                 self.complete_writes(entry.index, entry.term, applied);
             }
@@ -414,11 +502,15 @@ impl Node {
                 }
             }
             self.serve_parked();
+            // What the received batches brought is persisted (and applied): their
+            // spans end.
+            self.inbound_spans.clear();
             self.log_events(rd.events);
             self.raw.advance();
             let st = self.raw.status();
             self.role = st.role;
             self.leader = st.leader;
+            self.publish_status(&st);
         }
         if any {
             self.maybe_snapshot().await?;
@@ -428,11 +520,46 @@ impl Node {
 
     fn send(&self, messages: Vec<Message>) {
         for m in messages {
+            let traces = self.traces_carried(&m);
             match self.peers.get(&m.to) {
-                Some(peer) => peer.send(m),
+                Some(peer) => peer.send(m, traces),
                 None => tracing::debug!(to = m.to, "no link to a message's recipient"),
             }
         }
+    }
+
+    /// The `raft.propose` spans of the traced writes whose entries `m` carries.
+    fn traces_carried(&self, m: &Message) -> Vec<SpanContext> {
+        let MessageBody::AppendEntries { entries, .. } = &m.body else { return Vec::new() };
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Vec::new() };
+        if self.writes.is_empty() {
+            return Vec::new();
+        }
+        self.writes
+            .range(first.index..=last.index)
+            .filter_map(|(_, w)| w.trace.as_ref().map(|t| t.propose_sc.clone()))
+            .collect()
+    }
+
+    /// The spans a write of `entries` (and a hard state, if `hard_state`) is done
+    /// for: the traced client writes among the entries, the received batches that
+    /// brought them, the election whose vote it records.
+    fn fsync_traces(&self, entries: &[raftkv_raft::Entry], hard_state: bool) -> Vec<SpanContext> {
+        let mut traced = Vec::new();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last())
+            && !self.writes.is_empty()
+        {
+            traced.extend(
+                self.writes
+                    .range(first.index..=last.index)
+                    .filter_map(|(_, w)| w.trace.as_ref().map(|t| t.request.clone())),
+            );
+        }
+        traced.extend(self.inbound_spans.iter().filter_map(|s| trace::sampled(&raftkv_telemetry::context_of(s))));
+        if hard_state && let Some(e) = &self.election {
+            traced.extend(trace::sampled(&raftkv_telemetry::context_of(&e.span)));
+        }
+        traced
     }
 
     /// Writes entries and hard state durably. A commit-only hard state change is
@@ -455,19 +582,35 @@ impl Node {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
-        self.write(WriteRequest { entries, hard_state }).await
+        let traced = self.fsync_traces(&entries, hs.is_some());
+        let n = entries.len() as u64;
+        let has_hs = hard_state.is_some();
+        let report = self.write(WriteRequest { entries, hard_state }).await?;
+        trace::fsync(
+            trace::FsyncInfo {
+                node: self.id,
+                entries: n,
+                hard_state: has_hs,
+                batch_requests: report.requests_in_batch as u64,
+                batch_entries: report.entries as u64,
+                batch_bytes: report.bytes,
+                fsync: report.fsync_duration,
+            },
+            &traced,
+        );
+        Ok(())
     }
 
     fn writer(&self) -> anyhow::Result<&GroupCommitWriter> {
         self.writer.as_ref().ok_or_else(|| anyhow!("the storage writer is closed"))
     }
 
-    async fn write(&self, request: WriteRequest) -> anyhow::Result<()> {
+    async fn write(&self, request: WriteRequest) -> anyhow::Result<BatchReport> {
         let (tx, rx) = oneshot::channel();
         self.writer()?.submit(
             request,
             Box::new(move |r| {
-                let _ = tx.send(r.map(|_| ()));
+                let _ = tx.send(r);
             }),
         );
         let result = rx.await.map_err(|_| anyhow!("the storage writer stopped"))?;
@@ -498,13 +641,18 @@ impl Node {
         }
         self.kv = kv;
         self.snapshot_index = snap.meta.index;
+        Self::count(&self.admin.metrics.snapshots_installed);
         // Writes at or below the snapshot: whether they were the entries committed there
         // cannot be told any more.
         while let Some(w) = self.writes.first_entry() {
             if *w.key() > snap.meta.index {
                 break;
             }
-            let _ = w.remove().reply.send(Err(ClientError::Timeout));
+            let mut w = w.remove();
+            if let Some(t) = &mut w.trace {
+                t.end_propose(false);
+            }
+            let _ = w.reply.send(Err(ClientError::Timeout));
         }
         tracing::info!(
             id = self.id,
@@ -522,7 +670,10 @@ impl Node {
             if at > index {
                 break;
             }
-            let w = w.remove();
+            let mut w = w.remove();
+            if let Some(t) = &mut w.trace {
+                t.end_propose(at == index && w.term == term);
+            }
             let result = if at < index {
                 Err(ClientError::Timeout)
             } else if w.term != term {
@@ -561,11 +712,129 @@ impl Node {
         }
     }
 
+    /// Turns the core's events into spans: `raft.election` (with its events),
+    /// `raft.commit`, and the `raft.leader_elected` / `raft.step_down` /
+    /// `raft.term_change` / `raft.leader_known` / `raft.transfer_aborted` /
+    /// `raft.snapshot_installed` events, on the election span when one is open, else
+    /// on a `raft.state_change` span.
+    fn trace_events(&mut self, events: &[Event]) {
+        let id = self.id;
+        // An election that ended in this Ready still takes the events that follow
+        // (BecameLeader comes after ElectionFinished).
+        let mut ended: Option<ElectionTrace> = None;
+        let mut state: Option<tracing::Span> = None;
+        for event in events {
+            let (name, attributes) = match event {
+                Event::ElectionStarted { term, pre_vote, transfer } => {
+                    if let Some(e) = ended.take() {
+                        drop(e);
+                    }
+                    let election =
+                        self.election.get_or_insert_with(|| ElectionTrace::start(id, *term, *pre_vote, *transfer));
+                    election.span.record("term", *term);
+                    let name = if *pre_vote { "raft.pre_vote.started" } else { "raft.vote.started" };
+                    trace::event(
+                        &election.span,
+                        name,
+                        vec![trace::kv("term", *term), KeyValue::new("transfer", *transfer)],
+                    );
+                    continue;
+                }
+                Event::ElectionFinished { term, pre_vote, outcome, granted, needed } => {
+                    if let Some(election) = &self.election {
+                        let name = if *pre_vote { "raft.pre_vote.finished" } else { "raft.vote.finished" };
+                        trace::event(
+                            &election.span,
+                            name,
+                            vec![
+                                trace::kv("term", *term),
+                                KeyValue::new("outcome", outcome.as_str()),
+                                trace::kv("granted", *granted as u64),
+                                trace::kv("needed", *needed as u64),
+                            ],
+                        );
+                        if *pre_vote && *outcome == raftkv_raft::ElectionOutcome::Won {
+                            election.span.record("pre_vote_granted", *granted as u64);
+                        } else {
+                            election.finish(*term, outcome.as_str(), *granted, *needed);
+                            ended = self.election.take();
+                        }
+                    }
+                    continue;
+                }
+                Event::Committed { first, last, term, entries, bytes, acked_by } => {
+                    self.trace_commit(*first, *last, *term, *entries, *bytes, acked_by);
+                    continue;
+                }
+                Event::BecameLeader { term } => {
+                    ("raft.leader_elected", vec![trace::kv("node", id), trace::kv("term", *term)])
+                }
+                Event::SteppedDown { term, reason } => (
+                    "raft.step_down",
+                    vec![trace::kv("node", id), trace::kv("term", *term), KeyValue::new("reason", reason.as_str())],
+                ),
+                Event::TermChanged { from, to } => {
+                    ("raft.term_change", vec![trace::kv("node", id), trace::kv("from", *from), trace::kv("to", *to)])
+                }
+                Event::LeaderKnown { term, leader } => (
+                    "raft.leader_known",
+                    vec![trace::kv("node", id), trace::kv("term", *term), trace::kv("leader", *leader)],
+                ),
+                Event::TransferAborted { target } => {
+                    ("raft.transfer_aborted", vec![trace::kv("node", id), trace::kv("target", *target)])
+                }
+                Event::ConfChanged { index, .. } => {
+                    ("raft.conf_changed", vec![trace::kv("node", id), trace::kv("index", *index)])
+                }
+                Event::SnapshotInstalled { index, term } => (
+                    "raft.snapshot_installed",
+                    vec![trace::kv("node", id), trace::kv("index", *index), trace::kv("term", *term)],
+                ),
+            };
+            let span = match (&self.election, &ended) {
+                (Some(e), _) | (None, Some(e)) => &e.span,
+                (None, None) => state.get_or_insert_with(|| {
+                    let term = self.raw.status().term;
+                    tracing::info_span!(parent: None, "raft.state_change", node = id, term)
+                }),
+            };
+            trace::event(span, name, attributes);
+        }
+    }
+
+    /// One `raft.commit` span per committed batch (leader only), and the end of the
+    /// committed writes' `raft.propose` spans.
+    fn trace_commit(&mut self, first: Index, last: Index, term: Term, entries: u64, bytes: u64, acked_by: &[NodeId]) {
+        let mut proposed_at: Option<Instant> = None;
+        let mut requests = Vec::new();
+        for (index, w) in self.writes.range_mut(first..=last) {
+            proposed_at = Some(proposed_at.map_or(w.proposed_at, |p| p.min(w.proposed_at)));
+            if let Some(t) = &mut w.trace {
+                requests.push((*index, t.request.clone()));
+                if w.term == term {
+                    t.end_propose(true);
+                }
+            }
+        }
+        trace::commit(trace::CommitInfo {
+            node: self.id,
+            first,
+            last,
+            term,
+            entries,
+            bytes,
+            acked_by,
+            proposed_at: proposed_at.map(Instant::into_std),
+            requests,
+        });
+    }
+
     fn log_events(&mut self, events: Vec<Event>) {
         let id = self.id;
         for event in events {
             match event {
                 Event::ElectionStarted { term, pre_vote, transfer } => {
+                    Self::count(&self.admin.metrics.elections_started);
                     tracing::info!(id, term, pre_vote, transfer, "election started");
                 }
                 Event::ElectionFinished { term, pre_vote, outcome, granted, needed } => {
@@ -579,7 +848,10 @@ impl Node {
                         "election finished"
                     );
                 }
-                Event::BecameLeader { term } => tracing::info!(id, term, "became leader"),
+                Event::BecameLeader { term } => {
+                    Self::count(&self.admin.metrics.became_leader);
+                    tracing::info!(id, term, "became leader");
+                }
                 Event::SteppedDown { term, reason } => {
                     tracing::info!(id, term, reason = reason.as_str(), "stepped down as leader");
                 }
@@ -590,6 +862,9 @@ impl Node {
                 }
                 Event::SnapshotInstalled { index, term } => {
                     tracing::info!(id, index, term, "accepted a snapshot from the leader");
+                }
+                Event::ConfChanged { index, conf } => {
+                    tracing::info!(id, index, voters = ?conf.voters, learners = ?conf.learners, "configuration changed");
                 }
                 Event::TransferAborted { target } => {
                     tracing::warn!(id, target, "leadership transfer did not finish within an election timeout");
@@ -612,12 +887,25 @@ impl Node {
         if applied > st.applied_index {
             return Ok(());
         }
+        // The configuration as of the snapshot's index: a newer one may already be in
+        // the log, and it must not be baked into state it does not describe.
+        let Some(conf) = self.raw.conf_at(applied) else {
+            return Ok(());
+        };
         let snapshot = Snapshot {
-            meta: SnapshotMeta { index: applied, term: self.kv.applied_term(), conf: st.conf },
+            meta: SnapshotMeta { index: applied, term: self.kv.applied_term(), conf },
             data: self.kv.snapshot(),
         };
         let bytes = snapshot.data.len();
-        match self.save_snapshot(snapshot.clone()).await {
+        let span = tracing::info_span!(
+            parent: None,
+            "raft.snapshot.create",
+            node = self.id,
+            index = applied,
+            term = snapshot.meta.term,
+            bytes = bytes as u64,
+        );
+        match self.save_snapshot(snapshot.clone()).instrument(span).await {
             Ok(()) => {}
             Err(e @ StorageError::Invalid { .. }) => {
                 tracing::warn!(id = self.id, index = applied, error = %e, "snapshot not saved");
@@ -628,6 +916,7 @@ impl Node {
         }
         self.raw.compact(snapshot);
         self.snapshot_index = applied;
+        Self::count(&self.admin.metrics.snapshots_saved);
         tracing::info!(id = self.id, index = applied, bytes, "saved a snapshot and compacted the log");
         Ok(())
     }
@@ -635,7 +924,10 @@ impl Node {
     // ---- shutdown ----
 
     async fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
-        for (_, w) in std::mem::take(&mut self.writes) {
+        for (_, mut w) in std::mem::take(&mut self.writes) {
+            if let Some(t) = &mut w.trace {
+                t.end_propose(false);
+            }
             let _ = w.reply.send(Err(ClientError::Timeout));
         }
         for (_, r) in std::mem::take(&mut self.reads) {

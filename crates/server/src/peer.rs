@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use raftkv_raft::{Entry, Message, MessageBody, NodeId};
 use raftkv_rpc::{PeerError, RaftKvClient, tarpc};
+use raftkv_telemetry::OpenTelemetrySpanExt as _;
+use raftkv_telemetry::opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 /// The cluster id sent with every batch (see the crate documentation).
 pub(crate) const CLUSTER_ID: u64 = 0;
@@ -33,20 +36,29 @@ pub(crate) struct PeerStats {
     pub dropped: AtomicU64,
 }
 
+/// A message and the spans of the traced client requests whose entries it carries
+/// (empty for most messages).
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub msg: Message,
+    pub traces: Vec<SpanContext>,
+}
+
 /// The Raft loop's handle on one peer's outbound queue.
 #[derive(Debug)]
 pub(crate) struct PeerSender {
     id: NodeId,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outbound>,
     stats: Arc<PeerStats>,
 }
 
 impl PeerSender {
-    /// Queues `msg` without waiting; drops it if the queue is full.
-    pub fn send(&self, msg: Message) {
-        match self.tx.try_send(msg) {
+    /// Queues `msg` without waiting; drops it if the queue is full. `traces`: see
+    /// [`Outbound`].
+    pub fn send(&self, msg: Message, traces: Vec<SpanContext>) {
+        match self.tx.try_send(Outbound { msg, traces }) {
             Ok(()) => {}
-            Err(TrySendError::Full(m)) => {
+            Err(TrySendError::Full(Outbound { msg: m, .. })) => {
                 let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     tracing::warn!(peer = self.id, kind = m.body.name(), dropped, "peer queue full; dropping messages");
@@ -75,7 +87,7 @@ pub(crate) fn spawn_peer(id: NodeId, addr: String) -> (PeerSender, JoinHandle<()
 struct PeerLink {
     id: NodeId,
     addr: String,
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Outbound>,
     stats: Arc<PeerStats>,
     conn: Option<RaftKvClient>,
     backoff: Duration,
@@ -83,7 +95,7 @@ struct PeerLink {
 
 impl PeerLink {
     async fn run(mut self) {
-        let mut carry: Option<Message> = None;
+        let mut carry: Option<Outbound> = None;
         let mut healthy = true;
         loop {
             let first = match carry.take() {
@@ -111,23 +123,40 @@ impl PeerLink {
                     }
                 }
             }
-            let mut bytes = message_bytes(&first);
-            let mut batch = vec![first];
+            let mut bytes = message_bytes(&first.msg);
+            let mut traces = first.traces;
+            let mut batch = vec![first.msg];
             while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
                 let Ok(m) = self.rx.try_recv() else { break };
-                let size = message_bytes(&m);
+                let size = message_bytes(&m.msg);
                 if bytes + size > MAX_BATCH_BYTES {
                     carry = Some(m);
                     break;
                 }
                 bytes += size;
-                batch.push(m);
+                for t in m.traces {
+                    if !traces.iter().any(|have| have.span_id() == t.span_id()) {
+                        traces.push(t);
+                    }
+                }
+                batch.push(m.msg);
             }
             let n = batch.len() as u64;
             let mut ctx = tarpc::context::current();
             ctx.deadline = std::time::Instant::now() + RPC_TIMEOUT;
             let client = self.conn.as_ref().expect("connected above");
-            match client.raft(ctx, CLUSTER_ID, batch).await {
+            // Why a span only for traced batches: tarpc's client span (and so the
+            // trace context the peer receives) exists only inside one of ours, and
+            // heartbeats must not open traces.
+            let result = match traces.split_first() {
+                None => client.raft(ctx, CLUSTER_ID, batch, Vec::new()).await,
+                Some((parent, others)) => {
+                    let span = self.replicate_span(&batch, parent, others);
+                    let links = others.iter().map(crate::trace::to_link).collect();
+                    async { client.raft(ctx, CLUSTER_ID, batch, links).await }.instrument(span).await
+                }
+            };
+            match result {
                 Ok(Ok(())) => {
                     self.stats.sent.fetch_add(n, Ordering::Relaxed);
                 }
@@ -152,9 +181,41 @@ impl PeerLink {
         }
     }
 
+    /// The `raft.replicate` span of one traced batch: a child of the first traced
+    /// request's `raft.propose`, linked to the others.
+    fn replicate_span(&self, batch: &[Message], parent: &SpanContext, others: &[SpanContext]) -> tracing::Span {
+        let (mut entries, mut first_index, mut last_index) = (0u64, u64::MAX, 0u64);
+        for m in batch {
+            if let MessageBody::AppendEntries { entries: es, .. } = &m.body
+                && let (Some(f), Some(l)) = (es.first(), es.last())
+            {
+                entries += es.len() as u64;
+                first_index = first_index.min(f.index);
+                last_index = last_index.max(l.index);
+            }
+        }
+        let span = tracing::info_span!(
+            parent: None,
+            "raft.replicate",
+            otel.kind = "client",
+            peer = self.id,
+            messages = batch.len() as u64,
+            entries,
+            first_index = if entries > 0 { first_index } else { 0 },
+            last_index,
+            linked_requests = others.len() as u64,
+        );
+        let _ =
+            span.set_parent(raftkv_telemetry::opentelemetry::Context::new().with_remote_span_context(parent.clone()));
+        for sc in others {
+            span.add_link(sc.clone());
+        }
+        span
+    }
+
     /// Drops `first` and everything queued (it would be stale by the next attempt; Raft
     /// resends), then waits out the backoff.
-    async fn connect_failed(&mut self, first: Message, error: &str, healthy: &mut bool) {
+    async fn connect_failed(&mut self, first: Outbound, error: &str, healthy: &mut bool) {
         drop(first);
         let mut dropped = 1;
         while self.rx.try_recv().is_ok() {

@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftkv_kv::{Command, MAX_SCAN_LIMIT};
+use raftkv_kv::{Command, MAX_SCAN_LIMIT, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
-use raftkv_rpc::{ClientError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, WriteReply};
+use raftkv_rpc::{
+    ClientError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, TraceLink, WriteReply,
+};
+use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
-use crate::node::{ReadOp, ReadOutput, Request};
+use crate::node::{RaftBatch, ReadOp, ReadOutput, Request};
 
 /// No request waits longer than this, whatever deadline its client set.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -22,7 +26,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct Service {
     pub id: NodeId,
     pub peers: Arc<Vec<(NodeId, String)>>,
-    pub raft_tx: mpsc::Sender<Vec<Message>>,
+    pub raft_tx: mpsc::Sender<RaftBatch>,
     pub client_tx: mpsc::Sender<Request>,
 }
 
@@ -39,6 +43,20 @@ impl Service {
         self.submit(Request::Read { op, consistency, reply })?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
+}
+
+/// Makes `span` (not yet entered) a root span when the caller sent no trace context
+/// (a client without telemetry): its request is still traced from here on. Otherwise
+/// it stays a child of tarpc's server span, which continues the caller's trace.
+fn root_if_untraced(span: &tracing::Span, ctx: &Context) {
+    if ctx.trace_context.trace_id.is_none() {
+        let _ = span.set_parent(raftkv_telemetry::opentelemetry::Context::new());
+    }
+}
+
+fn record_error(span: &tracing::Span, e: &ClientError) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error", tracing::field::display(e));
 }
 
 /// Waits for the Raft loop's answer until the request's deadline (capped at
@@ -58,31 +76,95 @@ async fn wait<T>(
 }
 
 impl RaftKv for Service {
-    async fn raft(self, _: Context, _cluster_id: u64, messages: Vec<Message>) -> Result<(), PeerError> {
+    async fn raft(
+        self,
+        ctx: Context,
+        _cluster_id: u64,
+        messages: Vec<Message>,
+        links: Vec<TraceLink>,
+    ) -> Result<(), PeerError> {
         if messages.is_empty() {
             return Ok(());
         }
-        self.raft_tx.try_send(messages).map_err(|e| match e {
+        let spans = crate::trace::inbound_spans(self.id, &ctx, &messages, &links);
+        self.raft_tx.try_send(RaftBatch { messages, spans }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PeerError::Busy,
             mpsc::error::TrySendError::Closed(_) => PeerError::ShuttingDown,
         })
     }
 
     async fn write(self, ctx: Context, command: Command) -> Result<WriteReply, ClientError> {
-        command.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let data = command.encode();
-        let (reply, rx) = oneshot::channel();
-        self.submit(Request::Write { data, reply })?;
-        // Why Timeout when the loop is gone: the write may have been proposed already.
-        wait(ctx, rx, ClientError::Timeout).await
+        let name = match &command.op {
+            WriteOp::Put { .. } => "kv.put",
+            WriteOp::Delete { .. } => "kv.delete",
+            WriteOp::Cas { .. } => "kv.cas",
+        };
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            node = self.id,
+            client_id = command.client_id,
+            seq = command.seq,
+            index = tracing::field::Empty,
+            term = tracing::field::Empty,
+            duplicate = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        root_if_untraced(&span, &ctx);
+        let trace = span.context();
+        let result = async {
+            command.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
+            let data = command.encode();
+            let (reply, rx) = oneshot::channel();
+            self.submit(Request::Write { data, reply, trace })?;
+            // Why Timeout when the loop is gone: the write may have been proposed already.
+            wait(ctx, rx, ClientError::Timeout).await
+        }
+        .instrument(span.clone())
+        .await;
+        match &result {
+            Ok(r) => {
+                span.record("index", r.index);
+                span.record("term", r.term);
+                span.record("duplicate", r.duplicate);
+            }
+            Err(e) => record_error(&span, e),
+        }
+        result
     }
 
     async fn get(self, ctx: Context, key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError> {
-        raftkv_kv::validate_key(&key).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        match self.read(ctx, ReadOp::Get(key), consistency).await? {
-            ReadOutput::Get(reply) => Ok(reply),
-            ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = "kv.get",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            node = self.id,
+            consistency = ?consistency,
+            index = tracing::field::Empty,
+            found = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        root_if_untraced(&span, &ctx);
+        let result = async {
+            raftkv_kv::validate_key(&key).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            match self.read(ctx, ReadOp::Get(key), consistency).await? {
+                ReadOutput::Get(reply) => Ok(reply),
+                ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+            }
         }
+        .instrument(span.clone())
+        .await;
+        match &result {
+            Ok(r) => {
+                span.record("index", r.index);
+                span.record("found", r.value.is_some());
+            }
+            Err(e) => record_error(&span, e),
+        }
+        result
     }
 
     async fn scan(
@@ -96,10 +178,35 @@ impl RaftKv for Service {
         if limit == 0 || limit > MAX_SCAN_LIMIT {
             return Err(ClientError::Invalid(format!("scan limit is {limit}; it must be from 1 to {MAX_SCAN_LIMIT}")));
         }
-        match self.read(ctx, ReadOp::Scan { prefix, limit }, consistency).await? {
-            ReadOutput::Scan(reply) => Ok(reply),
-            ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = "kv.scan",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            node = self.id,
+            consistency = ?consistency,
+            limit = limit as u64,
+            index = tracing::field::Empty,
+            items = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        root_if_untraced(&span, &ctx);
+        let result = async {
+            match self.read(ctx, ReadOp::Scan { prefix, limit }, consistency).await? {
+                ReadOutput::Scan(reply) => Ok(reply),
+                ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+            }
         }
+        .instrument(span.clone())
+        .await;
+        match &result {
+            Ok(r) => {
+                span.record("index", r.index);
+                span.record("items", r.items.len() as u64);
+            }
+            Err(e) => record_error(&span, e),
+        }
+        result
     }
 
     async fn status(self, ctx: Context) -> NodeStatus {

@@ -1,0 +1,3 @@
+//! Helpers shared by the telemetry tests.
+
+pub mod otlp;
