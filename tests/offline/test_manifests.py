@@ -1,0 +1,218 @@
+"""The Kubernetes manifests: schema validation with kubernetes-validate --strict against
+a pinned Kubernetes version (bundled schemas, offline), then the properties the
+StatefulSet depends on that no schema can check."""
+import glob
+import os
+import re
+import shutil
+
+import pytest
+import yaml
+
+from conftest import KUBERNETES_VERSION, ROOT, run
+from tiltstub import is_manifest_file
+
+K8S = os.path.join(ROOT, "k8s")
+SERVER_LABELS = {"app.kubernetes.io/name": "raftkv", "app.kubernetes.io/component": "server"}
+
+
+def manifest_files():
+    files = sorted(glob.glob(os.path.join(K8S, "*.yaml")))
+    # observability/ also holds YAML snippets that are not objects (otel-env.yaml).
+    files += sorted(f for f in glob.glob(os.path.join(ROOT, "observability", "*.y*ml")) if is_manifest_file(f))
+    return files
+
+
+def kubernetes_validate(*files):
+    exe = shutil.which("kubernetes-validate") or os.path.join(os.path.dirname(os.sys.executable), "kubernetes-validate")
+    return run([exe, "--strict", "--no-warn", "-k", KUBERNETES_VERSION, *files])
+
+
+def docs():
+    out = {}
+    for f in glob.glob(os.path.join(K8S, "*.yaml")):
+        with open(f) as fh:
+            for d in yaml.safe_load_all(fh):
+                if d:
+                    out[(d["kind"], d["metadata"]["name"])] = d
+    return out
+
+
+@pytest.fixture(scope="module")
+def m():
+    return docs()
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_manifest_passes_kubernetes_validate_strict(path):
+    out = kubernetes_validate(path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "passed" in out.stdout + out.stderr
+
+
+def test_negative_kubernetes_validate_rejects_an_unknown_field(tmp_path):
+    with open(os.path.join(K8S, "statefulset.yaml")) as f:
+        d = yaml.safe_load(f)
+    d["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = d["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
+    broken = tmp_path / "statefulset.yaml"
+    broken.write_text(yaml.safe_dump(d))
+    out = kubernetes_validate(str(broken))
+    assert out.returncode != 0, "a misspelt field passed --strict validation"
+    assert "readinesProbe" in out.stdout + out.stderr
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_headless_service_publishes_not_ready_addresses(m):
+    svc = m[("Service", "raft-service")]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_statefulset_shape(m):
+    sts = m[("StatefulSet", "raft")]
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == "raft-service"
+    labels = spec["template"]["metadata"]["labels"]
+    assert matches(spec["selector"]["matchLabels"], labels)
+    assert matches(m[("Service", "raft-service")]["spec"]["selector"], labels)
+    assert matches(m[("PodDisruptionBudget", "raft")]["spec"]["selector"]["matchLabels"], labels)
+    assert m[("PodDisruptionBudget", "raft")]["spec"]["maxUnavailable"] == 1
+    # Required anti-affinity on the hostname, selecting these very pods.
+    terms = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert any(t["topologyKey"] == "kubernetes.io/hostname" and matches(t["labelSelector"]["matchLabels"], labels)
+               for t in terms)
+    # Long enough for the leadership hand-off (2 election timeouts = 2 s) and a flush.
+    assert pod["terminationGracePeriodSeconds"] >= 10
+
+
+def test_server_args_derive_identity_from_the_downward_api(m):
+    sts = m[("StatefulSet", "raft")]
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in c, "the image's entrypoint (raftkv-server) must run"
+    args = c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert "--pod-name=$(POD_NAME)" in args
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert f"--service={sts['spec']['serviceName']}" in args
+    assert f"--replicas={sts['spec']['replicas']}" in args
+    port = int(next(a for a in args if a.startswith("--port=")).split("=")[1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["raft"] == port
+    admin = next(a for a in args if a.startswith("--admin-listen="))
+    assert admin.endswith(f":{ports['admin']}")
+    svc_ports = {p["name"]: p for p in m[("Service", "raft-service")]["spec"]["ports"]}
+    assert svc_ports["raft"]["port"] == port and svc_ports["admin"]["port"] == ports["admin"]
+    # The data dir is the claim template's mount.
+    claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    data_dir = next(a for a in args if a.startswith("--data-dir=")).split("=")[1]
+    assert {"name": claim, "mountPath": data_dir} in c["volumeMounts"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://jaeger:4317"
+
+
+def test_probes_use_the_admin_port_and_readiness_never_waits_for_a_leader(m):
+    c = m[("StatefulSet", "raft")]["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "admin"}
+    # /readyz's meaning is in the server (crates/server/src/admin.rs): it must not need a leader.
+    with open(os.path.join(ROOT, "crates/server/src/admin.rs")) as f:
+        admin = f.read()
+    assert "does **not** wait for a leader" in admin
+
+
+@pytest.mark.parametrize("key", [("StatefulSet", "raft"), ("Pod", "raft-validate")])
+def test_restricted_security_context(m, key):
+    d = m[key]
+    pod = d["spec"] if key[0] == "Pod" else d["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["securityContext"]["runAsUser"] != 0
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert "add" not in sc["capabilities"]
+
+
+def test_validation_pod_runs_validate_against_every_replica(m):
+    pod = m[("Pod", "raft-validate")]
+    sts = m[("StatefulSet", "raft")]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    c = pod["spec"]["containers"][0]
+    assert c["args"][0] == "validate"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    port = next(a for a in sts["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--port=")).split("=")[1]
+    want = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}:{port}" for i in range(sts["spec"]["replicas"])]
+    assert env["RAFTKV_ENDPOINTS"].split(",") == want
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+
+
+def test_images_are_the_flake_images():
+    d = docs()
+    images = {d[("StatefulSet", "raft")]["spec"]["template"]["spec"]["containers"][0]["image"],
+              d[("Pod", "raft-validate")]["spec"]["containers"][0]["image"]}
+    assert images == {"raftkv-server:dev", "raftkv-client:dev"}
+    with open(os.path.join(ROOT, "flake.nix")) as f:
+        flake = f.read()
+    assert 'tag = "dev";' in flake
+    for name in ("raftkv-server", "raftkv-client"):
+        assert f'name = "{name}"' in flake
+
+
+def test_kind_cluster_has_one_control_plane_and_four_workers():
+    with open(os.path.join(K8S, "kind", "cluster.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    assert cfg["kind"] == "Cluster" and cfg["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    roles = [n["role"] for n in cfg["nodes"]]
+    assert roles.count("control-plane") == 1 and roles.count("worker") == 4
+    assert any('config_path = "/etc/containerd/certs.d"' in p for p in cfg["containerdConfigPatches"])
+
+
+def test_kind_up_sets_up_the_local_registry_like_kind_with_registry():
+    with open(os.path.join(K8S, "kind", "up")) as f:
+        up = f.read()
+    for needle in ["5001", "certs.d", "hosts.toml", "docker network connect kind", "local-registry-hosting",
+                   "kube-public", "localRegistryHosting.v1"]:
+        assert needle in up, needle
+    for script in ["kind/up", "kind/down"]:
+        assert os.access(os.path.join(K8S, script), os.X_OK), script
+    assert os.access(os.path.join(ROOT, "tests/e2e/kind.sh"), os.X_OK)
+
+
+def test_no_dockerfile_anywhere_in_the_repository():
+    found = []
+    for dirpath, dirnames, files in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in (".git", "target") and not d.startswith("target-")]
+        found += [os.path.join(dirpath, f) for f in files
+                  if re.match(r"(?i)^(dockerfile|containerfile)(\..*)?$|.*\.dockerfile$", f)]
+    assert found == []
+
+
+def test_negative_selector_mismatch_is_caught(m):
+    sts = m[("StatefulSet", "raft")]
+    labels = dict(sts["spec"]["template"]["metadata"]["labels"], **{"app.kubernetes.io/component": "srv"})
+    assert not matches(sts["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_otel_env_matches_observability_otel_env(m):
+    """observability/otel-env.yaml lists the OTEL env of each kind of pod; the
+    manifests must carry every entry as written there."""
+    path = os.path.join(ROOT, "observability", "otel-env.yaml")
+    if not os.path.exists(path):
+        pytest.skip("observability/otel-env.yaml does not exist")
+    with open(path) as f:
+        wanted = {}
+        for d in yaml.safe_load_all(f):
+            if isinstance(d, dict):
+                wanted.update(d)
+    pods = {"raftkv-server": m[("StatefulSet", "raft")]["spec"]["template"]["spec"],
+            "raftkv-client": m[("Pod", "raft-validate")]["spec"]}
+    for who, entries in wanted.items():
+        env = pods[who]["containers"][0]["env"]
+        for e in entries:
+            assert e in env, f"{who}: env {e['name']} differs from observability/otel-env.yaml"

@@ -1,0 +1,244 @@
+"""Evaluates a Tiltfile offline with a Starlark interpreter (starlark-pyo3) and stubs
+of the Tilt builtins it may call, and records every call.
+
+The stubs are plain Python functions with Tilt's own parameter names (from Tilt's API
+reference, https://docs.tilt.dev/api.html) and no **kwargs: an unknown keyword argument
+is a TypeError, i.e. a failed evaluation, as it is in Tilt. Only builtins listed here
+exist; any other name fails to resolve.
+
+`problems(rec, root)` then checks what the Tiltfile asked for against the repository:
+every deps path and YAML file exists, every image built is used by some manifest,
+every k8s_resource names a real workload, every resource_dep a real resource.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import starlark as sl
+import yaml
+
+TRIGGER_MODE_AUTO = "TRIGGER_MODE_AUTO"
+TRIGGER_MODE_MANUAL = "TRIGGER_MODE_MANUAL"
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+
+
+@dataclass
+class Recorder:
+    root: str
+    contexts: list = field(default_factory=list)
+    builds: list = field(default_factory=list)
+    yaml_files: list = field(default_factory=list)
+    resources: list = field(default_factory=list)
+    local_resources: list = field(default_factory=list)
+
+
+def _as_list(v):
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def make_builtins(rec: Recorder) -> dict:
+    root = rec.root
+
+    def abspath(p):
+        return p if os.path.isabs(p) else os.path.join(root, p)
+
+    def allow_k8s_contexts(contexts):
+        rec.contexts.extend(_as_list(contexts))
+
+    def custom_build(ref, command="", deps=[], tag="", disable_push=False, skips_local_docker=False,
+                     live_update=[], match_in_env_vars=False, ignore=[], entrypoint=[], command_bat_val="",
+                     outputs_image_ref_to="", command_bat="", image_deps=[], env={}, dir=""):
+        rec.builds.append(dict(ref=ref, command=command, deps=_as_list(deps), tag=tag,
+                               disable_push=disable_push, skips_local_docker=skips_local_docker,
+                               live_update=_as_list(live_update), outputs_image_ref_to=outputs_image_ref_to))
+
+    def k8s_yaml(yaml, allow_duplicates=False):
+        for y in _as_list(yaml):
+            if not isinstance(y, str):
+                raise TypeError(f"k8s_yaml: the stub takes file paths only, got {type(y).__name__}")
+            if not is_manifest_file(abspath(y)):
+                raise ValueError(f"k8s_yaml: {y} holds no Kubernetes objects (apiVersion and kind)")
+            rec.yaml_files.append(y)
+
+    def k8s_resource(workload="", new_name="", port_forwards=[], extra_pod_selectors=[],
+                     trigger_mode=TRIGGER_MODE_AUTO, resource_deps=[], objects=[], auto_init=True,
+                     pod_readiness="", links=[], labels=[], discovery_strategy=""):
+        rec.resources.append(dict(workload=workload, new_name=new_name, port_forwards=_as_list(port_forwards),
+                                  trigger_mode=trigger_mode, resource_deps=_as_list(resource_deps),
+                                  objects=_as_list(objects), auto_init=auto_init, labels=_as_list(labels),
+                                  links=_as_list(links)))
+
+    def local_resource(name, cmd="", deps=None, trigger_mode=TRIGGER_MODE_AUTO, resource_deps=[], ignore=[],
+                       auto_init=True, serve_cmd="", cmd_bat="", serve_cmd_bat="", allow_parallel=False,
+                       links=[], tags=[], env={}, serve_env={}, readiness_probe=None, dir="", serve_dir="",
+                       labels=[]):
+        rec.local_resources.append(dict(name=name, cmd=cmd, deps=_as_list(deps), trigger_mode=trigger_mode,
+                                        resource_deps=_as_list(resource_deps), auto_init=auto_init,
+                                        labels=_as_list(labels)))
+
+    def port_forward(local_port, container_port=None, name=None, link_path=None, host=None):
+        if not isinstance(local_port, int) or not (container_port is None or isinstance(container_port, int)):
+            raise TypeError("port_forward: ports are ints")
+        return {"local_port": local_port, "container_port": container_port or local_port, "name": name,
+                "link_path": link_path}
+
+    def link(url, name=None):
+        return {"url": url, "name": name}
+
+    def listdir(directory, recursive=False):
+        d = abspath(directory)
+        if not os.path.isdir(d):
+            raise ValueError(f"listdir: {directory} is not a directory")
+        out = []
+        for dirpath, dirnames, files in os.walk(d):
+            out.extend(os.path.join(dirpath, f) for f in files)
+            if not recursive:
+                break
+        return sorted(out)
+
+    def read_file(file_path, default=None):
+        p = abspath(file_path)
+        if not os.path.exists(p):
+            if default is None:
+                raise ValueError(f"read_file: {file_path} does not exist")
+            return default
+        with open(p) as f:
+            return f.read()
+
+    def read_yaml_stream(paths, default=None):
+        p = abspath(paths)
+        if not os.path.exists(p):
+            if default is None:
+                raise ValueError(f"read_yaml_stream: {paths} does not exist")
+            return default
+        with open(p) as f:
+            return list(yaml.safe_load_all(f))
+
+    def os_path_exists(path):
+        return os.path.exists(abspath(path))
+
+    def os_getenv(key, default=None):
+        return default
+
+    def fail(msg):
+        raise RuntimeError(f"Tiltfile fail(): {msg}")
+
+    return dict(
+        allow_k8s_contexts=allow_k8s_contexts, custom_build=custom_build, k8s_yaml=k8s_yaml,
+        k8s_resource=k8s_resource, local_resource=local_resource, port_forward=port_forward, link=link,
+        listdir=listdir, read_file=read_file, read_yaml_stream=read_yaml_stream, fail=fail,
+        __os_path_exists=os_path_exists, __os_getenv=os_getenv,
+    )
+
+
+# Tilt's `os` module, built from the Python callables above (one line, so the
+# Tiltfile's line numbers shift by one only).
+PRELUDE = ("os = struct(path = struct(exists = __os_path_exists), getenv = __os_getenv); "
+           "TRIGGER_MODE_AUTO = \"TRIGGER_MODE_AUTO\"; TRIGGER_MODE_MANUAL = \"TRIGGER_MODE_MANUAL\"\n")
+
+
+def evaluate(tiltfile: str, root: str, source: str | None = None) -> Recorder:
+    """Runs the Tiltfile (or `source`, as if it were that file) and returns the calls."""
+    if source is None:
+        with open(tiltfile) as f:
+            source = f.read()
+    rec = Recorder(root=root)
+    dialect = sl.Dialect.extended()
+    dialect.enable_top_level_stmt = True
+    dialect.enable_f_strings = True
+    ast = sl.parse(os.path.basename(tiltfile), PRELUDE + source, dialect)
+    globals_ = sl.Globals.extended_by([sl.LibraryExtension.StructType, sl.LibraryExtension.Print])
+    module = sl.Module()
+    for name, fn in make_builtins(rec).items():
+        module.add_callable(name, fn)
+    sl.eval(module, ast, globals_)
+    return rec
+
+
+def is_manifest_file(path):
+    """A YAML file whose documents are all Kubernetes objects (a missing file passes:
+    problems() reports it)."""
+    if not os.path.exists(path):
+        return True
+    docs = [d for d in _load_docs(path)]
+    return bool(docs) and all(isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in docs)
+
+
+def _load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def _containers(doc):
+    spec = doc.get("spec", {})
+    if doc["kind"] == "Pod":
+        pod = spec
+    elif doc["kind"] == "CronJob":
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    else:
+        pod = spec.get("template", {}).get("spec", {})
+    return pod.get("containers", []) + pod.get("initContainers", [])
+
+
+def _image_name(ref: str) -> str:
+    # Drops a digest and a tag (not a registry port).
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref = ref[: len(ref) - len(last)] + last.split(":", 1)[0]
+    return ref
+
+
+def problems(rec: Recorder, root: str) -> list[str]:
+    """What is wrong with the recorded calls, as messages (empty: nothing)."""
+    out = []
+
+    def rel(p):
+        return os.path.relpath(p, root) if os.path.isabs(p) else p
+
+    def exists(p):
+        return os.path.exists(p if os.path.isabs(p) else os.path.join(root, p))
+
+    if not rec.contexts:
+        out.append("allow_k8s_contexts is never called")
+    for b in rec.builds:
+        if not b["deps"]:
+            out.append(f"custom_build {b['ref']} has no deps")
+        for d in b["deps"]:
+            if not exists(d):
+                out.append(f"custom_build {b['ref']}: deps path {d} does not exist")
+    for r in rec.local_resources:
+        for d in r["deps"]:
+            if not exists(d):
+                out.append(f"local_resource {r['name']}: deps path {d} does not exist")
+
+    workloads, images = {}, set()
+    for y in rec.yaml_files:
+        if not exists(y):
+            out.append(f"k8s_yaml: {rel(y)} does not exist")
+            continue
+        for doc in _load_docs(y if os.path.isabs(y) else os.path.join(root, y)):
+            if doc.get("kind") in WORKLOAD_KINDS:
+                workloads[doc["metadata"]["name"]] = doc["kind"]
+                images.update(_image_name(c["image"]) for c in _containers(doc))
+    if not rec.yaml_files:
+        out.append("k8s_yaml is never called")
+    for b in rec.builds:
+        if _image_name(b["ref"]) not in images:
+            out.append(f"custom_build {b['ref']}: no manifest in k8s_yaml uses this image (images: {sorted(images)})")
+
+    names = set(workloads)
+    for r in rec.resources:
+        if r["workload"] not in workloads:
+            out.append(f"k8s_resource {r['workload']!r} names no workload of the YAML (workloads: {sorted(workloads)})")
+        if r["new_name"]:
+            names.add(r["new_name"])
+    names |= {r["name"] for r in rec.local_resources}
+    for r in rec.resources + rec.local_resources:
+        for dep in r["resource_deps"]:
+            if dep not in names:
+                out.append(f"resource {r.get('workload') or r.get('name')}: resource_deps {dep!r} is not a resource")
+    return out
