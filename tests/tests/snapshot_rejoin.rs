@@ -55,8 +55,7 @@ async fn wiped_follower_rejoins(change_leader: bool) {
     // Start it empty.
     cluster.node_mut(follower).expect("node").restart().await.expect("restart");
     if change_leader {
-        // The old leader still counts the follower's old match index as durable there
-        // and never probes below it; a new leader starts from scratch.
+        // A new leader starts its view of the follower from scratch.
         let other = cluster.ids().into_iter().find(|id| *id != leader.id && *id != follower).expect("a node");
         cluster.move_leader(other).await;
     }
@@ -84,13 +83,11 @@ async fn wiped_follower_catches_up_via_snapshot() {
     wiped_follower_rejoins(true).await;
 }
 
-/// Product gap: while the same leader stays in office, a follower restarted with an
-/// empty data directory never catches up. The leader's probe never goes below the
-/// follower's old match index (`Progress::maybe_decrease_to` clamps `next_index` to
-/// `match_index + 1`), so the follower rejects every probe forever, and heartbeats
-/// (whose commit it silently clamps to its empty log) keep it from campaigning.
+/// While the same leader stays in office: the follower's heartbeat responses report
+/// that its log ends below what it had acknowledged, and the leader probes it afresh.
+/// (Before that fix, the leader never probed below the old match index and the
+/// follower never caught up.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product gap: a wiped follower never catches up under the same leader (see the report)"]
 async fn wiped_follower_catches_up_under_the_same_leader() {
     wiped_follower_rejoins(false).await;
 }

@@ -21,6 +21,9 @@ pub enum Event {
     Committed { first: Index, last: Index, term: Term, entries: u64, bytes: u64, acked_by: Vec<NodeId> },
     /// A follower accepted a snapshot from its leader.
     SnapshotInstalled { index: Index, term: Term },
+    /// A follower's log ends below what it had acknowledged (its disk was lost); the
+    /// leader resends it what it needs.
+    PeerLostLog { peer: NodeId, match_index: Index, last_index: Index },
     /// A leadership transfer did not finish within an election timeout.
     TransferAborted { target: NodeId },
     /// The node's configuration — the latest in its log, committed or not — changed:

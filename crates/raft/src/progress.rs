@@ -111,6 +111,14 @@ impl Progress {
         self.next_index = next;
     }
 
+    /// The peer lost entries it had acknowledged: nothing it matched can be trusted.
+    pub fn reset_after_lost_log(&mut self, next_index: Index) {
+        assert!(next_index >= 1);
+        self.reset_state(ProgressState::Probe);
+        self.match_index = 0;
+        self.next_index = next_index;
+    }
+
     pub fn become_replicate(&mut self) {
         self.reset_state(ProgressState::Replicate);
         self.next_index = self.match_index + 1;

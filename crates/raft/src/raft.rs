@@ -509,7 +509,7 @@ impl Raft {
     fn answer_stale(&mut self, m: &Message) {
         match m.body {
             MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
-                self.send(m.from, MessageBody::HeartbeatResponse { read_round: 0 });
+                self.send(m.from, MessageBody::HeartbeatResponse { read_round: 0, missing_from: None });
             }
             MessageBody::RequestVote { pre_vote: true, .. } => {
                 self.send(m.from, MessageBody::RequestVoteResponse { pre_vote: true, granted: false });
@@ -557,7 +557,11 @@ impl Raft {
                 self.heard_from_leader(m.from);
                 let commit = leader_commit.min(self.log.last_index());
                 self.log.commit_to(commit);
-                self.send(m.from, MessageBody::HeartbeatResponse { read_round });
+                // The leader sends min(our match, its commit); a log ending below that
+                // lost entries it once acknowledged.
+                let last = self.log.last_index();
+                let missing_from = (leader_commit > last).then_some(last + 1);
+                self.send(m.from, MessageBody::HeartbeatResponse { read_round, missing_from });
             }
             MessageBody::InstallSnapshot { meta, offset, total_len, data, done } => {
                 self.heard_from_leader(m.from);
@@ -709,7 +713,12 @@ impl Raft {
                     self.send_append(m.from, true);
                 }
             }
-            MessageBody::HeartbeatResponse { read_round } => self.handle_heartbeat_response(m.from, read_round),
+            MessageBody::HeartbeatResponse { read_round, missing_from } => {
+                if let Some(next) = missing_from {
+                    self.peer_lost_log(m.from, next);
+                }
+                self.handle_heartbeat_response(m.from, read_round)
+            }
             MessageBody::InstallSnapshotResponse { meta_index, next_offset, done, rejected } => {
                 self.handle_snapshot_response(m.from, meta_index, next_offset, done, rejected)
             }
@@ -790,6 +799,18 @@ impl Raft {
             self.send_append(from, true);
         }
         self.release_confirmed_reads();
+    }
+
+    /// A follower no longer has entries it acknowledged (its disk was wiped or lost).
+    /// Forget what it matched and probe from where its log now ends; the normal
+    /// backtracking, or a snapshot, brings it back.
+    fn peer_lost_log(&mut self, peer: NodeId, next: Index) {
+        let Some(pr) = self.tracker.get_mut(peer) else { return };
+        if next > pr.match_index {
+            return;
+        }
+        self.events.push(Event::PeerLostLog { peer, match_index: pr.match_index, last_index: next - 1 });
+        pr.reset_after_lost_log(next);
     }
 
     fn release_confirmed_reads(&mut self) {

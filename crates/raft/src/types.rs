@@ -285,8 +285,11 @@ pub enum MessageBody {
         leader_commit: Index,
         read_round: u64,
     },
+    /// `missing_from` is set when the follower's log ends below the heartbeat's
+    /// `leader_commit` — entries the leader believes it holds are gone (a wiped disk).
     HeartbeatResponse {
         read_round: u64,
+        missing_from: Option<Index>,
     },
     /// One chunk of a snapshot, at byte `offset` of `total_len`. `meta` repeats in each
     /// chunk so a follower can reject chunks of a snapshot it did not start.

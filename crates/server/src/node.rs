@@ -786,6 +786,15 @@ impl Node {
                 Event::ConfChanged { index, .. } => {
                     ("raft.conf_changed", vec![trace::kv("node", id), trace::kv("index", *index)])
                 }
+                Event::PeerLostLog { peer, match_index, last_index } => (
+                    "raft.peer_lost_log",
+                    vec![
+                        trace::kv("node", id),
+                        trace::kv("peer", *peer),
+                        trace::kv("match_index", *match_index),
+                        trace::kv("last_index", *last_index),
+                    ],
+                ),
                 Event::SnapshotInstalled { index, term } => (
                     "raft.snapshot_installed",
                     vec![trace::kv("node", id), trace::kv("index", *index), trace::kv("term", *term)],
@@ -865,6 +874,15 @@ impl Node {
                 }
                 Event::ConfChanged { index, conf } => {
                     tracing::info!(id, index, voters = ?conf.voters, learners = ?conf.learners, "configuration changed");
+                }
+                Event::PeerLostLog { peer, match_index, last_index } => {
+                    tracing::warn!(
+                        id,
+                        peer,
+                        match_index,
+                        last_index,
+                        "a follower lost log entries it had acknowledged (wiped disk?); resending from its log's end"
+                    );
                 }
                 Event::TransferAborted { target } => {
                     tracing::warn!(id, target, "leadership transfer did not finish within an election timeout");

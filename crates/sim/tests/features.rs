@@ -345,3 +345,27 @@ fn only_one_configuration_change_is_uncommitted_at_a_time() {
     let invalid = c.propose_conf_change_at(leader, ConfChangeKind::PromoteVoter, 6);
     assert!(matches!(invalid, Err(ProposeError::ConfChangePending { .. })), "{invalid:?}");
 }
+
+#[test]
+fn a_wiped_follower_catches_up_under_the_same_idle_leader() {
+    let mut c = cluster(3, 17);
+    let snapshot_every = c.opts.snapshot_every;
+    assert!(c.run_until(400 * TICK, |c| c.acked_commands() > 3 * snapshot_every), "the workload commits");
+    c.clients_active = false;
+    let leader = c.leader().unwrap();
+    let term = term_of(&c, leader);
+    let follower = c.node_ids().into_iter().find(|&id| id != leader).unwrap();
+    let commit = c.raw(leader).unwrap().status().commit_index;
+    assert!(c.run_until(ELECTION_BOUND, |c| c.kv(follower).applied_index() >= commit), "the follower first catches up");
+    c.restart_empty(follower);
+    // No new writes and no leader change: heartbeats alone must reveal the lost log.
+    let caught_up = c.run_until(ELECTION_BOUND, |c| c.kv(follower).applied_index() >= commit);
+    assert!(caught_up, "the wiped follower catches up: {}", c.describe());
+    assert_eq!(c.leader(), Some(leader), "the same leader throughout");
+    assert_eq!(term_of(&c, leader), term);
+    let lost = c
+        .events
+        .iter()
+        .any(|(_, id, e)| *id == leader && matches!(e, Event::PeerLostLog { peer, .. } if *peer == follower));
+    assert!(lost, "the leader reported the follower's lost log");
+}
