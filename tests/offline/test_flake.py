@@ -2,7 +2,7 @@
 INTERFACE CHECK (flake-interface.nix) evaluates the flake's outputs against a stub of
 the nixpkgs functions it calls (with their real argument names). Neither builds
 anything nor evaluates real nixpkgs: that needs `nix build` on a machine with the
-internet (see k8s/README.md)."""
+internet (see the "Kubernetes dev loop" section of README.md)."""
 import json
 import os
 import re
