@@ -369,3 +369,59 @@ fn a_wiped_follower_catches_up_under_the_same_idle_leader() {
         .any(|(_, id, e)| *id == leader && matches!(e, Event::PeerLostLog { peer, .. } if *peer == follower));
     assert!(lost, "the leader reported the follower's lost log");
 }
+
+/// The single-server change bug (Ongaro, raft-dev 2015), scripted. S1 leads four voters
+/// and, cut off, appends AddVoter(5) that nobody else sees. S2..S4 elect X, and X is cut
+/// off from Z before its no-op reaches Z. If X could now remove S1 with only Y, that
+/// removal would commit in {2,3,4}, and S1 could later win a majority of its own
+/// {1,2,3,4,5} from Z and the new S5, overwriting it. The rule that a leader first
+/// commits an entry of its term refuses X's change, so nothing committed is lost.
+#[test]
+fn a_config_change_waits_for_the_leaders_first_commit() {
+    let mut c = cluster(4, 19);
+    c.clients_active = false;
+    let first = c.leader().unwrap();
+    if first != 1 {
+        c.raw_mut(first).unwrap().transfer_leader(1).unwrap();
+        assert!(c.run_until(ELECTION_BOUND, |c| c.leader() == Some(1)), "node 1 leads");
+    }
+    commit(&mut c, &put(1, 1, "k", "v1"));
+
+    c.partition(&[vec![1], vec![2, 3, 4]]);
+    c.propose_conf_change_at(1, ConfChangeKind::AddVoter, 5).expect("node 1 appends AddVoter(5)");
+    c.run_for(5 * TICK);
+    let s1_term = term_of(&c, 1);
+    let elected = c.run_until(ELECTION_BOUND, |c| {
+        [2, 3, 4].into_iter().any(|id| c.raw(id).unwrap().status().role == Role::Leader && term_of(c, id) > s1_term)
+    });
+    assert!(elected, "the majority elects a new leader: {}", c.describe());
+    let x = [2, 3, 4].into_iter().find(|&id| c.raw(id).unwrap().status().role == Role::Leader).unwrap();
+    let others: Vec<NodeId> = [2, 3, 4].into_iter().filter(|&id| id != x).collect();
+    let (y, z) = (others[0], others[1]);
+    // Cut Z off at once: X's no-op, already in flight, is dropped on delivery.
+    c.partition(&[vec![x, y], vec![z], vec![1]]);
+
+    let mut refusals = 0;
+    let mut accepted = false;
+    for _ in 0..20 * TICK {
+        match c.propose_conf_change_at(x, ConfChangeKind::Remove, 1) {
+            Ok(_) => {
+                accepted = true;
+                break;
+            }
+            Err(ProposeError::NoCommitInTerm) => refusals += 1,
+            // Check-quorum: with only Y, X steps down after an election timeout.
+            Err(ProposeError::NotLeader { .. }) => break,
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+        c.step();
+    }
+    c.run_for(20 * TICK);
+
+    c.start_new_node(5);
+    c.partition(&[vec![1, z, 5], vec![x, y]]);
+    c.run_until(ELECTION_BOUND, |c| c.raw(1).unwrap().status().role == Role::Leader);
+    c.run_for(20 * TICK);
+    assert!(c.violations().is_empty(), "safety violated: {:?}\n{}", c.violations(), c.describe());
+    assert!(!accepted && refusals > 0, "X refused the change until its no-op committed (refusals: {refusals})");
+}
