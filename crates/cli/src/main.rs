@@ -101,6 +101,9 @@ enum Cmd {
     /// Run the failure scenario end to end on this machine: start, validate, kill the
     /// leader, restart, stop a node, restore, verify.
     Demo(demo::DemoArgs),
+    /// Load the cluster (closed loop, or open loop with --rate) and report throughput,
+    /// latency percentiles and errors (--json for JSON).
+    Bench(raftkv_bench::BenchArgs),
     /// Run one server node in this process (what `up` and `demo` start when no
     /// `raftkv-server` executable is beside this one).
     #[command(hide = true)]
@@ -183,8 +186,19 @@ async fn run(global: Global, command: Cmd) -> CliResult {
         Cmd::Validate(args) => validate::command(&global, args).await,
         Cmd::Up(args) => up::command(&global, args).await,
         Cmd::Demo(args) => demo::command(&global, args).await,
+        Cmd::Bench(args) => bench(&global, args).await,
         Cmd::Server(_) => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// `raftkv bench`: the raftkv backend of the load generator (crates/bench).
+async fn bench(global: &Global, args: raftkv_bench::BenchArgs) -> CliResult {
+    args.validate().map_err(|e| CliError { code: 2, message: format!("error: {e}") })?;
+    let failed = |e: anyhow::Error| CliError::failed(format!("error: {e:#}"));
+    let backend = raftkv_bench::raftkv::RaftKvBackend::new(global.endpoints.clone()).await.map_err(failed)?;
+    let report = raftkv_bench::run(backend, &args).await.map_err(failed)?;
+    print!("{}", if global.json { report.to_json() + "\n" } else { report.table() });
+    Ok(())
 }
 
 /// A usage error of `cas`, reported like clap's own (exit 2).

@@ -1,0 +1,420 @@
+//! The raftkv load generator, shared by `raftkv bench` (raftkv only) and the
+//! `raftkv-bench` executable of `crates/bench/etcd` (raftkv and etcd).
+//!
+//! Its job: drive one key/value store with a configurable workload and measure it the
+//! same way whatever the store is.
+//!
+//! - Closed loop: `--clients N` workers each issue their next operation as soon as the
+//!   previous one finished, over `--connections M` connections (worker `i` uses
+//!   connection `i % M`).
+//! - Open loop (`--rate R`): operations are scheduled at `R` per second in total, and
+//!   up to `N` of them are in flight; a latency is measured from the operation's
+//!   *scheduled* start, so a store that falls behind shows it (no coordinated omission).
+//! - Workload: `--reads` is the fraction of reads (0 = write-only, 1 = read-only),
+//!   linearizable unless `--stale`; keys are chosen uniformly among `--keys` keys of
+//!   `--key-size` bytes; every write puts a `--value-size`-byte value. When the workload
+//!   reads, every key is written once first, so reads find values.
+//! - It runs `--warmup`, then measures for `--duration`: only operations that complete
+//!   inside the measured window count; throughput is that count over the window.
+//!
+//! A [`Backend`] is the store: how to open connections and do one put or get.
+//! [`raftkv::RaftKvBackend`] is raftkv's; the etcd one lives in its own crate.
+
+pub mod raftkv;
+mod report;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use hdrhistogram::Histogram;
+
+pub use report::{LatencySummary, OpStats, Report, Workload};
+
+/// The workload and how to run it (the flags of `raftkv bench` and `raftkv-bench`).
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent clients (closed loop: each has one operation in flight; open loop:
+    /// at most this many operations in flight).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Connections the clients share (client i uses connection i % M); default: one
+    /// per client, at most 64.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Open loop: issue this many operations per second in total instead of a closed
+    /// loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Fraction of operations that are reads, from 0.0 (write-only) to 1.0 (read-only).
+    #[arg(long, default_value_t = 0.0)]
+    pub reads: f64,
+    /// Reads are stale (served by any node's local state) instead of linearizable.
+    #[arg(long)]
+    pub stale: bool,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Key size in bytes (at least 8).
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Run this long before measuring (e.g. 1s, 500ms).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Measure for this long.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Deadline of one operation.
+    #[arg(long = "op-timeout", value_parser = parse_duration, default_value = "5s")]
+    pub op_timeout: Duration,
+    /// A label for the report (e.g. the build or the machine).
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+impl BenchArgs {
+    pub fn connections(&self) -> usize {
+        self.connections.unwrap_or(self.clients.min(64)).clamp(1, self.clients.max(1))
+    }
+
+    /// Checks the flags; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.clients == 0 {
+            return Err("--clients must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.reads) {
+            return Err("--reads must be from 0.0 to 1.0".into());
+        }
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        if !(8..=4096).contains(&self.key_size) {
+            return Err("--key-size must be from 8 to 4096".into());
+        }
+        if self.value_size > (1 << 20) {
+            return Err("--value-size must be at most 1 MiB".into());
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err("--rate must be a positive number of operations per second".into());
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A store under test. `Conn` is one connection (cheap to clone, shared by the
+/// clients assigned to it); `Session` is one client's own state (e.g. its client id
+/// and sequence numbers).
+pub trait Backend: Send + Sync + 'static {
+    type Conn: Clone + Send + Sync + 'static;
+    type Session: Send + 'static;
+
+    /// The target's name in reports (`raftkv`, `etcd`).
+    fn name(&self) -> &'static str;
+    /// Opens connection `index` of `count`; `stale_reads`: the connection serves stale
+    /// reads too, so it may go to any node rather than the leader.
+    fn connect(
+        &self,
+        index: usize,
+        count: usize,
+        stale_reads: bool,
+    ) -> impl Future<Output = anyhow::Result<Self::Conn>> + Send;
+    /// Client `index`'s own state.
+    fn session(&self, index: usize) -> Self::Session;
+    /// Sets `key` to `value`; returns once the store acknowledged it.
+    fn put(
+        &self,
+        conn: &Self::Conn,
+        session: &mut Self::Session,
+        key: Bytes,
+        value: Bytes,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Reads `key` (linearizable unless `stale`).
+    fn get(
+        &self,
+        conn: &Self::Conn,
+        session: &mut Self::Session,
+        key: Bytes,
+        stale: bool,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The `i`th key: `k` and its number, zero-padded to `size` bytes.
+pub fn key(i: u64, size: usize) -> Bytes {
+    let digits = size.saturating_sub(1).max(1);
+    Bytes::from(format!("k{i:0digits$}"))
+}
+
+/// The most errors a report quotes.
+const ERROR_SAMPLES: usize = 5;
+
+/// One client's measurements.
+struct Tally {
+    writes: Histogram<u64>,
+    reads: Histogram<u64>,
+    write_errors: u64,
+    read_errors: u64,
+    /// Errors before the measured window (preload and warmup).
+    early_errors: u64,
+    samples: Vec<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            writes: new_histogram(),
+            reads: new_histogram(),
+            write_errors: 0,
+            read_errors: 0,
+            early_errors: 0,
+            samples: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, what: &str, e: String) {
+        if self.samples.len() < ERROR_SAMPLES {
+            self.samples.push(format!("{what}: {e}"));
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        // Same bounds: adding cannot fail.
+        let _ = self.writes.add(&other.writes);
+        let _ = self.reads.add(&other.reads);
+        self.write_errors += other.write_errors;
+        self.read_errors += other.read_errors;
+        self.early_errors += other.early_errors;
+        for s in other.samples {
+            if self.samples.len() < ERROR_SAMPLES {
+                self.samples.push(s);
+            }
+        }
+    }
+}
+
+/// Latencies in microseconds, from 1 µs to 10 min, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs the workload against `backend` and reports what it measured.
+pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Report> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let backend = Arc::new(backend);
+    let n_conns = args.connections();
+    let mut conns = Vec::with_capacity(n_conns);
+    for i in 0..n_conns {
+        conns.push(backend.connect(i, n_conns, args.stale && args.reads > 0.0).await?);
+    }
+    let value = Bytes::from((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
+
+    // Preload every key when the workload reads, so reads find values.
+    let mut preload_errors = 0u64;
+    let mut samples = Vec::new();
+    if args.reads > 0.0 {
+        let next = Arc::new(AtomicU64::new(0));
+        let workers = args.clients.clamp(16, 64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..workers {
+            let (backend, conn, next, value) =
+                (backend.clone(), conns[w % n_conns].clone(), next.clone(), value.clone());
+            let mut session = backend.session(args.clients + w);
+            let (keys, key_size, timeout) = (args.keys, args.key_size, args.op_timeout);
+            tasks.spawn(async move {
+                let mut errors = (0u64, Vec::new());
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= keys {
+                        break;
+                    }
+                    if let Err(e) = backend.put(&conn, &mut session, key(i, key_size), value.clone(), timeout).await {
+                        errors.0 += 1;
+                        if errors.1.len() < ERROR_SAMPLES {
+                            errors.1.push(format!("preload put: {e}"));
+                        }
+                    }
+                }
+                errors
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (n, s) = r?;
+            preload_errors += n;
+            samples.extend(s);
+        }
+    }
+
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let measure_to = measure_from + args.duration;
+    let slot = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..args.clients {
+        let (backend, conn, slot, value) = (backend.clone(), conns[c % n_conns].clone(), slot.clone(), value.clone());
+        let session = backend.session(c);
+        let args = args.clone();
+        tasks.spawn(client_loop(backend, conn, session, args, value, slot, start, measure_from, measure_to));
+    }
+    let mut tally = Tally::new();
+    while let Some(t) = tasks.join_next().await {
+        tally.merge(t?);
+    }
+    let elapsed = args.duration.as_secs_f64();
+    samples.extend(tally.samples.iter().cloned());
+    samples.truncate(ERROR_SAMPLES);
+    Ok(Report::new(
+        backend.name(),
+        args,
+        elapsed,
+        &tally.writes,
+        &tally.reads,
+        tally.write_errors,
+        tally.read_errors,
+        tally.early_errors + preload_errors,
+        samples,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_loop<B: Backend>(
+    backend: Arc<B>,
+    conn: B::Conn,
+    mut session: B::Session,
+    args: BenchArgs,
+    value: Bytes,
+    slot: Arc<AtomicU64>,
+    start: Instant,
+    measure_from: Instant,
+    measure_to: Instant,
+) -> Tally {
+    let mut tally = Tally::new();
+    let mut rng = SplitMix64(rand::random());
+    loop {
+        // When this operation starts (or, in the open loop, was scheduled to).
+        let began = match args.rate {
+            None => Instant::now(),
+            Some(rate) => {
+                let n = slot.fetch_add(1, Ordering::Relaxed);
+                let at = start + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+        };
+        if began >= measure_to {
+            break;
+        }
+        let k = key(rng.next() % args.keys, args.key_size);
+        let read = args.reads >= 1.0 || (args.reads > 0.0 && rng.unit() < args.reads);
+        let result = if read {
+            backend.get(&conn, &mut session, k, args.stale, args.op_timeout).await
+        } else {
+            backend.put(&conn, &mut session, k, value.clone(), args.op_timeout).await
+        };
+        let done = Instant::now();
+        let measured = began >= measure_from && done <= measure_to;
+        match result {
+            Ok(()) if measured => {
+                let us = done.duration_since(began).as_micros().clamp(1, 600_000_000) as u64;
+                let h = if read { &mut tally.reads } else { &mut tally.writes };
+                h.saturating_record(us);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if began < measure_from {
+                    tally.early_errors += 1;
+                } else if read {
+                    tally.read_errors += 1;
+                } else {
+                    tally.write_errors += 1;
+                }
+                tally.error(if read { "get" } else { "put" }, e);
+            }
+        }
+    }
+    tally
+}
+
+/// A small, fast, `Send` random number generator for choosing keys and operations.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Parses a duration: one or more `<number><unit>` parts, unit `ms`, `s`, `m` or `h`
+/// (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    let bad = || format!("invalid duration '{s}'; use e.g. 5s, 500ms or 2m");
+    if let Ok(secs) = text.parse::<f64>() {
+        return secs_to_duration(secs).ok_or_else(bad);
+    }
+    let (mut total, mut rest) = (0f64, text);
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let unit_len = rest[num_len..].find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len() - num_len);
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        let scale = match rest[num_len..num_len + unit_len].trim() {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[num_len + unit_len..];
+    }
+    secs_to_duration(total).ok_or_else(bad)
+}
+
+fn secs_to_duration(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && (0.0..=1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_requested_size() {
+        assert_eq!(key(7, 16).len(), 16);
+        assert_eq!(&key(7, 8)[..], b"k0000007");
+        assert_ne!(key(1, 16), key(2, 16));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The raftkv backend: raw RPC connections to the leader (found once, before the run),
+//! and one exactly-once session (client id, sequence numbers) per benchmark client.
+//!
+//! It uses the wire protocol directly rather than [`raftkv_client::Client`]: a `Client`
+//! owns its connections and serializes its writes, whereas here many clients share
+//! few connections. There are no retries: a failed operation is an error in the
+//! report (a benchmark of a healthy cluster expects none).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use raftkv_client::{Client, ClientOptions};
+use raftkv_kv::{Command, WriteOp};
+use raftkv_rpc::tarpc::context;
+use raftkv_rpc::{RaftKvClient, ReadConsistency};
+
+use crate::Backend;
+
+/// How long to wait for a leader before the run.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct RaftKvBackend {
+    endpoints: Vec<String>,
+    leader: String,
+}
+
+impl RaftKvBackend {
+    /// Finds the leader among `endpoints` (waiting up to 20 s for one).
+    pub async fn new(endpoints: Vec<String>) -> anyhow::Result<RaftKvBackend> {
+        let client = Client::new(endpoints.clone(), ClientOptions::with_timeout(Duration::from_secs(2)))?;
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            let statuses = client.status_all().await;
+            let leader = statuses
+                .iter()
+                .filter_map(|(ep, s)| s.as_ref().ok().map(|s| (ep, s)))
+                .filter(|(_, s)| raftkv_client::local::is_leader(s))
+                .max_by_key(|(_, s)| s.term);
+            if let Some((ep, _)) = leader {
+                return Ok(RaftKvBackend { endpoints: client.endpoints(), leader: ep.clone() });
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader among {endpoints:?} within {LEADER_TIMEOUT:?}: {statuses:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn leader(&self) -> &str {
+        &self.leader
+    }
+}
+
+/// One benchmark client's exactly-once session.
+pub struct Session {
+    client_id: u64,
+    seq: u64,
+}
+
+/// A connection to the leader, and (for stale reads) one to some node.
+#[derive(Clone)]
+pub struct Conn {
+    leader: RaftKvClient,
+    reads: RaftKvClient,
+}
+
+fn ctx(timeout: Duration) -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + timeout;
+    ctx
+}
+
+impl Backend for RaftKvBackend {
+    type Conn = Conn;
+    type Session = Session;
+
+    fn name(&self) -> &'static str {
+        "raftkv"
+    }
+
+    async fn connect(&self, index: usize, _count: usize, stale_reads: bool) -> anyhow::Result<Conn> {
+        let leader = raftkv_rpc::connect(&self.leader).await.with_context(|| format!("connect to {}", self.leader))?;
+        let reads = if stale_reads {
+            let ep = &self.endpoints[index % self.endpoints.len()];
+            raftkv_rpc::connect(ep).await.with_context(|| format!("connect to {ep}"))?
+        } else {
+            leader.clone()
+        };
+        Ok(Conn { leader, reads })
+    }
+
+    fn session(&self, _index: usize) -> Session {
+        let client_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        Session { client_id, seq: 0 }
+    }
+
+    async fn put(
+        &self,
+        conn: &Conn,
+        session: &mut Session,
+        key: Bytes,
+        value: Bytes,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        session.seq += 1;
+        let cmd = Command { client_id: session.client_id, seq: session.seq, op: WriteOp::Put { key, value } };
+        match conn.leader.write(ctx(timeout), cmd).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("rpc: {e}")),
+        }
+    }
+
+    async fn get(
+        &self,
+        conn: &Conn,
+        _session: &mut Session,
+        key: Bytes,
+        stale: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let (c, consistency) =
+            if stale { (&conn.reads, ReadConsistency::Stale) } else { (&conn.leader, ReadConsistency::Linearizable) };
+        match c.get(ctx(timeout), key, consistency).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("rpc: {e}")),
+        }
+    }
+}

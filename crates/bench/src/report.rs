@@ -1,0 +1,175 @@
+//! What a run measured, as JSON and as a table.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::BenchArgs;
+
+/// The workload a report measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Workload {
+    pub clients: usize,
+    pub connections: usize,
+    /// Open-loop rate (operations per second), or `None` for a closed loop.
+    pub rate: Option<f64>,
+    pub reads: f64,
+    pub stale: bool,
+    pub keys: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl LatencySummary {
+    fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// One kind of operation (or all of them).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OpStats {
+    /// Successful operations completed in the measured window.
+    pub ops: u64,
+    /// Failed operations started in the measured window.
+    pub errors: u64,
+    /// `ops` per second of the measured window.
+    pub throughput: f64,
+    pub latency_ms: LatencySummary,
+}
+
+impl OpStats {
+    fn of(h: &Histogram<u64>, errors: u64, secs: f64) -> OpStats {
+        OpStats { ops: h.len(), errors, throughput: h.len() as f64 / secs, latency_ms: LatencySummary::of(h) }
+    }
+}
+
+/// A run's results (`--json` prints exactly this).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// `raftkv` or `etcd`.
+    pub target: String,
+    pub label: Option<String>,
+    pub workload: Workload,
+    /// Every operation in the measured window.
+    pub total: OpStats,
+    pub writes: OpStats,
+    pub reads: OpStats,
+    /// Every failed operation: preload, warmup and measured window.
+    pub errors: u64,
+    /// The first few errors' messages.
+    pub error_samples: Vec<String>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        target: &str,
+        args: &BenchArgs,
+        secs: f64,
+        writes: &Histogram<u64>,
+        reads: &Histogram<u64>,
+        write_errors: u64,
+        read_errors: u64,
+        other_errors: u64,
+        error_samples: Vec<String>,
+    ) -> Report {
+        let mut all = writes.clone();
+        // Same bounds: adding cannot fail.
+        let _ = all.add(reads);
+        Report {
+            target: target.to_string(),
+            label: args.label.clone(),
+            workload: Workload {
+                clients: args.clients,
+                connections: args.connections(),
+                rate: args.rate,
+                reads: args.reads,
+                stale: args.stale,
+                keys: args.keys,
+                key_size: args.key_size,
+                value_size: args.value_size,
+                warmup_s: args.warmup.as_secs_f64(),
+                duration_s: args.duration.as_secs_f64(),
+            },
+            total: OpStats::of(&all, write_errors + read_errors, secs),
+            writes: OpStats::of(writes, write_errors, secs),
+            reads: OpStats::of(reads, read_errors, secs),
+            errors: write_errors + read_errors + other_errors,
+            error_samples,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serializes")
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let w = &self.workload;
+        let mut out = String::new();
+        let mode = match w.rate {
+            Some(r) => format!("open loop at {r} ops/s, at most {} in flight", w.clients),
+            None => format!("closed loop, {} clients", w.clients),
+        };
+        let reads = if w.stale { "stale" } else { "linearizable" };
+        let _ = writeln!(
+            out,
+            "target {}: {mode} over {} connections; {:.0}% {reads} reads; {} keys of {} B, values of {} B; {}s measured after {}s warmup",
+            self.target,
+            w.connections,
+            w.reads * 100.0,
+            w.keys,
+            w.key_size,
+            w.value_size,
+            w.duration_s,
+            w.warmup_s
+        );
+        let _ = writeln!(
+            out,
+            "{:<6} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "op", "ops", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+        );
+        for (name, s) in [("write", &self.writes), ("read", &self.reads), ("total", &self.total)] {
+            if name != "total" && s.ops == 0 && s.errors == 0 {
+                continue;
+            }
+            let l = &s.latency_ms;
+            let _ = writeln!(
+                out,
+                "{name:<6} {:>10} {:>12.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7}",
+                s.ops, s.throughput, l.p50, l.p90, l.p99, l.p999, l.max, s.errors
+            );
+        }
+        let _ = writeln!(out, "errors (preload, warmup and measured): {}", self.errors);
+        for e in &self.error_samples {
+            let _ = writeln!(out, "  {e}");
+        }
+        out
+    }
+}
