@@ -251,6 +251,29 @@ impl TestCluster {
         .await
     }
 
+    /// Sends `signal` to node `id`'s process (e.g. SIGSTOP / SIGCONT to pause and resume
+    /// it). Returns false if it is not running.
+    pub fn signal(&self, id: NodeId, signal: nix::sys::signal::Signal) -> bool {
+        match self.node(id).and_then(|n| n.pid()) {
+            Some(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok(),
+            None => false,
+        }
+    }
+
+    /// `kill -9`s node `id`, empties its data directory and starts it again (it
+    /// rejoins with no log, term or vote; the leader catches it up, by a snapshot if
+    /// its log no longer starts at 1).
+    pub async fn restart_empty(&mut self, id: NodeId) {
+        let node = self.cluster.node_mut(id).unwrap_or_else(|| panic!("no node {id}"));
+        node.kill().await.expect("kill -9");
+        match std::fs::remove_dir_all(node.data_dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("wipe {}: {e}", node.data_dir().display()),
+        }
+        node.restart().await.expect("restart");
+    }
+
     /// Every pair under `prefix` as node `id` has it (a stale read served by that node).
     pub async fn stale_scan(&self, id: NodeId, prefix: &str) -> BTreeMap<String, String> {
         scan_map(&self.node_client(id), prefix, true).await
