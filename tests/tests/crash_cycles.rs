@@ -126,11 +126,8 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
     eprintln!("after {cycles} cycles: leader node {} in term {}", leader.id, leader.term);
     let client = cluster.client();
     let stored = scan_map(&client, &format!("{PREFIX}/"), false).await;
-    let lost: Vec<&String> = written.acked.iter().filter(|(k, v)| stored.get(*k) != Some(*v)).map(|(k, _)| k).collect();
-    for (key, value) in &stored {
-        let w = written.acked.get(key).or(written.unknown.get(key));
-        assert_eq!(w, Some(value), "{key} holds {value:?}, which was never written to it");
-    }
+    let lost = written.lost(&stored);
+    written.assert_nothing_invented(&stored);
     let unknown_applied = written.unknown.keys().filter(|k| stored.contains_key(*k)).count();
 
     let counter: u64 = tokio::time::timeout(LEADER_TIMEOUT, client.get(COUNTER, false))

@@ -349,6 +349,22 @@ pub struct LoadResult {
     pub errors: Vec<String>,
 }
 
+impl LoadResult {
+    /// Acknowledged puts that `stored` lacks or holds with another value.
+    pub fn lost<'a>(&'a self, stored: &BTreeMap<String, String>) -> Vec<&'a String> {
+        self.acked.iter().filter(|(k, v)| stored.get(*k) != Some(*v)).map(|(k, _)| k).collect()
+    }
+
+    /// Panics if `stored` holds a value that no put, acknowledged or unknown, wrote to
+    /// its key.
+    pub fn assert_nothing_invented(&self, stored: &BTreeMap<String, String>) {
+        for (key, value) in stored {
+            let written = self.acked.get(key).or(self.unknown.get(key));
+            assert_eq!(written, Some(value), "{key} holds {value:?}, which was never written to it");
+        }
+    }
+}
+
 /// Concurrent writers, each with its own client, putting distinct keys
 /// `<prefix>/w<writer>/<n>` until stopped, `per_writer` puts each, or `max_time`.
 pub struct Load {
