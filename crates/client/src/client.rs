@@ -320,12 +320,7 @@ impl Client {
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
     pub async fn scan(&self, prefix: impl Into<Bytes>, limit: u32, stale: bool) -> Result<ScanReply, ClientError> {
         let prefix = prefix.into();
-        if limit == 0 || limit as usize > raftkv_kv::MAX_SCAN_LIMIT {
-            return Err(ClientError::Rejected(format!(
-                "scan limit is {limit}; it must be from 1 to {}",
-                raftkv_kv::MAX_SCAN_LIMIT
-            )));
-        }
+        raftkv_kv::validate_scan_limit(limit as usize).map_err(|e| ClientError::Rejected(e.to_string()))?;
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.scan",

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{KvError, MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::{KvError, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN};
 
 /// A client write, as stored in a log entry (postcard-encoded).
 ///
@@ -96,6 +96,14 @@ pub fn validate_key(key: &[u8]) -> Result<(), KvError> {
         len if len > MAX_KEY_LEN => Err(KvError::KeyTooLong { len }),
         _ => Ok(()),
     }
+}
+
+/// Checks that a scan asks for 1 to [`MAX_SCAN_LIMIT`] pairs.
+pub fn validate_scan_limit(limit: usize) -> Result<(), KvError> {
+    if limit == 0 || limit > MAX_SCAN_LIMIT {
+        return Err(KvError::ScanLimit { limit });
+    }
+    Ok(())
 }
 
 /// Checks that a value is at most [`MAX_VALUE_LEN`] bytes.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Fnv1a;
-use crate::{Command, CommandError, KvError, MAX_SCAN_LIMIT, WriteOp, WriteResult, validate_key, validate_value};
+use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_key, validate_scan_limit, validate_value};
 
 /// Default bound on the session table (see [`KvStateMachine::with_max_sessions`]).
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
@@ -175,7 +175,7 @@ impl KvStateMachine {
         self.data.get(key).cloned()
     }
 
-    /// Up to `limit` (1..=[`MAX_SCAN_LIMIT`]) pairs whose key starts with
+    /// Up to `limit` (1..=[`MAX_SCAN_LIMIT`](crate::MAX_SCAN_LIMIT)) pairs whose key starts with
     /// `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8], limit: usize) -> Result<ScanPage, KvError> {
         self.scan_after(prefix, None, limit)
@@ -184,9 +184,7 @@ impl KvStateMachine {
     /// Like [`scan`](Self::scan) but starting after key `after` (the last key
     /// of the previous page), to continue when `more` was set.
     pub fn scan_after(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<ScanPage, KvError> {
-        if limit == 0 || limit > MAX_SCAN_LIMIT {
-            return Err(KvError::ScanLimit { limit });
-        }
+        validate_scan_limit(limit)?;
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftkv_kv::{Command, MAX_SCAN_LIMIT, WriteOp};
+use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
@@ -175,9 +175,7 @@ impl RaftKv for Service {
         consistency: ReadConsistency,
     ) -> Result<ScanReply, ClientError> {
         let limit = limit as usize;
-        if limit == 0 || limit > MAX_SCAN_LIMIT {
-            return Err(ClientError::Invalid(format!("scan limit is {limit}; it must be from 1 to {MAX_SCAN_LIMIT}")));
-        }
+        raftkv_kv::validate_scan_limit(limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.scan",
