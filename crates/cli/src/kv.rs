@@ -211,6 +211,7 @@ mod tests {
             last_index: 100,
             snapshot_index: 0,
             peers: vec![],
+            cluster_id: 7,
         };
         let rows = vec![
             ("127.0.0.1:7001".to_string(), Ok(up)),

@@ -12,7 +12,8 @@ use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError as RpcError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, TraceLink, WriteReply,
+    ClientError as RpcError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, RaftKv,
+    ReadConsistency, ScanReply, TraceLink, WriteReply,
 };
 
 #[derive(Default)]
@@ -72,11 +73,20 @@ impl RaftKv for Fake {
             last_index: 0,
             snapshot_index: 0,
             peers: vec![],
+            cluster_id: 7,
         }
     }
 
     async fn transfer_leader(self, _: Context, _: Option<NodeId>) -> Result<NodeId, RpcError> {
         Ok(self.id)
+    }
+
+    async fn members(self, _: Context) -> Result<MemberList, RpcError> {
+        Err(RpcError::Invalid("no members here".into()))
+    }
+
+    async fn change_member(self, _: Context, _: MemberChange) -> Result<MemberChangeReply, RpcError> {
+        Err(RpcError::Invalid("no membership changes here".into()))
     }
 }
 

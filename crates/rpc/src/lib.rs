@@ -69,6 +69,71 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// Peer id → address, as this node knows them.
     pub peers: Vec<(NodeId, String)>,
+    /// The id of the cluster this node belongs to (0 while a joining node has none yet).
+    pub cluster_id: u64,
+}
+
+/// A member's part in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    /// Votes and counts toward quorums.
+    Voter,
+    /// Receives the log and snapshots; does not vote or count toward quorums.
+    Learner,
+}
+
+/// One member of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    /// The address peers and clients reach it at.
+    pub addr: String,
+    pub role: MemberRole,
+    /// A learner the leader promotes by itself once it has caught up.
+    pub auto_promote: bool,
+    /// The leader's view of its replication (None when not asked of the leader).
+    pub match_index: Option<u64>,
+}
+
+/// The configuration as one node sees it: its latest, committed or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    pub cluster_id: u64,
+    /// The node that answered.
+    pub node: NodeId,
+    pub leader: Option<NodeId>,
+    /// The log index of the configuration's ConfChange entry.
+    pub conf_index: u64,
+    /// Whether that entry is committed.
+    pub committed: bool,
+    pub members: Vec<MemberInfo>,
+    /// Ids removed from this cluster. Ids are never reused.
+    pub removed: Vec<NodeId>,
+}
+
+/// A membership change asked of the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Adds a learner at `addr`. With `auto_promote`, the leader promotes it to voter
+    /// once it has caught up.
+    ///
+    /// `id`: the id to add. If `None`, or if `allocate_if_taken` and the id is taken or
+    /// was removed, the leader allocates an unused one. Adding an address that is
+    /// already a learner's returns that member unchanged (so a joining node may retry).
+    Add { id: Option<NodeId>, addr: String, auto_promote: bool, allocate_if_taken: bool },
+    /// Makes a caught-up learner a voter.
+    Promote { id: NodeId },
+    /// Removes a voter or learner. Removing the leader hands leadership off first.
+    Remove { id: NodeId },
+}
+
+/// The outcome of a committed [`MemberChange`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChangeReply {
+    /// The member the change was about (for `Add`: the id it was given).
+    pub id: NodeId,
+    /// The configuration once the change committed.
+    pub members: MemberList,
 }
 
 /// Why a client request did not succeed. `NotLeader` and `Unavailable` are safe to
@@ -98,6 +163,10 @@ pub enum PeerError {
     ShuttingDown,
     #[error("inbound queue full")]
     Busy,
+    /// The sender was removed from the cluster: it must stop and never rejoin with
+    /// its data.
+    #[error("node {id} was removed from this cluster")]
+    Removed { id: NodeId },
 }
 
 /// A span another trace is linked to: the W3C ids of a sampled OpenTelemetry span.
@@ -125,6 +194,10 @@ pub trait RaftKv {
     async fn status() -> NodeStatus;
     /// Asks the leader to hand leadership to `target` (or to the most caught-up peer).
     async fn transfer_leader(target: Option<NodeId>) -> Result<NodeId, ClientError>;
+    /// This node's view of the configuration (ask the leader for the authoritative one).
+    async fn members() -> Result<MemberList, ClientError>;
+    /// Asks the leader to change the configuration; answered once the change commits.
+    async fn change_member(change: MemberChange) -> Result<MemberChangeReply, ClientError>;
 }
 
 /// Opens a client connection to a node.

@@ -390,6 +390,7 @@ impl Node {
             last_index: st.last_index,
             snapshot_index: self.snapshot_index,
             peers: self.peer_addrs.as_ref().clone(),
+            cluster_id: 0,
         }
     }
 

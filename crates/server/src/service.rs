@@ -9,7 +9,8 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
-    ClientError, GetReply, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, TraceLink, WriteReply,
+    ClientError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, RaftKv, ReadConsistency,
+    ScanReply, TraceLink, WriteReply,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -218,6 +219,7 @@ impl RaftKv for Service {
             last_index: 0,
             snapshot_index: 0,
             peers: self.peers.as_ref().clone(),
+            cluster_id: 0,
         };
         let (reply, rx) = oneshot::channel();
         if self.client_tx.try_send(Request::Status(reply)).is_err() {
@@ -234,5 +236,14 @@ impl RaftKv for Service {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Transfer { target, reply })?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+    }
+
+    // SCAFFOLD (issue 8, being built): replaced by the membership implementation.
+    async fn members(self, _: Context) -> Result<MemberList, ClientError> {
+        Err(ClientError::Internal("membership is not implemented yet".into()))
+    }
+
+    async fn change_member(self, _: Context, _: MemberChange) -> Result<MemberChangeReply, ClientError> {
+        Err(ClientError::Internal("membership is not implemented yet".into()))
     }
 }
