@@ -96,9 +96,43 @@ impl RawNode {
     /// (A log written before configurations were logged — whose first entry is not a
     /// ConfChange — still takes `conf` as its base.)
     pub fn new(cfg: Config, conf: ConfState, recovered: Recovered) -> Result<RawNode, ConfigError> {
+        let changes = if conf.voters.is_empty() {
+            Vec::new()
+        } else {
+            let voters = conf.voters.iter().map(|&id| ConfChange::new(ConfChangeKind::AddVoter, id, Bytes::new()));
+            let learners =
+                conf.learners.iter().map(|&id| ConfChange::new(ConfChangeKind::AddLearner, id, Bytes::new()));
+            voters.chain(learners).collect()
+        };
+        Self::start(cfg, conf, changes, recovered)
+    }
+
+    /// Like [`RawNode::new`], but a brand-new cluster bootstraps with exactly `changes`
+    /// (in order), so that their `context` — say, each member's address — is in the log
+    /// from the first entry on. Each change must apply to the configuration the ones
+    /// before it made, starting from an empty one, and the result must have voters;
+    /// otherwise this is an error. That resulting configuration is also the base of a
+    /// log written before configurations were logged.
+    pub fn bootstrap_with(cfg: Config, changes: Vec<ConfChange>, recovered: Recovered) -> Result<RawNode, ConfigError> {
+        let mut conf = ConfState::default();
+        for cc in &changes {
+            conf = conf.apply_change(cc).map_err(|e| ConfigError(format!("invalid bootstrap change: {e}")))?;
+        }
+        if conf.voters.is_empty() {
+            return Err(ConfigError("the bootstrap configuration has no voters".into()));
+        }
+        Self::start(cfg, conf, changes, recovered)
+    }
+
+    fn start(
+        cfg: Config,
+        conf: ConfState,
+        changes: Vec<ConfChange>,
+        recovered: Recovered,
+    ) -> Result<RawNode, ConfigError> {
         cfg.validate()?;
         let hard_state = recovered.hard_state;
-        let raft = Raft::new(cfg, conf, hard_state, recovered.snapshot, recovered.entries);
+        let raft = Raft::new(cfg, conf, changes, hard_state, recovered.snapshot, recovered.entries);
         // After a bootstrap the new term and commit index must reach the disk too.
         let last_hard_state = if raft.bootstrapped { hard_state } else { raft.hard_state() };
         Ok(RawNode { raft, last_hard_state, in_flight: None })

@@ -130,19 +130,23 @@ pub struct Raft {
 }
 
 impl Raft {
+    /// `conf`: the base of a log written before configurations were logged (its first
+    /// entry is not a ConfChange). `changes`: the changes a brand-new cluster starts
+    /// with, appended only when storage holds nothing (the caller checked that they
+    /// apply in order to an empty configuration and leave voters).
     pub fn new(
         cfg: Config,
         conf: ConfState,
+        changes: Vec<ConfChange>,
         hard_state: HardState,
         snapshot: Option<Snapshot>,
         entries: Vec<Entry>,
     ) -> Raft {
         let meta = snapshot.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
-        // The configuration lives in the log and in snapshots. `conf` (the startup
-        // flags) only bootstraps a brand-new cluster — and serves as the base of a log
-        // written before configurations were logged (its first entry is not a
-        // ConfChange).
-        let bootstrap = meta.index == 0 && entries.is_empty() && !conf.voters.is_empty();
+        // The configuration lives in the log and in snapshots. The startup flags only
+        // bootstrap a brand-new cluster — and serve as the base of a log written before
+        // configurations were logged (its first entry is not a ConfChange).
+        let bootstrap = meta.index == 0 && entries.is_empty() && !changes.is_empty();
         let legacy = meta.index == 0 && entries.first().is_some_and(|e| e.kind != EntryKind::ConfChange);
         let base = if meta.index > 0 {
             meta.conf.clone()
@@ -157,10 +161,7 @@ impl Raft {
             // Like etcd-raft: every initial member appends the same entries, one per
             // member, at term 1 and commits them, so that a node joining later learns the
             // initial configuration from the log like any other.
-            let voters = conf.voters.iter().map(|&id| ConfChange::new(ConfChangeKind::AddVoter, id, Bytes::new()));
-            let learners =
-                conf.learners.iter().map(|&id| ConfChange::new(ConfChangeKind::AddLearner, id, Bytes::new()));
-            for cc in voters.chain(learners) {
+            for cc in changes {
                 let index = log.last_index() + 1;
                 log.append(Entry { index, term: 1, kind: EntryKind::ConfChange, data: cc.encode() });
             }

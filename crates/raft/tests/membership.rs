@@ -76,6 +76,39 @@ fn a_brand_new_cluster_bootstraps_its_configuration_into_the_log() {
 }
 
 #[test]
+fn bootstrap_with_puts_each_members_context_into_the_log() {
+    let changes = vec![
+        ConfChange::new(K::AddVoter, 1, Bytes::from_static(b"a:1")),
+        ConfChange::new(K::AddVoter, 2, Bytes::from_static(b"b:2")),
+        ConfChange::new(K::AddLearner, 3, Bytes::from_static(b"c:3")),
+    ];
+    let mut node = RawNode::bootstrap_with(Config::new(1), changes.clone(), Recovered::default()).unwrap();
+    let mut expected = ConfState::with_voters([1, 2]);
+    expected.learners.insert(3);
+    assert_eq!(node.conf(), &expected);
+    let rd = node.ready();
+    let logged: Vec<ConfChange> = rd.entries.iter().map(|e| ConfChange::decode(&e.data).unwrap()).collect();
+    assert_eq!(logged, changes);
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: None, commit: 3 }));
+    node.advance();
+    // Recovery ignores the bootstrap changes: the log already holds them.
+    let recovered =
+        Recovered { hard_state: HardState { term: 1, vote: None, commit: 3 }, snapshot: None, entries: rd.entries };
+    let other = vec![ConfChange::new(K::AddVoter, 9, Bytes::new())];
+    let restarted = RawNode::bootstrap_with(Config::new(1), other, recovered).unwrap();
+    assert_eq!(restarted.conf(), &expected);
+    assert_eq!(restarted.conf_index(), 3);
+
+    // Changes that do not build a configuration with voters are refused.
+    let bad = |changes: Vec<ConfChange>| RawNode::bootstrap_with(Config::new(1), changes, Recovered::default());
+    let e = bad(vec![cc(K::AddVoter, 1), cc(K::AddVoter, 1)]).unwrap_err();
+    assert!(e.to_string().contains("node 1 is already a member"), "{e}");
+    let e = bad(vec![cc(K::AddLearner, 1)]).unwrap_err();
+    assert!(e.to_string().contains("no voters"), "{e}");
+    assert!(bad(Vec::new()).is_err());
+}
+
+#[test]
 fn a_joining_node_has_no_configuration_and_never_campaigns() {
     let mut node = RawNode::new(Config::new(4), ConfState::default(), Recovered::default()).unwrap();
     for _ in 0..100 {

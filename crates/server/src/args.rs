@@ -11,8 +11,10 @@ use raftkv_storage::FsyncPolicy;
 
 /// The flags of `raftkv-server` (and of `raftkv server` in the CLI).
 ///
-/// Two ways to name the cluster: static (`--id`, `--listen`, `--peers`) or Kubernetes
-/// (`--pod-name`, `--service`, `--replicas`, derived from a StatefulSet's stable names).
+/// Two ways to name the cluster: static (`--id`, `--listen`, `--peers` to found a
+/// cluster, or `--join` to join one) or Kubernetes (`--pod-name`, `--service`,
+/// `--replicas`, derived from a StatefulSet's stable names: the first `--replicas` pods
+/// found the cluster, later ones join it).
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
 #[command(name = "raftkv-server", version, about = "A raftkv node: a replicated key/value store on Raft")]
 pub struct ServerArgs {
@@ -24,8 +26,9 @@ pub struct ServerArgs {
     #[arg(long, env = "RAFTKV_LISTEN", value_name = "HOST:PORT", conflicts_with = "pod_name")]
     pub listen: Option<String>,
 
-    /// Every member as ID=HOST:PORT, comma separated. May include this node (its entry is
-    /// then its advertised address); if it does not, this node is added with --listen.
+    /// Every initial member as ID=HOST:PORT, comma separated, to found a new cluster. May
+    /// include this node (its entry is then its advertised address); if it does not, this
+    /// node is added with --advertise. Ignored once the data dir belongs to a cluster.
     #[arg(
         long,
         env = "RAFTKV_PEERS",
@@ -35,6 +38,31 @@ pub struct ServerArgs {
         conflicts_with = "pod_name"
     )]
     pub peers: Vec<Peer>,
+
+    /// Join an existing cluster through these members (any of them; the leader is
+    /// found) instead of founding one with --peers: this node asks to be added as a
+    /// learner with --id and --advertise, and is promoted to voter once caught up.
+    /// Ignored once the data dir belongs to a cluster.
+    #[arg(
+        long,
+        env = "RAFTKV_JOIN",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        value_parser = parse_addr_arg,
+        conflicts_with_all = ["peers", "pod_name"],
+        requires = "id"
+    )]
+    pub join: Vec<String>,
+
+    /// The address other members and clients reach this node at. Default: --listen
+    /// (Kubernetes mode: the pod's name in the headless service).
+    #[arg(long, env = "RAFTKV_ADVERTISE", value_name = "HOST:PORT", value_parser = parse_addr_arg)]
+    pub advertise: Option<String>,
+
+    /// Mixed into the id of a new cluster, so that clusters founded from the same member
+    /// list are still told apart. Give each cluster its own.
+    #[arg(long, env = "RAFTKV_CLUSTER_TOKEN", default_value = "raftkv")]
+    pub cluster_token: String,
 
     /// Directory of this node's write-ahead log and snapshots.
     #[arg(long, env = "RAFTKV_DATA_DIR", value_name = "DIR")]
@@ -48,7 +76,8 @@ pub struct ServerArgs {
     #[arg(long, env = "RAFTKV_SERVICE", requires = "pod_name")]
     pub service: Option<String>,
 
-    /// Kubernetes mode: the number of replicas (cluster members).
+    /// Kubernetes mode: the number of pods that found the cluster (ordinals
+    /// 0..replicas-1). A pod with a higher ordinal joins the cluster through them.
     #[arg(long, env = "RAFTKV_REPLICAS", requires = "pod_name")]
     pub replicas: Option<u32>,
 
@@ -129,12 +158,17 @@ pub fn parse_peer(s: &str) -> Result<Peer, String> {
 
 /// `--admin-listen`: `HOST:PORT`, checked like `--listen`.
 fn parse_admin_listen(s: &str) -> Result<String, String> {
+    parse_addr_arg(s)
+}
+
+/// One `HOST:PORT` flag value (`--join` entries, `--advertise`), trimmed.
+fn parse_addr_arg(s: &str) -> Result<String, String> {
     check_addr(s.trim())?;
     Ok(s.trim().to_string())
 }
 
 /// Checks the shape `HOST:PORT` without resolving the host.
-fn check_addr(addr: &str) -> Result<(), String> {
+pub(crate) fn check_addr(addr: &str) -> Result<(), String> {
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("the address '{addr}' has no :PORT"))?;
     if host.is_empty() {
         return Err(format!("the address '{addr}' has no host"));
@@ -157,6 +191,30 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     pub snapshot_entries: u64,
     pub fsync: FsyncPolicy,
+    /// How this node founds or joins its cluster.
+    pub cluster: ClusterConfig,
+}
+
+/// The membership part of a [`NodeConfig`]. All of it matters only until the data dir
+/// belongs to a cluster (it then holds the cluster id and node id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `--cluster-token`: mixed into the id of a cluster this node founds.
+    pub token: String,
+    /// The address other members reach this node at.
+    pub advertise: String,
+    /// Members to join through; empty to found a cluster with `peers` instead.
+    pub join: Vec<String>,
+    /// Kubernetes mode: `id` is a request: if it is taken, the leader allocates another,
+    /// and the id stored in the data dir wins over `id` on restart.
+    pub allocate_id: bool,
+}
+
+impl ClusterConfig {
+    /// Founds a cluster with the given peers (no joining), token `raftkv`.
+    pub fn found(advertise: impl Into<String>) -> ClusterConfig {
+        ClusterConfig { token: "raftkv".into(), advertise: advertise.into(), join: Vec::new(), allocate_id: false }
+    }
 }
 
 impl NodeConfig {
@@ -170,7 +228,7 @@ impl ServerArgs {
     /// Validates the flags and derives the node's identity, address and peers.
     /// Errors name the offending flag.
     pub fn resolve(&self) -> Result<NodeConfig, String> {
-        let (id, listen, peers) = match &self.pod_name {
+        let (id, listen, peers, cluster) = match &self.pod_name {
             Some(pod) => self.resolve_kubernetes(pod)?,
             None => self.resolve_static()?,
         };
@@ -196,27 +254,52 @@ impl ServerArgs {
                 FsyncMode::Always => FsyncPolicy::Always,
                 FsyncMode::Never => FsyncPolicy::Never,
             },
+            cluster,
         })
     }
 
-    fn resolve_static(&self) -> Result<(NodeId, String, BTreeMap<NodeId, String>), String> {
+    fn resolve_static(&self) -> Result<Resolved, String> {
         let id = self.id.ok_or("--id is required (or use Kubernetes mode with --pod-name)")?;
         if id == 0 {
             return Err("--id must be non-zero".into());
         }
         let listen = self.listen.clone().ok_or("--listen is required (or use Kubernetes mode with --pod-name)")?;
         check_addr(&listen).map_err(|e| format!("--listen: {e}"))?;
+        let advertise = self.advertise.clone().unwrap_or_else(|| listen.clone());
+        let cluster = ClusterConfig {
+            token: self.token()?,
+            advertise: advertise.clone(),
+            join: self.join.clone(),
+            allocate_id: false,
+        };
+        if !self.join.is_empty() {
+            if is_wildcard(&advertise) {
+                return Err(format!(
+                    "--advertise is required with --join when --listen ({listen}) is a wildcard address: \
+                     the other members must be able to reach this node"
+                ));
+            }
+            return Ok((id, listen, BTreeMap::new(), cluster));
+        }
         let mut peers = BTreeMap::new();
         for p in &self.peers {
             if peers.insert(p.id, p.addr.clone()).is_some() {
                 return Err(format!("--peers lists node {} more than once", p.id));
             }
         }
-        peers.entry(id).or_insert_with(|| listen.clone());
-        Ok((id, listen, peers))
+        peers.entry(id).or_insert(advertise);
+        Ok((id, listen, peers, cluster))
     }
 
-    fn resolve_kubernetes(&self, pod: &str) -> Result<(NodeId, String, BTreeMap<NodeId, String>), String> {
+    fn token(&self) -> Result<String, String> {
+        let token = self.cluster_token.trim();
+        if token.is_empty() {
+            return Err("--cluster-token must not be empty".into());
+        }
+        Ok(token.to_string())
+    }
+
+    fn resolve_kubernetes(&self, pod: &str) -> Result<Resolved, String> {
         let service = self.service.as_deref().ok_or("--service is required with --pod-name")?;
         let replicas = self.replicas.ok_or("--replicas is required with --pod-name")?;
         if replicas == 0 {
@@ -230,17 +313,34 @@ impl ServerArgs {
             .and_then(|(set, n)| Some((set, n.parse::<u64>().ok()?)))
             .filter(|(set, _)| !set.is_empty())
             .ok_or_else(|| format!("--pod-name '{pod}' must look like <statefulset>-<ordinal>, e.g. raft-0"))?;
-        if ordinal >= u64::from(replicas) {
-            return Err(format!("--pod-name '{pod}' has ordinal {ordinal}, but --replicas is {replicas}"));
-        }
         let domain = match &self.namespace {
             Some(ns) => format!("{service}.{ns}.svc"),
             None => service.to_string(),
         };
         let port = self.port;
-        let peers = (0..u64::from(replicas)).map(|i| (i + 1, format!("{set}-{i}.{domain}:{port}"))).collect();
-        Ok((ordinal + 1, format!("0.0.0.0:{port}"), peers))
+        let pod_addr = |i: u64| format!("{set}-{i}.{domain}:{port}");
+        let founders: BTreeMap<NodeId, String> = (0..u64::from(replicas)).map(|i| (i + 1, pod_addr(i))).collect();
+        let founder = ordinal < u64::from(replicas);
+        let cluster = ClusterConfig {
+            token: self.token()?,
+            advertise: self.advertise.clone().unwrap_or_else(|| pod_addr(ordinal)),
+            join: if founder { Vec::new() } else { founders.values().cloned().collect() },
+            allocate_id: true,
+        };
+        let peers = if founder { founders } else { BTreeMap::new() };
+        Ok((ordinal + 1, format!("0.0.0.0:{port}"), peers, cluster))
     }
+}
+
+/// What the two modes resolve: id, listen address, founding members, membership.
+type Resolved = (NodeId, String, BTreeMap<NodeId, String>, ClusterConfig);
+
+/// Whether `addr`'s host is an unspecified address (0.0.0.0 or ::), which peers cannot
+/// connect to.
+fn is_wildcard(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
 }
 
 #[cfg(test)]
@@ -370,13 +470,83 @@ mod tests {
     fn kubernetes_mode_errors() {
         let e = resolve(&["--pod-name", "raft", "--service", "s", "--replicas", "3", "--data-dir", "d"]).unwrap_err();
         assert!(e.contains("--pod-name 'raft' must look like"), "{e}");
-        let e = resolve(&["--pod-name", "raft-3", "--service", "s", "--replicas", "3", "--data-dir", "d"]).unwrap_err();
-        assert!(e.contains("ordinal 3"), "{e}");
         let e = resolve(&["--pod-name", "raft-0", "--data-dir", "d"]).unwrap_err();
         assert!(e.contains("--service") && e.contains("--replicas"), "{e}");
         let e = resolve(&["--pod-name", "raft-0", "--service", "s", "--replicas", "3", "--id", "1", "--data-dir", "d"])
             .unwrap_err();
         assert!(e.contains("--id") && e.contains("--pod-name"), "{e}");
+    }
+
+    #[test]
+    fn membership_flags_join_advertise_and_token() {
+        let cfg = resolve(&["--id", "1", "--listen", "10.0.0.1:1", "--data-dir", "d"]).unwrap();
+        assert_eq!(cfg.cluster, ClusterConfig::found("10.0.0.1:1"));
+        let cfg = resolve(&[
+            "--id",
+            "4",
+            "--listen",
+            "0.0.0.0:6004",
+            "--advertise",
+            "node-4:6004",
+            "--join",
+            "a:1, b:2",
+            "--cluster-token",
+            "prod",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        assert_eq!(cfg.id, 4);
+        assert!(cfg.peers.is_empty(), "a joining node founds nothing");
+        let want = ClusterConfig {
+            token: "prod".into(),
+            advertise: "node-4:6004".into(),
+            join: vec!["a:1".into(), "b:2".into()],
+            allocate_id: false,
+        };
+        assert_eq!(cfg.cluster, want);
+        // --peers without this node: it is added with its advertised address.
+        let cfg = resolve(&[
+            "--id",
+            "3",
+            "--listen",
+            "0.0.0.0:3",
+            "--advertise",
+            "c:3",
+            "--peers",
+            "1=a:1",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        assert_eq!(cfg.peers.get(&3).map(String::as_str), Some("c:3"));
+        let e = resolve(&["--id", "4", "--listen", "0.0.0.0:6004", "--join", "a:1", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--advertise is required"), "{e}");
+        let e = resolve(&["--listen", "h:1", "--join", "a:1", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--id"), "{e}");
+        let e = resolve(&["--id", "4", "--listen", "h:1", "--join", "a:1", "--peers", "1=a:1", "--data-dir", "d"])
+            .unwrap_err();
+        assert!(e.contains("--join") && e.contains("--peers"), "{e}");
+        let e = resolve(&["--id", "4", "--listen", "h:1", "--join", "nope", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--join") && e.contains("no :PORT"), "{e}");
+        let e = resolve(&["--id", "1", "--listen", "h:1", "--cluster-token", " ", "--data-dir", "d"]).unwrap_err();
+        assert!(e.contains("--cluster-token must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_pods_beyond_replicas_join_the_founders() {
+        let base = ["--service", "kv", "--replicas", "3", "--data-dir", "d"];
+        let founder = resolve(&[&["--pod-name", "raft-2"], &base[..]].concat()).unwrap();
+        assert_eq!(founder.peers.len(), 3);
+        assert!(founder.cluster.join.is_empty());
+        assert_eq!(founder.cluster.advertise, "raft-2.kv:6000");
+        assert!(founder.cluster.allocate_id);
+        let joiner = resolve(&[&["--pod-name", "raft-4"], &base[..]].concat()).unwrap();
+        assert_eq!(joiner.id, 5);
+        assert!(joiner.peers.is_empty());
+        assert_eq!(joiner.cluster.join, ["raft-0.kv:6000", "raft-1.kv:6000", "raft-2.kv:6000"]);
+        assert_eq!(joiner.cluster.advertise, "raft-4.kv:6000");
+        assert!(joiner.cluster.allocate_id);
     }
 
     #[test]

@@ -22,18 +22,24 @@
 //! - panic on network or disk input: bad messages are refused, and a storage failure or
 //!   an unusable snapshot stops the node with an error instead.
 //!
-//! Peer traffic carries cluster id 0 and any cluster id is accepted: a node does not yet
-//! store the id of the cluster it belongs to, so two clusters whose members are listed
-//! in each other's `--peers` would not be told apart.
+//! Membership: a data dir belongs to one cluster and one node id for good, written in
+//! its meta file when the node founds a cluster (`--peers`; the cluster id is a stable
+//! hash of `--cluster-token` and the founding members) or joins one (`--join`: the
+//! leader adds it as a learner and promotes it once caught up). Every peer batch
+//! carries the cluster id, and a node refuses batches of another cluster. Members'
+//! addresses travel in their ConfChange entries, so peer links follow the replicated
+//! configuration, not the flags. A removed node writes a tombstone and stops, and never
+//! starts on that data dir again; ids are never reused.
 
 pub mod admin;
 mod args;
+mod cluster;
+mod membership;
 mod node;
 mod peer;
 mod service;
 mod trace;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,12 +50,19 @@ use raftkv_kv::KvStateMachine;
 use raftkv_raft::{ConfState, Config, RawNode};
 use raftkv_rpc::RaftKv;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
-use raftkv_storage::{DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageOptions};
+use raftkv_storage::{
+    DiskStorage, FileSystem, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, RealFs, StorageOptions, Tombstone,
+};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 pub use admin::AdminState;
-pub use args::{FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer};
+pub use args::{ClusterConfig, FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer};
+
+use crate::cluster::Start;
+use crate::membership::{MemberContext, Membership};
+use crate::node::Stopped;
 
 /// Raft message batches from peers waiting for the loop; when full, peers get `Busy`.
 const RAFT_QUEUE: usize = 1024;
@@ -148,7 +161,10 @@ pub async fn shutdown_signal() {
 
 /// Runs node `cfg.id` on an already bound `listener` until `shutdown` resolves, then
 /// hands off leadership if it leads (waiting at most two election timeouts), stops
-/// serving and flushes storage. Returns an error if storage fails or cannot be opened.
+/// serving and flushes storage. Also returns (`Ok`) once the node was removed from its
+/// cluster: it then leaves a tombstone in the data dir, which refuses later starts.
+/// Returns an error if storage fails or cannot be opened, the data dir belongs to
+/// another node or was removed, or joining fails.
 pub async fn serve(
     cfg: NodeConfig,
     listener: TcpListener,
@@ -158,8 +174,8 @@ pub async fn serve(
 }
 
 /// [`serve`], reporting readiness and metrics to `admin` (what the admin port shows):
-/// ready once storage is recovered and the RPC port listens, whether or not a leader
-/// is known.
+/// ready once storage is recovered, the node belongs to a cluster (a joining node has
+/// been added) and the RPC port serves, whether or not a leader is known.
 pub async fn serve_with_admin(
     cfg: NodeConfig,
     listener: TcpListener,
@@ -170,7 +186,9 @@ pub async fn serve_with_admin(
     tracing::info!(
         id = cfg.id,
         listen = %local,
+        advertise = %cfg.cluster.advertise,
         peers = ?cfg.peers,
+        join = ?cfg.cluster.join,
         data_dir = %cfg.data_dir.display(),
         tick_ms = cfg.tick.as_millis() as u64,
         election_ticks = cfg.election_ticks,
@@ -184,23 +202,46 @@ pub async fn serve_with_admin(
              kernel crash can lose acknowledged data. Use this for benchmarks only !!!"
         );
     }
-    if !cfg.peers.contains_key(&cfg.id) {
+    if cfg.cluster.join.is_empty() && !cfg.peers.contains_key(&cfg.id) {
         anyhow::bail!("node {} is not among the peers {:?}", cfg.id, cfg.peers);
     }
+    let fs: Arc<dyn FileSystem> = Arc::new(RealFs);
+    cluster::check_tombstone(fs.as_ref(), &cfg.data_dir)?;
 
-    let opts = StorageOptions { fsync: cfg.fsync, ..StorageOptions::default() };
+    let opts = StorageOptions { fsync: cfg.fsync, fs: fs.clone(), ..StorageOptions::default() };
     let dir = cfg.data_dir.clone();
     let (storage, recovered) = tokio::task::spawn_blocking(move || DiskStorage::open(&dir, opts))
         .await
         .context("the storage open task failed")?
         .with_context(|| format!("cannot open storage in --data-dir {}", cfg.data_dir.display()))?;
+    let has_log = recovered.snapshot.is_some() || !recovered.entries.is_empty();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let identity = tokio::select! {
+        identity = cluster::establish(&cfg, fs.as_ref(), has_log) => identity?,
+        () = &mut shutdown => {
+            tracing::info!(id = cfg.id, "shutting down before this node belonged to a cluster");
+            return Ok(());
+        }
+    };
+    let id = identity.id;
+    let mut membership = Membership::new(cfg.peers.clone());
     let kv = match &recovered.snapshot {
-        Some(snap) => KvStateMachine::restore(&snap.data)
-            .with_context(|| format!("the snapshot at index {} on disk cannot be restored", snap.meta.index))?,
+        Some(snap) => {
+            let (section, data) = membership::unwrap_snapshot(&snap.data).map_err(|e| {
+                anyhow::anyhow!("the snapshot at index {} on disk cannot be restored: {e}", snap.meta.index)
+            })?;
+            membership.restore(section.unwrap_or_default());
+            KvStateMachine::restore(&data)
+                .with_context(|| format!("the snapshot at index {} on disk cannot be restored", snap.meta.index))?
+        }
         None => KvStateMachine::new(),
     };
+    for e in &recovered.entries {
+        membership.observe(e);
+    }
     tracing::info!(
-        id = cfg.id,
+        id,
+        cluster_id = format!("{:016x}", identity.cluster_id),
         term = recovered.hard_state.term,
         commit = recovered.hard_state.commit,
         snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.meta.index),
@@ -210,63 +251,97 @@ pub async fn serve_with_admin(
     let raft_cfg = Config {
         election_tick: cfg.election_ticks,
         heartbeat_tick: cfg.heartbeat_ticks,
-        seed: random_seed(cfg.id),
-        ..Config::new(cfg.id)
+        seed: random_seed(id),
+        ..Config::new(id)
     };
+    let max_promotion_lag = raft_cfg.max_promotion_lag;
     let recovered = raftkv_raft::Recovered {
         hard_state: recovered.hard_state,
         snapshot: recovered.snapshot,
         entries: recovered.entries,
     };
-    let raw = RawNode::new(raft_cfg, ConfState::with_voters(cfg.peers.keys().copied()), recovered)?;
+    let raw = match identity.start {
+        Start::Bootstrap(changes) => RawNode::bootstrap_with(raft_cfg, changes, recovered)?,
+        // The flags' members matter only as the base of a log older than logged
+        // configurations; a node without a log must not bootstrap.
+        Start::Resume if has_log => {
+            RawNode::new(raft_cfg, ConfState::with_voters(cfg.peers.keys().copied()), recovered)?
+        }
+        Start::Resume => RawNode::new(raft_cfg, ConfState::default(), recovered)?,
+        Start::Joined(reply) => {
+            for m in reply.members.members {
+                membership.learn(m.id, MemberContext { addr: m.addr, auto_promote: m.auto_promote });
+            }
+            RawNode::new(raft_cfg, ConfState::default(), recovered)?
+        }
+    };
     let writer =
         GroupCommitWriter::spawn(storage, GroupCommitOptions::default()).context("cannot start the storage writer")?;
 
-    let mut peer_tasks = Vec::new();
-    let mut peers = HashMap::new();
-    for (&id, addr) in &cfg.peers {
-        if id != cfg.id {
-            let (sender, task) = peer::spawn_peer(id, addr.clone());
-            peers.insert(id, sender);
-            peer_tasks.push(task);
-        }
-    }
-    let peer_addrs = Arc::new(cfg.peers.iter().map(|(id, addr)| (*id, addr.clone())).collect::<Vec<_>>());
+    let shared = Arc::new(service::Shared::new(identity.cluster_id));
+    let (removed_tx, removed_rx) = mpsc::channel(16);
+    let link = peer::LinkContext { node: id, cluster_id: identity.cluster_id, removed_tx };
     let (raft_tx, raft_rx) = tokio::sync::mpsc::channel(RAFT_QUEUE);
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
-    let service = service::Service { id: cfg.id, peers: peer_addrs.clone(), raft_tx, client_tx };
-    let incoming = raftkv_rpc::listen(listener).await.context("cannot serve on the listener")?;
-    let server = tokio::spawn(accept_loop(incoming, service));
-    admin.set_id(cfg.id);
-    admin.set_ready();
-
     let loop_cfg = node::LoopConfig {
         tick: cfg.tick,
+        election_ticks: cfg.election_ticks,
         election_timeout: cfg.election_timeout(),
         snapshot_entries: cfg.snapshot_entries,
+        max_promotion_lag,
     };
-    let node = node::Node::new(raw, kv, writer, peers, peer_addrs, loop_cfg).with_admin(admin);
-    let result = node.run(raft_rx, client_rx, shutdown).await;
+    let node = node::Node::new(raw, kv, writer, membership, shared.clone(), link, loop_cfg);
+    let service = service::Service { id, shared, raft_tx, client_tx };
+    let incoming = raftkv_rpc::listen(listener).await.context("cannot serve on the listener")?;
+    let (stop_serving, serving_stopped) = oneshot::channel();
+    let server = tokio::spawn(accept_loop(incoming, service, serving_stopped));
+    admin.set_id(id);
+    admin.set_ready();
 
-    tracing::info!(id = cfg.id, "shutting down: closing connections");
-    server.abort();
+    let result = node.with_admin(admin).run(raft_rx, client_rx, removed_rx, shutdown).await;
+
+    tracing::info!(id, "shutting down: closing connections");
+    // Why a grace period for a removed node: a leader that removed itself has just
+    // answered the change; the answer must reach the client before the connection goes.
+    let grace = if matches!(result, Ok(Stopped::Removed { .. })) { cfg.election_timeout() * 2 } else { Duration::ZERO };
+    let _ = stop_serving.send(grace);
     let _ = server.await;
-    for task in peer_tasks {
-        task.abort();
+    match result {
+        Ok(Stopped::Shutdown) => {
+            tracing::info!(id, "shut down");
+            Ok(())
+        }
+        Ok(Stopped::Removed { index, by }) => {
+            let tombstone = Tombstone { cluster_id: identity.cluster_id, node_id: id, index };
+            cluster::write_tombstone(fs.as_ref(), &cfg.data_dir, tombstone)?;
+            let how = match by {
+                Some(peer) => format!("as node {peer} said"),
+                None => format!("by the configuration change at index {index}"),
+            };
+            tracing::info!(
+                id,
+                cluster_id = format!("{:016x}", identity.cluster_id),
+                "node {id} was removed from the cluster {how}: stopped for good. Delete the data dir {} to join \
+                 again as a new member",
+                cfg.data_dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(id, error = format!("{e:#}"), "node stopped on an error");
+            Err(e)
+        }
     }
-    match &result {
-        Ok(()) => tracing::info!(id = cfg.id, "shut down"),
-        Err(e) => tracing::error!(id = cfg.id, error = format!("{e:#}"), "node stopped on an error"),
-    }
-    result
 }
 
-/// Accepts connections and serves each on its own task until aborted (which aborts
-/// the connection tasks too).
-async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Service) {
+/// Accepts connections and serves each on its own task until `stop` says how long
+/// open connections may still finish (their clients hang up) before they are cut.
+async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Service, stop: oneshot::Receiver<Duration>) {
     let mut connections = JoinSet::new();
-    loop {
+    let mut stop = std::pin::pin!(stop);
+    let grace = loop {
         tokio::select! {
+            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
             next = incoming.next() => match next {
                 Some(Ok(transport)) => {
                     let serve = service.clone().serve();
@@ -285,12 +360,17 @@ async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Servi
                 }
                 None => {
                     tracing::warn!("the listener closed");
-                    break;
+                    break stop.await.unwrap_or(Duration::ZERO);
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    };
+    drop(incoming);
+    if !grace.is_zero() {
+        let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     }
+    connections.abort_all();
     while connections.join_next().await.is_some() {}
 }
 

@@ -2,7 +2,7 @@
 //! writer, and carries out each [`Ready`](raftkv_raft::Ready) in the order the core
 //! documents.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +11,25 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use raftkv_kv::{Applied, CommandError, KvStateMachine};
 use raftkv_raft::{
-    EntryKind, Event, HardState, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Snapshot,
-    SnapshotMeta, Term,
+    ConfChange, ConfChangeKind, EntryKind, Event, HardState, Index, Message, MessageBody, NodeId, ProposeError,
+    RawNode, Role, Snapshot, SnapshotMeta, Term,
 };
-use raftkv_rpc::{ClientError, GetReply, NodeStatus, ReadConsistency, ScanReply, WriteReply};
+use raftkv_rpc::{
+    ClientError, GetReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
+    ReadConsistency, ScanReply, WriteReply,
+};
 use raftkv_storage::{BatchReport, GroupCommitWriter, StorageError, WriteRequest};
 use raftkv_telemetry::opentelemetry::trace::{Span as _, SpanContext};
 use raftkv_telemetry::opentelemetry::{Context as OtelContext, KeyValue};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument as _;
 
 use crate::admin::{AdminState, role_code};
-use crate::peer::PeerSender;
+use crate::membership::{self, AddPlan, Membership};
+use crate::peer::{LinkContext, PeerSender};
+use crate::service::Shared;
 use crate::trace::{self, ElectionTrace, WriteTrace};
 
 /// Inputs handled per loop iteration from each channel before the Ready is processed.
@@ -54,6 +60,11 @@ pub(crate) enum Request {
         target: Option<NodeId>,
         reply: Reply<NodeId>,
     },
+    Members(Reply<MemberList>),
+    ChangeMember {
+        change: MemberChange,
+        reply: Reply<MemberChangeReply>,
+    },
 }
 
 /// A batch of Raft messages from one peer, with the spans it opened here (see
@@ -82,6 +93,22 @@ struct PendingWrite {
     trace: Option<WriteTrace>,
 }
 
+/// A membership change waiting to be applied (like [`PendingWrite`]).
+struct PendingChange {
+    term: Term,
+    /// The member it is about.
+    id: NodeId,
+    reply: Reply<MemberChangeReply>,
+}
+
+/// What became of a membership change request.
+enum Proposed {
+    /// Nothing to change: the answer.
+    Done(MemberChangeReply),
+    /// Proposed at `index` in `term`, about member `id`.
+    At { index: Index, term: Term, id: NodeId },
+}
+
 struct PendingRead {
     op: ReadOp,
     reply: Reply<ReadOutput>,
@@ -90,8 +117,28 @@ struct PendingRead {
 /// Settings of the loop that are not the core's.
 pub(crate) struct LoopConfig {
     pub tick: Duration,
+    pub election_ticks: u32,
     pub election_timeout: Duration,
     pub snapshot_entries: u64,
+    /// The core's `max_promotion_lag`: auto-promotion waits for a learner this close.
+    pub max_promotion_lag: u64,
+}
+
+/// How the loop ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// Asked to shut down.
+    Shutdown,
+    /// This node was removed from the cluster: by the committed change at `index`
+    /// (applied here), or as peer `by` said.
+    Removed { index: Index, by: Option<NodeId> },
+}
+
+/// One outbound link.
+struct Peer {
+    addr: String,
+    sender: PeerSender,
+    task: JoinHandle<()>,
 }
 
 /// The state the Raft loop owns.
@@ -101,9 +148,21 @@ pub(crate) struct Node {
     raw: RawNode,
     kv: KvStateMachine,
     writer: Option<GroupCommitWriter>,
-    peers: HashMap<NodeId, PeerSender>,
-    peer_addrs: Arc<Vec<(NodeId, String)>>,
+    peers: HashMap<NodeId, Peer>,
+    /// Members' addresses and removed ids (the replicated part of membership).
+    membership: Membership,
+    shared: Arc<Shared>,
+    link: LinkContext,
     writes: BTreeMap<Index, PendingWrite>,
+    member_changes: BTreeMap<Index, PendingChange>,
+    /// Set once this node learned it was removed: why, and when to stop at the latest
+    /// (a leader that removed itself first hands off).
+    removed: Option<(Stopped, Instant)>,
+    /// The tick at which a leader was last heard from.
+    leader_contact: u64,
+    /// The members of the latest and of the committed configuration: the nodes this
+    /// one links to and takes messages from.
+    members: BTreeSet<NodeId>,
     /// Linearizable reads waiting for their ReadIndex, by context.
     reads: HashMap<u64, PendingRead>,
     /// Confirmed reads waiting for the state machine to reach their index.
@@ -128,25 +187,33 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// Starts the peer links of the current configuration; `link` is theirs.
     pub fn new(
         raw: RawNode,
         kv: KvStateMachine,
         writer: GroupCommitWriter,
-        peers: HashMap<NodeId, PeerSender>,
-        peer_addrs: Arc<Vec<(NodeId, String)>>,
+        membership: Membership,
+        shared: Arc<Shared>,
+        link: LinkContext,
         cfg: LoopConfig,
     ) -> Node {
         let status = raw.status();
         let snapshot_index = raw.snapshot().map_or(0, |s| s.meta.index);
-        Node {
+        let mut node = Node {
             id: status.id,
             cfg,
             raw,
             kv,
             writer: Some(writer),
-            peers,
-            peer_addrs,
+            peers: HashMap::new(),
+            membership,
+            shared,
+            link,
             writes: BTreeMap::new(),
+            member_changes: BTreeMap::new(),
+            removed: None,
+            leader_contact: 0,
+            members: BTreeSet::new(),
             reads: HashMap::new(),
             parked: BTreeMap::new(),
             next_read_ctx: 1,
@@ -160,7 +227,10 @@ impl Node {
             election: None,
             inbound_spans: Vec::new(),
             admin: AdminState::new(),
-        }
+        };
+        node.sync_peers();
+        node.shared.set_removed(node.membership.removed());
+        node
     }
 
     /// Reports readiness and metrics to `admin` from now on.
@@ -188,14 +258,16 @@ impl Node {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Runs until `shutdown` resolves (then hands off leadership, bounded) or storage
+    /// Runs until `shutdown` resolves (then hands off leadership, bounded), this node is
+    /// removed from the cluster (`removed_rx` receives peers that said so), or storage
     /// fails. Returns the storage or state machine failure that stopped it, if any.
     pub async fn run(
         mut self,
         mut raft_rx: mpsc::Receiver<RaftBatch>,
         mut client_rx: mpsc::Receiver<Request>,
+        mut removed_rx: mpsc::Receiver<NodeId>,
         shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Stopped> {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         // Why Delay: after a stall (a slow fsync), a burst of ticks would be handled
         // before the peer messages queued meanwhile and could start a needless election.
@@ -207,6 +279,7 @@ impl Node {
                 _ = ticker.tick() => self.on_tick(),
                 Some(batch) = raft_rx.recv() => self.step_batch(batch),
                 Some(request) = client_rx.recv() => self.handle_request(request),
+                Some(by) = removed_rx.recv() => self.removed_by_peer(by),
             }
             for _ in 0..MAX_DRAIN {
                 let Ok(batch) = raft_rx.try_recv() else { break };
@@ -225,18 +298,25 @@ impl Node {
             {
                 break Err(e);
             }
+            if let Some((why, deadline)) = self.removed {
+                // A leader that removed itself hands off first (the core does, once the
+                // removal committed); the others stop at once.
+                if self.role != Role::Leader || Instant::now() >= deadline {
+                    break Ok(why);
+                }
+            }
             if let Some(deadline) = self.draining {
                 if self.role != Role::Leader {
                     tracing::info!(id = self.id, "shutting down: not the leader");
-                    break Ok(());
+                    break Ok(Stopped::Shutdown);
                 }
                 if self.best_transferee().is_none() {
                     tracing::info!(id = self.id, "shutting down: no other voter to hand leadership to");
-                    break Ok(());
+                    break Ok(Stopped::Shutdown);
                 }
                 if Instant::now() >= deadline {
                     tracing::warn!(id = self.id, "shutting down: leadership transfer did not finish in time");
-                    break Ok(());
+                    break Ok(Stopped::Shutdown);
                 }
             }
         };
@@ -250,6 +330,10 @@ impl Node {
         self.ticks += 1;
         self.admin.ticked();
         self.flush_due = self.deferred_hs.is_some();
+        if self.ticks.is_multiple_of(u64::from(self.cfg.election_ticks.max(1))) {
+            self.auto_promote();
+            self.probe_if_forgotten();
+        }
         if self.ticks.is_multiple_of(SWEEP_TICKS) {
             self.writes.retain(|_, w| {
                 let keep = !w.reply.is_closed();
@@ -259,6 +343,7 @@ impl Node {
                 keep
             });
             self.reads.retain(|_, r| !r.reply.is_closed());
+            self.member_changes.retain(|_, c| !c.reply.is_closed());
             self.parked.retain(|_, reads| {
                 reads.retain(|r| !r.reply.is_closed());
                 !reads.is_empty()
@@ -268,9 +353,12 @@ impl Node {
 
     fn step_batch(&mut self, batch: RaftBatch) {
         self.inbound_spans.extend(batch.spans);
+        // A node that has not learned any configuration yet (it just joined) takes
+        // messages from anyone of its cluster (the service checked the cluster id).
+        let unconfigured = self.members.is_empty();
         for m in batch.messages {
             // Why check here: the core trusts that senders are members.
-            if m.to != self.id || !self.peers.contains_key(&m.from) {
+            if m.to != self.id || !(unconfigured || self.members.contains(&m.from)) {
                 tracing::debug!(
                     from = m.from,
                     to = m.to,
@@ -280,6 +368,12 @@ impl Node {
                 continue;
             }
             let (from, kind) = (m.from, m.body.name());
+            if matches!(
+                m.body,
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+            ) {
+                self.leader_contact = self.ticks;
+            }
             if let Err(e) = self.raw.step(m) {
                 tracing::debug!(from, kind, error = %e, "refused a raft message");
             }
@@ -329,6 +423,20 @@ impl Node {
             Request::Transfer { target, reply } => {
                 let _ = reply.send(self.transfer(target));
             }
+            Request::Members(reply) => {
+                let _ = reply.send(Ok(self.member_list()));
+            }
+            Request::ChangeMember { change, reply } => match self.change_member(change) {
+                Ok(Proposed::Done(done)) => {
+                    let _ = reply.send(Ok(done));
+                }
+                Ok(Proposed::At { index, term, id }) => {
+                    self.member_changes.insert(index, PendingChange { term, id, reply });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
         }
     }
 
@@ -360,8 +468,7 @@ impl Node {
 
     fn not_leader_hint(&self, leader: Option<NodeId>) -> ClientError {
         let leader = leader.filter(|l| *l != self.id);
-        let leader_addr =
-            leader.and_then(|l| self.peer_addrs.iter().find(|(id, _)| *id == l).map(|(_, addr)| addr.clone()));
+        let leader_addr = leader.and_then(|l| self.membership.addr(l).map(str::to_string));
         ClientError::NotLeader { leader, leader_addr }
     }
 
@@ -389,8 +496,8 @@ impl Node {
             applied_index: self.kv.applied_index(),
             last_index: st.last_index,
             snapshot_index: self.snapshot_index,
-            peers: self.peer_addrs.as_ref().clone(),
-            cluster_id: 0,
+            peers: self.shared.addrs(),
+            cluster_id: self.shared.cluster_id,
         }
     }
 
@@ -453,6 +560,7 @@ impl Node {
             // Before anything is persisted or applied: an election's vote fsync is
             // part of its span, and a commit's writes are still waiting here.
             self.trace_events(&rd.events);
+            let snapshot_kv = self.observe_ready(&rd)?;
             self.send(std::mem::take(&mut rd.messages));
             if let Some(snap) = &rd.snapshot {
                 self.save_snapshot(snap.clone()).await.with_context(|| {
@@ -461,8 +569,8 @@ impl Node {
             }
             self.persist(std::mem::take(&mut rd.entries), rd.hard_state, rd.must_sync()).await?;
             self.send(std::mem::take(&mut rd.persisted_messages));
-            if let Some(snap) = rd.snapshot {
-                self.install_snapshot(snap)?;
+            if let (Some(snap), Some(kv)) = (rd.snapshot, snapshot_kv) {
+                self.install_snapshot(&snap.meta, &kv)?;
             }
             for entry in rd.committed_entries {
                 if entry.index <= self.kv.applied_index() {
@@ -473,6 +581,9 @@ impl Node {
                     // machine they are position-only, like a no-op.
                     EntryKind::Noop | EntryKind::ConfChange => {
                         let _ = self.kv.apply_noop(entry.index, entry.term);
+                        if entry.kind == EntryKind::ConfChange {
+                            self.applied_conf_change(&entry);
+                        }
                         None
                     }
                     EntryKind::Command => {
@@ -491,6 +602,7 @@ impl Node {
                     }
                 };
                 self.complete_writes(entry.index, entry.term, applied);
+                self.complete_member_changes(entry.index, entry.term);
             }
             for rs in rd.read_states {
                 if let Some(read) = self.reads.remove(&rs.ctx) {
@@ -523,7 +635,7 @@ impl Node {
         for m in messages {
             let traces = self.traces_carried(&m);
             match self.peers.get(&m.to) {
-                Some(peer) => peer.send(m, traces),
+                Some(peer) => peer.sender.send(m, traces),
                 None => tracing::debug!(to = m.to, "no link to a message's recipient"),
             }
         }
@@ -630,23 +742,24 @@ impl Node {
         rx.await.unwrap_or(Err(StorageError::Closed))
     }
 
-    fn install_snapshot(&mut self, snap: Snapshot) -> anyhow::Result<()> {
-        let kv = KvStateMachine::restore(&snap.data)
-            .with_context(|| format!("the snapshot at index {} from the leader cannot be restored", snap.meta.index))?;
-        if kv.applied_index() != snap.meta.index {
+    /// Installs the state machine part `data` of the leader's snapshot at `meta`.
+    fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> anyhow::Result<()> {
+        let kv = KvStateMachine::restore(data)
+            .with_context(|| format!("the snapshot at index {} from the leader cannot be restored", meta.index))?;
+        if kv.applied_index() != meta.index {
             bail!(
                 "the snapshot at index {} from the leader holds a state machine at index {}",
-                snap.meta.index,
+                meta.index,
                 kv.applied_index()
             );
         }
         self.kv = kv;
-        self.snapshot_index = snap.meta.index;
+        self.snapshot_index = meta.index;
         Self::count(&self.admin.metrics.snapshots_installed);
         // Writes at or below the snapshot: whether they were the entries committed there
         // cannot be told any more.
         while let Some(w) = self.writes.first_entry() {
-            if *w.key() > snap.meta.index {
+            if *w.key() > meta.index {
                 break;
             }
             let mut w = w.remove();
@@ -655,12 +768,13 @@ impl Node {
             }
             let _ = w.reply.send(Err(ClientError::Timeout));
         }
-        tracing::info!(
-            id = self.id,
-            index = snap.meta.index,
-            term = snap.meta.term,
-            "installed a snapshot from the leader"
-        );
+        while let Some(c) = self.member_changes.first_entry() {
+            if *c.key() > meta.index {
+                break;
+            }
+            let _ = c.remove().reply.send(Err(ClientError::Timeout));
+        }
+        tracing::info!(id = self.id, index = meta.index, term = meta.term, "installed a snapshot from the leader");
         Ok(())
     }
 
@@ -911,10 +1025,8 @@ impl Node {
         let Some(conf) = self.raw.conf_at(applied) else {
             return Ok(());
         };
-        let snapshot = Snapshot {
-            meta: SnapshotMeta { index: applied, term: self.kv.applied_term(), conf },
-            data: self.kv.snapshot(),
-        };
+        let data = membership::wrap_snapshot(&self.membership.section(&conf), &self.kv.snapshot());
+        let snapshot = Snapshot { meta: SnapshotMeta { index: applied, term: self.kv.applied_term(), conf }, data };
         let bytes = snapshot.data.len();
         let span = tracing::info_span!(
             parent: None,
@@ -940,14 +1052,266 @@ impl Node {
         Ok(())
     }
 
+    // ---- membership ----
+
+    /// Carries out a membership change on the leader: answered at once if there is
+    /// nothing to change, else proposed.
+    fn change_member(&mut self, change: MemberChange) -> Result<Proposed, ClientError> {
+        if self.draining.is_some() || self.removed.is_some() {
+            return Err(shutting_down());
+        }
+        if self.role != Role::Leader {
+            return Err(self.not_leader_hint(self.leader));
+        }
+        let cc = match change {
+            MemberChange::Add { id, addr, auto_promote, allocate_if_taken } => {
+                let plan = membership::plan_add(
+                    self.raw.conf(),
+                    &self.membership,
+                    id,
+                    &addr,
+                    auto_promote,
+                    allocate_if_taken,
+                )?;
+                match plan {
+                    AddPlan::Existing(id) => {
+                        // Why wait for the commit: the entry adding it could still be
+                        // overwritten, and the joining node would wait forever.
+                        if self.raw.conf_index() > self.raw.status().commit_index {
+                            return Err(ClientError::Unavailable(format!(
+                                "learner {id} at {addr} is being added; retry once that change has committed"
+                            )));
+                        }
+                        return Ok(Proposed::Done(MemberChangeReply { id, members: self.member_list() }));
+                    }
+                    AddPlan::Propose(id, ctx) => ConfChange::new(ConfChangeKind::AddLearner, id, ctx.encode()),
+                }
+            }
+            MemberChange::Promote { id } => ConfChange::new(ConfChangeKind::PromoteVoter, id, Bytes::new()),
+            MemberChange::Remove { id } if self.membership.removed().contains(&id) => {
+                return Err(ClientError::Invalid(format!("node {id} was already removed from this cluster")));
+            }
+            MemberChange::Remove { id } => ConfChange::new(ConfChangeKind::Remove, id, Bytes::new()),
+        };
+        let (kind, id) = (cc.change, cc.node);
+        let (index, term) = self.raw.propose_conf_change(cc).map_err(|e| self.propose_error(e))?;
+        tracing::info!(id = self.id, change = kind.as_str(), node = id, index, "proposed a membership change");
+        Ok(Proposed::At { index, term, id })
+    }
+
+    /// This node's view of the configuration.
+    fn member_list(&self) -> MemberList {
+        let st = self.raw.status();
+        let conf = self.raw.conf();
+        let conf_index = self.raw.conf_index();
+        let leading = st.role == Role::Leader;
+        let info = |id: NodeId, role: MemberRole| MemberInfo {
+            id,
+            addr: self.membership.addr(id).unwrap_or_default().to_string(),
+            role,
+            auto_promote: self.membership.context(id).is_some_and(|c| c.auto_promote),
+            match_index: st.progress.iter().find(|p| leading && p.0 == id).map(|p| p.1),
+        };
+        let voters = conf.voters.iter().map(|id| info(*id, MemberRole::Voter));
+        let learners = conf.learners.iter().map(|id| info(*id, MemberRole::Learner));
+        MemberList {
+            cluster_id: self.shared.cluster_id,
+            node: self.id,
+            leader: st.leader,
+            conf_index,
+            committed: conf_index <= st.commit_index,
+            members: voters.chain(learners).collect(),
+            removed: self.membership.removed().iter().copied().collect(),
+        }
+    }
+
+    /// Answers the membership change waiting at `index` (and any skipped below it).
+    fn complete_member_changes(&mut self, index: Index, term: Term) {
+        while let Some(c) = self.member_changes.first_entry() {
+            let at = *c.key();
+            if at > index {
+                break;
+            }
+            let c = c.remove();
+            let result = if at < index {
+                Err(ClientError::Timeout)
+            } else if c.term != term {
+                Err(ClientError::Unavailable(
+                    "leadership changed before the membership change committed; it was not applied".into(),
+                ))
+            } else {
+                Ok(MemberChangeReply { id: c.id, members: self.member_list() })
+            };
+            let _ = c.reply.send(result);
+        }
+    }
+
+    /// Takes in the membership news of a Ready before its messages go out: the contexts
+    /// of appended ConfChange entries (the configuration is effective on append, so a
+    /// leader must reach a new learner before the change commits) and a snapshot's
+    /// section. Returns the snapshot's state machine part.
+    fn observe_ready(&mut self, rd: &raftkv_raft::Ready) -> anyhow::Result<Option<Bytes>> {
+        let mut changed = rd.events.iter().any(|e| matches!(e, Event::ConfChanged { .. }));
+        for e in &rd.entries {
+            changed |= self.membership.observe(e);
+        }
+        let mut kv = None;
+        if let Some(snap) = &rd.snapshot {
+            let (section, data) = membership::unwrap_snapshot(&snap.data)
+                .map_err(|e| anyhow!("the snapshot at index {} from the leader is unusable: {e}", snap.meta.index))?;
+            if let Some(section) = section {
+                self.membership.restore(section);
+                self.shared.set_removed(self.membership.removed());
+            }
+            changed = true;
+            kv = Some(data);
+        }
+        if changed {
+            self.sync_peers();
+        }
+        Ok(kv)
+    }
+
+    /// A committed ConfChange was applied: a removal is final.
+    fn applied_conf_change(&mut self, entry: &raftkv_raft::Entry) {
+        self.membership.observe(entry);
+        // The committed configuration moved: links to members of neither go.
+        self.sync_peers();
+        let Ok(cc) = ConfChange::decode(&entry.data) else { return };
+        if cc.change != ConfChangeKind::Remove {
+            return;
+        }
+        // The core skips a change that was invalid where it stands; so does this.
+        let member_before = entry.index < 2 || self.raw.conf_at(entry.index - 1).is_none_or(|c| c.contains(cc.node));
+        let gone_after = self.raw.conf_at(entry.index).is_none_or(|c| !c.contains(cc.node));
+        if !(member_before && gone_after) {
+            return;
+        }
+        self.membership.remove(cc.node);
+        self.shared.set_removed(self.membership.removed());
+        tracing::info!(id = self.id, node = cc.node, index = entry.index, "a member's removal committed");
+        if cc.node == self.id && self.removed.is_none() {
+            tracing::warn!(id = self.id, index = entry.index, "this node's removal committed: stopping");
+            let why = Stopped::Removed { index: entry.index, by: None };
+            self.removed = Some((why, Instant::now() + self.cfg.election_timeout * 2));
+        }
+    }
+
+    fn removed_by_peer(&mut self, by: NodeId) {
+        if self.removed.is_none() {
+            tracing::warn!(id = self.id, by, "a peer says this node was removed from the cluster: stopping");
+            // A leader that removed itself may hear it before it handed off.
+            let grace = if self.role == Role::Leader { self.cfg.election_timeout * 2 } else { Duration::ZERO };
+            self.removed = Some((Stopped::Removed { index: 0, by: Some(by) }, Instant::now() + grace));
+        }
+    }
+
+    /// Links to exactly the other members of the latest and of the committed
+    /// configuration (to every known address while this node has none yet), and
+    /// publishes the addresses. Why the committed one too: a leader that removed
+    /// itself leads until the removal commits, and its followers must hear and answer
+    /// it until then.
+    fn sync_peers(&mut self) {
+        let mut ids: BTreeSet<NodeId> = self.raw.conf().members().collect();
+        if let Some(committed) = self.raw.conf_at(self.raw.status().commit_index) {
+            ids.extend(committed.members());
+        }
+        let members: BTreeMap<NodeId, String> = if ids.is_empty() {
+            self.membership.known()
+        } else {
+            ids.iter().filter_map(|id| Some((*id, self.membership.addr(*id)?.to_string()))).collect()
+        };
+        for id in ids.iter().filter(|id| **id != self.id && !members.contains_key(id)) {
+            tracing::warn!(id = self.id, peer = id, "no address known for a member; cannot reach it");
+        }
+        let id = self.id;
+        self.peers.retain(|peer, p| {
+            let keep = members.get(peer) == Some(&p.addr);
+            if !keep {
+                tracing::info!(id, peer, addr = %p.addr, "closing the link to a former member");
+            }
+            keep
+        });
+        for (peer, addr) in members.iter().filter(|(peer, _)| **peer != id) {
+            if !self.peers.contains_key(peer) {
+                tracing::info!(id, peer, %addr, "opening a link to a member");
+                let (sender, task) = crate::peer::spawn_peer(*peer, addr.clone(), self.link.clone());
+                self.peers.insert(*peer, Peer { addr: addr.clone(), sender, task });
+            }
+        }
+        self.shared.set_addrs(members.into_iter().collect());
+        self.members = ids;
+    }
+
+    /// The leader promotes caught-up learners that asked for it; refusals (another
+    /// change pending, the learner fell behind) are retried on the next call.
+    fn auto_promote(&mut self) {
+        if self.role != Role::Leader || self.draining.is_some() || self.removed.is_some() {
+            return;
+        }
+        let st = self.raw.status();
+        let ready: Vec<NodeId> = st
+            .conf
+            .learners
+            .iter()
+            .copied()
+            .filter(|id| self.membership.context(*id).is_some_and(|c| c.auto_promote))
+            .filter(|id| {
+                let matched = st.progress.iter().find(|p| p.0 == *id).map_or(0, |p| p.1);
+                matched > 0 && st.last_index.saturating_sub(matched) <= self.cfg.max_promotion_lag
+            })
+            .collect();
+        for node in ready {
+            match self.raw.propose_conf_change(ConfChange::new(ConfChangeKind::PromoteVoter, node, Bytes::new())) {
+                Ok((index, _)) => tracing::info!(id = self.id, node, index, "promoting a caught-up learner to voter"),
+                Err(e) => tracing::debug!(id = self.id, node, error = %e, "cannot promote a learner yet"),
+            }
+        }
+    }
+
+    /// A removed learner gets no more traffic (the leader drops non-members) and never
+    /// campaigns, so it would never learn of its removal. After three election timeouts
+    /// without a leader, a non-voter sends each peer a probe: a message of term 0, which
+    /// a member's core ignores and a peer that removed it answers with `Removed`.
+    fn probe_if_forgotten(&mut self) {
+        let quiet = self.ticks.saturating_sub(self.leader_contact);
+        if self.role == Role::Leader
+            || self.raw.conf().voters.contains(&self.id)
+            || quiet < 3 * u64::from(self.cfg.election_ticks)
+        {
+            return;
+        }
+        tracing::debug!(id = self.id, quiet_ticks = quiet, "no leader heard from; probing peers");
+        for (peer, p) in &self.peers {
+            let body = MessageBody::HeartbeatResponse { read_round: 0, missing_from: None };
+            p.sender.send(Message { from: self.id, to: *peer, term: 0, body }, Vec::new());
+        }
+    }
+
+    /// Closes every peer link. With `deliver`, first waits (bounded) for the links to
+    /// send what is queued — a leader that removed itself just queued its hand-off.
+    async fn stop_peers(&mut self, deliver: bool) {
+        let mut tasks: Vec<JoinHandle<()>> = self.peers.drain().map(|(_, p)| p.task).collect();
+        if deliver {
+            let all = futures::future::join_all(tasks.iter_mut());
+            let _ = tokio::time::timeout(self.cfg.election_timeout, all).await;
+        }
+        for t in tasks {
+            t.abort();
+        }
+    }
+
     // ---- shutdown ----
 
-    async fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    async fn finish(mut self, result: anyhow::Result<Stopped>) -> anyhow::Result<Stopped> {
         for (_, mut w) in std::mem::take(&mut self.writes) {
             if let Some(t) = &mut w.trace {
                 t.end_propose(false);
             }
             let _ = w.reply.send(Err(ClientError::Timeout));
+        }
+        for (_, c) in std::mem::take(&mut self.member_changes) {
+            let _ = c.reply.send(Err(ClientError::Timeout));
         }
         for (_, r) in std::mem::take(&mut self.reads) {
             let _ = r.reply.send(Err(shutting_down()));
@@ -964,7 +1328,8 @@ impl Node {
             tracing::warn!(id = self.id, error = %e, "could not write the last commit index");
         }
         let dropped: u64 =
-            self.peers.values().map(|p| p.stats().dropped.load(std::sync::atomic::Ordering::Relaxed)).sum();
+            self.peers.values().map(|p| p.sender.stats().dropped.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        self.stop_peers(matches!(result, Ok(Stopped::Removed { .. }))).await;
         tracing::info!(id = self.id, dropped_peer_messages = dropped, "shutting down: stopping the storage writer");
         if let Some(writer) = self.writer.take() {
             match tokio::task::spawn_blocking(move || writer.shutdown()).await {

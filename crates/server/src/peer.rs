@@ -17,8 +17,6 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-/// The cluster id sent with every batch (see the crate documentation).
-pub(crate) const CLUSTER_ID: u64 = 0;
 /// Messages waiting for one peer; more are dropped.
 const QUEUE_CAPACITY: usize = 4096;
 /// Upper bounds on one `raft` RPC.
@@ -75,18 +73,31 @@ impl PeerSender {
     }
 }
 
+/// What every peer link of a node shares: who sends, in which cluster, and where to
+/// report that a peer said this node was removed.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkContext {
+    pub node: NodeId,
+    pub cluster_id: u64,
+    /// Receives the id of a peer that answered [`PeerError::Removed`] for this node.
+    pub removed_tx: mpsc::Sender<NodeId>,
+}
+
 /// Starts the task that delivers messages to peer `id` at `addr` (resolved on every
-/// connection attempt). It ends once its [`PeerSender`] is dropped.
-pub(crate) fn spawn_peer(id: NodeId, addr: String) -> (PeerSender, JoinHandle<()>) {
+/// connection attempt). It ends once its [`PeerSender`] is dropped and its queue is
+/// delivered (or dropped).
+pub(crate) fn spawn_peer(id: NodeId, addr: String, link: LinkContext) -> (PeerSender, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stats = Arc::new(PeerStats::default());
-    let task = tokio::spawn(PeerLink { id, addr, rx, stats: stats.clone(), conn: None, backoff: MIN_BACKOFF }.run());
+    let peer = PeerLink { id, addr, link, rx, stats: stats.clone(), conn: None, backoff: MIN_BACKOFF };
+    let task = tokio::spawn(peer.run());
     (PeerSender { id, tx, stats }, task)
 }
 
 struct PeerLink {
     id: NodeId,
     addr: String,
+    link: LinkContext,
     rx: mpsc::Receiver<Outbound>,
     stats: Arc<PeerStats>,
     conn: Option<RaftKvClient>,
@@ -97,6 +108,8 @@ impl PeerLink {
     async fn run(mut self) {
         let mut carry: Option<Outbound> = None;
         let mut healthy = true;
+        // Why: a peer of another cluster refuses every batch; say so once per episode.
+        let mut wrong_cluster_logged = false;
         loop {
             let first = match carry.take() {
                 Some(m) => m,
@@ -148,17 +161,40 @@ impl PeerLink {
             // Why a span only for traced batches: tarpc's client span (and so the
             // trace context the peer receives) exists only inside one of ours, and
             // heartbeats must not open traces.
+            let cluster_id = self.link.cluster_id;
             let result = match traces.split_first() {
-                None => client.raft(ctx, CLUSTER_ID, batch, Vec::new()).await,
+                None => client.raft(ctx, cluster_id, batch, Vec::new()).await,
                 Some((parent, others)) => {
                     let span = self.replicate_span(&batch, parent, others);
                     let links = others.iter().map(crate::trace::to_link).collect();
-                    async { client.raft(ctx, CLUSTER_ID, batch, links).await }.instrument(span).await
+                    async { client.raft(ctx, cluster_id, batch, links).await }.instrument(span).await
                 }
             };
             match result {
                 Ok(Ok(())) => {
                     self.stats.sent.fetch_add(n, Ordering::Relaxed);
+                    wrong_cluster_logged = false;
+                }
+                Ok(Err(PeerError::WrongCluster { expected, got })) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    if !std::mem::replace(&mut wrong_cluster_logged, true) {
+                        tracing::error!(
+                            peer = self.id,
+                            addr = %self.addr,
+                            peer_cluster = format!("{expected:016x}"),
+                            our_cluster = format!("{got:016x}"),
+                            "the peer belongs to another cluster and refuses our messages: is {} the \
+                             address of another cluster's node?",
+                            self.addr
+                        );
+                    }
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                }
+                Ok(Err(PeerError::Removed { id })) if id == self.link.node => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(peer = self.id, id, "the peer says this node was removed from the cluster");
+                    let _ = self.link.removed_tx.try_send(self.id);
+                    tokio::time::sleep(MAX_BACKOFF).await;
                 }
                 Ok(Err(e)) => {
                     self.stats.dropped.fetch_add(n, Ordering::Relaxed);

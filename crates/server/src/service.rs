@@ -1,7 +1,8 @@
 //! The tarpc [`RaftKv`] service: validates requests, hands them to the Raft loop through
 //! bounded channels and waits for the answer within the request's deadline.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,13 +23,76 @@ use crate::node::{RaftBatch, ReadOp, ReadOutput, Request};
 /// No request waits longer than this, whatever deadline its client set.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// A peer of another cluster is logged at most this often.
+const WRONG_CLUSTER_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// One clone per connection; all share the node's input channels.
 #[derive(Clone)]
 pub(crate) struct Service {
     pub id: NodeId,
-    pub peers: Arc<Vec<(NodeId, String)>>,
+    pub shared: Arc<Shared>,
     pub raft_tx: mpsc::Sender<RaftBatch>,
     pub client_tx: mpsc::Sender<Request>,
+}
+
+/// What the service needs to know of the Raft loop's state without asking it: the
+/// cluster, the removed ids (to refuse their traffic), the members' addresses.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cluster_id: u64,
+    removed: RwLock<BTreeSet<NodeId>>,
+    addrs: RwLock<Vec<(NodeId, String)>>,
+    wrong_cluster_logged: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    pub fn new(cluster_id: u64) -> Shared {
+        Shared {
+            cluster_id,
+            removed: RwLock::default(),
+            addrs: RwLock::default(),
+            wrong_cluster_logged: Mutex::new(None),
+        }
+    }
+
+    pub fn set_removed(&self, removed: &BTreeSet<NodeId>) {
+        if let Ok(mut r) = self.removed.write() {
+            r.clone_from(removed);
+        }
+    }
+
+    fn is_removed(&self, id: NodeId) -> bool {
+        self.removed.read().is_ok_and(|r| r.contains(&id))
+    }
+
+    /// The members and their addresses, for status.
+    pub fn set_addrs(&self, addrs: Vec<(NodeId, String)>) {
+        if let Ok(mut a) = self.addrs.write() {
+            *a = addrs;
+        }
+    }
+
+    pub fn addrs(&self) -> Vec<(NodeId, String)> {
+        self.addrs.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Logs a refused batch of another cluster, at most every
+    /// [`WRONG_CLUSTER_LOG_EVERY`].
+    fn warn_wrong_cluster(&self, got: u64, from: Option<NodeId>) {
+        let Ok(mut last) = self.wrong_cluster_logged.lock() else { return };
+        let now = Instant::now();
+        if last.is_some_and(|at| now < at + WRONG_CLUSTER_LOG_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        tracing::warn!(
+            from = ?from,
+            their_cluster = format!("{got:016x}"),
+            our_cluster = format!("{:016x}", self.cluster_id),
+            "refusing raft messages of another cluster (further refusals are not logged for {}s)",
+            WRONG_CLUSTER_LOG_EVERY.as_secs()
+        );
+    }
 }
 
 impl Service {
@@ -80,10 +144,19 @@ impl RaftKv for Service {
     async fn raft(
         self,
         ctx: Context,
-        _cluster_id: u64,
+        cluster_id: u64,
         messages: Vec<Message>,
         links: Vec<TraceLink>,
     ) -> Result<(), PeerError> {
+        if cluster_id != self.shared.cluster_id {
+            self.shared.warn_wrong_cluster(cluster_id, messages.first().map(|m| m.from));
+            return Err(PeerError::WrongCluster { expected: self.shared.cluster_id, got: cluster_id });
+        }
+        // Why here and not in the loop: the loop drops non-members' messages silently;
+        // a removed node must hear that it was removed, so it stops for good.
+        if let Some(m) = messages.iter().find(|m| self.shared.is_removed(m.from)) {
+            return Err(PeerError::Removed { id: m.from });
+        }
         if messages.is_empty() {
             return Ok(());
         }
@@ -218,8 +291,8 @@ impl RaftKv for Service {
             applied_index: 0,
             last_index: 0,
             snapshot_index: 0,
-            peers: self.peers.as_ref().clone(),
-            cluster_id: 0,
+            peers: self.shared.addrs(),
+            cluster_id: self.shared.cluster_id,
         };
         let (reply, rx) = oneshot::channel();
         if self.client_tx.try_send(Request::Status(reply)).is_err() {
@@ -238,12 +311,21 @@ impl RaftKv for Service {
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
-    // SCAFFOLD (issue 8, being built): replaced by the membership implementation.
-    async fn members(self, _: Context) -> Result<MemberList, ClientError> {
-        Err(ClientError::Internal("membership is not implemented yet".into()))
+    async fn members(self, ctx: Context) -> Result<MemberList, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::Members(reply))?;
+        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
-    async fn change_member(self, _: Context, _: MemberChange) -> Result<MemberChangeReply, ClientError> {
-        Err(ClientError::Internal("membership is not implemented yet".into()))
+    async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
+        tracing::info!(node = self.id, ?change, "membership change requested");
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::ChangeMember { change, reply })?;
+        // Why Timeout when the loop is gone: the change may have been proposed already.
+        let result = wait(ctx, rx, ClientError::Timeout).await;
+        if let Err(e) = &result {
+            tracing::info!(node = self.id, error = %e, "membership change not done");
+        }
+        result
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use raftkv_kv::{Command, WriteOp, WriteResult};
 use raftkv_rpc::tarpc::context;
 use raftkv_rpc::{ClientError, RaftKvClient, ReadConsistency};
-use raftkv_server::NodeConfig;
+use raftkv_server::{ClusterConfig, NodeConfig};
 use raftkv_storage::FsyncPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -51,6 +51,7 @@ impl Cluster {
             heartbeat_ticks: 1,
             snapshot_entries: 8,
             fsync: FsyncPolicy::Always,
+            cluster: ClusterConfig::found(self.addrs[&id].to_string()),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(raftkv_server::serve(cfg, listener, async move {
