@@ -13,9 +13,13 @@
 #   3. runs the client container from k8s/validate-pod.yaml: validate; kill the
 #      leader's container and recreate it on the same volume, validate; disconnect
 #      the new leader from the network (a lost node), validate with the majority;
-#      reconnect it and require it to catch up; SIGTERM the leader and require a
-#      clean hand-off. Every validate after the first also re-reads, linearizably,
-#      every key acknowledged by the earlier runs (--expect-data): zero lost writes.
+#      reconnect it and require it to catch up; scale 3 -> 5 -> 3 under a write load
+#      (raft-3 and raft-4 started from the manifest join through raft-0..2 and are
+#      promoted by the leader; then `raftkv member remove` of the two highest ids, which
+#      exit 0, and their containers and volumes are deleted, as a scale-down does);
+#      SIGTERM the leader and require a clean hand-off. Every validate after the first
+#      also re-reads, linearizably, every key acknowledged by the earlier runs
+#      (--expect-data): zero lost writes.
 #
 # The leader is always found from `raftkv status --json`, never from logs. Every wait
 # is a deadline-bounded poll. Everything it creates (containers, network, volumes,
@@ -35,6 +39,8 @@ label="raftkv.rehearsal=$run_id"
 net="raftkv-rehearsal-$run_id"
 service="raft-service"
 replicas=3
+# Pods raft-<replicas>.. exist only while the cluster is scaled up.
+max_pods=5
 server_image="raftkv-server:rehearsal-$run_id"
 client_image="raftkv-client:rehearsal-$run_id"
 tmp="$(mktemp -d -t raftkv-rehearsal.XXXXXX)"
@@ -115,7 +121,7 @@ pass() {
 
 dump_logs() {
   local i
-  for i in $(seq 0 $((replicas - 1))); do
+  for i in $(seq 0 $((max_pods - 1))); do
     if docker inspect "$(pod_host "$i")" >/dev/null 2>&1; then
       echo "---- last log lines of $(pod_host "$i") ----" >&2
       docker logs --tail 25 "$(pod_host "$i")" 2>&1 | cut -c1-400 >&2 || true
@@ -395,6 +401,64 @@ validate "4: all nodes back" --expect-data=/rehearsal/run1.tsv --expect-data=/re
   --expect-data=/rehearsal/run3.tsv --write-data=/rehearsal/run4.tsv
 keys=$(cat "$tmp"/client/run{1,2,3}.tsv | wc -l)
 pass "zero lost acknowledged writes: all $keys keys of runs 1-3 read back after every fault"
+
+# ---- 4. scale 3 -> 5 -> 3 under a write load ----
+# As `kubectl scale statefulset raft --replicas=5` and back would: raft-3 and raft-4
+# start from the manifest unchanged (an ordinal >= --replicas joins through raft-0..2,
+# i.e. --join, asking for id ordinal + 1); the leader promotes them once caught up.
+# Then the two highest ids are removed with `raftkv member remove`; a removed node
+# exits 0 by itself, and its container and volume are deleted (whenScaled: Delete).
+# A validate runs in the background throughout: it is the write load.
+members_json() { client member list --json --timeout=5s 2>/dev/null; }
+
+# voters_are N: the committed configuration is N voters and no learner.
+voters_are() {
+  members_json | "$py" -c '
+import json, sys
+v = json.load(sys.stdin)
+roles = [m["role"] for m in v["members"]]
+sys.exit(0 if v["committed"] and roles.count("Voter") == len(roles) == int(sys.argv[1]) else 1)' "$1"
+}
+
+# exited_0 CONTAINER: it has stopped by itself with exit code 0.
+exited_0() {
+  [ "$(docker inspect -f '{{.State.Running}} {{.State.ExitCode}}' "$1" 2>/dev/null)" = "false 0" ]
+}
+
+log "write load: validate (run 5) in the background while the cluster scales 3 -> 5 -> 3"
+client --pod-args --quiet --duration=25s --expect-data=/rehearsal/run4.tsv \
+  --write-data=/rehearsal/run5.tsv > "$tmp/load.out" 2>&1 &
+load_pid=$!
+client_n=$((client_n + 1)) # the background run took the next client name
+for i in $(seq "$replicas" $((max_pods - 1))); do start_replica "$i"; done
+for i in $(seq "$replicas" $((max_pods - 1))); do
+  wait_until 30 "$(pod_host "$i") /readyz" is_ready "$i"
+done
+wait_until 60 "5 voters in the committed configuration" voters_are 5
+pass "scaled up: raft-3 and raft-4 joined and were promoted; 5 voters (raftkv member list --json)"
+
+# The two highest ids, with the container each one runs in (its address's host).
+victims="$(members_json | "$py" -c '
+import json, sys
+for m in sorted(json.load(sys.stdin)["members"], key=lambda m: m["id"])[-2:]:
+    print(m["id"], m["addr"].rsplit(":", 1)[0])')" || fail "cannot read the member list"
+while read -r id container; do
+  log "raftkv member remove $id ($container)"
+  client member remove "$id" --timeout=30s || fail "raftkv member remove $id failed"
+  wait_until 30 "$container to exit 0 after its removal" exited_0 "$container"
+  docker rm -f "$container" >/dev/null
+  docker volume rm -f "raftkv-rehearsal-$run_id-data-${container%%.*}" >/dev/null
+done <<< "$victims"
+wait_until 30 "3 voters in the committed configuration" voters_are 3
+kill -0 "$load_pid" 2>/dev/null || log "note: the write load ended before the scale-down did"
+pass "scaled down: removed nodes $(echo "$victims" | cut -d' ' -f1 | tr '\n' ' ')(each exited 0); 3 voters"
+wait "$load_pid" || true
+sed 's/^/    /' "$tmp/load.out"
+[ "$(tail -1 "$tmp/load.out")" = SUCCESS ] || fail "the validate under the scaling load did not end with SUCCESS"
+validate "6: after 3 -> 5 -> 3" --expect-data=/rehearsal/run1.tsv --expect-data=/rehearsal/run2.tsv \
+  --expect-data=/rehearsal/run3.tsv --expect-data=/rehearsal/run4.tsv --expect-data=/rehearsal/run5.tsv
+keys=$(cat "$tmp"/client/run{1,2,3,4,5}.tsv | wc -l)
+pass "zero lost acknowledged writes across 3 -> 5 -> 3: all $keys keys of runs 1-5 read back"
 
 # SIGTERM the leader (a pod deletion with its grace period): it hands off and exits 0.
 leader="$(find_leader)" || fail "no leader within 30s"

@@ -1,4 +1,5 @@
 //! The single-operation commands: put, get, delete, cas, scan, status, transfer-leader.
+//! (`member` is in `member.rs`.)
 
 use std::io::Write;
 
@@ -155,6 +156,7 @@ fn status_json(endpoint: &str, s: &Result<NodeStatus, ClientError>) -> serde_jso
             "applied_index": s.applied_index,
             "last_index": s.last_index,
             "snapshot_index": s.snapshot_index,
+            "cluster_id": s.cluster_id,
         }),
         Err(e) => json!({"endpoint": endpoint, "reachable": false, "error": e.to_string()}),
     }
@@ -162,7 +164,7 @@ fn status_json(endpoint: &str, s: &Result<NodeStatus, ClientError>) -> serde_jso
 
 /// An aligned table, one row per endpoint.
 pub fn status_table(statuses: &[(String, Result<NodeStatus, ClientError>)]) -> String {
-    let header = ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "REACHABLE"];
+    let header = ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "CLUSTER", "REACHABLE"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for (endpoint, s) in statuses {
         rows.push(match s {
@@ -174,11 +176,13 @@ pub fn status_table(statuses: &[(String, Result<NodeStatus, ClientError>)]) -> S
                 s.leader.map_or("-".into(), |l| l.to_string()),
                 s.commit_index.to_string(),
                 s.applied_index.to_string(),
+                // Hex, as the servers log it; 0: a joining node that has no cluster yet.
+                if s.cluster_id == 0 { "-".into() } else { format!("{:016x}", s.cluster_id) },
                 "yes".into(),
             ],
             Err(e) => {
                 let mut row = vec![endpoint.clone()];
-                row.extend(std::iter::repeat_n("-".to_string(), 6));
+                row.extend(std::iter::repeat_n("-".to_string(), header.len() - 2));
                 row.push(format!("no ({})", e.to_string().trim_start_matches("unreachable: ")));
                 row
             }
@@ -221,10 +225,14 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(
-            lines[0].starts_with("ENDPOINT        ID  ROLE    TERM  LEADER  COMMIT  APPLIED  REACHABLE"),
+            lines[0]
+                .starts_with("ENDPOINT        ID  ROLE    TERM  LEADER  COMMIT  APPLIED  CLUSTER           REACHABLE"),
             "{table}"
         );
-        assert!(lines[1].starts_with("127.0.0.1:7001  1   leader  12    1       100     99       yes"), "{table}");
+        assert!(
+            lines[1].starts_with("127.0.0.1:7001  1   leader  12    1       100     99       0000000000000007  yes"),
+            "{table}"
+        );
         assert!(lines[2].contains("no (127.0.0.1:7002: refused)"), "{table}");
         let col = |l: &str| l.find("REACHABLE").or_else(|| l.find("yes")).or_else(|| l.find("no ("));
         assert_eq!(col(lines[0]), col(lines[1]));

@@ -7,6 +7,7 @@
 mod demo;
 mod duration;
 mod kv;
+mod member;
 mod up;
 mod validate;
 
@@ -48,7 +49,7 @@ pub struct Global {
     #[arg(long, global = true, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     pub timeout: Duration,
 
-    /// Print machine-readable JSON (put, delete, cas, get, scan, status).
+    /// Print machine-readable JSON (put, delete, cas, get, scan, status, member).
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -89,8 +90,12 @@ enum Cmd {
         #[arg(long)]
         stale: bool,
     },
-    /// Show every endpoint's id, role, term, leader, commit and applied index.
+    /// Show every endpoint's id, role, term, leader, commit and applied index, and the
+    /// id of the cluster it belongs to.
     Status,
+    /// Show or change the cluster's members (list, add, promote, remove).
+    #[command(subcommand)]
+    Member(member::MemberCmd),
     /// Ask the leader to hand leadership to TARGET (or to the most caught-up peer).
     TransferLeader { target: Option<u64> },
     /// Check the cluster end to end: writes, linearizable reads, cas, delete, and a
@@ -183,6 +188,7 @@ async fn run(global: Global, command: Cmd) -> CliResult {
         Cmd::Scan { prefix, limit, stale } => kv::scan(&global, prefix, limit, stale).await,
         Cmd::Status => kv::status(&global).await,
         Cmd::TransferLeader { target } => kv::transfer_leader(&global, target).await,
+        Cmd::Member(cmd) => member::command(&global, cmd).await,
         Cmd::Validate(args) => validate::command(&global, args).await,
         Cmd::Up(args) => up::command(&global, args).await,
         Cmd::Demo(args) => demo::command(&global, args).await,

@@ -3,11 +3,11 @@
 /// Why an operation did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The deadline passed after a write may have been sent. It may or may not have
-    /// been applied (and may still be applied later). Retry it with
-    /// [`Client::retry_unknown`](crate::Client::retry_unknown) to learn its fate
-    /// without applying it twice.
-    #[error("outcome unknown: {0}; the write may or may not have been applied")]
+    /// The deadline passed after a write (or membership change) may have been sent.
+    /// It may or may not have been applied (and may still be applied later). Retry a
+    /// write with [`Client::retry_unknown`](crate::Client::retry_unknown) to learn its
+    /// fate without applying it twice; read the member list to learn a change's.
+    #[error("outcome unknown: {0}; it may or may not have been applied")]
     Unknown(String),
     /// The deadline passed for a read (or status-like request) without any leader
     /// answering. Nothing was changed.

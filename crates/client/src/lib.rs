@@ -19,9 +19,12 @@
 //!   only built from a leader's reply sent after the entry was committed and applied;
 //! - report failure for a write whose outcome is unknown: once a write may have
 //!   reached a server, any failure to learn its fate is [`ClientError::Unknown`]
-//!   ("the write may or may not have been applied"), never a plain error. Only
-//!   errors the server returns before proposing anything (an invalid request) are
-//!   definite failures ([`ClientError::Rejected`]).
+//!   ("it may or may not have been applied"), never a plain error. Only errors the
+//!   server returns before proposing anything (an invalid request) are definite
+//!   failures ([`ClientError::Rejected`]). The same holds for membership changes
+//!   ([`Client::change_member`]), which the servers do not deduplicate: when a retry
+//!   of a change that may have been applied is refused, the leader's member list
+//!   decides (done, refused, or unknown), never the refusal alone.
 //!
 //! [`local`] starts and stops local server processes, for the CLI's `up` and `demo`
 //! and for integration tests.
@@ -35,4 +38,7 @@ pub use client::{Client, ClientOptions, WriteOutcome};
 pub use error::ClientError;
 pub use raftkv_kv::{WriteOp, WriteResult};
 pub use raftkv_raft::NodeId;
-pub use raftkv_rpc::{GetReply, NodeStatus, ReadConsistency, ScanReply};
+pub use raftkv_rpc::{
+    GetReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus, ReadConsistency,
+    ScanReply,
+};

@@ -8,7 +8,9 @@
 //! `<dir>/node-<id>.log` and its data in `<dir>/node-<id>`. Children are killed if
 //! their [`NodeProcess`] is dropped while they still run.
 //!
-//! The server's command line is built in one place, [`server_args`].
+//! A node starts either as a member of the initial configuration (`--peers`) or as a
+//! new node asking the others to add it ([`LocalCluster::join`], `--join`). The
+//! server's command line is built in one place, [`server_args`].
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -71,14 +73,24 @@ impl ServerCommand {
     }
 }
 
+/// How a node finds its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A member of the initial configuration (`--peers`): every member, itself
+    /// included, as `(id, host:port)`.
+    Peers(Vec<(NodeId, String)>),
+    /// A new node (`--join`): it asks these members (`host:port`) to add it as a
+    /// learner that the leader promotes once it has caught up.
+    Join(Vec<String>),
+}
+
 /// How to run one node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
     /// `host:port` it listens on (clients and peers).
     pub addr: String,
-    /// Every member, itself included: `(id, host:port)`.
-    pub members: Vec<(NodeId, String)>,
+    pub bootstrap: Bootstrap,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     /// Appended to the server arguments.
@@ -87,14 +99,20 @@ pub struct NodeConfig {
 
 /// The server command line for a node: the one place that knows its flag names.
 pub fn server_args(cfg: &NodeConfig) -> Vec<OsString> {
-    let peers: Vec<String> = cfg.members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+    let (flag, value) = match &cfg.bootstrap {
+        Bootstrap::Peers(members) => {
+            let peers: Vec<String> = members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+            ("--peers", peers.join(","))
+        }
+        Bootstrap::Join(seeds) => ("--join", seeds.join(",")),
+    };
     let mut args: Vec<OsString> = vec![
         "--id".into(),
         cfg.id.to_string().into(),
         "--listen".into(),
         cfg.addr.clone().into(),
-        "--peers".into(),
-        peers.join(",").into(),
+        flag.into(),
+        value.into(),
         "--data-dir".into(),
         cfg.data_dir.clone().into_os_string(),
     ];
@@ -141,13 +159,15 @@ pub struct NodeProcess {
     config: NodeConfig,
     command: ServerCommand,
     child: Option<Child>,
+    /// How the last run ended, once it was reaped (`None` while running).
+    exited: Option<ExitStatus>,
 }
 
 impl NodeProcess {
     /// Starts the node (creating its data directory's parent and appending its output
     /// to its log file).
     pub fn spawn(command: &ServerCommand, config: NodeConfig) -> io::Result<Self> {
-        let mut node = NodeProcess { config, command: command.clone(), child: None };
+        let mut node = NodeProcess { config, command: command.clone(), child: None, exited: None };
         node.start()?;
         Ok(node)
     }
@@ -181,6 +201,7 @@ impl NodeProcess {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", self.command.program.display())))?;
         tracing::debug!(id = self.config.id, pid = child.id(), addr = %self.config.addr, "node started");
         self.child = Some(child);
+        self.exited = None;
         Ok(())
     }
 
@@ -204,6 +225,11 @@ impl NodeProcess {
         &self.config
     }
 
+    /// Changes the configuration its next [`restart`](Self::restart) uses.
+    pub fn config_mut(&mut self) -> &mut NodeConfig {
+        &mut self.config
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
@@ -213,11 +239,26 @@ impl NodeProcess {
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut().map(Child::try_wait) {
             Some(Ok(None)) => true,
-            Some(_) => {
+            Some(status) => {
+                self.exited = status.ok().flatten();
                 self.child = None;
                 false
             }
             None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (it is sent no
+    /// signal); returns its exit status, or `None` if it still runs (or never ran).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else { return Ok(self.exited) };
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => {
+                self.exited = Some(status?);
+                self.child = None;
+                Ok(self.exited)
+            }
+            Err(_) => Ok(None),
         }
     }
 
@@ -271,10 +312,12 @@ pub struct LocalClusterOptions {
     pub extra_args: Vec<String>,
 }
 
-/// A cluster of local server processes, with ids `1..=n`.
+/// A cluster of local server processes, with ids `1..=n` at the start.
 pub struct LocalCluster {
     nodes: Vec<NodeProcess>,
     dir: PathBuf,
+    command: ServerCommand,
+    extra_args: Vec<String>,
 }
 
 impl LocalCluster {
@@ -296,20 +339,45 @@ impl LocalCluster {
         std::fs::create_dir_all(&opts.dir)?;
         let members: Vec<(NodeId, String)> =
             ports.iter().enumerate().map(|(i, p)| (i as NodeId + 1, format!("127.0.0.1:{p}"))).collect();
-        let mut nodes = Vec::new();
+        let mut cluster =
+            LocalCluster { nodes: Vec::new(), dir: opts.dir, command: opts.command, extra_args: opts.extra_args };
         for (id, addr) in &members {
-            let config = NodeConfig {
-                id: *id,
-                addr: addr.clone(),
-                members: members.clone(),
-                data_dir: opts.dir.join(format!("node-{id}")),
-                log_path: opts.dir.join(format!("node-{id}.log")),
-                extra_args: opts.extra_args.clone(),
-            };
-            // On error, the nodes already started are killed as `nodes` drops.
-            nodes.push(NodeProcess::spawn(&opts.command, config)?);
+            // On error, the nodes already started are killed as `cluster` drops.
+            cluster.spawn(*id, addr.clone(), Bootstrap::Peers(members.clone()))?;
         }
-        Ok(LocalCluster { nodes, dir: opts.dir })
+        Ok(cluster)
+    }
+
+    /// Starts node `id` at `addr`, its data in `<dir>/node-<id>`, and adds it to the list.
+    fn spawn(&mut self, id: NodeId, addr: String, bootstrap: Bootstrap) -> io::Result<&mut NodeProcess> {
+        let config = NodeConfig {
+            id,
+            addr,
+            bootstrap,
+            data_dir: self.dir.join(format!("node-{id}")),
+            log_path: self.dir.join(format!("node-{id}.log")),
+            extra_args: self.extra_args.clone(),
+        };
+        self.nodes.push(NodeProcess::spawn(&self.command, config)?);
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    /// Starts a new node `id` on a free port that asks the other nodes to add it
+    /// (`--join`, with every other node's address as a seed).
+    pub fn join(&mut self, id: NodeId) -> io::Result<&mut NodeProcess> {
+        if self.node(id).is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("node {id} is already in the cluster")));
+        }
+        let seeds = self.endpoints();
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        self.spawn(id, addr, Bootstrap::Join(seeds))
+    }
+
+    /// Takes node `id` out of the list (e.g. once it was removed from the
+    /// configuration); the caller owns its process from then on.
+    pub fn take_node(&mut self, id: NodeId) -> Option<NodeProcess> {
+        let i = self.nodes.iter().position(|n| n.id() == id)?;
+        Some(self.nodes.remove(i))
     }
 
     pub fn dir(&self) -> &Path {

@@ -1,7 +1,7 @@
 //! Shared helpers of the process-level tests: the `raftkv-server` and `raftkv`
 //! executables (built once per test binary when missing or stale), a 3-node cluster of
-//! real server processes in a temporary directory, a bounded write load, and running
-//! the CLI with a deadline.
+//! real server processes in a temporary directory (which nodes may join and leave), a
+//! bounded write load, and running the CLI with a deadline.
 //!
 //! Every wait here is a deadline-bounded poll of a condition
 //! ([`raftkv_client::local::poll_until`]); nothing sleeps in place of a condition.
@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use raftkv_client::local::{LocalCluster, LocalClusterOptions, SERVER_BIN_ENV, ServerCommand, poll_until};
-use raftkv_client::{Client, ClientError, ClientOptions, NodeId, NodeStatus};
+use raftkv_client::local::{
+    Bootstrap, LocalCluster, LocalClusterOptions, NodeConfig, NodeProcess, SERVER_BIN_ENV, ServerCommand, poll_until,
+};
+use raftkv_client::{Client, ClientError, ClientOptions, MemberList, NodeId, NodeStatus};
 use tokio::task::JoinSet;
 
 // ---- executables ----------------------------------------------------------------------
@@ -160,16 +162,23 @@ fn cargo_build(profile_dir: &Path) -> Result<(), String> {
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// A generous bound on a restarted node catching up.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
+/// A generous bound on a node exiting by itself (e.g. once removed from the cluster).
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Overall deadline of one client operation (retries included).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest scan a server answers.
 pub const SCAN_ALL: u32 = 10_000;
+
+/// The server flags of every test node: 50 ms ticks (elections in ~0.5-1 s).
+const TEST_FLAGS: [&str; 2] = ["--tick-ms", "50"];
 
 /// A 3-node cluster of real `raftkv-server` processes on free 127.0.0.1 ports, with
 /// data and logs in a temporary directory. The processes are killed when it drops; if
 /// the test is failing, the tail of every node's log is printed and the directory kept.
 pub struct TestCluster {
     cluster: LocalCluster,
+    /// Nodes taken out of the cluster (removed members), kept for their logs.
+    retired: Vec<NodeProcess>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -178,8 +187,7 @@ impl TestCluster {
     pub fn start(extra: &[&str]) -> TestCluster {
         let bins = binaries();
         let dir = tempfile::Builder::new().prefix("raftkv-test-").tempdir().expect("temp dir");
-        let mut extra_args: Vec<String> = vec!["--tick-ms".into(), "50".into()];
-        extra_args.extend(extra.iter().map(|s| s.to_string()));
+        let extra_args: Vec<String> = TEST_FLAGS.iter().chain(extra).map(|s| s.to_string()).collect();
         let cluster = LocalCluster::start(LocalClusterOptions {
             nodes: 3,
             base_port: None,
@@ -188,7 +196,37 @@ impl TestCluster {
             extra_args,
         })
         .expect("start the nodes");
-        TestCluster { cluster, dir: Some(dir) }
+        TestCluster { cluster, retired: Vec::new(), dir: Some(dir) }
+    }
+
+    /// The temporary directory of the nodes' data and logs.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("kept until drop").path()
+    }
+
+    /// Starts node `id` with `--join` (every current node a seed); returns its address.
+    pub fn join(&mut self, id: NodeId) -> String {
+        let node = self.cluster.join(id).unwrap_or_else(|e| panic!("start node {id} with --join: {e}"));
+        node.addr().to_string()
+    }
+
+    /// Takes node `id` out of the cluster (a removed member): it no longer counts in
+    /// [`leader`](Self::leader), [`all_caught_up`](Self::all_caught_up) or the
+    /// endpoints; [`retired`](Self::retired) gives it back.
+    pub fn retire(&mut self, id: NodeId) -> &mut NodeProcess {
+        let node = self.cluster.take_node(id).unwrap_or_else(|| panic!("no node {id}"));
+        self.retired.push(node);
+        self.retired.last_mut().expect("just pushed")
+    }
+
+    /// A node taken out by [`retire`](Self::retire).
+    pub fn retired(&mut self, id: NodeId) -> &mut NodeProcess {
+        self.retired.iter_mut().find(|n| n.id() == id).unwrap_or_else(|| panic!("no retired node {id}"))
+    }
+
+    /// The configuration as the leader sees it.
+    pub async fn members(&self) -> MemberList {
+        self.client().members().await.unwrap_or_else(|e| panic!("member list: {e}"))
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -308,19 +346,38 @@ impl Drop for TestCluster {
         if !std::thread::panicking() {
             return;
         }
-        for node in self.cluster.nodes() {
-            let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!("---- node {} ({}), last {} log lines ----", node.id(), node.addr(), tail.len());
-            for line in tail {
-                eprintln!("{line}");
-            }
+        for node in self.cluster.nodes().iter().chain(&self.retired) {
+            print_log_tail(node);
         }
         if let Some(dir) = self.dir.take() {
             eprintln!("---- data and logs kept in {} ----", dir.keep().display());
         }
     }
+}
+
+/// Prints the last 40 lines of a node's log to stderr.
+pub fn print_log_tail(node: &NodeProcess) {
+    let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(40)..];
+    eprintln!("---- node {} ({}), last {} log lines ----", node.id(), node.addr(), tail.len());
+    for line in tail {
+        eprintln!("{line}");
+    }
+}
+
+/// Starts one test node (the test flags plus `extra`) with data and log under `dir`.
+pub fn spawn_node(dir: &Path, id: NodeId, addr: &str, bootstrap: Bootstrap, extra: &[&str]) -> NodeProcess {
+    let config = NodeConfig {
+        id,
+        addr: addr.to_string(),
+        bootstrap,
+        data_dir: dir.join(format!("node-{id}")),
+        log_path: dir.join(format!("node-{id}.log")),
+        extra_args: TEST_FLAGS.iter().chain(extra).map(|s| s.to_string()).collect(),
+    };
+    NodeProcess::spawn(&ServerCommand::binary(&binaries().server), config)
+        .unwrap_or_else(|e| panic!("start node {id} at {addr}: {e}"))
 }
 
 pub fn text(b: &[u8]) -> String {
