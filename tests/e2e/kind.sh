@@ -14,7 +14,12 @@
 #   6. restarts the node and requires the replica on it to be Ready and caught up;
 #   7. every validation after the first re-reads every key acknowledged by the
 #      earlier ones (--expect-data): data written before each fault is still there;
-#   8. exits non-zero on any failure.
+#   8. scales the StatefulSet 3 -> 5 while a validation writes: raft-3 and raft-4 join
+#      as learners and are promoted (5 voters in `raftkv member list --json`); then
+#      removes their members with `raftkv member remove` while another validation
+#      writes, scales back to 3 and requires their claims gone and a final validation
+#      that re-reads every acknowledged key;
+#   9. exits non-zero on any failure.
 #
 # Keys a validation committed reach the next one without any volume: the Pod runs
 # `validate --write-data=/dev/stdout`, the script keeps the `key<TAB>value` lines of its
@@ -45,7 +50,7 @@ cleanup() {
   if [ "$rc" != 0 ]; then
     log "FAILURE: diagnostics follow"
     k get pods -o wide 2>/dev/null || true
-    for p in raft-0 raft-1 raft-2; do
+    for p in raft-0 raft-1 raft-2 raft-3 raft-4; do
       echo "---- last log lines of $p ----"
       k logs "$p" --tail 20 2>/dev/null | cut -c1-300 || true
     done
@@ -115,7 +120,8 @@ client_n=0
 # log; returns 0 if it Succeeded.
 client_pod() {
   client_n=$((client_n + 1))
-  local name="raft-e2e-client-$client_n" args phase deadline
+  # $BASHPID: a client Pod started from a background subshell gets a name of its own.
+  local name="raft-e2e-client-$client_n-$BASHPID" args phase deadline
   args="$(printf '%s\n' "$@" | jq -R . | jq -s .)"
   kubectl create --dry-run=client -o json -f "$root/k8s/validate-pod.yaml" \
     | jq --arg name "$name" --argjson args "$args" '
@@ -138,14 +144,22 @@ client_pod() {
 }
 
 expect_files=()
-# validate N WHAT: a validation Pod that first re-reads every earlier run's keys; its
-# own keys become run<N>.tsv in the ConfigMap.
-validate() {
-  local n=$1 what=$2 out
-  local -a args=(validate --timeout=10s --quiet "--write-data=/dev/stdout")
+# validate_start N WHAT [ARGS...]: starts, in the background, a validation Pod that
+# first re-reads every earlier run's keys; its output goes to $tmp/validate<N>.out.
+# validate_finish N WHAT PID: waits for it, requires SUCCESS, and makes its keys
+# run<N>.tsv in the ConfigMap.
+validate_start() {
+  local n=$1 what=$2
+  shift 2
+  local -a args=(validate --timeout=10s --quiet "--write-data=/dev/stdout" "$@")
   for f in "${expect_files[@]}"; do args+=("--expect-data=/expect/$f"); done
   log "validate $n ($what)"
-  out="$(client_pod "${args[@]}")" || true
+  client_pod "${args[@]}" > "$tmp/validate$n.out" 2>&1 &
+}
+validate_finish() {
+  local n=$1 what=$2 pid=$3 out
+  wait "$pid" || true
+  out="$(cat "$tmp/validate$n.out")"
   printf '%s\n' "$out" | grep -v "$(printf '\t')" | sed 's/^/    /'
   [ "$(printf '%s\n' "$out" | tail -1)" = SUCCESS ] || fail "validate $n ($what) did not end with SUCCESS"
   printf '%s\n' "$out" | grep "$(printf '\t')" > "$tmp/run$n.tsv" || true
@@ -156,6 +170,11 @@ validate() {
   k create configmap raft-expect "${from[@]}" --dry-run=client -o yaml \
     | k label --local -f - app.kubernetes.io/part-of=raftkv-e2e -o yaml | k apply -f - >/dev/null
   pass "validate $n: $what ($(wc -l < "$tmp/run$n.tsv") keys committed)"
+}
+# validate N WHAT: a validation, waited for.
+validate() {
+  validate_start "$1" "$2"
+  validate_finish "$1" "$2" $!
 }
 
 status_json() { client_pod status --json --timeout=3s | grep '^\['; }
@@ -214,4 +233,41 @@ pass "node $node restarted; pod $pod (node $leader) caught up to index $target"
 # ---- 7. nothing acknowledged was lost ----
 validate 4 "all nodes back"
 pass "zero lost acknowledged writes across the faults ($(cat "$tmp"/run{1,2,3}.tsv | wc -l) keys re-read)"
+
+# ---- 8. scale 3 -> 5 -> 3 under a write load ----
+members_json() { client_pod member list --json --timeout=3s | grep '^{'; }
+voters_are() {
+  members_json | jq -e --argjson n "$1" '.committed and ([.members[] | select(.role == "Voter")] | length) == $n'
+}
+member_id() {
+  members_json | jq -r --arg addr "$1.raft-service:6000" '.members[] | select(.addr == $addr) | .id'
+}
+
+validate_start 5 "writes while scaling 3 -> 5" --duration=60s
+load=$!
+k scale statefulset raft --replicas=5
+wait_until 300 "raft-3 and raft-4 to be Ready" k wait --for=condition=Ready pod/raft-3 pod/raft-4 --timeout=5s
+wait_until 300 "5 voters (raft-3 and raft-4 promoted)" voters_are 5
+pass "scaled to 5: raft-3 and raft-4 joined as learners and were promoted"
+validate_finish 5 "writes while scaling 3 -> 5" "$load"
+
+validate_start 6 "writes while removing raft-4 and raft-3" --duration=30s
+load=$!
+for pod in raft-4 raft-3; do
+  id="$(member_id "$pod")"
+  [ -n "$id" ] || fail "no member has the address of $pod"
+  client_pod member remove "$id" --timeout=10s >/dev/null || fail "raftkv member remove $id ($pod) failed"
+  log "removed member $id ($pod)"
+done
+wait_until 120 "3 voters" voters_are 3
+k scale statefulset raft --replicas=3
+wait_until 180 "pods raft-3 and raft-4 to be gone" \
+  bash -c "! kubectl --context '$ctx' -n '$ns' get pod raft-3 raft-4 --no-headers 2>/dev/null | grep -q ."
+wait_until 180 "the claims of raft-3 and raft-4 to be deleted (whenScaled: Delete)" \
+  bash -c "! kubectl --context '$ctx' -n '$ns' get pvc data-raft-3 data-raft-4 --no-headers 2>/dev/null | grep -q ."
+validate_finish 6 "writes while removing raft-4 and raft-3" "$load"
+pass "scaled back to 3: members removed first, then the pods and their claims"
+
+validate 7 "after 3 -> 5 -> 3"
+pass "zero lost acknowledged writes across scaling ($(cat "$tmp"/run{1,2,3,4,5,6}.tsv | wc -l) keys re-read)"
 log "SUCCESS"

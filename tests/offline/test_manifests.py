@@ -82,10 +82,15 @@ def test_statefulset_shape(m):
     assert matches(m[("Service", "raft-service")]["spec"]["selector"], labels)
     assert matches(m[("PodDisruptionBudget", "raft")]["spec"]["selector"]["matchLabels"], labels)
     assert m[("PodDisruptionBudget", "raft")]["spec"]["maxUnavailable"] == 1
-    # Required anti-affinity on the hostname, selecting these very pods.
-    terms = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert any(t["topologyKey"] == "kubernetes.io/hostname" and matches(t["labelSelector"]["matchLabels"], labels)
-               for t in terms)
+    # Members spread over hosts (hard constraint, skew 1), selecting these very pods:
+    # losing one node never loses a majority, at 3 members or at 5.
+    spread = pod["topologySpreadConstraints"]
+    assert any(t["topologyKey"] == "kubernetes.io/hostname" and t["maxSkew"] == 1
+               and t["whenUnsatisfiable"] == "DoNotSchedule" and matches(t["labelSelector"]["matchLabels"], labels)
+               for t in spread)
+    # Scaling down deletes the removed ordinals' claims: a removed member never rejoins
+    # with its old data.
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Delete"}
     # Long enough for the leadership hand-off (2 election timeouts = 2 s) and a flush.
     assert pod["terminationGracePeriodSeconds"] >= 10
 
