@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use raftkv_raft::NodeId;
-use raftkv_storage::FsyncPolicy;
+use raftkv_storage::{FsyncPolicy, StorageOptions};
 
 /// The flags of `raftkv-server` (and of `raftkv server` in the CLI).
 ///
@@ -157,6 +157,10 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     pub snapshot_entries: u64,
     pub fsync: FsyncPolicy,
+    /// Storage settings that have no flag, for tests and embedding (e.g. a
+    /// fault-injecting file system, small WAL segments); `None`: the defaults. Its
+    /// `fsync` is ignored in favour of the field above.
+    pub storage: Option<StorageOptions>,
 }
 
 impl NodeConfig {
@@ -196,6 +200,7 @@ impl ServerArgs {
                 FsyncMode::Always => FsyncPolicy::Always,
                 FsyncMode::Never => FsyncPolicy::Never,
             },
+            storage: None,
         })
     }
 

@@ -188,7 +188,7 @@ pub async fn serve_with_admin(
         anyhow::bail!("node {} is not among the peers {:?}", cfg.id, cfg.peers);
     }
 
-    let opts = StorageOptions { fsync: cfg.fsync, ..StorageOptions::default() };
+    let opts = StorageOptions { fsync: cfg.fsync, ..cfg.storage.clone().unwrap_or_default() };
     let dir = cfg.data_dir.clone();
     let (storage, recovered) = tokio::task::spawn_blocking(move || DiskStorage::open(&dir, opts))
         .await

@@ -51,6 +51,7 @@ impl Cluster {
             heartbeat_ticks: 1,
             snapshot_entries: 8,
             fsync: FsyncPolicy::Always,
+            storage: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(raftkv_server::serve(cfg, listener, async move {

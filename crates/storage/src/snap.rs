@@ -1,5 +1,8 @@
 //! Snapshot files: `<dir>/snap/<index:016x>-<term:016x>.snap`.
 //!
+//! A snapshot file that fails its checks at open is never deleted: it is moved aside to
+//! `<dir>/snap/corrupt-<name>` (evidence), and the next older one is tried.
+//!
 //! Layout (little-endian): magic `RKVSNAP\0`, version u32, index u64, term u64,
 //! voter count u32 + ids u64, learner count u32 + ids u64, data length u64, data,
 //! then a crc32c u32 over everything before it.
@@ -17,6 +20,8 @@ use crate::error::StorageError;
 const MAGIC: &[u8; 8] = b"RKVSNAP\0";
 const VERSION: u32 = 1;
 const TMP_SUFFIX: &str = ".tmp";
+/// The name prefix of a snapshot file refused as corrupt and moved aside.
+const CORRUPT_PREFIX: &str = "corrupt-";
 /// How many snapshot files survive pruning.
 const KEEP: usize = 2;
 
@@ -30,6 +35,31 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
         (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u64::from_str_radix(s, 16).ok()).flatten()
     };
     Some((hex(index)?, hex(term)?))
+}
+
+/// The position of a snapshot moved aside as `corrupt-<name>[.<n>]`.
+fn parse_corrupt_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(CORRUPT_PREFIX)?;
+    let end = rest.find(".snap")? + ".snap".len();
+    parse_name(&rest[..end])
+}
+
+/// What [`SnapDir::load_newest_valid`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The newest snapshot that passed its checks.
+    pub snapshot: Option<Snapshot>,
+    /// The highest index of a snapshot ever refused as corrupt (moved aside, now or at
+    /// an earlier open). The WAL may depend on it: its markers, and compaction behind it.
+    pub lost_index: Option<u64>,
+}
+
+/// What the snapshot directory holds.
+struct Listing {
+    /// Complete snapshot files (index, term), oldest first.
+    found: Vec<(u64, u64)>,
+    /// The highest index of a snapshot moved aside as corrupt.
+    lost: Option<u64>,
 }
 
 /// The snapshot directory.
@@ -62,36 +92,84 @@ impl SnapDir {
 
     /// Complete snapshot files, oldest first.
     fn list(&self) -> Result<Vec<(u64, u64)>, StorageError> {
+        Ok(self.scan()?.found)
+    }
+
+    fn scan(&self) -> Result<Listing, StorageError> {
         let mut found = Vec::new();
+        let mut lost = None;
         for name in self.disk.list_dir(&self.dir)? {
-            match parse_name(&name) {
-                Some(pos) => found.push(pos),
-                None => {
-                    tracing::warn!(dir = %self.dir.display(), file = %name, "ignoring a file that is not a snapshot")
-                }
+            if let Some(pos) = parse_name(&name) {
+                found.push(pos);
+            } else if let Some((index, _)) = parse_corrupt_name(&name) {
+                lost = lost.max(Some(index));
+            } else {
+                tracing::warn!(dir = %self.dir.display(), file = %name, "ignoring a file that is not a snapshot");
             }
         }
         found.sort_unstable();
-        Ok(found)
+        Ok(Listing { found, lost })
     }
 
-    /// Loads the newest snapshot. A damaged newest snapshot is an error: falling back
-    /// to an older one would silently lose the entries it compacted away.
-    pub fn load_newest(&self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(&(index, term)) = self.list()?.last() else {
-            return Ok(None);
+    /// Loads the newest snapshot that passes its checks. One that fails them (checksum,
+    /// format, a name that disagrees with the content) is refused loudly and moved aside
+    /// as `corrupt-<name>`, and the next older one is tried. Falling back is safe only
+    /// because the caller learns `lost_index` and replays the WAL accordingly (entries
+    /// compacted behind the lost snapshot are not silently taken as present).
+    pub fn load_newest_valid(&self) -> Result<Loaded, StorageError> {
+        let Listing { found, lost: mut lost_index } = self.scan()?;
+        for &(index, term) in found.iter().rev() {
+            let path = self.dir.join(file_name(index, term));
+            match self.load(&path, index, term)? {
+                Ok(snapshot) => return Ok(Loaded { snapshot: Some(snapshot), lost_index }),
+                Err(corrupt) => {
+                    let moved_to = self.move_aside(&path)?;
+                    tracing::error!(
+                        file = %path.display(),
+                        moved_to = %moved_to.display(),
+                        error = %corrupt,
+                        "refusing a corrupt snapshot: moved it aside; recovering from an older snapshot \
+                         and the WAL, or from the leader"
+                    );
+                    lost_index = lost_index.max(Some(index));
+                }
+            }
+        }
+        Ok(Loaded { snapshot: None, lost_index })
+    }
+
+    /// Reads and checks one snapshot file: `Err` for an I/O error, `Ok(Err)` if it is
+    /// corrupt.
+    fn load(&self, path: &Path, index: u64, term: u64) -> Result<Result<Snapshot, StorageError>, StorageError> {
+        let bytes = self.disk.read(path)?;
+        let snapshot = match decode(&bytes) {
+            Ok(s) => s,
+            Err((offset, reason)) => return Ok(Err(StorageError::corrupt(path, offset, reason))),
         };
-        let path = self.dir.join(file_name(index, term));
-        let bytes = self.disk.read(&path)?;
-        let snapshot = decode(&bytes).map_err(|(offset, reason)| StorageError::corrupt(&path, offset, reason))?;
         if (snapshot.meta.index, snapshot.meta.term) != (index, term) {
             let reason = format!(
                 "snapshot file content is at index {} term {}, its name says index {index} term {term}",
                 snapshot.meta.index, snapshot.meta.term
             );
-            return Err(StorageError::corrupt(&path, 0, reason));
+            return Ok(Err(StorageError::corrupt(path, 0, reason)));
         }
-        Ok(Some(snapshot))
+        Ok(Ok(snapshot))
+    }
+
+    /// Renames a refused snapshot to `corrupt-<name>` (with `.<n>` if that is taken),
+    /// durably; returns the new path.
+    fn move_aside(&self, path: &Path) -> Result<PathBuf, StorageError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let taken = self.disk.list_dir(&self.dir)?;
+        let base = format!("{CORRUPT_PREFIX}{name}");
+        let target = std::iter::once(base.clone())
+            .chain((1..).map(|n| format!("{base}.{n}")))
+            .find(|candidate| !taken.contains(candidate))
+            .expect("an unbounded sequence of names has a free one");
+        let to = self.dir.join(target);
+        self.disk.rename(path, &to)?;
+        self.disk.sync_dir(&self.dir)?;
+        Ok(to)
     }
 
     /// Writes `snapshot` durably: temporary file, fsync, rename, fsync directory.
@@ -227,5 +305,10 @@ mod tests {
         assert_eq!(parse_name(&file_name(10, 3)), Some((10, 3)));
         assert_eq!(parse_name("000000000000000a-0000000000000003.snap.tmp"), None);
         assert_eq!(parse_name("a-3.snap"), None);
+        let corrupt = format!("{CORRUPT_PREFIX}{}", file_name(10, 3));
+        assert_eq!(parse_name(&corrupt), None);
+        assert_eq!(parse_corrupt_name(&corrupt), Some((10, 3)));
+        assert_eq!(parse_corrupt_name(&format!("{corrupt}.2")), Some((10, 3)));
+        assert_eq!(parse_corrupt_name(&file_name(10, 3)), None);
     }
 }
