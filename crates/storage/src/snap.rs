@@ -8,6 +8,7 @@
 //! then a crc32c u32 over everything before it.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -142,7 +143,7 @@ impl SnapDir {
     /// corrupt.
     fn load(&self, path: &Path, index: u64, term: u64) -> Result<Result<Snapshot, StorageError>, StorageError> {
         let bytes = self.disk.read(path)?;
-        let snapshot = match decode(&bytes) {
+        let snapshot = match decode(bytes) {
             Ok(s) => s,
             Err((offset, reason)) => return Ok(Err(StorageError::corrupt(path, offset, reason))),
         };
@@ -178,7 +179,13 @@ impl SnapDir {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
         let mut file = self.disk.create(&tmp)?;
-        self.disk.write(file.as_mut(), &tmp, &encode(snapshot))?;
+        // In three writes rather than one encoded buffer: the data can be as large as
+        // the whole state, and a second copy of it would add that much to peak memory.
+        let header = header(snapshot);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &snapshot.data);
+        for part in [&header[..], &snapshot.data[..], &crc.to_le_bytes()] {
+            self.disk.write(file.as_mut(), &tmp, part)?;
+        }
         self.disk.sync_file(file.as_mut(), &tmp)?;
         drop(file);
         self.disk.rename(&tmp, &path)?;
@@ -210,10 +217,11 @@ fn put_set(out: &mut Vec<u8>, set: &BTreeSet<u64>) {
     }
 }
 
-fn encode(snapshot: &Snapshot) -> Vec<u8> {
+/// The bytes of a snapshot file before its data (which the data length ends).
+fn header(snapshot: &Snapshot) -> Vec<u8> {
     let meta = &snapshot.meta;
     let ids = meta.conf.voters.len() + meta.conf.learners.len();
-    let mut out = Vec::with_capacity(48 + 8 * ids + snapshot.data.len());
+    let mut out = Vec::with_capacity(44 + 8 * ids);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&meta.index.to_le_bytes());
@@ -221,14 +229,12 @@ fn encode(snapshot: &Snapshot) -> Vec<u8> {
     put_set(&mut out, &meta.conf.voters);
     put_set(&mut out, &meta.conf.learners);
     out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&snapshot.data);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Decodes a snapshot file; errors carry the byte offset of the problem.
-fn decode(bytes: &[u8]) -> Result<Snapshot, (u64, String)> {
+/// Decodes a snapshot file; errors carry the byte offset of the problem. The data is
+/// not copied: the snapshot's `data` is a slice of `bytes`.
+fn decode(bytes: Vec<u8>) -> Result<Snapshot, (u64, String)> {
     let Some(body_len) = bytes.len().checked_sub(4) else {
         return Err((0, format!("snapshot file of {} bytes is too short", bytes.len())));
     };
@@ -240,10 +246,12 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, (u64, String)> {
         return Err((body_len as u64, reason));
     }
     // The checksum held, so a decoding error here means a format bug, not bit rot.
-    decode_body(body).map_err(|reason| (0, reason))
+    let (meta, data) = decode_body(body).map_err(|reason| (0, reason))?;
+    Ok(Snapshot { meta, data: Bytes::from(bytes).slice(data) })
 }
 
-fn decode_body(body: &[u8]) -> Result<Snapshot, String> {
+/// The metadata and where the data lies in `body`.
+fn decode_body(body: &[u8]) -> Result<(SnapshotMeta, Range<usize>), String> {
     let mut r = Reader::new(body);
     if r.take(8)? != MAGIC {
         return Err("not a raftkv snapshot file (bad magic)".into());
@@ -256,10 +264,11 @@ fn decode_body(body: &[u8]) -> Result<Snapshot, String> {
     let voters = read_set(&mut r)?;
     let learners = read_set(&mut r)?;
     let len = usize::try_from(r.u64()?).map_err(|_| "snapshot data length overflows".to_string())?;
-    let data = Bytes::copy_from_slice(r.take(len)?);
+    let start = body.len() - r.remaining();
+    r.take(len)?;
     r.finish()?;
     let conf = ConfState { voters, learners };
-    Ok(Snapshot { meta: SnapshotMeta { index, term, conf }, data })
+    Ok((SnapshotMeta { index, term, conf }, start..start + len))
 }
 
 fn read_set(r: &mut Reader<'_>) -> Result<BTreeSet<u64>, String> {
@@ -270,6 +279,14 @@ fn read_set(r: &mut Reader<'_>) -> Result<BTreeSet<u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode(snapshot: &Snapshot) -> Vec<u8> {
+        let mut out = header(snapshot);
+        out.extend_from_slice(&snapshot.data);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
 
     fn sample() -> Snapshot {
         Snapshot {
@@ -285,7 +302,19 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let snapshot = sample();
-        assert_eq!(decode(&encode(&snapshot)).unwrap(), snapshot);
+        assert_eq!(decode(encode(&snapshot)).unwrap(), snapshot);
+    }
+
+    #[test]
+    fn saved_file_is_the_encoding_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk { fs: std::sync::Arc::new(crate::fs::RealFs), sync: true, counters: Default::default() };
+        let snaps = SnapDir::new(disk, dir.path().to_path_buf());
+        let snapshot = sample();
+        snaps.save(&snapshot).unwrap();
+        let written = std::fs::read(dir.path().join(file_name(10, 3))).unwrap();
+        assert_eq!(written, encode(&snapshot));
+        assert_eq!(snaps.load_newest().unwrap(), Some(snapshot));
     }
 
     #[test]
@@ -294,9 +323,9 @@ mod tests {
         for i in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[i / 8] ^= 1 << (i % 8);
-            assert!(decode(&damaged).is_err(), "bit {i} flip went unnoticed");
+            assert!(decode(damaged).is_err(), "bit {i} flip went unnoticed");
         }
-        assert!(decode(&bytes[..3]).is_err());
+        assert!(decode(bytes[..3].to_vec()).is_err());
     }
 
     #[test]
