@@ -314,7 +314,7 @@ mod tests {
         snaps.save(&snapshot).unwrap();
         let written = std::fs::read(dir.path().join(file_name(10, 3))).unwrap();
         assert_eq!(written, encode(&snapshot));
-        assert_eq!(snaps.load_newest().unwrap(), Some(snapshot));
+        assert_eq!(snaps.load_newest_valid().unwrap().snapshot, Some(snapshot));
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Shared helpers of the process-level tests: the `raftkv-server` and `raftkv`
 //! executables (built once per test binary when missing or stale), a 3-node cluster of
-//! real server processes in a temporary directory, a bounded write load, and running
-//! the CLI with a deadline.
+//! real server processes in a temporary directory (or any number of them, each in its
+//! own network namespace: [`netns`]), a bounded write load, and running the CLI with a
+//! deadline.
 //!
 //! Every wait here is a deadline-bounded poll of a condition
 //! ([`raftkv_client::local::poll_until`]); nothing sleeps in place of a condition.
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -17,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use raftkv_client::local::{LocalCluster, LocalClusterOptions, SERVER_BIN_ENV, ServerCommand, poll_until};
+use raftkv_client::local::{
+    LocalCluster, LocalClusterOptions, NodePlacement, SERVER_BIN_ENV, ServerCommand, poll_until,
+};
 use raftkv_client::{Client, ClientError, ClientOptions, NodeId, NodeStatus};
 use tokio::task::JoinSet;
 
@@ -176,18 +181,24 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts 3 nodes with 50 ms ticks (elections in ~0.5-1 s) plus `extra` flags.
     pub fn start(extra: &[&str]) -> TestCluster {
+        Self::start_placed(3, extra, &[])
+    }
+
+    /// Starts `nodes` nodes like [`TestCluster::start`], node `i + 1` placed as
+    /// `placement[i]` says (e.g. in a network namespace of [`netns::Net`]).
+    pub fn start_placed(nodes: usize, extra: &[&str], placement: &[NodePlacement]) -> TestCluster {
         let bins = binaries();
         let dir = tempfile::Builder::new().prefix("raftkv-test-").tempdir().expect("temp dir");
         let mut extra_args: Vec<String> = vec!["--tick-ms".into(), "50".into()];
         extra_args.extend(extra.iter().map(|s| s.to_string()));
-        let cluster = LocalCluster::start(LocalClusterOptions {
-            nodes: 3,
+        let options = LocalClusterOptions {
+            nodes,
             base_port: None,
             dir: dir.path().to_path_buf(),
             command: ServerCommand::binary(&bins.server),
             extra_args,
-        })
-        .expect("start the nodes");
+        };
+        let cluster = LocalCluster::start_placed(options, placement).expect("start the nodes");
         TestCluster { cluster, dir: Some(dir) }
     }
 
@@ -355,13 +366,16 @@ impl LoadResult {
         self.acked.iter().filter(|(k, v)| stored.get(*k) != Some(*v)).map(|(k, _)| k).collect()
     }
 
+    /// Pairs of `stored` that no put, acknowledged or unknown, wrote.
+    pub fn invented<'a>(&self, stored: &'a BTreeMap<String, String>) -> Vec<(&'a String, &'a String)> {
+        stored.iter().filter(|(k, v)| self.acked.get(*k).or(self.unknown.get(*k)) != Some(*v)).collect()
+    }
+
     /// Panics if `stored` holds a value that no put, acknowledged or unknown, wrote to
     /// its key.
     pub fn assert_nothing_invented(&self, stored: &BTreeMap<String, String>) {
-        for (key, value) in stored {
-            let written = self.acked.get(key).or(self.unknown.get(key));
-            assert_eq!(written, Some(value), "{key} holds {value:?}, which was never written to it");
-        }
+        let invented = self.invented(stored);
+        assert!(invented.is_empty(), "values never written to their keys: {invented:?}");
     }
 }
 
