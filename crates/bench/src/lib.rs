@@ -16,6 +16,9 @@
 //!   reads, every key is written once first, so reads find values.
 //! - It runs `--warmup`, then measures for `--duration`: only operations that complete
 //!   inside the measured window count; throughput is that count over the window.
+//! - Fill (`--fill`): instead, write every key exactly once (keys in ascending order,
+//!   shared by the clients) and stop; every write counts, throughput is their number
+//!   over the whole fill. For loading a data set of a known size.
 //!
 //! A [`Backend`] is the store: how to open connections and do one put or get.
 //! [`raftkv::RaftKvBackend`] is raftkv's; the etcd one lives in its own crate.
@@ -76,6 +79,10 @@ pub struct BenchArgs {
     /// A label for the report (e.g. the build or the machine).
     #[arg(long)]
     pub label: Option<String>,
+    /// Write each of the `--keys` keys exactly once, in ascending order, and stop
+    /// (no warmup, no `--duration`): loads a data set of a known size.
+    #[arg(long)]
+    pub fill: bool,
 }
 
 impl BenchArgs {
@@ -107,6 +114,9 @@ impl BenchArgs {
         }
         if self.duration.is_zero() {
             return Err("--duration must be positive".into());
+        }
+        if self.fill && (self.reads > 0.0 || self.rate.is_some()) {
+            return Err("--fill writes each key once; it takes neither --reads nor --rate".into());
         }
         Ok(())
     }
@@ -220,40 +230,23 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
     }
     let value = Bytes::from((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
 
+    if args.fill {
+        let start = Instant::now();
+        let tally = write_each_key_once(&backend, &conns, &value, args, args.clients, 0, "put").await?;
+        let secs = start.elapsed().as_secs_f64();
+        let name = backend.name();
+        let (w, r) = (&tally.writes, &tally.reads);
+        return Ok(Report::new(name, args, secs, w, r, tally.write_errors, 0, 0, tally.samples));
+    }
+
     // Preload every key when the workload reads, so reads find values.
     let mut preload_errors = 0u64;
     let mut samples = Vec::new();
     if args.reads > 0.0 {
-        let next = Arc::new(AtomicU64::new(0));
         let workers = args.clients.clamp(16, 64);
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..workers {
-            let (backend, conn, next, value) =
-                (backend.clone(), conns[w % n_conns].clone(), next.clone(), value.clone());
-            let mut session = backend.session(args.clients + w);
-            let (keys, key_size, timeout) = (args.keys, args.key_size, args.op_timeout);
-            tasks.spawn(async move {
-                let mut errors = (0u64, Vec::new());
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= keys {
-                        break;
-                    }
-                    if let Err(e) = backend.put(&conn, &mut session, key(i, key_size), value.clone(), timeout).await {
-                        errors.0 += 1;
-                        if errors.1.len() < ERROR_SAMPLES {
-                            errors.1.push(format!("preload put: {e}"));
-                        }
-                    }
-                }
-                errors
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            let (n, s) = r?;
-            preload_errors += n;
-            samples.extend(s);
-        }
+        let preload = write_each_key_once(&backend, &conns, &value, args, workers, args.clients, "preload put").await?;
+        preload_errors = preload.write_errors;
+        samples = preload.samples;
     }
 
     let start = Instant::now();
@@ -285,6 +278,56 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
         tally.early_errors + preload_errors,
         samples,
     ))
+}
+
+/// Writes keys `0..args.keys` once each, in ascending order, shared by `workers`
+/// tasks (sessions `first_session..`). Write latencies, errors and error samples
+/// (prefixed with `what`) go into the returned tally.
+async fn write_each_key_once<B: Backend>(
+    backend: &Arc<B>,
+    conns: &[B::Conn],
+    value: &Bytes,
+    args: &BenchArgs,
+    workers: usize,
+    first_session: usize,
+    what: &'static str,
+) -> anyhow::Result<Tally> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (backend, conn, next, value) =
+            (backend.clone(), conns[w % conns.len()].clone(), next.clone(), value.clone());
+        let mut session = backend.session(first_session + w);
+        let (keys, key_size, timeout) = (args.keys, args.key_size, args.op_timeout);
+        tasks.spawn(async move {
+            let mut tally = Tally::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys {
+                    break;
+                }
+                let began = Instant::now();
+                match backend.put(&conn, &mut session, key(i, key_size), value.clone(), timeout).await {
+                    Ok(()) => tally.writes.saturating_record(micros(began.elapsed())),
+                    Err(e) => {
+                        tally.write_errors += 1;
+                        tally.error(what, e);
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut tally = Tally::new();
+    while let Some(t) = tasks.join_next().await {
+        tally.merge(t?);
+    }
+    Ok(tally)
+}
+
+/// A latency in whole microseconds, within the histogram's bounds.
+fn micros(d: Duration) -> u64 {
+    d.as_micros().clamp(1, 600_000_000) as u64
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -326,9 +369,8 @@ async fn client_loop<B: Backend>(
         let measured = began >= measure_from && done <= measure_to;
         match result {
             Ok(()) if measured => {
-                let us = done.duration_since(began).as_micros().clamp(1, 600_000_000) as u64;
                 let h = if read { &mut tally.reads } else { &mut tally.writes };
-                h.saturating_record(us);
+                h.saturating_record(micros(done.duration_since(began)));
             }
             Ok(()) => {}
             Err(e) => {
@@ -399,7 +441,66 @@ fn secs_to_duration(secs: f64) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
     use super::*;
+
+    fn parse(flags: &[&str]) -> BenchArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        Cli::parse_from(std::iter::once("bench").chain(flags.iter().copied())).bench
+    }
+
+    /// Counts the puts of each key.
+    struct Counting(Arc<Mutex<HashMap<Bytes, u32>>>);
+
+    impl Backend for Counting {
+        type Conn = ();
+        type Session = ();
+
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+
+        async fn connect(&self, _: usize, _: usize, _: bool) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn session(&self, _: usize) {}
+
+        async fn put(&self, _: &(), _: &mut (), key: Bytes, _: Bytes, _: Duration) -> Result<(), String> {
+            *self.0.lock().unwrap().entry(key).or_default() += 1;
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+
+        async fn get(&self, _: &(), _: &mut (), _: Bytes, _: bool, _: Duration) -> Result<(), String> {
+            Err("a fill must not read".into())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fill_writes_every_key_exactly_once() {
+        let args = parse(&["--fill", "--keys", "1000", "--clients", "8"]);
+        let counts = Arc::default();
+        let report = run(Counting(Arc::clone(&counts)), &args).await.unwrap();
+        let counts = counts.lock().unwrap();
+        assert_eq!(counts.len(), 1000);
+        assert!((0..1000).all(|i| counts.get(&key(i, 16)) == Some(&1)), "some key was not written exactly once");
+        assert_eq!((report.writes.ops, report.reads.ops, report.errors), (1000, 0, 0));
+        assert!(report.workload.fill);
+    }
+
+    #[test]
+    fn fill_takes_no_reads() {
+        let args = parse(&["--fill", "--reads", "0.5"]);
+        assert!(args.validate().unwrap_err().contains("--fill"));
+    }
 
     #[test]
     fn keys_have_the_requested_size() {

@@ -20,7 +20,11 @@ pub struct Workload {
     pub key_size: usize,
     pub value_size: usize,
     pub warmup_s: f64,
+    /// The measured window; for a fill, how long writing every key took.
     pub duration_s: f64,
+    /// Each key was written exactly once (`--fill`); absent in older reports.
+    #[serde(default)]
+    pub fill: bool,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -114,8 +118,9 @@ impl Report {
                 keys: args.keys,
                 key_size: args.key_size,
                 value_size: args.value_size,
-                warmup_s: args.warmup.as_secs_f64(),
-                duration_s: args.duration.as_secs_f64(),
+                warmup_s: if args.fill { 0.0 } else { args.warmup.as_secs_f64() },
+                duration_s: secs,
+                fill: args.fill,
             },
             total: OpStats::of(&all, write_errors + read_errors, secs),
             writes: OpStats::of(writes, write_errors, secs),
@@ -134,13 +139,14 @@ impl Report {
         let w = &self.workload;
         let mut out = String::new();
         let mode = match w.rate {
+            _ if w.fill => format!("fill (each key written once), {} clients", w.clients),
             Some(r) => format!("open loop at {r} ops/s, at most {} in flight", w.clients),
             None => format!("closed loop, {} clients", w.clients),
         };
         let reads = if w.stale { "stale" } else { "linearizable" };
         let _ = writeln!(
             out,
-            "target {}: {mode} over {} connections; {:.0}% {reads} reads; {} keys of {} B, values of {} B; {}s measured after {}s warmup",
+            "target {}: {mode} over {} connections; {:.0}% {reads} reads; {} keys of {} B, values of {} B; {:.3}s measured after {}s warmup",
             self.target,
             w.connections,
             w.reads * 100.0,

@@ -1,4 +1,5 @@
-//! Local server processes: start a cluster on 127.0.0.1, kill -9 / SIGTERM / restart
+//! Local server processes: start a cluster on 127.0.0.1 (or with nodes placed at other
+//! addresses behind a command prefix such as `ip netns exec NS`), kill -9 / SIGTERM / restart
 //! one node, and wait (deadline-bounded polls, never fixed sleeps) for conditions such
 //! as "a leader is elected" or "node 2 has caught up".
 //!
@@ -58,6 +59,17 @@ impl ServerCommand {
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
+    }
+
+    /// This command run through `prefix` (a program and its leading arguments, e.g.
+    /// `ip netns exec NS`, which then executes the server itself, keeping its pid):
+    /// `prefix... program args...`. An empty prefix leaves it as it is.
+    pub fn with_prefix(&self, prefix: &[OsString]) -> Self {
+        let Some((first, rest)) = prefix.split_first() else { return self.clone() };
+        let mut args: Vec<OsString> = rest.to_vec();
+        args.push(self.program.clone().into_os_string());
+        args.extend(self.args.iter().cloned());
+        ServerCommand { program: PathBuf::from(first), args, env: self.env.clone() }
     }
 
     /// Finds a server to run: `$RAFTKV_SERVER_BIN` if set, else `<current executable>
@@ -312,6 +324,17 @@ pub struct LocalClusterOptions {
     pub extra_args: Vec<String>,
 }
 
+/// Where one node of a [`LocalCluster`] runs, when not on 127.0.0.1 with the common
+/// server command (e.g. inside a network namespace, for partition tests).
+#[derive(Clone, Debug, Default)]
+pub struct NodePlacement {
+    /// `host:port` it listens on and the others reach it at; `None`: 127.0.0.1 and the
+    /// cluster's port for it.
+    pub addr: Option<String>,
+    /// Put before the server command (see [`ServerCommand::with_prefix`]).
+    pub prefix: Vec<OsString>,
+}
+
 /// A cluster of local server processes, with ids `1..=n` at the start.
 pub struct LocalCluster {
     nodes: Vec<NodeProcess>,
@@ -323,6 +346,16 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts every node (without waiting for anything).
     pub fn start(opts: LocalClusterOptions) -> io::Result<Self> {
+        Self::start_placed(opts, &[])
+    }
+
+    /// Like [`LocalCluster::start`], with node `i + 1` placed as `placement[i]` says
+    /// (nodes past its end get the defaults).
+    pub fn start_placed(opts: LocalClusterOptions, placement: &[NodePlacement]) -> io::Result<Self> {
+        if placement.len() > opts.nodes {
+            let msg = format!("{} placements for a cluster of {} nodes", placement.len(), opts.nodes);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        }
         if opts.nodes == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a cluster needs at least one node"));
         }
@@ -337,19 +370,37 @@ impl LocalCluster {
             None => free_ports(opts.nodes)?,
         };
         std::fs::create_dir_all(&opts.dir)?;
-        let members: Vec<(NodeId, String)> =
-            ports.iter().enumerate().map(|(i, p)| (i as NodeId + 1, format!("127.0.0.1:{p}"))).collect();
+        let place = |i: usize| placement.get(i).cloned().unwrap_or_default();
+        let members: Vec<(NodeId, String)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as NodeId + 1, place(i).addr.unwrap_or_else(|| format!("127.0.0.1:{p}"))))
+            .collect();
         let mut cluster =
             LocalCluster { nodes: Vec::new(), dir: opts.dir, command: opts.command, extra_args: opts.extra_args };
-        for (id, addr) in &members {
+        for (i, (id, addr)) in members.iter().enumerate() {
             // On error, the nodes already started are killed as `cluster` drops.
-            cluster.spawn(*id, addr.clone(), Bootstrap::Peers(members.clone()))?;
+            let command = cluster.command.with_prefix(&place(i).prefix);
+            cluster.spawn_with(&command, *id, addr.clone(), Bootstrap::Peers(members.clone()))?;
         }
         Ok(cluster)
     }
 
     /// Starts node `id` at `addr`, its data in `<dir>/node-<id>`, and adds it to the list.
     fn spawn(&mut self, id: NodeId, addr: String, bootstrap: Bootstrap) -> io::Result<&mut NodeProcess> {
+        let command = self.command.clone();
+        self.spawn_with(&command, id, addr, bootstrap)
+    }
+
+    /// [`spawn`](Self::spawn) with another server command (e.g. one prefixed to run in
+    /// a network namespace).
+    fn spawn_with(
+        &mut self,
+        command: &ServerCommand,
+        id: NodeId,
+        addr: String,
+        bootstrap: Bootstrap,
+    ) -> io::Result<&mut NodeProcess> {
         let config = NodeConfig {
             id,
             addr,
@@ -358,7 +409,7 @@ impl LocalCluster {
             log_path: self.dir.join(format!("node-{id}.log")),
             extra_args: self.extra_args.clone(),
         };
-        self.nodes.push(NodeProcess::spawn(&self.command, config)?);
+        self.nodes.push(NodeProcess::spawn(command, config)?);
         Ok(self.nodes.last_mut().expect("just pushed"))
     }
 
@@ -484,4 +535,22 @@ pub async fn wait_for_leader(client: &Client, cluster_size: usize, timeout: Dura
 /// Whether a status reports the role of leader.
 pub fn is_leader(s: &NodeStatus) -> bool {
     s.role.eq_ignore_ascii_case("leader")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_goes_before_the_program_and_its_arguments() {
+        let cmd =
+            ServerCommand { program: "/bin/raftkv".into(), args: vec!["server".into()], env: Vec::new() }.env("K", "V");
+        let wrapped = cmd.with_prefix(&["ip".into(), "netns".into(), "exec".into(), "ns1".into()]);
+        assert_eq!(wrapped.program, PathBuf::from("ip"));
+        let args: Vec<&str> = wrapped.args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(args, ["netns", "exec", "ns1", "/bin/raftkv", "server"]);
+        assert_eq!(wrapped.env, cmd.env);
+        let same = cmd.with_prefix(&[]);
+        assert_eq!((same.program, same.args), (cmd.program, cmd.args));
+    }
 }

@@ -7,7 +7,7 @@
 //! never:
 //!
 //! - depend on wall-clock time, randomness, thread scheduling or the iteration
-//!   order of hash maps (all state lives in `BTreeMap`s and is encoded in key
+//!   order of hash maps (all state lives in B-trees and is encoded in key
 //!   order);
 //! - depend on anything but the committed entries (and the snapshot they
 //!   started from), e.g. local configuration that differs between replicas;
@@ -24,13 +24,14 @@
 //! (such as a leader's no-op) are reported with [`KvStateMachine::apply_noop`].
 
 mod command;
+mod data;
 mod digest;
 mod error;
 mod machine;
 
 pub use command::{Command, WriteOp, WriteResult, validate_key, validate_scan_limit, validate_value};
 pub use error::{CommandError, KvError};
-pub use machine::{Applied, DEFAULT_MAX_SESSIONS, KvStateMachine, ScanPage};
+pub use machine::{Applied, DEFAULT_MAX_SESSIONS, KvStateMachine, ScanPage, SnapshotBytes};
 
 /// Longest key accepted, in bytes. Keys must also be non-empty.
 pub const MAX_KEY_LEN: usize = 4096;

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use postcard::ser_flavors::Size;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Data;
 use crate::digest::Fnv1a;
-use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_key, validate_scan_limit, validate_value};
+use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_scan_limit};
 
 /// Default bound on the session table (see [`KvStateMachine::with_max_sessions`]).
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
@@ -56,18 +58,46 @@ struct SnapshotRef<'a> {
     applied_index: u64,
     applied_term: u64,
     max_sessions: u64,
-    data: &'a BTreeMap<Bytes, Bytes>,
+    data: &'a Data,
     sessions: &'a BTreeMap<u64, Session>,
 }
 
-/// Owned twin of [`SnapshotRef`] for decoding.
-#[derive(Deserialize)]
+/// A decoded snapshot, before its consistency checks.
 struct SnapshotOwned {
     applied_index: u64,
     applied_term: u64,
     max_sessions: u64,
-    data: BTreeMap<Bytes, Bytes>,
+    data: Data,
     sessions: BTreeMap<u64, Session>,
+}
+
+/// Bytes [`KvStateMachine::restore`] reads: a [`Bytes`] is shared, others are copied.
+pub trait SnapshotBytes {
+    fn to_shared(&self) -> Bytes;
+}
+
+impl SnapshotBytes for Bytes {
+    fn to_shared(&self) -> Bytes {
+        self.clone()
+    }
+}
+
+impl SnapshotBytes for [u8] {
+    fn to_shared(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl SnapshotBytes for Vec<u8> {
+    fn to_shared(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl<const N: usize> SnapshotBytes for [u8; N] {
+    fn to_shared(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
 }
 
 /// The replicated key/value state machine.
@@ -95,7 +125,7 @@ pub struct KvStateMachine {
     applied_index: u64,
     applied_term: u64,
     max_sessions: usize,
-    data: BTreeMap<Bytes, Bytes>,
+    data: Data,
     sessions: BTreeMap<u64, Session>,
     /// Session index → client id, oldest first, for eviction. Derived from
     /// `sessions` (indexes are unique), so it is never serialized.
@@ -115,7 +145,7 @@ impl KvStateMachine {
             applied_index: 0,
             applied_term: 0,
             max_sessions: DEFAULT_MAX_SESSIONS,
-            data: BTreeMap::new(),
+            data: Data::default(),
             sessions: BTreeMap::new(),
             lru: BTreeMap::new(),
         }
@@ -170,9 +200,10 @@ impl KvStateMachine {
         self.advance(index, term)
     }
 
-    /// The value of `key`, if any.
+    /// The value of `key`, if any. It may share the buffer of the latest snapshot
+    /// (see [`snapshot`](Self::snapshot)): copy it before keeping it for long.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.data.get(key).cloned()
+        self.data.get(key)
     }
 
     /// Up to `limit` (1..=[`MAX_SCAN_LIMIT`](crate::MAX_SCAN_LIMIT)) pairs whose key starts with
@@ -189,9 +220,8 @@ impl KvStateMachine {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        let mut matching =
-            self.data.range::<[u8], _>((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix));
-        let items: Vec<_> = matching.by_ref().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut matching = self.data.range_from(start).take_while(|(k, _)| k.starts_with(prefix));
+        let items: Vec<_> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();
         Ok(ScanPage { items, more })
     }
@@ -233,24 +263,50 @@ impl KvStateMachine {
 
     /// A deterministic encoding of the whole state: a version byte, then
     /// postcard of applied index/term, the session bound, all pairs in key
-    /// order and the sessions in client id order.
-    pub fn snapshot(&self) -> Bytes {
-        postcard::to_extend(&self.snapshot_ref(), vec![SNAPSHOT_VERSION])
-            .expect("postcard encoding of in-memory state cannot fail")
-            .into()
+    /// order (as a map of byte strings) and the sessions in client id order.
+    ///
+    /// The machine then keeps its pairs as slices of the returned buffer, releasing
+    /// the memory they had: the runtime keeps the latest snapshot in memory anyway,
+    /// and the state does not need a second copy of the same bytes. (Copying the
+    /// result into another buffer defeats that: see [`snapshot_after`](Self::snapshot_after).)
+    pub fn snapshot(&mut self) -> Bytes {
+        self.snapshot_after(Vec::new())
+    }
+
+    /// [`snapshot`](Self::snapshot) appended to `prefix` (e.g. a header of the
+    /// runtime's own), in one buffer which is returned whole: the snapshot proper
+    /// starts at `prefix.len()`. For a runtime that wraps the snapshot, so that the
+    /// pairs share the buffer it keeps.
+    pub fn snapshot_after(&mut self, prefix: Vec<u8>) -> Bytes {
+        let header = (self.applied_index, self.applied_term, self.max_sessions as u64);
+        let sessions = postcard::to_allocvec(&self.sessions).expect("postcard encoding of sessions cannot fail");
+        let size = 1 + postcard::serialize_with_flavor(&header, Size::default()).expect("sizing cannot fail");
+        // Allocated once at its final size: no doubling, no copies while it grows.
+        let mut out = prefix;
+        out.reserve_exact(size + self.data.encoded_len() + sessions.len());
+        out.push(SNAPSHOT_VERSION);
+        let mut out = postcard::to_extend(&header, out).expect("postcard encoding of integers cannot fail");
+        let data_start = out.len();
+        self.data.encode_into(&mut out);
+        out.extend_from_slice(&sessions);
+        let snapshot = Bytes::from(out);
+        self.data.rebase(&snapshot, data_start);
+        snapshot
     }
 
     /// Rebuilds a machine from [`snapshot`](Self::snapshot) output. Malformed or
-    /// inconsistent data is an error, never a panic.
-    pub fn restore(data: &[u8]) -> Result<KvStateMachine, KvError> {
-        let (&version, body) = data.split_first().ok_or_else(|| bad_snapshot("empty"))?;
+    /// inconsistent data is an error, never a panic. From a [`Bytes`], the machine's
+    /// pairs are slices of it (no copy; it stays in memory while they do); from
+    /// other bytes, of one copy.
+    pub fn restore<D: SnapshotBytes + ?Sized>(data: &D) -> Result<KvStateMachine, KvError> {
+        let data = data.to_shared();
+        let Some(&version) = data.first() else {
+            return Err(bad_snapshot("empty"));
+        };
         if version != SNAPSHOT_VERSION {
             return Err(bad_snapshot(format!("version {version}; expected {SNAPSHOT_VERSION}")));
         }
-        let (snap, rest) = postcard::take_from_bytes::<SnapshotOwned>(body).map_err(bad_snapshot)?;
-        if !rest.is_empty() {
-            return Err(bad_snapshot(format!("{} trailing bytes", rest.len())));
-        }
+        let snap = decode_snapshot(&data)?;
         Self::from_snapshot(snap)
     }
 
@@ -289,15 +345,16 @@ impl KvStateMachine {
 
     fn execute(&mut self, op: WriteOp) -> WriteResult {
         match op {
-            WriteOp::Put { key, value } => WriteResult::Put { existed: self.data.insert(key, value).is_some() },
-            WriteOp::Delete { key } => WriteResult::Delete { existed: self.data.remove(&key).is_some() },
+            WriteOp::Put { key, value } => WriteResult::Put { existed: self.data.insert(&key, &value) },
+            WriteOp::Delete { key } => WriteResult::Delete { existed: self.data.remove(&key) },
             WriteOp::Cas { key, expected, new } => {
-                let current = self.data.get(&key);
-                if current != expected.as_ref() {
-                    let current = current.cloned();
+                if !self.data.value_is(&key, expected.as_deref()) {
+                    // A copy: the result is kept in the session table, where a slice
+                    // would keep a whole snapshot alive.
+                    let current = self.data.get(&key).map(|v| Bytes::copy_from_slice(&v));
                     return WriteResult::Cas { swapped: false, current };
                 }
-                self.data.insert(key, new);
+                self.data.insert(&key, &new);
                 WriteResult::Cas { swapped: true, current: None }
             }
         }
@@ -338,9 +395,6 @@ impl KvStateMachine {
         if max_sessions == 0 || snap.sessions.len() > max_sessions {
             return Err(bad_snapshot(format!("{} sessions with a bound of {max_sessions}", snap.sessions.len())));
         }
-        for (key, value) in &snap.data {
-            validate_key(key).and_then(|()| validate_value(value))?;
-        }
         let lru = session_lru(&snap.sessions, snap.applied_index)?;
         Ok(KvStateMachine {
             applied_index: snap.applied_index,
@@ -351,6 +405,21 @@ impl KvStateMachine {
             lru,
         })
     }
+}
+
+/// Decodes a snapshot (after its version byte): the fields of [`SnapshotRef`] in
+/// order, pairs checked against the limits as they are decoded (see [`Data::decode`]).
+fn decode_snapshot(data: &Bytes) -> Result<SnapshotOwned, KvError> {
+    let body = &data[1..];
+    let ((applied_index, applied_term, max_sessions), rest) =
+        postcard::take_from_bytes::<(u64, u64, u64)>(body).map_err(bad_snapshot)?;
+    let (pairs, end) = Data::decode(data, data.len() - rest.len())?;
+    let (sessions, rest) = postcard::take_from_bytes::<BTreeMap<u64, Session>>(&data[end..])
+        .map_err(|e| bad_snapshot(format!("sessions: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad_snapshot(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(SnapshotOwned { applied_index, applied_term, max_sessions, data: pairs, sessions })
 }
 
 /// Rebuilds the eviction order; session indexes must be unique and applied.

@@ -406,3 +406,47 @@ fn inconsistent_snapshot_is_an_error() {
     let err = KvStateMachine::restore(&bad).unwrap_err();
     assert!(err.to_string().contains("applied index"), "{err}");
 }
+
+/// Snapshot bytes written by the build before pairs were stored compactly (the format
+/// did not change): they must restore, and the same state must encode to them again.
+#[test]
+fn snapshot_format_is_stable() {
+    const GOLDEN: &[u8] = &[
+        1, 4, 1, 160, 141, 6, 2, 1, 97, 3, 111, 110, 101, 1, 98, 3, 116, 119, 111, 2, 7, 2, 2, 1, 0, 0, 9, 2, 4, 1, 1,
+        0,
+    ];
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 7, 1, put("b", "two"));
+    run(&mut sm, 7, 2, put("a", "one"));
+    run(&mut sm, 9, 1, cas("b", Some("x"), "y"));
+    run(&mut sm, 9, 2, delete("c"));
+    assert_eq!(&sm.snapshot()[..], GOLDEN);
+    assert_eq!(sm.digest(), 0x7d0f_645b_286f_0025);
+    let restored = KvStateMachine::restore(GOLDEN).unwrap();
+    assert_eq!(restored, sm);
+    assert_eq!((restored.get(b"a"), restored.get(b"b")), (Some(b("one")), Some(b("two"))));
+}
+
+/// After a snapshot (or a restore from `Bytes`), values are slices of the snapshot's
+/// buffer: the state keeps no second copy of what the runtime already holds.
+#[test]
+fn pairs_share_the_snapshot_buffer() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("a", "one"));
+    run(&mut sm, 1, 2, put("b", "two"));
+    let in_buffer = |buf: &Bytes, v: Bytes| buf.as_ptr_range().contains(&v.as_ptr());
+
+    let prefix = b"runtime header".to_vec();
+    let wrapped = sm.snapshot_after(prefix.clone());
+    assert!(wrapped.starts_with(&prefix));
+    assert!(in_buffer(&wrapped, sm.get(b"a").unwrap()), "snapshot_after moves the pairs into its buffer");
+    let snapshot = wrapped.slice(prefix.len()..);
+    assert_eq!(snapshot, sm.clone().snapshot(), "the same bytes after the prefix");
+
+    let restored = KvStateMachine::restore(&snapshot).unwrap();
+    assert_eq!(restored, sm);
+    assert!(in_buffer(&snapshot, restored.get(b"b").unwrap()), "restore from Bytes does not copy");
+    let copied = KvStateMachine::restore(&snapshot[..]).unwrap();
+    assert!(!in_buffer(&snapshot, copied.get(b"b").unwrap()), "restore from a slice copies once");
+    assert_eq!(copied, sm);
+}

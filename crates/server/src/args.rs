@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use raftkv_raft::NodeId;
-use raftkv_storage::FsyncPolicy;
+use raftkv_storage::{FsyncPolicy, StorageOptions};
 
 /// The flags of `raftkv-server` (and of `raftkv server` in the CLI).
 ///
@@ -193,6 +193,10 @@ pub struct NodeConfig {
     pub fsync: FsyncPolicy,
     /// How this node founds or joins its cluster.
     pub cluster: ClusterConfig,
+    /// Storage settings that have no flag, for tests and embedding (e.g. a
+    /// fault-injecting file system, small WAL segments); `None`: the defaults. Its
+    /// `fsync` is ignored in favour of the field above.
+    pub storage: Option<StorageOptions>,
 }
 
 /// The membership part of a [`NodeConfig`]. All of it matters only until the data dir
@@ -255,6 +259,7 @@ impl ServerArgs {
                 FsyncMode::Never => FsyncPolicy::Never,
             },
             cluster,
+            storage: None,
         })
     }
 

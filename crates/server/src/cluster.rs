@@ -280,6 +280,7 @@ mod tests {
                 join: join.iter().map(|s| s.to_string()).collect(),
                 ..ClusterConfig::found("127.0.0.1:1")
             },
+            storage: None,
         }
     }
 

@@ -51,7 +51,7 @@ use raftkv_raft::{ConfState, Config, RawNode};
 use raftkv_rpc::RaftKv;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_storage::{
-    DiskStorage, FileSystem, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, RealFs, StorageOptions, Tombstone,
+    DiskStorage, FileSystem, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageOptions, Tombstone,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -205,10 +205,11 @@ pub async fn serve_with_admin(
     if cfg.cluster.join.is_empty() && !cfg.peers.contains_key(&cfg.id) {
         anyhow::bail!("node {} is not among the peers {:?}", cfg.id, cfg.peers);
     }
-    let fs: Arc<dyn FileSystem> = Arc::new(RealFs);
+    // The file system of every data-dir file: the real one unless a test injects faults.
+    let opts = StorageOptions { fsync: cfg.fsync, ..cfg.storage.clone().unwrap_or_default() };
+    let fs: Arc<dyn FileSystem> = opts.fs.clone();
     cluster::check_tombstone(fs.as_ref(), &cfg.data_dir)?;
 
-    let opts = StorageOptions { fsync: cfg.fsync, fs: fs.clone(), ..StorageOptions::default() };
     let dir = cfg.data_dir.clone();
     let (storage, recovered) = tokio::task::spawn_blocking(move || DiskStorage::open(&dir, opts))
         .await

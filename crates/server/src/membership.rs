@@ -56,10 +56,18 @@ pub(crate) struct MembershipSection {
 
 /// Wraps a state machine snapshot: a version byte, the membership section (postcard),
 /// then the state machine's bytes.
+#[cfg(test)]
 pub(crate) fn wrap_snapshot(section: &MembershipSection, kv: &[u8]) -> Bytes {
-    let mut out = postcard::to_extend(section, vec![SNAPSHOT_FORMAT]).expect("postcard encoding cannot fail");
+    let mut out = snapshot_prefix(section);
     out.extend_from_slice(kv);
     out.into()
+}
+
+/// What precedes the state machine's bytes in a snapshot: the version byte and the
+/// membership section. The state machine appends its snapshot to it
+/// (`KvStateMachine::snapshot_after`), so that its pairs share the one buffer.
+pub(crate) fn snapshot_prefix(section: &MembershipSection) -> Vec<u8> {
+    postcard::to_extend(section, vec![SNAPSHOT_FORMAT]).expect("postcard encoding cannot fail")
 }
 
 /// Splits snapshot data into its membership section and the state machine's bytes. A

@@ -743,7 +743,7 @@ impl Node {
     }
 
     /// Installs the state machine part `data` of the leader's snapshot at `meta`.
-    fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> anyhow::Result<()> {
+    fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &Bytes) -> anyhow::Result<()> {
         let kv = KvStateMachine::restore(data)
             .with_context(|| format!("the snapshot at index {} from the leader cannot be restored", meta.index))?;
         if kv.applied_index() != meta.index {
@@ -1025,7 +1025,7 @@ impl Node {
         let Some(conf) = self.raw.conf_at(applied) else {
             return Ok(());
         };
-        let data = membership::wrap_snapshot(&self.membership.section(&conf), &self.kv.snapshot());
+        let data = self.kv.snapshot_after(membership::snapshot_prefix(&self.membership.section(&conf)));
         let snapshot = Snapshot { meta: SnapshotMeta { index: applied, term: self.kv.applied_term(), conf }, data };
         let bytes = snapshot.data.len();
         let span = tracing::info_span!(

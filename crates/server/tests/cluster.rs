@@ -52,6 +52,7 @@ impl Cluster {
             snapshot_entries: 8,
             fsync: FsyncPolicy::Always,
             cluster: ClusterConfig::found(self.addrs[&id].to_string()),
+            storage: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(raftkv_server::serve(cfg, listener, async move {

@@ -57,6 +57,7 @@ fn config(id: u64, addr: SocketAddr, dir: &Path, peers: &BTreeMap<u64, SocketAdd
             join: join.iter().map(SocketAddr::to_string).collect(),
             ..ClusterConfig::found(addr.to_string())
         },
+        storage: None,
     }
 }
 

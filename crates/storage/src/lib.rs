@@ -6,14 +6,28 @@
 //! (`<dir>/snap/`), compacts the WAL behind them, and on open recovers exactly what
 //! was acknowledged. [`GroupCommitWriter`] batches concurrent writes into one fsync.
 //! Every file operation goes through the [`FileSystem`] seam so tests can inject
-//! faults.
+//! faults: with the `fault-injection` feature (dev-dependencies only), `fault::FaultyFs`
+//! fails fsyncs, tears writes and runs out of space on demand.
+//!
+//! On disk faults: any failed write or fsync (`EIO`, a short write, `ENOSPC` — errors
+//! name the file and the OS reason, e.g. "No space left on device") fails that write and
+//! poisons the storage: every later write fails with [`StorageError::Failed`] until it
+//! is reopened, which cuts the torn tail. A snapshot file that fails its checksum or
+//! format at open is refused and moved aside to `snap/corrupt-<name>`; recovery then
+//! uses an older snapshot plus the WAL only as far as they are provably contiguous
+//! (else no log at all), keeps the term and vote, and lowers the commit index to what
+//! is present, so the leader sends what is missing.
 //!
 //! What it must never do:
 //! - acknowledge a write before it is durable per the [`FsyncPolicy`], or report
 //!   success after an fsync failed (the file state is then unknown);
 //! - silently skip corruption: only a torn final write at the end of the last WAL
-//!   segment is cut away (with a warning); any other damage is
-//!   [`StorageError::Corrupt`], naming the file and byte offset;
+//!   segment is cut away (with a warning), and only a corrupt snapshot file is set aside
+//!   (loudly, keeping the file); any other damage is [`StorageError::Corrupt`], naming
+//!   the file and byte offset;
+//! - invent state: after a refused snapshot, no entry is recovered that the remaining
+//!   files do not place contiguously, and no vote is forgotten;
+//! - delete a corrupt file (it is evidence);
 //! - panic on bad disk content.
 //!
 //! A known limit of the record format (no header checksum): a bit flip that enlarges
@@ -23,6 +37,8 @@
 mod codec;
 mod disk;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod fs;
 mod group;
 mod log;

@@ -1,10 +1,14 @@
 //! Snapshot files: `<dir>/snap/<index:016x>-<term:016x>.snap`.
 //!
+//! A snapshot file that fails its checks at open is never deleted: it is moved aside to
+//! `<dir>/snap/corrupt-<name>` (evidence), and the next older one is tried.
+//!
 //! Layout (little-endian): magic `RKVSNAP\0`, version u32, index u64, term u64,
 //! voter count u32 + ids u64, learner count u32 + ids u64, data length u64, data,
 //! then a crc32c u32 over everything before it.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -17,6 +21,8 @@ use crate::error::StorageError;
 const MAGIC: &[u8; 8] = b"RKVSNAP\0";
 const VERSION: u32 = 1;
 const TMP_SUFFIX: &str = ".tmp";
+/// The name prefix of a snapshot file refused as corrupt and moved aside.
+const CORRUPT_PREFIX: &str = "corrupt-";
 /// How many snapshot files survive pruning.
 const KEEP: usize = 2;
 
@@ -30,6 +36,31 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
         (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u64::from_str_radix(s, 16).ok()).flatten()
     };
     Some((hex(index)?, hex(term)?))
+}
+
+/// The position of a snapshot moved aside as `corrupt-<name>[.<n>]`.
+fn parse_corrupt_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(CORRUPT_PREFIX)?;
+    let end = rest.find(".snap")? + ".snap".len();
+    parse_name(&rest[..end])
+}
+
+/// What [`SnapDir::load_newest_valid`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The newest snapshot that passed its checks.
+    pub snapshot: Option<Snapshot>,
+    /// The highest index of a snapshot ever refused as corrupt (moved aside, now or at
+    /// an earlier open). The WAL may depend on it: its markers, and compaction behind it.
+    pub lost_index: Option<u64>,
+}
+
+/// What the snapshot directory holds.
+struct Listing {
+    /// Complete snapshot files (index, term), oldest first.
+    found: Vec<(u64, u64)>,
+    /// The highest index of a snapshot moved aside as corrupt.
+    lost: Option<u64>,
 }
 
 /// The snapshot directory.
@@ -62,36 +93,84 @@ impl SnapDir {
 
     /// Complete snapshot files, oldest first.
     fn list(&self) -> Result<Vec<(u64, u64)>, StorageError> {
+        Ok(self.scan()?.found)
+    }
+
+    fn scan(&self) -> Result<Listing, StorageError> {
         let mut found = Vec::new();
+        let mut lost = None;
         for name in self.disk.list_dir(&self.dir)? {
-            match parse_name(&name) {
-                Some(pos) => found.push(pos),
-                None => {
-                    tracing::warn!(dir = %self.dir.display(), file = %name, "ignoring a file that is not a snapshot")
-                }
+            if let Some(pos) = parse_name(&name) {
+                found.push(pos);
+            } else if let Some((index, _)) = parse_corrupt_name(&name) {
+                lost = lost.max(Some(index));
+            } else {
+                tracing::warn!(dir = %self.dir.display(), file = %name, "ignoring a file that is not a snapshot");
             }
         }
         found.sort_unstable();
-        Ok(found)
+        Ok(Listing { found, lost })
     }
 
-    /// Loads the newest snapshot. A damaged newest snapshot is an error: falling back
-    /// to an older one would silently lose the entries it compacted away.
-    pub fn load_newest(&self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(&(index, term)) = self.list()?.last() else {
-            return Ok(None);
+    /// Loads the newest snapshot that passes its checks. One that fails them (checksum,
+    /// format, a name that disagrees with the content) is refused loudly and moved aside
+    /// as `corrupt-<name>`, and the next older one is tried. Falling back is safe only
+    /// because the caller learns `lost_index` and replays the WAL accordingly (entries
+    /// compacted behind the lost snapshot are not silently taken as present).
+    pub fn load_newest_valid(&self) -> Result<Loaded, StorageError> {
+        let Listing { found, lost: mut lost_index } = self.scan()?;
+        for &(index, term) in found.iter().rev() {
+            let path = self.dir.join(file_name(index, term));
+            match self.load(&path, index, term)? {
+                Ok(snapshot) => return Ok(Loaded { snapshot: Some(snapshot), lost_index }),
+                Err(corrupt) => {
+                    let moved_to = self.move_aside(&path)?;
+                    tracing::error!(
+                        file = %path.display(),
+                        moved_to = %moved_to.display(),
+                        error = %corrupt,
+                        "refusing a corrupt snapshot: moved it aside; recovering from an older snapshot \
+                         and the WAL, or from the leader"
+                    );
+                    lost_index = lost_index.max(Some(index));
+                }
+            }
+        }
+        Ok(Loaded { snapshot: None, lost_index })
+    }
+
+    /// Reads and checks one snapshot file: `Err` for an I/O error, `Ok(Err)` if it is
+    /// corrupt.
+    fn load(&self, path: &Path, index: u64, term: u64) -> Result<Result<Snapshot, StorageError>, StorageError> {
+        let bytes = self.disk.read(path)?;
+        let snapshot = match decode(bytes) {
+            Ok(s) => s,
+            Err((offset, reason)) => return Ok(Err(StorageError::corrupt(path, offset, reason))),
         };
-        let path = self.dir.join(file_name(index, term));
-        let bytes = self.disk.read(&path)?;
-        let snapshot = decode(&bytes).map_err(|(offset, reason)| StorageError::corrupt(&path, offset, reason))?;
         if (snapshot.meta.index, snapshot.meta.term) != (index, term) {
             let reason = format!(
                 "snapshot file content is at index {} term {}, its name says index {index} term {term}",
                 snapshot.meta.index, snapshot.meta.term
             );
-            return Err(StorageError::corrupt(&path, 0, reason));
+            return Ok(Err(StorageError::corrupt(path, 0, reason)));
         }
-        Ok(Some(snapshot))
+        Ok(Ok(snapshot))
+    }
+
+    /// Renames a refused snapshot to `corrupt-<name>` (with `.<n>` if that is taken),
+    /// durably; returns the new path.
+    fn move_aside(&self, path: &Path) -> Result<PathBuf, StorageError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let taken = self.disk.list_dir(&self.dir)?;
+        let base = format!("{CORRUPT_PREFIX}{name}");
+        let target = std::iter::once(base.clone())
+            .chain((1..).map(|n| format!("{base}.{n}")))
+            .find(|candidate| !taken.contains(candidate))
+            .expect("an unbounded sequence of names has a free one");
+        let to = self.dir.join(target);
+        self.disk.rename(path, &to)?;
+        self.disk.sync_dir(&self.dir)?;
+        Ok(to)
     }
 
     /// Writes `snapshot` durably: temporary file, fsync, rename, fsync directory.
@@ -100,7 +179,13 @@ impl SnapDir {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
         let mut file = self.disk.create(&tmp)?;
-        self.disk.write(file.as_mut(), &tmp, &encode(snapshot))?;
+        // In three writes rather than one encoded buffer: the data can be as large as
+        // the whole state, and a second copy of it would add that much to peak memory.
+        let header = header(snapshot);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &snapshot.data);
+        for part in [&header[..], &snapshot.data[..], &crc.to_le_bytes()] {
+            self.disk.write(file.as_mut(), &tmp, part)?;
+        }
         self.disk.sync_file(file.as_mut(), &tmp)?;
         drop(file);
         self.disk.rename(&tmp, &path)?;
@@ -132,10 +217,11 @@ fn put_set(out: &mut Vec<u8>, set: &BTreeSet<u64>) {
     }
 }
 
-fn encode(snapshot: &Snapshot) -> Vec<u8> {
+/// The bytes of a snapshot file before its data (which the data length ends).
+fn header(snapshot: &Snapshot) -> Vec<u8> {
     let meta = &snapshot.meta;
     let ids = meta.conf.voters.len() + meta.conf.learners.len();
-    let mut out = Vec::with_capacity(48 + 8 * ids + snapshot.data.len());
+    let mut out = Vec::with_capacity(44 + 8 * ids);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&meta.index.to_le_bytes());
@@ -143,14 +229,12 @@ fn encode(snapshot: &Snapshot) -> Vec<u8> {
     put_set(&mut out, &meta.conf.voters);
     put_set(&mut out, &meta.conf.learners);
     out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&snapshot.data);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Decodes a snapshot file; errors carry the byte offset of the problem.
-fn decode(bytes: &[u8]) -> Result<Snapshot, (u64, String)> {
+/// Decodes a snapshot file; errors carry the byte offset of the problem. The data is
+/// not copied: the snapshot's `data` is a slice of `bytes`.
+fn decode(bytes: Vec<u8>) -> Result<Snapshot, (u64, String)> {
     let Some(body_len) = bytes.len().checked_sub(4) else {
         return Err((0, format!("snapshot file of {} bytes is too short", bytes.len())));
     };
@@ -162,10 +246,12 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, (u64, String)> {
         return Err((body_len as u64, reason));
     }
     // The checksum held, so a decoding error here means a format bug, not bit rot.
-    decode_body(body).map_err(|reason| (0, reason))
+    let (meta, data) = decode_body(body).map_err(|reason| (0, reason))?;
+    Ok(Snapshot { meta, data: Bytes::from(bytes).slice(data) })
 }
 
-fn decode_body(body: &[u8]) -> Result<Snapshot, String> {
+/// The metadata and where the data lies in `body`.
+fn decode_body(body: &[u8]) -> Result<(SnapshotMeta, Range<usize>), String> {
     let mut r = Reader::new(body);
     if r.take(8)? != MAGIC {
         return Err("not a raftkv snapshot file (bad magic)".into());
@@ -178,10 +264,11 @@ fn decode_body(body: &[u8]) -> Result<Snapshot, String> {
     let voters = read_set(&mut r)?;
     let learners = read_set(&mut r)?;
     let len = usize::try_from(r.u64()?).map_err(|_| "snapshot data length overflows".to_string())?;
-    let data = Bytes::copy_from_slice(r.take(len)?);
+    let start = body.len() - r.remaining();
+    r.take(len)?;
     r.finish()?;
     let conf = ConfState { voters, learners };
-    Ok(Snapshot { meta: SnapshotMeta { index, term, conf }, data })
+    Ok((SnapshotMeta { index, term, conf }, start..start + len))
 }
 
 fn read_set(r: &mut Reader<'_>) -> Result<BTreeSet<u64>, String> {
@@ -192,6 +279,14 @@ fn read_set(r: &mut Reader<'_>) -> Result<BTreeSet<u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode(snapshot: &Snapshot) -> Vec<u8> {
+        let mut out = header(snapshot);
+        out.extend_from_slice(&snapshot.data);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
 
     fn sample() -> Snapshot {
         Snapshot {
@@ -207,7 +302,19 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let snapshot = sample();
-        assert_eq!(decode(&encode(&snapshot)).unwrap(), snapshot);
+        assert_eq!(decode(encode(&snapshot)).unwrap(), snapshot);
+    }
+
+    #[test]
+    fn saved_file_is_the_encoding_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk { fs: std::sync::Arc::new(crate::fs::RealFs), sync: true, counters: Default::default() };
+        let snaps = SnapDir::new(disk, dir.path().to_path_buf());
+        let snapshot = sample();
+        snaps.save(&snapshot).unwrap();
+        let written = std::fs::read(dir.path().join(file_name(10, 3))).unwrap();
+        assert_eq!(written, encode(&snapshot));
+        assert_eq!(snaps.load_newest_valid().unwrap().snapshot, Some(snapshot));
     }
 
     #[test]
@@ -216,9 +323,9 @@ mod tests {
         for i in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[i / 8] ^= 1 << (i % 8);
-            assert!(decode(&damaged).is_err(), "bit {i} flip went unnoticed");
+            assert!(decode(damaged).is_err(), "bit {i} flip went unnoticed");
         }
-        assert!(decode(&bytes[..3]).is_err());
+        assert!(decode(bytes[..3].to_vec()).is_err());
     }
 
     #[test]
@@ -227,5 +334,10 @@ mod tests {
         assert_eq!(parse_name(&file_name(10, 3)), Some((10, 3)));
         assert_eq!(parse_name("000000000000000a-0000000000000003.snap.tmp"), None);
         assert_eq!(parse_name("a-3.snap"), None);
+        let corrupt = format!("{CORRUPT_PREFIX}{}", file_name(10, 3));
+        assert_eq!(parse_name(&corrupt), None);
+        assert_eq!(parse_corrupt_name(&corrupt), Some((10, 3)));
+        assert_eq!(parse_corrupt_name(&format!("{corrupt}.2")), Some((10, 3)));
+        assert_eq!(parse_corrupt_name(&file_name(10, 3)), None);
     }
 }

@@ -13,7 +13,7 @@ use crate::disk::{Counters, Disk};
 use crate::error::StorageError;
 use crate::fs::{FileHandle, FileSystem, RealFs};
 use crate::log::{Log, last_after};
-use crate::snap::SnapDir;
+use crate::snap::{Loaded, SnapDir};
 use crate::wal::{self, Segment};
 
 type Result<T> = std::result::Result<T, StorageError>;
@@ -50,6 +50,18 @@ impl Default for StorageOptions {
         }
     }
 }
+
+/// Equal when every setting is, the file systems being the same instance.
+impl PartialEq for StorageOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.fsync == other.fsync
+            && self.segment_size == other.segment_size
+            && self.max_record_size == other.max_record_size
+            && Arc::ptr_eq(&self.fs, &other.fs)
+    }
+}
+
+impl Eq for StorageOptions {}
 
 impl fmt::Debug for StorageOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,9 +165,9 @@ impl DiskStorage {
         }
         let snaps = SnapDir::new(disk.clone(), snap_dir);
         snaps.remove_tmp()?;
-        let snapshot = snaps.load_newest()?;
+        let Loaded { snapshot, lost_index } = snaps.load_newest_valid()?;
         let position = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
-        let replayed = wal::replay(&disk, &wal_dir, position, opts.max_record_size)?;
+        let replayed = wal::replay(&disk, &wal_dir, position, lost_index, opts.max_record_size)?;
         let (storage, entries) = Self::resume(disk, wal_dir, snaps, &opts, replayed)?;
         let recovered = Recovered { hard_state: storage.hard_state, snapshot, entries };
         Ok((storage, recovered))
@@ -170,7 +182,19 @@ impl DiskStorage {
         opts: &StorageOptions,
         replayed: wal::Replayed,
     ) -> Result<(DiskStorage, Vec<Entry>)> {
-        let wal::Replayed { mut segments, torn, hard_state, log, pending_marker } = replayed;
+        let wal::Replayed { mut segments, torn, mut hard_state, log, pending_marker } = replayed;
+        // Why: the commit index may name entries that are not here any more (a refused
+        // snapshot); claiming them committed would invent state. Written back, so that it
+        // cannot apply to entries appended later.
+        let clamped = hard_state.commit > log.last_index();
+        if clamped {
+            tracing::warn!(
+                commit = hard_state.commit,
+                last_index = log.last_index(),
+                "the recovered commit index is beyond the recovered log; lowering it"
+            );
+            hard_state.commit = log.last_index();
+        }
         let file = match segments.last() {
             Some(last) => reopen_segment(&disk, last, torn)?,
             None => {
@@ -198,16 +222,17 @@ impl DiskStorage {
             hard_state,
             poisoned: None,
         };
-        storage.write_owed(pending_marker)?;
+        storage.write_owed(pending_marker, clamped)?;
         Ok((storage, entries))
     }
 
-    /// Writes the hard-state header of an empty current segment, and the marker of a
-    /// snapshot whose save crashed before its marker.
-    fn write_owed(&mut self, marker: Option<Marker>) -> Result<()> {
+    /// Writes the hard state if the current segment is empty (its header) or recovery
+    /// changed it, and the marker replay asked for: that of a snapshot whose save crashed
+    /// before its marker, or that of the snapshot recovered on after a refused one.
+    fn write_owed(&mut self, marker: Option<Marker>, hard_state_changed: bool) -> Result<()> {
         let mut buf = Vec::new();
         let mut records = 0;
-        if self.current().len == 0 {
+        if self.current().len == 0 || hard_state_changed {
             codec::encode_hard_state(&mut buf, &self.hard_state, self.max_record)?;
             records += 1;
         }

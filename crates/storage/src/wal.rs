@@ -71,15 +71,22 @@ pub(crate) struct Replayed {
     pub pending_marker: Option<Marker>,
 }
 
-/// Replays every segment in `dir` on top of the newest snapshot file's position.
+/// Replays every segment in `dir` on top of the newest valid snapshot's position.
+///
+/// `lost_index`: the highest index of a snapshot refused as corrupt. When it is above
+/// the snapshot replayed on, the WAL may hold markers of that lost snapshot and may
+/// have been compacted behind it; replay then tolerates both, keeping only entries it
+/// can prove contiguous from the snapshot (see [`ReplayState`]).
 pub(crate) fn replay(
     disk: &Disk,
     dir: &Path,
     snapshot: Option<(u64, u64)>,
+    lost_index: Option<u64>,
     limit: u32,
 ) -> Result<Replayed, StorageError> {
     let seqs = list_segments(disk, dir)?;
-    let mut state = ReplayState::new(snapshot);
+    let base = snapshot.map_or(0, |(index, _)| index);
+    let mut state = ReplayState::new(snapshot, lost_index.is_some_and(|lost| lost > base));
     let mut segments = Vec::with_capacity(seqs.len());
     let mut torn = None;
     for (i, &seq) in seqs.iter().enumerate() {
@@ -133,6 +140,16 @@ fn scan(
 }
 
 /// The log being rebuilt, starting from the newest snapshot file's position.
+///
+/// In `lenient` mode (a newer snapshot was lost to corruption) three things that are
+/// otherwise corruption are expected, and handled without inventing entries:
+/// - a marker of a snapshot newer than ours: entries up to its index may have been
+///   compacted away, so any later entry at or below it cannot be placed (it would have
+///   been below that snapshot's base) and empties the log;
+/// - a gap (segments deleted behind the lost snapshot): the log above our snapshot is
+///   unknown, so it is emptied; later entries rebuild it only from `base + 1`;
+/// - a marker of our own snapshot after those: written by an open that recovered this
+///   way, it starts the records written from that recovered state on.
 struct ReplayState {
     log: Log<Entry>,
     hard_state: HardState,
@@ -142,10 +159,16 @@ struct ReplayState {
     /// The term the WAL last wrote at the snapshot file's index (entries at or below
     /// the base are not kept, but the snapshot decision may need it).
     wal_term_at_base: Option<u64>,
+    lenient: bool,
+    /// The highest index of a marker of a lost snapshot since our own snapshot's last
+    /// marker (lenient mode only).
+    lost_base: Option<u64>,
+    /// How many entries lenient replay could not place.
+    dropped: u64,
 }
 
 impl ReplayState {
-    fn new(snapshot: Option<(u64, u64)>) -> Self {
+    fn new(snapshot: Option<(u64, u64)>, lenient: bool) -> Self {
         let (index, term) = snapshot.unwrap_or((0, 0));
         ReplayState {
             log: Log::new(index, term),
@@ -154,6 +177,9 @@ impl ReplayState {
             snapshot_marker_seen: false,
             // Index 0 is the empty log, whose "term" is 0, as in `Log::term_at`.
             wal_term_at_base: (index == 0).then_some(0),
+            lenient,
+            lost_base: None,
+            dropped: 0,
         }
     }
 
@@ -169,23 +195,53 @@ impl ReplayState {
     fn apply_entries(&mut self, entries: Vec<Entry>, max_index: &mut Option<u64>) -> Result<(), String> {
         for entry in entries {
             let base = self.log.base_index();
-            last_after(base, self.log.last_index(), entry.index)?;
             *max_index = (*max_index).max(Some(entry.index));
             if entry.index < base {
                 self.wal_term_at_base = None;
             } else if entry.index == base {
                 self.wal_term_at_base = Some(entry.term);
             }
-            self.log.apply(entry.index, entry);
+            let placed =
+                last_after(base, self.log.last_index(), entry.index).and_then(|_| self.check_above_lost(entry.index));
+            match placed {
+                Ok(()) => self.log.apply(entry.index, entry),
+                Err(_) if self.lenient => {
+                    // Why empty the log: what lies between it and this entry is unknown.
+                    self.dropped += self.log.last_index() - base + 1;
+                    self.log.clear();
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
 
+    /// An entry at or below the marker of a lost snapshot cannot be placed.
+    fn check_above_lost(&self, index: u64) -> Result<(), String> {
+        match self.lost_base {
+            Some(lost) if index <= lost => {
+                Err(format!("entry {index} is at or below the lost snapshot at index {lost}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn apply_marker(&mut self, marker: Marker) -> Result<(), String> {
-        let Some((index, term)) = self.snapshot else {
-            return Err(format!("snapshot marker at index {} but no snapshot file exists", marker.index));
+        let (index, term) = match self.snapshot {
+            Some(pos) => pos,
+            None if self.lenient => (0, 0),
+            None => return Err(format!("snapshot marker at index {} but no snapshot file exists", marker.index)),
         };
         match marker.index.cmp(&index) {
+            std::cmp::Ordering::Greater if self.lenient => {
+                // A lost snapshot's marker: entries up to it may be gone from the WAL.
+                self.lost_base = self.lost_base.max(Some(marker.index));
+                if !marker.keep_suffix {
+                    self.dropped += self.log.last_index() - self.log.base_index();
+                    self.log.clear();
+                }
+                return Ok(());
+            }
             std::cmp::Ordering::Greater => {
                 return Err(format!(
                     "snapshot marker at index {} is newer than the newest snapshot file (index {index})",
@@ -198,7 +254,10 @@ impl ReplayState {
                     marker.term
                 ));
             }
-            std::cmp::Ordering::Equal => self.snapshot_marker_seen = true,
+            std::cmp::Ordering::Equal => {
+                self.snapshot_marker_seen = true;
+                self.lost_base = None;
+            }
             std::cmp::Ordering::Less => {}
         }
         if !marker.keep_suffix {
@@ -209,6 +268,9 @@ impl ReplayState {
     }
 
     /// Applies the snapshot decision if the WAL had no marker for the snapshot file.
+    /// In lenient mode, also returns a marker of our snapshot to write if the WAL ends
+    /// after a lost snapshot's marker, so that the next replay reads what follows it as
+    /// written from the recovered state.
     fn finish(mut self) -> (HardState, Log<Entry>, Option<Marker>) {
         let pending = match self.snapshot {
             Some((index, term)) if !self.snapshot_marker_seen => {
@@ -218,8 +280,20 @@ impl ReplayState {
                 }
                 Some(Marker { index, term, keep_suffix })
             }
+            _ if self.lost_base.is_some() => {
+                Some(Marker { index: self.log.base_index(), term: self.log.base_term(), keep_suffix: true })
+            }
             _ => None,
         };
+        if self.lenient {
+            tracing::warn!(
+                snapshot_index = self.log.base_index(),
+                last_index = self.log.last_index(),
+                dropped_entries = self.dropped,
+                "replayed the WAL over an older snapshot than the one refused; entries it could not \
+                 place contiguously were dropped (the leader sends them again)"
+            );
+        }
         (self.hard_state, self.log, pending)
     }
 }

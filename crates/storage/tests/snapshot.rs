@@ -97,20 +97,148 @@ fn crash_between_snapshot_rename_and_marker_is_completed_at_open() {
     }
 }
 
+fn snap_name(index: u64, term: u64) -> String {
+    format!("{index:016x}-{term:016x}.snap")
+}
+
 #[test]
-fn corrupted_snapshot_is_refused_naming_the_file() {
+fn corrupt_newest_snapshot_is_moved_aside_and_the_older_one_plus_the_wal_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), Some(&hs(1, Some(2), 9))).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    s.save_snapshot(&snapshot(8, 1)).unwrap();
+    drop(s);
+    let snap_dir = dir.path().join("snap");
+    flip_bit(&snap_dir.join(snap_name(8, 1)), 30, 2);
+
+    // The WAL was never compacted (one big segment): snapshot 4 plus entries 5..=10
+    // cover the log, so that is what recovery uses.
+    let (mut s, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
+    assert_eq!(rec.entries, entries(5..=10, 1));
+    assert_eq!(rec.hard_state, hs(1, Some(2), 9));
+    // Refused, not deleted: the evidence stays, under a name no later open loads.
+    assert_eq!(sorted_names(&snap_dir), [snap_name(4, 1), format!("corrupt-{}", snap_name(8, 1))]);
+
+    // Stable across reopens, with writes after the recovery point following the usual
+    // rules even at or below the lost snapshot's index (storage-level: an overwrite
+    // from 7 truncates 8..=10), although the WAL still holds the lost one's marker.
+    s.append(&entries(7..=8, 2), None).unwrap();
+    drop(s);
+    let (mut s, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
+    let mut expected = entries(5..=6, 1);
+    expected.extend(entries(7..=8, 2));
+    assert_eq!(rec.entries, expected);
+
+    // A new snapshot past the lost one ends the fallback.
+    s.append(&entries(9..=10, 2), None).unwrap();
+    s.save_snapshot(&snapshot(9, 2)).unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(9, 2)));
+    assert_eq!(rec.entries, entries(10..=10, 2));
+    assert!(snap_dir.join(format!("corrupt-{}", snap_name(8, 1))).exists(), "the evidence stays");
+}
+
+#[test]
+fn snapshot_whose_name_disagrees_with_its_content_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path());
     s.append(&entries(1..=10, 1), None).unwrap();
     s.save_snapshot(&snapshot(4, 1)).unwrap();
+    drop(s);
+    let snap_dir = dir.path().join("snap");
+    fs::copy(snap_dir.join(snap_name(4, 1)), snap_dir.join(snap_name(9, 1))).unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
+    assert_eq!(rec.entries, entries(5..=10, 1));
+    assert!(snap_dir.join(format!("corrupt-{}", snap_name(9, 1))).exists());
+}
+
+/// Entries 1..=30 of term 5 over 200-byte segments, vote for 3, commit 25, snapshots
+/// at `snaps` (each compacting the WAL behind it).
+fn compacted(dir: &std::path::Path, snaps: &[u64]) {
+    let fs = TestFs::default();
+    let (mut s, _) = open_with(dir, &fs, 200);
+    s.append(&entries(1..=1, 5), Some(&hs(5, Some(3), 0))).unwrap();
+    for i in 2..=30 {
+        s.append(&entries(i..=i, 5), None).unwrap();
+    }
+    s.append(&[], Some(&hs(5, Some(3), 25))).unwrap();
+    for &i in snaps {
+        s.save_snapshot(&snapshot(i, 5)).unwrap();
+    }
+    assert!(!segment(dir, 1).exists(), "the WAL was compacted");
+}
+
+#[test]
+fn corrupt_only_snapshot_over_a_compacted_wal_recovers_no_log_but_keeps_the_vote() {
+    let dir = tempfile::tempdir().unwrap();
+    compacted(dir.path(), &[20]);
+    let snap_dir = dir.path().join("snap");
+    flip_bit(&snap_dir.join(snap_name(20, 5)), 10, 0);
+
+    // Entries 1..=20 exist nowhere now: no snapshot, no entries (nothing invented),
+    // but the term and the vote stay, and the commit index names nothing absent.
+    let (mut s, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, None);
+    assert_eq!(rec.entries, vec![]);
+    assert_eq!(rec.hard_state, hs(5, Some(3), 0));
+    assert_eq!(sorted_names(&snap_dir), [format!("corrupt-{}", snap_name(20, 5))]);
+
+    // From here the log is rebuilt from index 1 (e.g. the bootstrap entries) ...
+    s.append(&entries(1..=3, 1), None).unwrap();
+    drop(s);
+    let (mut s, rec) = open(dir.path());
+    assert_eq!(rec.entries, entries(1..=3, 1));
+    assert_eq!(rec.hard_state, hs(5, Some(3), 0));
+    // ... until the leader's snapshot arrives, which ends the fallback.
+    s.save_snapshot(&snapshot(30, 6)).unwrap();
+    s.append(&entries(31..=31, 6), None).unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(30, 6)));
+    assert_eq!(rec.entries, entries(31..=31, 6));
+    assert_eq!(rec.hard_state.vote, Some(3));
+}
+
+#[test]
+fn corrupt_newest_snapshot_over_a_compacted_wal_falls_back_to_the_older_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    compacted(dir.path(), &[10, 20]);
+    let snap_dir = dir.path().join("snap");
+    flip_bit(&snap_dir.join(snap_name(20, 5)), 40, 7);
+    // Entries 11..=20 were compacted away behind the lost snapshot: the WAL cannot
+    // continue snapshot 10, so no entry is kept, and the commit index drops to 10.
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(10, 5)));
+    assert_eq!(rec.entries, vec![]);
+    assert_eq!(rec.hard_state, hs(5, Some(3), 10));
+    // Both snapshots refused: the same as having none.
+    flip_bit(&snap_dir.join(snap_name(10, 5)), 40, 7);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, None);
+    assert_eq!(rec.entries, vec![]);
+    assert_eq!(rec.hard_state, hs(5, Some(3), 0));
+    let names = sorted_names(&snap_dir);
+    assert_eq!(names, [format!("corrupt-{}", snap_name(10, 5)), format!("corrupt-{}", snap_name(20, 5))]);
+}
+
+#[test]
+fn a_missing_snapshot_is_still_an_error() {
+    // Only a snapshot refused at open (whose evidence is kept) relaxes replay; a
+    // snapshot file that vanished is not silently tolerated.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
     s.save_snapshot(&snapshot(8, 1)).unwrap();
     drop(s);
-    let name = format!("{:016x}-{:016x}.snap", 8, 1);
-    let path = dir.path().join("snap").join(&name);
-    flip_bit(&path, 30, 2);
+    fs::remove_file(dir.path().join("snap").join(snap_name(8, 1))).unwrap();
     let err = DiskStorage::open(dir.path(), StorageOptions::default()).unwrap_err();
-    assert!(matches!(&err, StorageError::Corrupt { file, .. } if *file == path), "{err}");
-    assert!(err.to_string().contains(&name), "{err}");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("no snapshot file exists"), "{err}");
 }
 
 #[test]

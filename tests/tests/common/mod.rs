@@ -1,13 +1,16 @@
 //! Shared helpers of the process-level tests: the `raftkv-server` and `raftkv`
 //! executables (built once per test binary when missing or stale), a 3-node cluster of
-//! real server processes in a temporary directory (which nodes may join and leave), a
-//! bounded write load, and running the CLI with a deadline.
+//! real server processes in a temporary directory (which nodes may join and leave; or
+//! any number of them, each in its own network namespace: [`netns`]), a bounded write
+//! load, and running the CLI with a deadline.
 //!
 //! Every wait here is a deadline-bounded poll of a condition
 //! ([`raftkv_client::local::poll_until`]); nothing sleeps in place of a condition.
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -18,7 +21,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use raftkv_client::local::{
-    Bootstrap, LocalCluster, LocalClusterOptions, NodeConfig, NodeProcess, SERVER_BIN_ENV, ServerCommand, poll_until,
+    Bootstrap, LocalCluster, LocalClusterOptions, NodeConfig, NodePlacement, NodeProcess, SERVER_BIN_ENV,
+    ServerCommand, poll_until,
 };
 use raftkv_client::{Client, ClientError, ClientOptions, MemberList, NodeId, NodeStatus};
 use tokio::task::JoinSet;
@@ -185,17 +189,23 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts 3 nodes with 50 ms ticks (elections in ~0.5-1 s) plus `extra` flags.
     pub fn start(extra: &[&str]) -> TestCluster {
+        Self::start_placed(3, extra, &[])
+    }
+
+    /// Starts `nodes` nodes like [`TestCluster::start`], node `i + 1` placed as
+    /// `placement[i]` says (e.g. in a network namespace of [`netns::Net`]).
+    pub fn start_placed(nodes: usize, extra: &[&str], placement: &[NodePlacement]) -> TestCluster {
         let bins = binaries();
         let dir = tempfile::Builder::new().prefix("raftkv-test-").tempdir().expect("temp dir");
         let extra_args: Vec<String> = TEST_FLAGS.iter().chain(extra).map(|s| s.to_string()).collect();
-        let cluster = LocalCluster::start(LocalClusterOptions {
-            nodes: 3,
+        let options = LocalClusterOptions {
+            nodes,
             base_port: None,
             dir: dir.path().to_path_buf(),
             command: ServerCommand::binary(&bins.server),
             extra_args,
-        })
-        .expect("start the nodes");
+        };
+        let cluster = LocalCluster::start_placed(options, placement).expect("start the nodes");
         TestCluster { cluster, retired: Vec::new(), dir: Some(dir) }
     }
 
@@ -412,13 +422,16 @@ impl LoadResult {
         self.acked.iter().filter(|(k, v)| stored.get(*k) != Some(*v)).map(|(k, _)| k).collect()
     }
 
+    /// Pairs of `stored` that no put, acknowledged or unknown, wrote.
+    pub fn invented<'a>(&self, stored: &'a BTreeMap<String, String>) -> Vec<(&'a String, &'a String)> {
+        stored.iter().filter(|(k, v)| self.acked.get(*k).or(self.unknown.get(*k)) != Some(*v)).collect()
+    }
+
     /// Panics if `stored` holds a value that no put, acknowledged or unknown, wrote to
     /// its key.
     pub fn assert_nothing_invented(&self, stored: &BTreeMap<String, String>) {
-        for (key, value) in stored {
-            let written = self.acked.get(key).or(self.unknown.get(key));
-            assert_eq!(written, Some(value), "{key} holds {value:?}, which was never written to it");
-        }
+        let invented = self.invented(stored);
+        assert!(invented.is_empty(), "values never written to their keys: {invented:?}");
     }
 }
 
