@@ -77,6 +77,7 @@ pub(crate) async fn establish(cfg: &NodeConfig, fs: &dyn FileSystem, has_log: bo
         |meta: NodeMeta| meta.save(fs, dir).with_context(|| format!("writing the meta file in {}", dir.display()));
     let token = &cfg.cluster.token;
     match meta {
+        Some(meta) if must_rejoin(cfg, has_log) => rejoin(cfg, meta).await,
         Some(meta) => resume(cfg, meta, has_log),
         None if has_log => {
             if !cfg.cluster.join.is_empty() {
@@ -112,6 +113,32 @@ pub(crate) async fn establish(cfg: &NodeConfig, fs: &dyn FileSystem, has_log: bo
             Ok(Identity { id: cfg.id, cluster_id, start: Start::Bootstrap(bootstrap_changes(&cfg.peers)) })
         }
     }
+}
+
+/// A node that joined, then stopped before it received any entry, knows no member
+/// address and would wait for ever: it asks to join again under its stored id.
+fn must_rejoin(cfg: &NodeConfig, has_log: bool) -> bool {
+    !has_log && !cfg.cluster.join.is_empty()
+}
+
+/// Joins again as the node the meta file names; the cluster still lists it as a learner
+/// at the same address, so it answers with the same id and the current members.
+async fn rejoin(cfg: &NodeConfig, meta: NodeMeta) -> anyhow::Result<Identity> {
+    tracing::info!(id = meta.node_id, "the data dir has a node id but no log: asking to join again");
+    let mut again = cfg.clone();
+    again.id = meta.node_id;
+    let reply = join(&again).await?;
+    if reply.id != meta.node_id || reply.members.cluster_id != meta.cluster_id {
+        bail!(
+            "the data dir {} belongs to node {} of cluster {:016x}, but joining again answered node {} of cluster              {:016x}: start this node with another data dir",
+            cfg.data_dir.display(),
+            meta.node_id,
+            meta.cluster_id,
+            reply.id,
+            reply.members.cluster_id
+        );
+    }
+    Ok(Identity { id: meta.node_id, cluster_id: meta.cluster_id, start: Start::Joined(reply) })
 }
 
 /// The data dir already belongs to a cluster.
