@@ -37,6 +37,7 @@ mod cluster;
 mod membership;
 mod node;
 mod peer;
+mod persist;
 mod service;
 mod trace;
 
