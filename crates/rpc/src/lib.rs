@@ -1,19 +1,27 @@
 //! The one tarpc service a raftkv node serves, on one TCP port, to its peers and its
 //! clients, and the wire types both sides share.
 //!
+//! Plaintext TCP by default; with a [`TlsConfig`], mutual TLS ([`tls`]), where only
+//! node certificates may send Raft messages ([`PeerError::NotANode`]).
+//!
 //! Its job: define the protocol once. It must never hold logic: no retries, no leader
 //! finding (that is the client's), no Raft (that is the server's).
-
-use std::io;
 
 use bytes::Bytes;
 use raftkv_kv::{Command, WriteResult};
 use raftkv_raft::{Message, NodeId};
 use serde::{Deserialize, Serialize};
-use tarpc::serde_transport::tcp;
-use tarpc::tokio_serde::formats::Bincode;
 
 pub use tarpc;
+
+pub mod tls;
+mod transport;
+
+pub use tls::{PeerIdentity, TlsConfig, TlsError, TlsFiles};
+pub use transport::{
+    Accepted, HANDSHAKE_TIMEOUT, Incoming, Listener, ServerTransport, client_on, connect, connect_with, listen,
+    listen_with,
+};
 
 /// The largest frame either side accepts: a snapshot chunk or an AppendEntries batch
 /// plus framing. A larger frame closes the connection instead of exhausting memory.
@@ -167,6 +175,10 @@ pub enum PeerError {
     /// its data.
     #[error("node {id} was removed from this cluster")]
     Removed { id: NodeId },
+    /// TLS is on and the sender's certificate is not a node's (e.g. a client's): it
+    /// may not vote or append.
+    #[error("the sender's certificate ({common_name:?}) is not a node certificate: Raft messages refused")]
+    NotANode { common_name: String },
 }
 
 /// A span another trace is linked to: the W3C ids of a sampled OpenTelemetry span.
@@ -198,31 +210,4 @@ pub trait RaftKv {
     async fn members() -> Result<MemberList, ClientError>;
     /// Asks the leader to change the configuration; answered once the change commits.
     async fn change_member(change: MemberChange) -> Result<MemberChangeReply, ClientError>;
-}
-
-/// Opens a client connection to a node.
-pub async fn connect(addr: &str) -> io::Result<RaftKvClient> {
-    let mut connecting = tcp::connect(addr, Bincode::default);
-    connecting.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    let transport = connecting.await?;
-    Ok(RaftKvClient::new(tarpc::client::Config::default(), transport).spawn())
-}
-
-type ServerCodec = Bincode<tarpc::ClientMessage<RaftKvRequest>, tarpc::Response<RaftKvResponse>>;
-
-/// Accepted connections, each a tarpc transport for [`RaftKv`].
-pub type Incoming = tcp::Incoming<
-    tarpc::ClientMessage<RaftKvRequest>,
-    tarpc::Response<RaftKvResponse>,
-    ServerCodec,
-    fn() -> ServerCodec,
->;
-
-/// Serves [`RaftKv`] transports on an already bound listener (bind first, so the caller
-/// knows the address, including an ephemeral port).
-pub async fn listen(listener: tokio::net::TcpListener) -> io::Result<Incoming> {
-    let codec: fn() -> ServerCodec = Bincode::default;
-    let mut incoming = tcp::listen_on(listener, codec).await?;
-    incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    Ok(incoming)
 }

@@ -220,7 +220,7 @@ async fn join(cfg: &NodeConfig) -> anyhow::Result<MemberChangeReply> {
     let mut target = seeds[0].clone();
     tracing::info!(id = cfg.id, advertise = %cfg.cluster.advertise, join = ?seeds, "joining a cluster");
     loop {
-        let error = match attempt(&target, &change).await {
+        let error = match attempt(&target, &change, cfg.tls.as_ref()).await {
             Ok(reply) => return check_reply(cfg, reply),
             Err(Attempt::Redirect(leader)) if redirects < MAX_REDIRECTS => {
                 redirects += 1;
@@ -269,8 +269,12 @@ fn check_reply(cfg: &NodeConfig, reply: MemberChangeReply) -> anyhow::Result<Mem
     Ok(reply)
 }
 
-async fn attempt(addr: &str, change: &MemberChange) -> Result<MemberChangeReply, Attempt> {
-    let client = match tokio::time::timeout(JOIN_ATTEMPT, raftkv_rpc::connect(addr)).await {
+async fn attempt(
+    addr: &str,
+    change: &MemberChange,
+    tls: Option<&raftkv_rpc::TlsConfig>,
+) -> Result<MemberChangeReply, Attempt> {
+    let client = match tokio::time::timeout(JOIN_ATTEMPT, raftkv_rpc::connect_with(addr, tls)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(Attempt::Failed(format!("cannot connect to {addr}: {e}"))),
         Err(_) => return Err(Attempt::Failed(format!("connecting to {addr} timed out"))),
@@ -308,6 +312,7 @@ mod tests {
                 ..ClusterConfig::found("127.0.0.1:1")
             },
             storage: None,
+            tls: None,
         }
     }
 
@@ -374,7 +379,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let seed = l.local_addr().unwrap().to_string();
         drop(l);
-        let Err(Attempt::Failed(msg)) = attempt(&seed, &MemberChange::Promote { id: 1 }).await else {
+        let Err(Attempt::Failed(msg)) = attempt(&seed, &MemberChange::Promote { id: 1 }, None).await else {
             panic!("a dead seed fails the attempt")
         };
         assert!(msg.contains(&seed), "{msg}");

@@ -58,6 +58,7 @@ fn config(id: u64, addr: SocketAddr, dir: &Path, peers: &BTreeMap<u64, SocketAdd
             ..ClusterConfig::found(addr.to_string())
         },
         storage: None,
+        tls: None,
     }
 }
 
