@@ -37,7 +37,6 @@ mod cluster;
 mod membership;
 mod node;
 mod peer;
-mod persist;
 mod service;
 mod trace;
 

@@ -29,7 +29,6 @@ use tracing::Instrument as _;
 use crate::admin::{AdminState, role_code};
 use crate::membership::{self, AddPlan, Membership};
 use crate::peer::{LinkContext, PeerSender};
-use crate::persist::{AfterWrite, BackgroundWrites, Completion, Durable};
 use crate::service::Shared;
 use crate::trace::{self, ElectionTrace, WriteTrace};
 
@@ -149,9 +148,6 @@ pub(crate) struct Node {
     raw: RawNode,
     kv: KvStateMachine,
     writer: Option<GroupCommitWriter>,
-    /// Writes in flight while the loop goes on, and their outcomes.
-    background: BackgroundWrites,
-    written_rx: mpsc::UnboundedReceiver<Completion>,
     peers: HashMap<NodeId, Peer>,
     /// Members' addresses and removed ids (the replicated part of membership).
     membership: Membership,
@@ -203,15 +199,12 @@ impl Node {
     ) -> Node {
         let status = raw.status();
         let snapshot_index = raw.snapshot().map_or(0, |s| s.meta.index);
-        let (background, written_rx) = BackgroundWrites::new();
         let mut node = Node {
             id: status.id,
             cfg,
             raw,
             kv,
             writer: Some(writer),
-            background,
-            written_rx,
             peers: HashMap::new(),
             membership,
             shared,
@@ -287,11 +280,6 @@ impl Node {
                 Some(batch) = raft_rx.recv() => self.step_batch(batch),
                 Some(request) = client_rx.recv() => self.handle_request(request),
                 Some(by) = removed_rx.recv() => self.removed_by_peer(by),
-                Some(written) = self.written_rx.recv() => {
-                    if let Err(e) = self.written(written) {
-                        break Err(e);
-                    }
-                }
             }
             for _ in 0..MAX_DRAIN {
                 let Ok(batch) = raft_rx.try_recv() else { break };
@@ -569,10 +557,6 @@ impl Node {
         while self.raw.has_ready() {
             any = true;
             let mut rd = self.raw.ready();
-            let background = rd.can_persist_async() && !self.background.is_full();
-            if !background {
-                self.wait_for_background_writes().await?;
-            }
             // Before anything is persisted or applied: an election's vote fsync is
             // part of its span, and a commit's writes are still waiting here.
             self.trace_events(&rd.events);
@@ -583,14 +567,8 @@ impl Node {
                     format!("saving the snapshot at index {} received from the leader", snap.meta.index)
                 })?;
             }
-            let last_entry = rd.entries.last().map(|e| (e.index, e.term));
-            let (entries, messages) = (std::mem::take(&mut rd.entries), std::mem::take(&mut rd.persisted_messages));
-            if background {
-                self.persist_in_background(entries, rd.hard_state, rd.must_sync(), messages)?;
-            } else {
-                self.persist(entries, rd.hard_state, rd.must_sync()).await?;
-                self.send(messages);
-            }
+            self.persist(std::mem::take(&mut rd.entries), rd.hard_state, rd.must_sync()).await?;
+            self.send(std::mem::take(&mut rd.persisted_messages));
             if let (Some(snap), Some(kv)) = (rd.snapshot, snapshot_kv) {
                 self.install_snapshot(&snap.meta, &kv)?;
             }
@@ -641,12 +619,7 @@ impl Node {
             // spans end.
             self.inbound_spans.clear();
             self.log_events(rd.events);
-            if background {
-                let handed_out = self.raw.advance_async();
-                assert_eq!(handed_out, last_entry, "the write covers what the Ready handed out");
-            } else {
-                self.raw.advance();
-            }
+            self.raw.advance();
             let st = self.raw.status();
             self.role = st.role;
             self.leader = st.leader;
@@ -711,103 +684,33 @@ impl Node {
         hs: Option<HardState>,
         must_sync: bool,
     ) -> anyhow::Result<()> {
-        let Some(request) = self.write_request(entries, hs, must_sync) else { return Ok(()) };
-        let traced = self.fsync_traces(&request.entries, hs.is_some());
-        let (n, has_hs) = (request.entries.len() as u64, request.hard_state.is_some());
-        let report = self.write(request).await?;
-        self.trace_fsync(&report, n, has_hs, &traced);
-        Ok(())
-    }
-
-    /// What a Ready needs written, if anything. A commit-only hard state change is
-    /// deferred to the next write.
-    fn write_request(
-        &mut self,
-        entries: Vec<raftkv_raft::Entry>,
-        hs: Option<HardState>,
-        must_sync: bool,
-    ) -> Option<WriteRequest> {
         if entries.is_empty() && !must_sync {
             if hs.is_some() {
                 self.deferred_hs = hs;
             }
-            return None;
+            return Ok(());
         }
         let hard_state = hs.or(self.deferred_hs.take());
         self.deferred_hs = None;
         if entries.is_empty() && hard_state.is_none() {
-            return None;
+            return Ok(());
         }
-        Some(WriteRequest { entries, hard_state })
-    }
-
-    fn trace_fsync(&self, report: &BatchReport, entries: u64, hard_state: bool, traced: &[SpanContext]) {
-        let info = trace::FsyncInfo {
-            node: self.id,
-            entries,
-            hard_state,
-            batch_requests: report.requests_in_batch as u64,
-            batch_entries: report.entries as u64,
-            batch_bytes: report.bytes,
-            fsync: report.fsync_duration,
-        };
-        trace::fsync(info, traced);
-    }
-
-    /// Submits a Ready's write and goes on; `messages` leave once it (and every write
-    /// before it) is durable.
-    fn persist_in_background(
-        &mut self,
-        entries: Vec<raftkv_raft::Entry>,
-        hs: Option<HardState>,
-        must_sync: bool,
-        messages: Vec<Message>,
-    ) -> anyhow::Result<()> {
-        let last_entry = entries.last().map(|e| (e.index, e.term));
-        let request = self.write_request(entries, hs, must_sync);
-        let (n, has_hs) = request.as_ref().map_or((0, false), |r| (r.entries.len() as u64, r.hard_state.is_some()));
-        let traced = request.as_ref().map_or_else(Vec::new, |r| self.fsync_traces(&r.entries, hs.is_some()));
-        let after = AfterWrite { last_entry, messages, entries: n, hard_state: has_hs, traced };
-        match request {
-            Some(request) => {
-                let done = self.background.push_write(after);
-                self.writer()?.submit(request, done);
-            }
-            None => {
-                if let Some(durable) = self.background.push_nothing(after) {
-                    self.release(vec![durable]);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A background write finished: releases what is now durable, in order.
-    fn written(&mut self, done: Completion) -> anyhow::Result<()> {
-        let durable = self.background.complete(done).context("writing the Raft log")?;
-        self.release(durable);
-        Ok(())
-    }
-
-    fn release(&mut self, durable: Vec<Durable>) {
-        for Durable { report, after } in durable {
-            if let Some((index, term)) = after.last_entry {
-                self.raw.persisted(index, term);
-            }
-            self.send(after.messages);
-            if let Some(report) = report {
-                self.trace_fsync(&report, after.entries, after.hard_state, &after.traced);
-            }
-        }
-    }
-
-    /// Waits until every background write is durable (before a Ready that must be
-    /// written in line: a new term or vote, a snapshot).
-    async fn wait_for_background_writes(&mut self) -> anyhow::Result<()> {
-        while !self.background.is_empty() {
-            let done = self.written_rx.recv().await.ok_or_else(|| anyhow!("the storage writer stopped"))?;
-            self.written(done)?;
-        }
+        let traced = self.fsync_traces(&entries, hs.is_some());
+        let n = entries.len() as u64;
+        let has_hs = hard_state.is_some();
+        let report = self.write(WriteRequest { entries, hard_state }).await?;
+        trace::fsync(
+            trace::FsyncInfo {
+                node: self.id,
+                entries: n,
+                hard_state: has_hs,
+                batch_requests: report.requests_in_batch as u64,
+                batch_entries: report.entries as u64,
+                batch_bytes: report.bytes,
+                fsync: report.fsync_duration,
+            },
+            &traced,
+        );
         Ok(())
     }
 
