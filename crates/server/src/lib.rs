@@ -34,6 +34,7 @@
 pub mod admin;
 mod args;
 mod cluster;
+mod conn;
 mod membership;
 mod node;
 mod peer;
@@ -55,7 +56,6 @@ use raftkv_storage::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 pub use admin::AdminState;
 pub use args::{ClusterConfig, FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer};
@@ -335,26 +335,17 @@ pub async fn serve_with_admin(
     }
 }
 
-/// Accepts connections and serves each on its own task until `stop` says how long
-/// open connections may still finish (their clients hang up) before they are cut.
+/// Accepts connections and serves each on its own task (within the bounds of
+/// [`conn`]) until `stop` says how long open connections may still finish (their
+/// clients hang up) before they are cut.
 async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Service, stop: oneshot::Receiver<Duration>) {
-    let mut connections = JoinSet::new();
+    let mut connections = conn::Connections::default();
     let mut stop = std::pin::pin!(stop);
     let grace = loop {
         tokio::select! {
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
             next = incoming.next() => match next {
-                Some(Ok(transport)) => {
-                    let serve = service.clone().serve();
-                    connections.spawn(
-                        BaseChannel::with_defaults(transport)
-                            .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
-                            .execute(serve)
-                            .for_each(|request| async {
-                                tokio::spawn(request);
-                            }),
-                    );
-                }
+                Some(Ok(transport)) => admit(&mut connections, transport, &service),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -364,15 +355,34 @@ async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Servi
                     break stop.await.unwrap_or(Duration::ZERO);
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = connections.reap(), if !connections.is_empty() => {}
         }
     };
     drop(incoming);
-    if !grace.is_zero() {
-        let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    connections.close(grace).await;
+}
+
+/// Serves `transport` if there is room (see [`conn::Connections::make_room`]), else
+/// drops it, closing the connection.
+fn admit(connections: &mut conn::Connections, transport: raftkv_rpc::ServerTransport, service: &service::Service) {
+    if !connections.make_room() {
+        tracing::warn!(max = conn::MAX_CONNECTIONS, "refusing a connection: too many open connections");
+        return;
     }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
+    let serve = service.clone().serve();
+    connections.spawn(move |started| {
+        let transport = transport.inspect(move |m| {
+            if m.is_ok() {
+                started.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        BaseChannel::with_defaults(transport)
+            .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
+            .execute(serve)
+            .for_each(|request| async {
+                tokio::spawn(request);
+            })
+    });
 }
 
 /// A seed for election jitter that differs between nodes and restarts.
