@@ -228,16 +228,8 @@ admin_url() {
   [ -n "$port" ] && echo "http://$port"
 }
 
-# wait_until DEADLINE_SECONDS DESCRIPTION CMD...: polls CMD every second.
-wait_until() {
-  local secs=$1 what=$2 deadline
-  shift 2
-  deadline=$(($(date +%s) + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for $what"
-    sleep 1
-  done
-}
+# shellcheck source=../lib/wait.sh
+source "$here/../lib/wait.sh"
 
 is_ready() {
   local url

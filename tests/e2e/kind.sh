@@ -77,16 +77,8 @@ pass() {
   log "PASS: $*"
 }
 
-# wait_until SECONDS WHAT CMD...: a deadline-bounded poll.
-wait_until() {
-  local secs=$1 what=$2 deadline
-  shift 2
-  deadline=$(($(date +%s) + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for $what"
-    sleep 2
-  done
-}
+# shellcheck source=../lib/wait.sh
+source "$root/tests/lib/wait.sh"
 
 for cmd in docker kind kubectl jq nix; do
   command -v "$cmd" >/dev/null || fail "'$cmd' not found: run this inside 'nix develop'"

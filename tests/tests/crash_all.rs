@@ -6,8 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{LEADER_TIMEOUT, Load, TestCluster, scan_map};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use raftkv_client::ClientOptions;
 
 const PREFIX: &str = "crash";
@@ -23,14 +21,7 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() {
     load.wait_acked(100, Duration::from_secs(20)).await;
 
     // SIGKILL all three at once (then reap them), while the writers keep writing.
-    let ids = cluster.ids();
-    for id in &ids {
-        let pid = cluster.node(*id).and_then(|n| n.pid()).expect("node running");
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
-    }
-    for id in &ids {
-        cluster.node_mut(*id).expect("node").kill().await.expect("reap");
-    }
+    cluster.kill_all_at_once().await;
     let result = load.stop(Duration::from_secs(15)).await;
     assert!(result.errors.is_empty(), "definite write failures: {:?}", result.errors);
     eprintln!(
@@ -39,9 +30,7 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() {
         result.unknown.len()
     );
 
-    for id in &ids {
-        cluster.node_mut(*id).expect("node").restart().await.expect("restart");
-    }
+    cluster.restart_all().await;
     let leader = cluster.leader().await;
     eprintln!("after restart: leader node {} in term {}", leader.id, leader.term);
 

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{LEADER_TIMEOUT, Load, LoadResult, TestCluster, eventually, scan_map, text};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use raftkv_client::{Client, ClientError, ClientOptions};
 
 const PREFIX: &str = "cycles";
@@ -96,14 +94,7 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
         .await;
 
         // SIGKILL all three at once, then reap them.
-        let ids = cluster.ids();
-        for id in &ids {
-            let pid = cluster.node(*id).and_then(|n| n.pid()).expect("node running");
-            kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
-        }
-        for id in &ids {
-            cluster.node_mut(*id).expect("node").kill().await.expect("reap");
-        }
+        cluster.kill_all_at_once().await;
         stop.store(true, Ordering::SeqCst);
         let result = load.stop(Duration::from_secs(10)).await;
         tokio::time::timeout(Duration::from_secs(10), inc).await.expect("incrementer stops").expect("incrementer");
@@ -117,9 +108,7 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
         written.acked.extend(result.acked);
         written.unknown.extend(result.unknown);
 
-        for id in &ids {
-            cluster.node_mut(*id).expect("node").restart().await.expect("restart");
-        }
+        cluster.restart_all().await;
     }
 
     let leader = cluster.leader().await;

@@ -23,12 +23,15 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RaftKvBackend {
     endpoints: Vec<String>,
     leader: String,
+    tls: Option<raftkv_rpc::TlsConfig>,
 }
 
 impl RaftKvBackend {
-    /// Finds the leader among `endpoints` (waiting up to 20 s for one).
-    pub async fn new(endpoints: Vec<String>) -> anyhow::Result<RaftKvBackend> {
-        let client = Client::new(endpoints.clone(), ClientOptions::with_timeout(Duration::from_secs(2)))?;
+    /// Finds the leader among `endpoints` (waiting up to 20 s for one). `tls`: mutual
+    /// TLS to the servers, if they use it.
+    pub async fn new(endpoints: Vec<String>, tls: Option<raftkv_rpc::TlsConfig>) -> anyhow::Result<RaftKvBackend> {
+        let opts = ClientOptions { tls: tls.clone(), ..ClientOptions::with_timeout(Duration::from_secs(2)) };
+        let client = Client::new(endpoints.clone(), opts)?;
         let deadline = Instant::now() + LEADER_TIMEOUT;
         loop {
             let statuses = client.status_all().await;
@@ -38,7 +41,7 @@ impl RaftKvBackend {
                 .filter(|(_, s)| raftkv_client::local::is_leader(s))
                 .max_by_key(|(_, s)| s.term);
             if let Some((ep, _)) = leader {
-                return Ok(RaftKvBackend { endpoints: client.endpoints(), leader: ep.clone() });
+                return Ok(RaftKvBackend { endpoints: client.endpoints(), leader: ep.clone(), tls });
             }
             if Instant::now() >= deadline {
                 bail!("no leader among {endpoints:?} within {LEADER_TIMEOUT:?}: {statuses:?}");
@@ -80,10 +83,12 @@ impl Backend for RaftKvBackend {
     }
 
     async fn connect(&self, index: usize, _count: usize, stale_reads: bool) -> anyhow::Result<Conn> {
-        let leader = raftkv_rpc::connect(&self.leader).await.with_context(|| format!("connect to {}", self.leader))?;
+        let leader = raftkv_rpc::connect_with(&self.leader, self.tls.as_ref())
+            .await
+            .with_context(|| format!("connect to {}", self.leader))?;
         let reads = if stale_reads {
             let ep = &self.endpoints[index % self.endpoints.len()];
-            raftkv_rpc::connect(ep).await.with_context(|| format!("connect to {ep}"))?
+            raftkv_rpc::connect_with(ep, self.tls.as_ref()).await.with_context(|| format!("connect to {ep}"))?
         } else {
             leader.clone()
         };

@@ -329,7 +329,9 @@ impl Demo {
             ..ValidateArgs::defaults()
         };
         let endpoints = self.cluster()?.endpoints();
-        let report = validate::run(&endpoints, self.timeout, &args).await.map_err(|e| format!("validation: {e}"))?;
+        let report = validate::run(&endpoints, ClientOptions::with_timeout(self.timeout), &args)
+            .await
+            .map_err(|e| format!("validation: {e}"))?;
         println!("   validation SUCCESS: {}", report.summary());
         self.data_files.push(file);
         Ok(report)

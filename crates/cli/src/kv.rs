@@ -5,14 +5,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use raftkv_client::{Client, ClientError, ClientOptions, NodeStatus, WriteOutcome, WriteResult};
+use raftkv_client::{Client, ClientError, NodeStatus, WriteOutcome, WriteResult};
 use serde_json::json;
 
 use crate::{CliError, CliResult, Global};
 
 /// A client for the global endpoints and timeout.
 pub fn client(global: &Global) -> Result<Client, CliError> {
-    Client::new(global.endpoints.clone(), ClientOptions::with_timeout(global.timeout)).map_err(CliError::from)
+    Client::new(global.endpoints.clone(), global.client_options()?).map_err(CliError::from)
 }
 
 fn text(b: &[u8]) -> String {

@@ -4,6 +4,7 @@
 //! swap); 2 usage error; 3 outcome unknown (the deadline passed: a write may or may
 //! not have been applied, or no leader answered a read).
 
+mod certs;
 mod demo;
 mod duration;
 mod kv;
@@ -11,11 +12,12 @@ mod member;
 mod up;
 mod validate;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use raftkv_client::ClientError;
+use raftkv_client::{ClientError, ClientOptions};
 
 use crate::duration::parse_duration;
 
@@ -52,6 +54,35 @@ pub struct Global {
     /// Print machine-readable JSON (put, delete, cas, get, scan, status, member).
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Mutual TLS to the servers: this client's certificate (PEM, from `raftkv certs`).
+    /// Give --tls-cert, --tls-key and --tls-ca together, or none (plaintext).
+    #[arg(long, global = true, env = "RAFTKV_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "RAFTKV_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA (PEM) the servers' certificates must be signed by.
+    #[arg(long, global = true, env = "RAFTKV_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Global {
+    /// The TLS flags loaded (`None`: plaintext). A missing flag or a bad file is a
+    /// usage error (exit 2) naming it.
+    pub fn tls(&self) -> Result<Option<raftkv_rpc::TlsConfig>, CliError> {
+        let usage = |message: String| CliError { code: 2, message: format!("error: {message}") };
+        let files = raftkv_server::tls_files(self.tls_cert.as_ref(), self.tls_key.as_ref(), self.tls_ca.as_ref())
+            .map_err(usage)?;
+        files.map(|f| raftkv_rpc::TlsConfig::load(&f).map_err(|e| usage(format!("TLS: {e}")))).transpose()
+    }
+
+    /// Client options for the global timeout and TLS flags.
+    pub fn client_options(&self) -> Result<ClientOptions, CliError> {
+        Ok(ClientOptions { tls: self.tls()?, ..ClientOptions::with_timeout(self.timeout) })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,10 +148,13 @@ enum Cmd {
     /// Load the cluster (closed loop, or open loop with --rate) and report throughput,
     /// latency percentiles and errors (--json for JSON).
     Bench(raftkv_bench::BenchArgs),
+    /// Generate a development CA and node and client certificates for mutual TLS
+    /// (servers: --tls-cert node-<ID>.pem --tls-key node-<ID>-key.pem --tls-ca ca.pem).
+    Certs(certs::CertsArgs),
     /// Run one server node in this process (what `up` and `demo` start when no
     /// `raftkv-server` executable is beside this one).
     #[command(hide = true)]
-    Server(raftkv_server::ServerArgs),
+    Server(Box<raftkv_server::ServerArgs>),
 }
 
 /// A failed command: its message and exit code.
@@ -147,9 +181,19 @@ pub type CliResult = Result<(), CliError>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Server(args) = cli.command {
-        return run_server(args);
-    }
+    let command = match cli.command {
+        Cmd::Server(args) => return run_server(*args),
+        Cmd::Certs(args) => {
+            return match certs::command(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}", e.message);
+                    ExitCode::from(e.code)
+                }
+            };
+        }
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -162,7 +206,7 @@ fn main() -> ExitCode {
         let _entered = runtime.enter();
         init_tracing()
     };
-    let result = runtime.block_on(run(cli.global, cli.command));
+    let result = runtime.block_on(run(cli.global, command));
     // Export the spans still queued while the runtime (and the exporter's connection)
     // still runs: a short-lived command would otherwise lose them.
     telemetry.shutdown();
@@ -201,7 +245,7 @@ async fn run(global: Global, command: Cmd) -> CliResult {
         Cmd::Up(args) => up::command(&global, args).await,
         Cmd::Demo(args) => demo::command(&global, args).await,
         Cmd::Bench(args) => bench(&global, args).await,
-        Cmd::Server(_) => unreachable!("handled before the runtime starts"),
+        Cmd::Server(_) | Cmd::Certs(_) => unreachable!("handled before the runtime starts"),
     }
 }
 
@@ -209,7 +253,8 @@ async fn run(global: Global, command: Cmd) -> CliResult {
 async fn bench(global: &Global, args: raftkv_bench::BenchArgs) -> CliResult {
     args.validate().map_err(|e| CliError { code: 2, message: format!("error: {e}") })?;
     let failed = |e: anyhow::Error| CliError::failed(format!("error: {e:#}"));
-    let backend = raftkv_bench::raftkv::RaftKvBackend::new(global.endpoints.clone()).await.map_err(failed)?;
+    let backend =
+        raftkv_bench::raftkv::RaftKvBackend::new(global.endpoints.clone(), global.tls()?).await.map_err(failed)?;
     let report = raftkv_bench::run(backend, &args).await.map_err(failed)?;
     print!("{}", if global.json { report.to_json() + "\n" } else { report.table() });
     Ok(())

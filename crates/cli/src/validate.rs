@@ -100,7 +100,8 @@ impl Report {
 }
 
 pub async fn command(global: &Global, args: ValidateArgs) -> CliResult {
-    match run(&global.endpoints, global.timeout, &args).await {
+    let opts = global.client_options()?;
+    match run(&global.endpoints, opts, &args).await {
         Ok(report) => {
             println!("{}", report.summary());
             println!("SUCCESS");
@@ -114,14 +115,11 @@ pub async fn command(global: &Global, args: ValidateArgs) -> CliResult {
 }
 
 /// Runs the validation; `Err` is the reason it failed.
-pub async fn run(endpoints: &[String], timeout: Duration, args: &ValidateArgs) -> Result<Report, String> {
+/// `opts`: the clients' deadlines (and TLS).
+pub async fn run(endpoints: &[String], opts: ClientOptions, args: &ValidateArgs) -> Result<Report, String> {
     let run_id = args.run_id.clone().unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let v = Validator {
-        endpoints: endpoints.to_vec(),
-        opts: ClientOptions::with_timeout(timeout),
-        retry_deadline: args.retry_deadline,
-        verbose: !args.quiet,
-    };
+    let v =
+        Validator { endpoints: endpoints.to_vec(), opts, retry_deadline: args.retry_deadline, verbose: !args.quiet };
     let client = v.client()?;
     let mut report = Report { run_id: run_id.clone(), ..Report::default() };
 

@@ -38,6 +38,8 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Deadline of one endpoint's answer in [`Client::status_all`].
     pub status_timeout: Duration,
+    /// Mutual TLS to the servers (they must be started with TLS too); `None`: plaintext.
+    pub tls: Option<raftkv_rpc::TlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +51,7 @@ impl Default for ClientOptions {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             status_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -466,7 +469,7 @@ impl Client {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
                 self.drop_connection(endpoint, &e);
-                Err(ClientError::Unreachable(format!("{endpoint}: {e}")))
+                Err(ClientError::Unreachable(self.describe(endpoint, &e)))
             }
             Err(_) => {
                 Err(ClientError::Unreachable(format!("{endpoint}: no answer within {:?}", self.opts.status_timeout)))
@@ -520,7 +523,7 @@ impl Client {
             return Ok(c.clone());
         }
         let limit = self.opts.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let c = match tokio::time::timeout(limit, raftkv_rpc::connect(endpoint)).await {
+        let c = match tokio::time::timeout(limit, raftkv_rpc::connect_with(endpoint, self.opts.tls.as_ref())).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(format!("{endpoint}: cannot connect: {e}")),
             Err(_) => return Err(format!("{endpoint}: cannot connect within {limit:?}")),
@@ -528,6 +531,21 @@ impl Client {
         debug!(endpoint, "connected");
         self.routing().conns.insert(endpoint.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// A failed RPC, with a hint when the connection itself broke: the usual cause of
+    /// that right after connecting is a TLS mismatch (the server refusing our
+    /// certificate, or requiring TLS from a plaintext client).
+    fn describe(&self, endpoint: &str, e: &RpcError) -> String {
+        if matches!(e, RpcError::DeadlineExceeded | RpcError::Server(_)) {
+            return format!("{endpoint}: {e}");
+        }
+        let hint = if self.opts.tls.is_some() {
+            "if this persists, the server may refuse our TLS certificate: is --tls-cert signed by the cluster's CA?"
+        } else {
+            "if this persists, the server may require TLS: give --tls-cert, --tls-key and --tls-ca"
+        };
+        format!("{endpoint}: {e} ({hint})")
     }
 
     fn drop_connection(&self, endpoint: &str, e: &RpcError) {
@@ -584,7 +602,7 @@ impl Client {
                         Ok(Ok(Err(e))) => classify(op, is_write, &endpoint, e),
                         Ok(Err(e)) => {
                             self.drop_connection(&endpoint, &e);
-                            Failure::Elsewhere(format!("{endpoint}: {e}"))
+                            Failure::Elsewhere(self.describe(&endpoint, &e))
                         }
                         Err(_) => {
                             Failure::Elsewhere(format!("{endpoint}: no answer within {:?}", self.opts.rpc_timeout))

@@ -205,6 +205,12 @@ impl NodeProcess {
         }
         // Traces: every node is a raftkv-server, told apart by its instance id.
         cmd.env("OTEL_SERVICE_NAME", "raftkv-server").env_remove("POD_NAME");
+        // Local clusters (`up`, `demo`, tests) are plaintext on loopback and their
+        // clients speak plaintext: a TLS setting meant for another cluster must not leak
+        // into their servers.
+        for var in ["RAFTKV_TLS_CERT", "RAFTKV_TLS_KEY", "RAFTKV_TLS_CA"] {
+            cmd.env_remove(var);
+        }
         cmd.envs(self.command.env.iter().map(|(k, v)| (k, v)));
         #[cfg(unix)]
         cmd.process_group(0);

@@ -547,6 +547,11 @@ impl Raft {
             MessageBody::HeartbeatResponse { missing_from: Some(0), .. } => {
                 return malformed("missing_from is 0; log indexes start at 1".to_string());
             }
+            // The tracker asserts that a node is either voter or learner; a snapshot from
+            // the network must not reach that assert.
+            MessageBody::InstallSnapshot { meta, .. } if !meta.conf.voters.is_disjoint(&meta.conf.learners) => {
+                return malformed(format!("snapshot at {} lists a node as both voter and learner", meta.index));
+            }
             _ => {}
         }
         Ok(())
@@ -704,6 +709,17 @@ impl Raft {
         let Some(progress) = self.tracker.get_mut(m.from) else { return Ok(()) };
         progress.recent_active = true;
         match m.body {
+            // Within one term a leader's log only grows, so an acknowledgement beyond its
+            // last index is forged or corrupt; counting it could commit what no majority holds.
+            MessageBody::AppendEntriesResponse { success: true, index, .. } if index > self.log.last_index() => {
+                return Err(StepError::Malformed {
+                    kind: "AppendEntriesResponse",
+                    reason: format!(
+                        "acknowledges index {index} beyond the leader's last index {}",
+                        self.log.last_index()
+                    ),
+                });
+            }
             MessageBody::AppendEntriesResponse { success: true, index, .. } => {
                 self.handle_append_success(m.from, index)
             }

@@ -1,47 +1,91 @@
-//! Messages the fuzzer (fuzz/, wire_decode) found to panic the core: refused as
-//! `StepError::Malformed` instead.
+//! Messages that no correct peer sends are refused with `StepError::Malformed`, before
+//! they can trip an assertion, overflow, or count toward a quorum. Found by fuzzing the
+//! wire (fuzz/, wire_decode).
 
-use raftkv_raft::{ConfState, Config, Entry, EntryKind, Message, MessageBody, RawNode, Recovered, Role, StepError};
+use bytes::Bytes;
+use raftkv_raft::{
+    ConfState, Config, Entry, EntryKind, Message, MessageBody, RawNode, Recovered, Role, SnapshotMeta, StepError, Term,
+};
 
-fn follower() -> RawNode {
-    RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::default()).expect("config")
-}
-
-/// Node 1 of 1, 2, 3 as leader: it campaigns and node 2 grants its (pre-)votes.
-fn leader() -> RawNode {
-    let mut node = follower();
+/// Drives node 1 of {1, 2, 3} to leadership with node 2's (pre-)votes.
+fn leader_of_three() -> RawNode {
+    let mut node = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::default()).unwrap();
     node.campaign();
-    for _ in 0..4 {
+    for _ in 0..10 {
         if node.status().role == Role::Leader {
             break;
         }
         let ready = node.ready();
-        let grants: Vec<Message> = ready
+        let requests: Vec<(bool, Term)> = ready
             .messages
             .iter()
             .chain(&ready.persisted_messages)
             .filter_map(|m| match m.body {
-                MessageBody::RequestVote { pre_vote, .. } if m.to == 2 => Some(Message {
-                    from: 2,
-                    to: 1,
-                    term: m.term,
-                    body: MessageBody::RequestVoteResponse { pre_vote, granted: true },
-                }),
+                MessageBody::RequestVote { pre_vote, .. } if m.to == 2 => Some((pre_vote, m.term)),
                 _ => None,
             })
             .collect();
         node.advance();
-        for m in grants {
-            node.step(m).expect("a vote grant");
+        for (pre_vote, term) in requests {
+            let body = MessageBody::RequestVoteResponse { pre_vote, granted: true };
+            node.step(Message { from: 2, to: 1, term, body }).unwrap();
         }
     }
     assert_eq!(node.status().role, Role::Leader);
+    // Persist the leader's no-op, so its own log counts toward the commit quorum.
+    while node.has_ready() {
+        node.ready();
+        node.advance();
+    }
     node
 }
 
 #[test]
+fn an_acknowledgement_beyond_the_leaders_log_is_refused_and_commits_nothing() {
+    let mut node = leader_of_three();
+    let term = node.status().term;
+    let last = node.status().last_index;
+    let commit_before = node.status().commit_index;
+    let forged = MessageBody::AppendEntriesResponse { success: true, index: last + 100, reject_hint: 0, hint_term: 0 };
+    let err = node.step(Message { from: 2, to: 1, term, body: forged }).unwrap_err();
+    assert!(
+        matches!(&err, StepError::Malformed { kind: "AppendEntriesResponse", reason } if reason.contains("beyond")),
+        "{err:?}"
+    );
+    assert_eq!(node.status().commit_index, commit_before, "a forged ack must not commit anything");
+    // A true acknowledgement of the last index is still accepted.
+    let honest = MessageBody::AppendEntriesResponse { success: true, index: last, reject_hint: 0, hint_term: 0 };
+    node.step(Message { from: 2, to: 1, term, body: honest }).unwrap();
+    assert_eq!(node.status().commit_index, last);
+}
+
+#[test]
+fn a_snapshot_whose_configuration_lists_a_node_twice_is_refused() {
+    let mut node = RawNode::new(Config::new(2), ConfState::with_voters([1, 2, 3]), Recovered::default()).unwrap();
+    let mut conf = ConfState::with_voters([1, 2, 3]);
+    conf.learners.insert(3);
+    let data = Bytes::from_static(b"state");
+    let body = MessageBody::InstallSnapshot {
+        meta: SnapshotMeta { index: 10, term: 1, conf },
+        offset: 0,
+        total_len: data.len() as u64,
+        data,
+        done: true,
+    };
+    let before = node.status();
+    let err = node.step(Message { from: 1, to: 2, term: 1, body }).unwrap_err();
+    assert!(
+        matches!(&err, StepError::Malformed { kind: "InstallSnapshot", reason } if reason.contains("both voter and learner")),
+        "{err:?}"
+    );
+    let after = node.status();
+    assert_eq!((after.commit_index, after.last_index), (before.commit_index, before.last_index));
+    assert!(node.snapshot().is_none(), "nothing of the refused snapshot is installed");
+}
+
+#[test]
 fn heartbeat_response_missing_from_zero_is_malformed() {
-    let mut node = leader();
+    let mut node = leader_of_three();
     let term = node.status().term;
     let m =
         Message { from: 2, to: 1, term, body: MessageBody::HeartbeatResponse { read_round: 0, missing_from: Some(0) } };
@@ -51,7 +95,7 @@ fn heartbeat_response_missing_from_zero_is_malformed() {
 
 #[test]
 fn append_entries_with_indexes_past_u64_max_is_malformed() {
-    let mut node = follower();
+    let mut node = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::default()).unwrap();
     let entry = |index| Entry { index, term: 1, kind: EntryKind::Noop, data: Default::default() };
     let body = MessageBody::AppendEntries {
         prev_log_index: u64::MAX,

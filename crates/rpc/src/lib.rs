@@ -1,23 +1,30 @@
 //! The one tarpc service a raftkv node serves, on one TCP port, to its peers and its
 //! clients, and the wire types both sides share.
 //!
+//! Plaintext TCP by default; with a [`TlsConfig`], mutual TLS ([`tls`]), where only
+//! node certificates may send Raft messages ([`PeerError::NotANode`]).
+//!
 //! Its job: define the protocol once. It must never hold logic: no retries, no leader
 //! finding (that is the client's), no Raft (that is the server's).
 
-use std::io;
-use std::pin::Pin;
-use std::time::Duration;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use raftkv_kv::{Command, WriteResult};
 use raftkv_raft::{Message, NodeId};
 use serde::{Deserialize, Serialize};
-use tarpc::ClientMessage;
-use tarpc::serde_transport::tcp;
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_serde::{Deserializer, Serializer};
 
 pub use tarpc;
+
+mod codec;
+pub mod tls;
+mod transport;
+
+pub use codec::{MAX_REQUEST_DEADLINE, ServerCodec, ServerMessage, decode_client_message, encode_request};
+
+pub use tls::{PeerIdentity, TlsConfig, TlsError, TlsFiles};
+pub use transport::{
+    Accepted, HANDSHAKE_TIMEOUT, Incoming, Listener, ServerTransport, client_on, connect, connect_with, listen,
+    listen_with,
+};
 
 /// The largest frame either side accepts: a snapshot chunk or an AppendEntries batch
 /// plus framing. A larger frame closes the connection instead of exhausting memory.
@@ -171,6 +178,10 @@ pub enum PeerError {
     /// its data.
     #[error("node {id} was removed from this cluster")]
     Removed { id: NodeId },
+    /// TLS is on and the sender's certificate is not a node's (e.g. a client's): it
+    /// may not vote or append.
+    #[error("the sender's certificate ({common_name:?}) is not a node certificate: Raft messages refused")]
+    NotANode { common_name: String },
 }
 
 /// A span another trace is linked to: the W3C ids of a sampled OpenTelemetry span.
@@ -202,134 +213,4 @@ pub trait RaftKv {
     async fn members() -> Result<MemberList, ClientError>;
     /// Asks the leader to change the configuration; answered once the change commits.
     async fn change_member(change: MemberChange) -> Result<MemberChangeReply, ClientError>;
-}
-
-/// Opens a client connection to a node.
-pub async fn connect(addr: &str) -> io::Result<RaftKvClient> {
-    let mut connecting = tcp::connect(addr, Bincode::default);
-    connecting.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    let transport = connecting.await?;
-    Ok(RaftKvClient::new(tarpc::client::Config::default(), transport).spawn())
-}
-
-/// The most a request's deadline may lie ahead, whatever its client sent. tarpc turns
-/// the wire's relative deadline into an `Instant` and arms a timer with it: a deadline
-/// centuries away overflows the `Instant` or the timer wheel and panics the server, so
-/// [`ServerCodec`] clamps it while decoding.
-pub const MAX_REQUEST_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// What a client sends, as the server decodes it: tarpc's [`ClientMessage`] with its
-/// deadline clamped to [`MAX_REQUEST_DEADLINE`].
-pub type ServerMessage = ClientMessage<RaftKvRequest>;
-
-/// The server side's codec: tarpc's bincode format, but a request's deadline is read as
-/// the relative [`Duration`] it is on the wire and clamped before it becomes an
-/// `Instant` (see [`MAX_REQUEST_DEADLINE`]). Responses are encoded unchanged.
-#[derive(Debug, Default)]
-pub struct ServerCodec {
-    inner: Bincode<wire::ClientMessage<RaftKvRequest>, tarpc::Response<RaftKvResponse>>,
-}
-
-impl Deserializer<ServerMessage> for ServerCodec {
-    type Error = io::Error;
-
-    fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> io::Result<ServerMessage> {
-        let message = Pin::new(&mut self.get_mut().inner).deserialize(src)?;
-        Ok(message.into_tarpc(MAX_REQUEST_DEADLINE))
-    }
-}
-
-impl Serializer<tarpc::Response<RaftKvResponse>> for ServerCodec {
-    type Error = io::Error;
-
-    fn serialize(self: Pin<&mut Self>, item: &tarpc::Response<RaftKvResponse>) -> io::Result<Bytes> {
-        Pin::new(&mut self.get_mut().inner).serialize(item)
-    }
-}
-
-/// Decodes one frame's payload (without its length prefix) exactly as a server does.
-/// An error, never a panic, on any bytes.
-pub fn decode_client_message(frame: &[u8]) -> io::Result<ServerMessage> {
-    let mut codec = ServerCodec::default();
-    Pin::new(&mut codec).deserialize(&BytesMut::from(frame))
-}
-
-/// A request frame's payload (without its length prefix) as a client sends it, with
-/// any relative `deadline`: for tests and fuzz seeds that need deadlines tarpc's own
-/// client cannot send.
-pub fn encode_request(deadline: Duration, id: u64, message: RaftKvRequest) -> io::Result<Bytes> {
-    let request = wire::Request {
-        context: wire::Context { deadline, trace_context: tarpc::trace::Context::default() },
-        id,
-        message,
-    };
-    let mut codec: Bincode<RaftKvRequest, wire::ClientMessage<RaftKvRequest>> = Bincode::default();
-    Pin::new(&mut codec).serialize(&wire::ClientMessage::Request(request))
-}
-
-/// The layout of tarpc's `ClientMessage` on the wire (bincode is not self-describing:
-/// these mirror tarpc 0.38's field and variant order), with the deadline kept as the
-/// relative `Duration` it is sent as.
-mod wire {
-    use std::time::{Duration, Instant};
-
-    use serde::{Deserialize, Serialize};
-    use tarpc::trace;
-
-    #[derive(Debug, Serialize, Deserialize)]
-    pub enum ClientMessage<T> {
-        Request(Request<T>),
-        Cancel { trace_context: trace::Context, request_id: u64 },
-    }
-
-    #[derive(Debug, Serialize, Deserialize)]
-    pub struct Request<T> {
-        pub context: Context,
-        pub id: u64,
-        pub message: T,
-    }
-
-    #[derive(Debug, Serialize, Deserialize)]
-    pub struct Context {
-        /// How long from now the client waits for the answer.
-        pub deadline: Duration,
-        pub trace_context: trace::Context,
-    }
-
-    impl<T> ClientMessage<T> {
-        /// tarpc's message, its deadline at most `max` from now.
-        pub fn into_tarpc(self, max: Duration) -> tarpc::ClientMessage<T> {
-            match self {
-                ClientMessage::Request(r) => {
-                    let mut context = tarpc::context::current();
-                    context.deadline = Instant::now() + r.context.deadline.min(max);
-                    context.trace_context = r.context.trace_context;
-                    tarpc::ClientMessage::Request(tarpc::Request { context, id: r.id, message: r.message })
-                }
-                ClientMessage::Cancel { trace_context, request_id } => {
-                    tarpc::ClientMessage::Cancel { trace_context, request_id }
-                }
-            }
-        }
-    }
-}
-
-/// Accepted connections, each a tarpc transport for [`RaftKv`].
-pub type Incoming = tcp::Incoming<ServerMessage, tarpc::Response<RaftKvResponse>, ServerCodec, fn() -> ServerCodec>;
-
-/// One accepted connection.
-pub type ServerTransport = tarpc::serde_transport::Transport<
-    tokio::net::TcpStream,
-    ServerMessage,
-    tarpc::Response<RaftKvResponse>,
-    ServerCodec,
->;
-
-/// Serves [`RaftKv`] transports on an already bound listener (bind first, so the caller
-/// knows the address, including an ephemeral port).
-pub async fn listen(listener: tokio::net::TcpListener) -> io::Result<Incoming> {
-    let codec: fn() -> ServerCodec = ServerCodec::default;
-    let mut incoming = tcp::listen_on(listener, codec).await?;
-    incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    Ok(incoming)
 }

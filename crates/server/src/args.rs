@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use raftkv_raft::NodeId;
+use raftkv_rpc::{TlsConfig, TlsFiles};
 use raftkv_storage::{FsyncPolicy, StorageOptions};
 
 /// The flags of `raftkv-server` (and of `raftkv server` in the CLI).
@@ -120,6 +121,20 @@ pub struct ServerArgs {
     /// e.g. 0.0.0.0:9090. Off when not given.
     #[arg(long, env = "RAFTKV_ADMIN_LISTEN", value_name = "HOST:PORT", value_parser = parse_admin_listen)]
     pub admin_listen: Option<String>,
+
+    /// Mutual TLS for peer and client traffic: this node's certificate (PEM; its CN
+    /// must start with `raftkv-node-` and its SANs name the hosts peers dial).
+    /// Give --tls-cert, --tls-key and --tls-ca together, or none (plaintext).
+    #[arg(long, env = "RAFTKV_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "RAFTKV_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA (PEM): peers and clients must present a certificate it signed.
+    #[arg(long, env = "RAFTKV_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `--fsync`.
@@ -197,6 +212,8 @@ pub struct NodeConfig {
     /// fault-injecting file system, small WAL segments); `None`: the defaults. Its
     /// `fsync` is ignored in favour of the field above.
     pub storage: Option<StorageOptions>,
+    /// Mutual TLS for every connection in and out; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The membership part of a [`NodeConfig`]. All of it matters only until the data dir
@@ -260,7 +277,15 @@ impl ServerArgs {
             },
             cluster,
             storage: None,
+            tls: self.tls()?,
         })
+    }
+
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: all three (loaded now, so a bad file
+    /// fails the start with its name) or none.
+    fn tls(&self) -> Result<Option<TlsConfig>, String> {
+        let files = tls_files(self.tls_cert.as_ref(), self.tls_key.as_ref(), self.tls_ca.as_ref())?;
+        files.map(|f| TlsConfig::load(&f).map_err(|e| format!("TLS: {e}"))).transpose()
     }
 
     fn resolve_static(&self) -> Result<Resolved, String> {
@@ -334,6 +359,32 @@ impl ServerArgs {
         };
         let peers = if founder { founders } else { BTreeMap::new() };
         Ok((ordinal + 1, format!("0.0.0.0:{port}"), peers, cluster))
+    }
+}
+
+/// Checks that the three TLS flags come together (all or none).
+pub fn tls_files(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    ca: Option<&PathBuf>,
+) -> Result<Option<TlsFiles>, String> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => {
+            Ok(Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() }))
+        }
+        _ => {
+            let missing: Vec<&str> = [(cert, "--tls-cert"), (key, "--tls-key"), (ca, "--tls-ca")]
+                .iter()
+                .filter(|(v, _)| v.is_none())
+                .map(|(_, name)| *name)
+                .collect();
+            Err(format!(
+                "TLS needs --tls-cert, --tls-key and --tls-ca together; missing {} (give all three, or none for \
+                 plaintext)",
+                missing.join(", ")
+            ))
+        }
     }
 }
 
@@ -552,6 +603,20 @@ mod tests {
         assert_eq!(joiner.cluster.join, ["raft-0.kv:6000", "raft-1.kv:6000", "raft-2.kv:6000"]);
         assert_eq!(joiner.cluster.advertise, "raft-4.kv:6000");
         assert!(joiner.cluster.allocate_id);
+    }
+
+    #[test]
+    fn tls_flags_come_together_and_name_the_file() {
+        let base = ["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "d"];
+        assert_eq!(resolve(&base).unwrap().tls, None);
+        let e = resolve(&[&base[..], &["--tls-cert", "c.pem", "--tls-ca", "ca.pem"]].concat()).unwrap_err();
+        assert!(e.contains("missing --tls-key"), "{e}");
+        let e = resolve(&[&base[..], &["--tls-key", "k.pem"]].concat()).unwrap_err();
+        assert!(e.contains("missing --tls-cert, --tls-ca"), "{e}");
+        let e =
+            resolve(&[&base[..], &["--tls-cert", "/nonexistent/c.pem", "--tls-key", "k", "--tls-ca", "ca"]].concat())
+                .unwrap_err();
+        assert!(e.contains("/nonexistent/c.pem"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub(crate) async fn establish(cfg: &NodeConfig, fs: &dyn FileSystem, has_log: bo
         |meta: NodeMeta| meta.save(fs, dir).with_context(|| format!("writing the meta file in {}", dir.display()));
     let token = &cfg.cluster.token;
     match meta {
+        Some(meta) if must_rejoin(cfg, has_log) => rejoin(cfg, meta).await,
         Some(meta) => resume(cfg, meta, has_log),
         None if has_log => {
             if !cfg.cluster.join.is_empty() {
@@ -112,6 +113,32 @@ pub(crate) async fn establish(cfg: &NodeConfig, fs: &dyn FileSystem, has_log: bo
             Ok(Identity { id: cfg.id, cluster_id, start: Start::Bootstrap(bootstrap_changes(&cfg.peers)) })
         }
     }
+}
+
+/// A node that joined, then stopped before it received any entry, knows no member
+/// address and would wait for ever: it asks to join again under its stored id.
+fn must_rejoin(cfg: &NodeConfig, has_log: bool) -> bool {
+    !has_log && !cfg.cluster.join.is_empty()
+}
+
+/// Joins again as the node the meta file names; the cluster still lists it as a learner
+/// at the same address, so it answers with the same id and the current members.
+async fn rejoin(cfg: &NodeConfig, meta: NodeMeta) -> anyhow::Result<Identity> {
+    tracing::info!(id = meta.node_id, "the data dir has a node id but no log: asking to join again");
+    let mut again = cfg.clone();
+    again.id = meta.node_id;
+    let reply = join(&again).await?;
+    if reply.id != meta.node_id || reply.members.cluster_id != meta.cluster_id {
+        bail!(
+            "the data dir {} belongs to node {} of cluster {:016x}, but joining again answered node {} of cluster              {:016x}: start this node with another data dir",
+            cfg.data_dir.display(),
+            meta.node_id,
+            meta.cluster_id,
+            reply.id,
+            reply.members.cluster_id
+        );
+    }
+    Ok(Identity { id: meta.node_id, cluster_id: meta.cluster_id, start: Start::Joined(reply) })
 }
 
 /// The data dir already belongs to a cluster.
@@ -193,7 +220,7 @@ async fn join(cfg: &NodeConfig) -> anyhow::Result<MemberChangeReply> {
     let mut target = seeds[0].clone();
     tracing::info!(id = cfg.id, advertise = %cfg.cluster.advertise, join = ?seeds, "joining a cluster");
     loop {
-        let error = match attempt(&target, &change).await {
+        let error = match attempt(&target, &change, cfg.tls.as_ref()).await {
             Ok(reply) => return check_reply(cfg, reply),
             Err(Attempt::Redirect(leader)) if redirects < MAX_REDIRECTS => {
                 redirects += 1;
@@ -242,8 +269,12 @@ fn check_reply(cfg: &NodeConfig, reply: MemberChangeReply) -> anyhow::Result<Mem
     Ok(reply)
 }
 
-async fn attempt(addr: &str, change: &MemberChange) -> Result<MemberChangeReply, Attempt> {
-    let client = match tokio::time::timeout(JOIN_ATTEMPT, raftkv_rpc::connect(addr)).await {
+async fn attempt(
+    addr: &str,
+    change: &MemberChange,
+    tls: Option<&raftkv_rpc::TlsConfig>,
+) -> Result<MemberChangeReply, Attempt> {
+    let client = match tokio::time::timeout(JOIN_ATTEMPT, raftkv_rpc::connect_with(addr, tls)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(Attempt::Failed(format!("cannot connect to {addr}: {e}"))),
         Err(_) => return Err(Attempt::Failed(format!("connecting to {addr} timed out"))),
@@ -281,6 +312,7 @@ mod tests {
                 ..ClusterConfig::found("127.0.0.1:1")
             },
             storage: None,
+            tls: None,
         }
     }
 
@@ -347,7 +379,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let seed = l.local_addr().unwrap().to_string();
         drop(l);
-        let Err(Attempt::Failed(msg)) = attempt(&seed, &MemberChange::Promote { id: 1 }).await else {
+        let Err(Attempt::Failed(msg)) = attempt(&seed, &MemberChange::Promote { id: 1 }, None).await else {
             panic!("a dead seed fails the attempt")
         };
         assert!(msg.contains(&seed), "{msg}");

@@ -43,6 +43,7 @@ mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -58,7 +59,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub use admin::AdminState;
-pub use args::{ClusterConfig, FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer};
+pub use args::{ClusterConfig, FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer, tls_files};
 
 use crate::cluster::Start;
 use crate::membership::{MemberContext, Membership};
@@ -196,6 +197,17 @@ pub async fn serve_with_admin(
         snapshot_entries = cfg.snapshot_entries,
         "starting raftkv node"
     );
+    match &cfg.tls {
+        Some(tls) => {
+            tracing::info!(files = ?tls.files(), "mutual TLS on: peers and clients need a certificate from the CA")
+        }
+        None if !local.ip().is_loopback() => tracing::warn!(
+            listen = %local,
+            "serving PLAINTEXT on a non-loopback address: anyone who can reach it can read, write, vote and append. \
+             Use --tls-cert, --tls-key and --tls-ca (see `raftkv certs`) outside a trusted network"
+        ),
+        None => {}
+    }
     if cfg.fsync == FsyncPolicy::Never {
         tracing::warn!(
             "!!! --fsync never: writes are acknowledged WITHOUT being flushed to disk; a power failure or \
@@ -281,7 +293,7 @@ pub async fn serve_with_admin(
 
     let shared = Arc::new(service::Shared::new(identity.cluster_id));
     let (removed_tx, removed_rx) = mpsc::channel(16);
-    let link = peer::LinkContext { node: id, cluster_id: identity.cluster_id, removed_tx };
+    let link = peer::LinkContext { node: id, cluster_id: identity.cluster_id, removed_tx, tls: cfg.tls.clone() };
     let (raft_tx, raft_rx) = tokio::sync::mpsc::channel(RAFT_QUEUE);
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
     let loop_cfg = node::LoopConfig {
@@ -292,8 +304,8 @@ pub async fn serve_with_admin(
         max_promotion_lag,
     };
     let node = node::Node::new(raw, kv, writer, membership, shared.clone(), link, loop_cfg);
-    let service = service::Service { id, shared, raft_tx, client_tx };
-    let incoming = raftkv_rpc::listen(listener).await.context("cannot serve on the listener")?;
+    let service = service::Service { id, shared, raft_tx, client_tx, peer: raftkv_rpc::PeerIdentity::Plaintext };
+    let incoming = raftkv_rpc::listen_with(listener, cfg.tls.as_ref());
     let (stop_serving, serving_stopped) = oneshot::channel();
     let server = tokio::spawn(accept_loop(incoming, service, serving_stopped));
     admin.set_id(id);
@@ -338,21 +350,21 @@ pub async fn serve_with_admin(
 /// Accepts connections and serves each on its own task (within the bounds of
 /// [`conn`]) until `stop` says how long open connections may still finish (their
 /// clients hang up) before they are cut.
-async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Service, stop: oneshot::Receiver<Duration>) {
+///
+/// The TLS handshake (if any) runs on the connection's own task, never here, so a slow
+/// handshake does not hold up accepting others; it counts toward the connection's
+/// first-request timeout.
+async fn accept_loop(incoming: raftkv_rpc::Listener, service: service::Service, stop: oneshot::Receiver<Duration>) {
     let mut connections = conn::Connections::default();
     let mut stop = std::pin::pin!(stop);
     let grace = loop {
         tokio::select! {
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
-            next = incoming.next() => match next {
-                Some(Ok(transport)) => admit(&mut connections, transport, &service),
-                Some(Err(e)) => {
+            next = incoming.accept() => match next {
+                Ok(accepted) => admit(&mut connections, accepted, &service),
+                Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                None => {
-                    tracing::warn!("the listener closed");
-                    break stop.await.unwrap_or(Duration::ZERO);
                 }
             },
             () = connections.reap(), if !connections.is_empty() => {}
@@ -362,27 +374,41 @@ async fn accept_loop(mut incoming: raftkv_rpc::Incoming, service: service::Servi
     connections.close(grace).await;
 }
 
-/// Serves `transport` if there is room (see [`conn::Connections::make_room`]), else
+/// Serves `accepted` if there is room (see [`conn::Connections::make_room`]), else
 /// drops it, closing the connection.
-fn admit(connections: &mut conn::Connections, transport: raftkv_rpc::ServerTransport, service: &service::Service) {
+fn admit(connections: &mut conn::Connections, accepted: raftkv_rpc::Accepted, service: &service::Service) {
     if !connections.make_room() {
         tracing::warn!(max = conn::MAX_CONNECTIONS, "refusing a connection: too many open connections");
         return;
     }
-    let serve = service.clone().serve();
-    connections.spawn(move |started| {
-        let transport = transport.inspect(move |m| {
-            if m.is_ok() {
-                started.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-        BaseChannel::with_defaults(transport)
-            .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
-            .execute(serve)
-            .for_each(|request| async {
-                tokio::spawn(request);
-            })
+    let service = service.clone();
+    connections.spawn(move |started| serve_connection(accepted, service, started));
+}
+
+/// Establishes one accepted connection (the TLS handshake, if on) and serves it with a
+/// [`service::Service`] that knows who the peer is. Sets `started` on its first
+/// complete request.
+async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::Service, started: Arc<AtomicBool>) {
+    let (transport, peer) = match accepted.establish().await {
+        Ok(established) => established,
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a connection");
+            return;
+        }
+    };
+    service.peer = peer;
+    let transport = transport.inspect(move |m| {
+        if m.is_ok() {
+            started.store(true, Ordering::Relaxed);
+        }
     });
+    BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
+        .execute(service.serve())
+        .for_each(|request| async {
+            tokio::spawn(request);
+        })
+        .await;
 }
 
 /// A seed for election jitter that differs between nodes and restarts.

@@ -81,6 +81,8 @@ pub(crate) struct LinkContext {
     pub cluster_id: u64,
     /// Receives the id of a peer that answered [`PeerError::Removed`] for this node.
     pub removed_tx: mpsc::Sender<NodeId>,
+    /// Mutual TLS to peers, when configured.
+    pub tls: Option<raftkv_rpc::TlsConfig>,
 }
 
 /// Starts the task that delivers messages to peer `id` at `addr` (resolved on every
@@ -119,7 +121,9 @@ impl PeerLink {
                 },
             };
             if self.conn.is_none() {
-                match tokio::time::timeout(RPC_TIMEOUT, raftkv_rpc::connect(&self.addr)).await {
+                match tokio::time::timeout(RPC_TIMEOUT, raftkv_rpc::connect_with(&self.addr, self.link.tls.as_ref()))
+                    .await
+                {
                     Ok(Ok(client)) => {
                         tracing::info!(peer = self.id, addr = %self.addr, "connected to peer");
                         self.conn = Some(client);

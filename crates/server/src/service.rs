@@ -10,8 +10,8 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
-    ClientError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, RaftKv, ReadConsistency,
-    ScanReply, TraceLink, WriteReply,
+    ClientError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, PeerIdentity, RaftKv,
+    ReadConsistency, ScanReply, TraceLink, WriteReply,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +33,9 @@ pub(crate) struct Service {
     pub shared: Arc<Shared>,
     pub raft_tx: mpsc::Sender<RaftBatch>,
     pub client_tx: mpsc::Sender<Request>,
+    /// Who is on the other end of this connection: with TLS, only a node certificate
+    /// may send Raft messages (without TLS, anyone may).
+    pub peer: PeerIdentity,
 }
 
 /// What the service needs to know of the Raft loop's state without asking it: the
@@ -148,6 +151,14 @@ impl RaftKv for Service {
         messages: Vec<Message>,
         links: Vec<TraceLink>,
     ) -> Result<(), PeerError> {
+        if !self.peer.is_node() {
+            let common_name = match &self.peer {
+                PeerIdentity::Certificate { common_name } => common_name.clone(),
+                PeerIdentity::Plaintext => String::new(),
+            };
+            tracing::warn!(common_name, "refusing raft messages from a connection without a node certificate");
+            return Err(PeerError::NotANode { common_name });
+        }
         if cluster_id != self.shared.cluster_id {
             self.shared.warn_wrong_cluster(cluster_id, messages.first().map(|m| m.from));
             return Err(PeerError::WrongCluster { expected: self.shared.cluster_id, got: cluster_id });

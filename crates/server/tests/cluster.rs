@@ -53,6 +53,7 @@ impl Cluster {
             fsync: FsyncPolicy::Always,
             cluster: ClusterConfig::found(self.addrs[&id].to_string()),
             storage: None,
+            tls: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(raftkv_server::serve(cfg, listener, async move {

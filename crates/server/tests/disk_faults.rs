@@ -98,6 +98,7 @@ impl Cluster {
             fsync: FsyncPolicy::Always,
             cluster: ClusterConfig::found(self.addrs[&id].to_string()),
             storage: Some(storage),
+            tls: None,
         };
         let admin = AdminState::new();
         let (stop, rx) = oneshot::channel::<()>();

@@ -58,6 +58,7 @@ fn config(id: u64, addr: SocketAddr, dir: &Path, peers: &BTreeMap<u64, SocketAdd
             ..ClusterConfig::found(addr.to_string())
         },
         storage: None,
+        tls: None,
     }
 }
 
@@ -341,4 +342,38 @@ async fn traffic_of_another_cluster_or_a_removed_node_is_refused() {
     let r = c.raft(context::current(), cid, vec![msg(2)], Vec::new()).await.expect("rpc");
     assert_eq!(r, Err(PeerError::Removed { id: 2 }));
     grown.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_that_restarts_before_its_first_entry_asks_again() {
+    let mut cluster = Cluster::found(3).await;
+    let (leader, list) = cluster.leader_members().await;
+    let lc = client(cluster.addrs[&leader]).await;
+    put(&lc, 1, "before").await;
+
+    // Node 4 was added and wrote its meta file, then crashed before any entry reached
+    // it: its data dir holds the meta file and nothing else.
+    let (l4, a4) = bind().await;
+    let add = MemberChange::Add { id: Some(4), addr: a4.to_string(), auto_promote: true, allocate_if_taken: false };
+    assert_eq!(cluster.change(add).await.expect("add learner").id, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = raftkv_storage::NodeMeta { cluster_id: list.cluster_id, node_id: 4 };
+    meta.save(&raftkv_storage::RealFs, dir.path()).expect("meta");
+
+    // Restarted with the same flags, it joins again under its id and catches up.
+    let cfg = config(4, a4, dir.path(), &BTreeMap::new(), &[cluster.addrs[&leader]]);
+    cluster.nodes.insert(4, start(cfg, l4));
+    cluster.dirs.insert(4, dir);
+    cluster.addrs.insert(4, a4);
+    let c4 = client(a4).await;
+    poll_until(DEADLINE, "node 4 to catch up", || async {
+        match c4.get(context::current(), Bytes::from_static(b"before"), ReadConsistency::Stale).await {
+            Ok(Ok(g)) if g.value.is_some() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("caught up");
+    wait_for_role(&cluster, 4, MemberRole::Voter).await;
+    cluster.stop().await;
 }

@@ -3,7 +3,9 @@
 //!
 //! One time unit is the smallest step; nodes tick every [`TICK`] units. A node's Ready
 //! is "fsynced" a random few units after it is taken, and a crash before then loses it:
-//! a restarted node has exactly what its disk had.
+//! a restarted node has exactly what its disk had. With `async_persist`, nodes go on
+//! while Readies that allow it are being written (as the server does): up to
+//! [`MAX_PENDING_WRITES`] writes in flight, durable in the order they were taken.
 //!
 //! The cluster's membership can change: nodes `1..=opts.nodes` bootstrap the cluster,
 //! and ids up to [`MAX_NODES`] can join later as brand-new empty nodes (learners first).
@@ -23,6 +25,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::checker::{Checker, Observation, Violation};
+
+/// Background writes one node may have in flight (`async_persist`).
+pub const MAX_PENDING_WRITES: usize = 8;
 
 /// Time units per tick.
 pub const TICK: u64 = 10;
@@ -50,6 +55,9 @@ pub struct SimOptions {
     pub max_delay: u64,
     /// A Ready becomes durable 0..=max_fsync units after it is taken.
     pub max_fsync: u64,
+    /// Nodes write Readies without a new term, vote or snapshot in the background
+    /// ([`RawNode::advance_async`]) and go on meanwhile.
+    pub async_persist: bool,
     /// Take a state machine snapshot every this many applied entries.
     pub snapshot_every: u64,
     /// Raft's compaction slack: small, so lagging followers need snapshots.
@@ -72,6 +80,7 @@ impl SimOptions {
             duplicate_percent: 0,
             max_delay: 3,
             max_fsync: 2,
+            async_persist: false,
             snapshot_every: 40,
             compaction_slack: 8,
             snapshot_chunk_bytes: 256,
@@ -126,11 +135,23 @@ struct InFlightReady {
     observations: Vec<Observation>,
 }
 
+/// A Ready advanced before its write was durable (`async_persist`).
+struct PendingWrite {
+    durable_at: u64,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    persisted_messages: Vec<Message>,
+    last_entry: Option<(Index, Term)>,
+    observations: Vec<Observation>,
+}
+
 struct SimNode {
     raw: Option<RawNode>,
     kv: KvStateMachine,
     disk: Disk,
     in_flight: Option<InFlightReady>,
+    /// Background writes, oldest first; lost in a crash.
+    writes: std::collections::VecDeque<PendingWrite>,
     tick_phase: u64,
     last_snapshot_index: Index,
     restarts: u64,
@@ -210,6 +231,8 @@ pub struct Cluster {
     /// Configuration changes the leaders accepted: (kind, node, whether the proposer
     /// removed itself).
     pub conf_changes: Vec<(ConfChangeKind, NodeId, bool)>,
+    /// Readies advanced before their write was durable (`async_persist`).
+    pub background_writes: u64,
 }
 
 fn fnv(data: &[u8], kind: EntryKind) -> u64 {
@@ -243,6 +266,7 @@ impl Cluster {
             recent: Vec::new(),
             clients_active: true,
             conf_changes: Vec::new(),
+            background_writes: 0,
             opts,
         };
         for id in 1..=cluster.opts.nodes as NodeId {
@@ -265,6 +289,7 @@ impl Cluster {
             kv: KvStateMachine::new(),
             disk: Disk::default(),
             in_flight: None,
+            writes: Default::default(),
             tick_phase,
             last_snapshot_index: 0,
             restarts,
@@ -307,6 +332,7 @@ impl Cluster {
         let recovered = Recovered { hard_state: disk.hard_state, snapshot: disk.snapshot, entries: disk.entries };
         node.raw = Some(RawNode::new(cfg, conf, recovered).expect("valid config"));
         node.in_flight = None;
+        node.writes.clear();
         self.checker.node_restarted(id);
     }
 
@@ -353,6 +379,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.raw = None;
         node.in_flight = None; // not yet fsynced: lost
+        node.writes.clear();
         self.pending_reads.retain(|(n, _), _| *n != id);
         self.note(format!("crash {id}"));
     }
@@ -575,21 +602,72 @@ impl Cluster {
         if node.raw.is_none() {
             return;
         }
+        self.complete_writes(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
         if node.in_flight.as_ref().is_some_and(|f| f.durable_at <= self.now) {
             self.complete_ready(id);
         }
         let node = self.nodes.get_mut(&id).expect("known node");
         let raw = node.raw.as_mut().expect("checked");
-        if node.in_flight.is_some() || !raw.has_ready() {
+        if node.in_flight.is_some() || node.writes.len() >= MAX_PENDING_WRITES || !raw.has_ready() {
             return;
         }
         let ready = raw.ready();
-        let durable_at = self.now + self.rng.next_u64() % (self.opts.max_fsync + 1);
+        // Writes are durable in the order they were taken.
+        let after = node.writes.back().map_or(0, |w| w.durable_at);
+        let durable_at = (self.now + self.rng.next_u64() % (self.opts.max_fsync + 1)).max(after);
         let observations = self.observe_ready(id, &ready);
+        if self.opts.async_persist && ready.can_persist_async() {
+            self.write_in_background(id, ready, durable_at, observations);
+            return;
+        }
         let messages = self.nodes.get_mut(&id).expect("known node").park_ready(ready, durable_at, observations);
         self.send(messages);
         if durable_at <= self.now {
+            self.complete_writes(id);
             self.complete_ready(id);
+        }
+    }
+
+    /// Sends and applies what `ready` allows now, advances the node, and queues the
+    /// write of its entries and hard state.
+    fn write_in_background(&mut self, id: NodeId, mut ready: Ready, durable_at: u64, observations: Vec<Observation>) {
+        self.send(std::mem::take(&mut ready.messages));
+        self.carry_out(id, &ready);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let last_entry = node.raw.as_mut().expect("live").advance_async();
+        self.background_writes += 1;
+        node.writes.push_back(PendingWrite {
+            durable_at,
+            entries: ready.entries,
+            hard_state: ready.hard_state,
+            persisted_messages: ready.persisted_messages,
+            last_entry,
+            observations,
+        });
+        self.maybe_snapshot(id);
+        self.complete_writes(id);
+    }
+
+    /// Makes the background writes that are due durable, oldest first.
+    fn complete_writes(&mut self, id: NodeId) {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            if node.raw.is_none() || node.writes.front().is_none_or(|w| w.durable_at > self.now) {
+                return;
+            }
+            let write = node.writes.pop_front().expect("checked");
+            node.disk.write_entries(&write.entries);
+            if let Some(hs) = write.hard_state {
+                node.disk.hard_state = hs;
+            }
+            if let Some((index, term)) = write.last_entry {
+                node.raw.as_mut().expect("live").persisted(index, term);
+            }
+            for o in write.observations {
+                self.checker.observe(o);
+            }
+            self.send(write.persisted_messages);
         }
     }
 
@@ -628,7 +706,7 @@ impl Cluster {
 
     fn complete_ready(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let InFlightReady { ready, observations, .. } = node.in_flight.take().expect("a ready in flight");
+        let InFlightReady { mut ready, observations, .. } = node.in_flight.take().expect("a ready in flight");
         for o in observations {
             self.checker.observe(o);
         }
@@ -642,7 +720,15 @@ impl Cluster {
         if let Some(hs) = ready.hard_state {
             node.disk.hard_state = hs;
         }
-        self.send(ready.persisted_messages);
+        self.send(std::mem::take(&mut ready.persisted_messages));
+        self.carry_out(id, &ready);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.raw.as_mut().expect("live").advance();
+        self.maybe_snapshot(id);
+    }
+
+    /// Applies a Ready's committed entries and releases its reads.
+    fn carry_out(&mut self, id: NodeId, ready: &Ready) {
         for entry in &ready.committed_entries {
             self.apply(id, entry);
         }
@@ -655,9 +741,6 @@ impl Cluster {
         for ctx in &ready.dropped_reads {
             self.pending_reads.remove(&(id, *ctx));
         }
-        let node = self.nodes.get_mut(&id).expect("known node");
-        node.raw.as_mut().expect("live").advance();
-        self.maybe_snapshot(id);
     }
 
     fn apply(&mut self, id: NodeId, entry: &Entry) {

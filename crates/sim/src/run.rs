@@ -75,6 +75,7 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
     opts.max_fsync = knobs.next_u64() % 6;
     opts.max_append_bytes = [64, 512, 4096][(knobs.next_u64() % 3) as usize];
     let fault_every = FAULT_EVERY[(knobs.next_u64() % FAULT_EVERY.len() as u64) as usize];
+    opts.async_persist = knobs.next_u64().is_multiple_of(2);
     let mut cluster = Cluster::new(seed, opts);
     let fail = |c: &Cluster, reason: String| Failure { seed, nodes, reason, recent: c.recent_history().to_vec() };
 
@@ -148,7 +149,13 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
 /// Every member of the leader's configuration is up and has applied its commit index.
 fn converged(c: &Cluster) -> bool {
     let Some(leader) = c.leader() else { return false };
-    let commit = c.raw(leader).expect("leader is up").status().commit_index;
+    let status = c.raw(leader).expect("leader is up").status();
+    let commit = status.commit_index;
+    // A new leader knows entries were committed only once its own term's entry is:
+    // until then every member may agree on an older commit index.
+    if commit < status.last_index {
+        return false;
+    }
     c.members()
         .iter()
         .all(|&id| c.raw(id).is_some_and(|r| r.status().commit_index == commit) && c.kv(id).applied_index() == commit)

@@ -425,3 +425,26 @@ fn a_config_change_waits_for_the_leaders_first_commit() {
     assert!(c.violations().is_empty(), "safety violated: {:?}\n{}", c.violations(), c.describe());
     assert!(!accepted && refusals > 0, "X refused the change until its no-op committed (refusals: {refusals})");
 }
+
+#[test]
+fn background_writes_keep_the_cluster_safe_through_crashes() {
+    let mut opts = SimOptions::new(3);
+    opts.async_persist = true;
+    opts.max_fsync = 5;
+    let mut c = Cluster::new(7, opts);
+    assert!(c.run_until(ELECTION_BOUND, |c| c.leader().is_some()), "a leader is elected");
+    for round in 0..6 {
+        c.run_for(40 * TICK);
+        // Crash the leader while its writes are in flight, then bring it back.
+        let leader = c.leader().expect("a leader");
+        c.crash(leader);
+        c.run_for(20 * TICK);
+        c.restart(leader);
+        assert!(c.run_until(ELECTION_BOUND, |c| c.leader().is_some()), "round {round}: a leader again");
+    }
+    c.run_for(40 * TICK);
+    c.check_nothing_lost();
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+    assert!(c.background_writes > 100, "the async path ran: {} background writes", c.background_writes);
+    assert!(c.acked_commands() > 20, "clients made progress: {}", c.acked_commands());
+}

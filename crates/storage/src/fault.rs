@@ -14,6 +14,9 @@
 //!   of the buffer lands, then the write fails with `EIO`.
 //! - **full disk** ([`FaultyFs::set_space_left`]): after that many more bytes, a write
 //!   lands what fits and fails with `ENOSPC` ("No space left on device").
+//! - **slow fsync** ([`FaultyFs::set_fsync_delay`]): each file and directory fsync
+//!   takes that much longer (it sleeps before syncing), so that writers pile up
+//!   behind one, as on a slow disk.
 //! - **scope** ([`FaultyFs::only_paths_containing`]): faults hit only paths containing a
 //!   string (e.g. `"snap"`), everything else behaves normally.
 //! - **counts** ([`FaultyFs::counts`]): calls made and faults injected.
@@ -22,6 +25,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::fs::{FileHandle, FileSystem, RealFs};
 
@@ -73,6 +77,7 @@ struct State {
     short: Budget,
     /// Bytes that may still be written; `None` is unlimited.
     space_left: Option<u64>,
+    fsync_delay: Duration,
     scope: Option<String>,
     counts: FaultCounts,
 }
@@ -125,6 +130,12 @@ impl FaultyFs {
         self.state().space_left = Some(bytes);
     }
 
+    /// Each fsync in scope (file or directory) sleeps `delay` first, failed ones too;
+    /// `Duration::ZERO` switches it off.
+    pub fn set_fsync_delay(&self, delay: Duration) {
+        self.state().fsync_delay = delay;
+    }
+
     /// Faults hit only paths containing `part` (`None`: every path).
     pub fn only_paths_containing(&self, part: Option<&str>) {
         self.state().scope = part.map(str::to_string);
@@ -136,11 +147,33 @@ impl FaultyFs {
         s.fsync = Budget::None;
         s.short = Budget::None;
         s.space_left = None;
+        s.fsync_delay = Duration::ZERO;
         s.scope = None;
     }
 
     pub fn counts(&self) -> FaultCounts {
         self.state().counts
+    }
+
+    /// Counts one fsync of `path` (a file's or a directory's) and decides its fate:
+    /// whether it fails, after the delay (slept here, outside the lock).
+    fn fsync_fails(&self, path: &Path, file: bool) -> bool {
+        let (fail, delay) = {
+            let mut s = self.state();
+            if file {
+                s.counts.file_syncs += 1;
+            } else {
+                s.counts.dir_syncs += 1;
+            }
+            let in_scope = s.in_scope(path);
+            let fail = in_scope && s.fsync.take();
+            s.counts.failed_fsyncs += u64::from(fail);
+            (fail, if in_scope { s.fsync_delay } else { Duration::ZERO })
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        fail
     }
 
     fn wrap(&self, path: &Path, inner: Box<dyn FileHandle>, len: u64) -> Box<dyn FileHandle> {
@@ -225,14 +258,7 @@ impl FileHandle for FaultyFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        let fail = {
-            let mut s = self.fs.state();
-            s.counts.file_syncs += 1;
-            let fail = s.in_scope(&self.path) && s.fsync.take();
-            s.counts.failed_fsyncs += u64::from(fail);
-            fail
-        };
-        if fail {
+        if self.fs.fsync_fails(&self.path, true) {
             // The write-back failed: what it carried is gone.
             self.inner.set_len(self.synced_len)?;
             self.len = self.synced_len;
@@ -277,14 +303,7 @@ impl FileSystem for FaultyFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let fail = {
-            let mut s = self.state();
-            s.counts.dir_syncs += 1;
-            let fail = s.in_scope(dir) && s.fsync.take();
-            s.counts.failed_fsyncs += u64::from(fail);
-            fail
-        };
-        if fail {
+        if self.fsync_fails(dir, false) {
             return Err(eio());
         }
         RealFs.sync_dir(dir)
@@ -347,6 +366,21 @@ mod tests {
         assert!(f.write_all(b"x").is_err(), "still full");
         assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
         assert_eq!(fs.counts().enospc_writes, 2);
+    }
+
+    #[test]
+    fn fsync_delay_slows_file_and_directory_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::new();
+        let (_, mut f) = file(&fs, dir.path(), "a");
+        let delay = Duration::from_millis(30);
+        fs.set_fsync_delay(delay);
+        let start = std::time::Instant::now();
+        f.sync_data().unwrap();
+        fs.sync_dir(dir.path()).unwrap();
+        assert!(start.elapsed() >= 2 * delay, "{:?}", start.elapsed());
+        let c = fs.counts();
+        assert_eq!((c.file_syncs, c.dir_syncs, c.failed_fsyncs), (1, 1, 0));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! was acknowledged. [`GroupCommitWriter`] batches concurrent writes into one fsync.
 //! Every file operation goes through the [`FileSystem`] seam so tests can inject
 //! faults: with the `fault-injection` feature (dev-dependencies only), `fault::FaultyFs`
-//! fails fsyncs, tears writes and runs out of space on demand.
+//! fails fsyncs, tears writes, runs out of space and slows fsyncs on demand, and counts
+//! file and directory fsyncs (the crate's tests all run on it).
 //!
 //! On disk faults: any failed write or fsync (`EIO`, a short write, `ENOSPC` — errors
 //! name the file and the OS reason, e.g. "No space left on device") fails that write and

@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::{Mutex, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use common::*;
+use raftkv_storage::fault::FaultyFs;
 use raftkv_storage::{
     BatchReport, DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageError, WriteRequest,
 };
@@ -25,21 +26,21 @@ fn submit_wait(writer: &GroupCommitWriter, req: WriteRequest) -> Result<BatchRep
 #[test]
 fn always_fsyncs_before_returning() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = DiskStorage::open(dir.path(), options(&fs, FsyncPolicy::Always, 1 << 20)).unwrap();
-    let before = fs.syncs().0;
+    let before = fs.counts().file_syncs;
     let stats = s.append(&entries(1..=3, 1), Some(&hs(1, None, 0))).unwrap();
     assert!(stats.fsynced);
     assert!(stats.bytes > 0);
-    assert_eq!(fs.syncs().0, before + 1, "exactly one fsync for one append");
-    assert_eq!(s.stats().fsyncs, fs.syncs().0);
-    assert_eq!(s.stats().dir_fsyncs, fs.syncs().1);
+    assert_eq!(fs.counts().file_syncs, before + 1, "exactly one fsync for one append");
+    assert_eq!(s.stats().fsyncs, fs.counts().file_syncs);
+    assert_eq!(s.stats().dir_fsyncs, fs.counts().dir_syncs);
 }
 
 #[test]
 fn never_policy_performs_no_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = DiskStorage::open(dir.path(), options(&fs, FsyncPolicy::Never, 100)).unwrap();
     for i in 1..=10 {
         let stats = s.append(&entries(i..=i, 1), Some(&hs(1, None, i))).unwrap();
@@ -47,7 +48,11 @@ fn never_policy_performs_no_fsync() {
     }
     s.save_snapshot(&snapshot(5, 1)).unwrap();
     assert!(segments(dir.path()).len() > 1, "rolled over at least once");
-    assert_eq!(fs.syncs(), (0, 0), "no file or directory fsync reached the file system");
+    assert_eq!(
+        (fs.counts().file_syncs, fs.counts().dir_syncs),
+        (0, 0),
+        "no file or directory fsync reached the file system"
+    );
     assert_eq!((s.stats().fsyncs, s.stats().dir_fsyncs), (0, 0));
     assert!(s.stats().records_written >= 21);
     drop(s);
@@ -58,14 +63,14 @@ fn never_policy_performs_no_fsync() {
 #[test]
 fn failed_fsync_fails_the_append_and_every_later_one() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
     s.append(&entries(1..=1, 1), None).unwrap();
-    TestFs::set(&fs.state().fail_sync, true);
+    fs.fail_all_fsyncs();
     let err = s.append(&entries(2..=2, 1), None).unwrap_err();
     assert!(matches!(&err, StorageError::Io { op: "fsync", .. }), "{err}");
     // The disk "recovers", but the file state is unknown: nothing may succeed.
-    TestFs::set(&fs.state().fail_sync, false);
+    fs.heal();
     let err = s.append(&entries(2..=2, 1), None).unwrap_err();
     assert!(matches!(err, StorageError::Failed { .. }), "{err}");
     assert!(err.to_string().contains("fsync"), "names the first failure: {err}");
@@ -75,13 +80,13 @@ fn failed_fsync_fails_the_append_and_every_later_one() {
 #[test]
 fn failed_write_poisons_too() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
     s.append(&entries(1..=1, 1), None).unwrap();
-    TestFs::set(&fs.state().fail_write, true);
+    fs.short_all_writes();
     let err = s.append(&entries(2..=3, 1), None).unwrap_err();
     assert!(matches!(&err, StorageError::Io { op: "write", .. }), "{err}");
-    TestFs::set(&fs.state().fail_write, false);
+    fs.heal();
     assert!(matches!(s.append(&entries(2..=2, 1), None), Err(StorageError::Failed { .. })));
     drop(s);
     // The half-written record is a torn tail: recovery keeps what was acknowledged.
@@ -92,8 +97,8 @@ fn failed_write_poisons_too() {
 #[test]
 fn group_commit_batches_concurrent_writers() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
-    fs.state().sync_delay_ms.store(5, Ordering::SeqCst);
+    let fs = FaultyFs::new();
+    fs.set_fsync_delay(Duration::from_millis(5));
     let (s, _) = open_with(dir.path(), &fs, 1 << 20);
     let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
     let fsyncs_before = writer.stats().fsyncs;
@@ -136,15 +141,15 @@ fn group_commit_batches_concurrent_writers() {
 #[test]
 fn group_commit_fails_the_batch_and_every_later_request_after_a_failed_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (s, _) = open_with(dir.path(), &fs, 1 << 20);
     let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
     submit_wait(&writer, request(1)).unwrap();
 
-    TestFs::set(&fs.state().fail_sync, true);
+    fs.fail_all_fsyncs();
     let err = submit_wait(&writer, request(2)).unwrap_err();
     assert!(matches!(&err, StorageError::Io { op: "fsync", .. }), "{err}");
-    TestFs::set(&fs.state().fail_sync, false);
+    fs.heal();
     for i in 2..5 {
         let err = submit_wait(&writer, request(i)).unwrap_err();
         assert!(matches!(err, StorageError::Failed { .. }), "{err}");

@@ -7,17 +7,11 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use common::*;
 use raftkv_raft::{Entry, HardState};
 use raftkv_storage::fault::FaultyFs;
-use raftkv_storage::{DiskStorage, StorageError, StorageOptions};
-
-fn open_faulty(dir: &Path, fs: &FaultyFs, segment_size: u64) -> DiskStorage {
-    let opts = StorageOptions { segment_size, fs: Arc::new(fs.clone()), ..StorageOptions::default() };
-    DiskStorage::open(dir, opts).expect("open").0
-}
+use raftkv_storage::{DiskStorage, StorageError};
 
 /// Asserts that `s` refuses every kind of write, naming the first failure.
 fn assert_refuses_everything(s: &mut DiskStorage, first_failure: &str) {
@@ -58,7 +52,7 @@ fn assert_recovers(dir: &Path, acked: &[Entry], unacked: &[Entry], hard_state: H
 fn failed_fsync_fails_the_write_poisons_and_loses_only_the_unacknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
-    let mut s = open_faulty(dir.path(), &fs, 1 << 20);
+    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
     for i in 1..=3 {
         s.append(&entries(i..=i, 1), Some(&hs(1, Some(1), i - 1))).unwrap();
     }
@@ -85,7 +79,7 @@ fn failed_directory_fsync_on_rollover_poisons_too() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
     // Segment size 1: every append rolls over first, which fsyncs the WAL directory.
-    let mut s = open_faulty(dir.path(), &fs, 1);
+    let (mut s, _) = open_with(dir.path(), &fs, 1);
     s.append(&entries(1..=1, 1), Some(&hs(1, None, 0))).unwrap();
     let dir_syncs = fs.counts().dir_syncs;
     fs.fail_fsyncs(1);
@@ -102,7 +96,7 @@ fn failed_directory_fsync_on_rollover_poisons_too() {
 fn short_write_fails_and_the_torn_record_is_cut_at_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
-    let mut s = open_faulty(dir.path(), &fs, 1 << 20);
+    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
     s.append(&entries(1..=3, 1), Some(&hs(1, Some(1), 0))).unwrap();
     let acked_len = file_len(&segment(dir.path(), 1));
     fs.short_writes(1);
@@ -142,7 +136,7 @@ fn full_disk_names_the_file_says_no_space_and_corrupts_nothing() {
     for space in (0..700).step_by(23) {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultyFs::new();
-        let mut s = open_faulty(dir.path(), &fs, 300);
+        let (mut s, _) = open_with(dir.path(), &fs, 300);
         fs.set_space_left(space);
         let (acked, hard_state, failed, err) = fill_disk(&mut s);
         match &err {
@@ -167,7 +161,7 @@ fn full_disk_names_the_file_says_no_space_and_corrupts_nothing() {
 fn snapshot_save_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
-    let mut s = open_faulty(dir.path(), &fs, 1 << 20);
+    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
     s.append(&entries(1..=10, 1), Some(&hs(1, Some(1), 9))).unwrap();
     s.save_snapshot(&snapshot(4, 1)).unwrap();
     fs.only_paths_containing(Some("snap"));

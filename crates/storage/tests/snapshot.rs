@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 
 use common::*;
+use raftkv_storage::fault::FaultyFs;
 use raftkv_storage::{DiskStorage, StorageError, StorageOptions};
 
 #[test]
@@ -160,7 +161,7 @@ fn snapshot_whose_name_disagrees_with_its_content_is_refused() {
 /// Entries 1..=30 of term 5 over 200-byte segments, vote for 3, commit 25, snapshots
 /// at `snaps` (each compacting the WAL behind it).
 fn compacted(dir: &std::path::Path, snaps: &[u64]) {
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir, &fs, 200);
     s.append(&entries(1..=1, 5), Some(&hs(5, Some(3), 0))).unwrap();
     for i in 2..=30 {
@@ -256,7 +257,7 @@ fn keeps_the_newest_two_snapshots() {
 #[test]
 fn compaction_deletes_covered_segments_and_keeps_the_hard_state() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 200);
     // The only hard-state write happens in the first segment.
     s.append(&entries(1..=1, 5), Some(&hs(5, Some(3), 1))).unwrap();
@@ -292,7 +293,7 @@ fn compaction_never_deletes_an_overwrite_whose_target_survives() {
     // Segment size 1: every write goes to a new segment. Segment 2 holds 1..=12 of
     // term 1, segment 3 overwrites 5..=6 with term 2, truncating 7..=12.
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 1);
     s.append(&entries(1..=12, 1), None).unwrap();
     s.append(&entries(5..=6, 2), None).unwrap();

@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 
 use common::*;
+use raftkv_storage::fault::FaultyFs;
 use raftkv_storage::{DiskStorage, StorageError, StorageOptions};
 
 #[test]
@@ -158,7 +159,7 @@ fn torn_tail_is_truncated_and_later_appends_recover() {
 #[test]
 fn torn_header_leaves_an_empty_segment_that_gets_a_hard_state_header() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 1);
     // Segment 1 holds the open's header; each append rolls first (segment size 1).
     s.append(&entries(1..=1, 1), Some(&hs(1, Some(2), 1))).unwrap();
@@ -177,7 +178,7 @@ fn torn_header_leaves_an_empty_segment_that_gets_a_hard_state_header() {
 
 /// A log over several tiny segments; returns the segment count.
 fn write_segmented(dir: &std::path::Path) -> usize {
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir, &fs, 100);
     for i in 1..=12 {
         s.append(&entries(i..=i, 1), None).unwrap();
@@ -219,7 +220,7 @@ fn damage_in_a_non_last_segment_is_refused() {
 #[test]
 fn rollover_writes_the_hard_state_first_and_recovers_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = TestFs::default();
+    let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 150);
     s.append(&[], Some(&hs(4, Some(2), 0))).unwrap();
     for i in 1..=20 {

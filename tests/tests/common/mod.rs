@@ -308,6 +308,25 @@ impl TestCluster {
         }
     }
 
+    /// `kill -9`s every node at once (all signals first, so none sees the others go),
+    /// then reaps them.
+    pub async fn kill_all_at_once(&mut self) {
+        let ids = self.ids();
+        for id in &ids {
+            assert!(self.signal(*id, nix::sys::signal::Signal::SIGKILL), "node {id} is running");
+        }
+        for id in &ids {
+            self.cluster.node_mut(*id).expect("node").kill().await.expect("reap");
+        }
+    }
+
+    /// Starts every node again on its data directory.
+    pub async fn restart_all(&mut self) {
+        for id in self.ids() {
+            self.cluster.node_mut(id).expect("node").restart().await.expect("restart");
+        }
+    }
+
     /// `kill -9`s node `id`, empties its data directory and starts it again (it
     /// rejoins with no log, term or vote; the leader catches it up, by a snapshot if
     /// its log no longer starts at 1).

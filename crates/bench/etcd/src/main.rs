@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.target {
             Target::Raftkv => {
-                let backend = raftkv_bench::raftkv::RaftKvBackend::new(cli.endpoints.clone()).await?;
+                let backend = raftkv_bench::raftkv::RaftKvBackend::new(cli.endpoints.clone(), None).await?;
                 raftkv_bench::run(backend, &cli.bench).await
             }
             Target::Etcd => raftkv_bench::run(EtcdBackend::new(cli.endpoints.clone()).await?, &cli.bench).await,
