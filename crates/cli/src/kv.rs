@@ -1,7 +1,8 @@
 //! The single-operation commands: put, get, delete, cas, scan, status, transfer-leader.
 //! (`member` is in `member.rs`.)
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raftkv_client::{Client, ClientError, NodeStatus, WriteOutcome, WriteResult};
@@ -53,10 +54,35 @@ fn print_outcome(global: &Global, o: &WriteOutcome) {
     }
 }
 
-pub async fn put(global: &Global, key: String, value: String) -> CliResult {
+pub async fn put(global: &Global, key: String, value: Option<String>, file: Option<PathBuf>) -> CliResult {
+    let value = match (value, file) {
+        (Some(v), _) => Bytes::from(v),
+        (None, Some(path)) => read_value(&path)?,
+        (None, None) => return Err(CliError { code: 2, message: "error: put takes VALUE or --value-file".into() }),
+    };
     let o = client(global)?.put(key, value).await?;
     print_outcome(global, &o);
     Ok(())
+}
+
+/// Reads a value file (`-`: stdin), never more than one byte over
+/// [`raftkv_kv::MAX_VALUE_LEN`].
+fn read_value(path: &Path) -> Result<Bytes, CliError> {
+    let limit = raftkv_kv::MAX_VALUE_LEN;
+    let mut buf = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().lock().take(limit as u64 + 1).read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut buf))
+    };
+    read.map_err(|e| CliError::failed(format!("error: cannot read --value-file {}: {e}", path.display())))?;
+    if buf.len() > limit {
+        return Err(CliError::failed(format!(
+            "error: rejected: the value in --value-file {} is over {limit} bytes; the limit is {limit}",
+            path.display()
+        )));
+    }
+    Ok(Bytes::from(buf))
 }
 
 pub async fn delete(global: &Global, key: String) -> CliResult {

@@ -87,8 +87,16 @@ impl Global {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Set KEY to VALUE. Prints `index=<n> term=<t> leader=<id>`.
-    Put { key: String, value: String },
+    /// Set KEY to VALUE (or to the bytes of --value-file). Prints
+    /// `index=<n> term=<t> leader=<id>`.
+    Put {
+        key: String,
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: stdin) instead; at most 1048576 bytes.
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        value_file: Option<std::path::PathBuf>,
+    },
     /// Print KEY's value (linearizable unless --stale). Exit 1 with `not found` if absent.
     Get {
         key: String,
@@ -217,7 +225,7 @@ fn main() -> ExitCode {
 
 async fn run(global: Global, command: Cmd) -> CliResult {
     match command {
-        Cmd::Put { key, value } => kv::put(&global, key, value).await,
+        Cmd::Put { key, value, value_file } => kv::put(&global, key, value, value_file).await,
         Cmd::Get { key, stale } => kv::get(&global, key, stale).await,
         Cmd::Delete { key } => kv::delete(&global, key).await,
         Cmd::Cas { key, values, expect_absent } => {

@@ -530,7 +530,7 @@ impl Raft {
         match &m.body {
             MessageBody::AppendEntries { prev_log_index, entries, .. } => {
                 for (i, e) in entries.iter().enumerate() {
-                    if e.index != prev_log_index + 1 + i as u64 {
+                    if prev_log_index.checked_add(1 + i as u64) != Some(e.index) {
                         return malformed(format!("entry {} does not follow {prev_log_index} contiguously", e.index));
                     }
                     if e.term > m.term || entries.get(i + 1).is_some_and(|next| next.term < e.term) {
@@ -542,6 +542,10 @@ impl Raft {
                 if offset.checked_add(data.len() as u64).is_none_or(|end| end > *total_len) =>
             {
                 return malformed(format!("chunk at {offset} of {} bytes exceeds total {total_len}", data.len()));
+            }
+            // Log indexes start at 1: "missing from 0" would underflow the leader's math.
+            MessageBody::HeartbeatResponse { missing_from: Some(0), .. } => {
+                return malformed("missing_from is 0; log indexes start at 1".to_string());
             }
             // The tracker asserts that a node is either voter or learner; a snapshot from
             // the network must not reach that assert.

@@ -1,8 +1,11 @@
 //! Messages that no correct peer sends are refused with `StepError::Malformed`, before
-//! they can trip an assertion or count toward a quorum. Found by fuzzing the wire.
+//! they can trip an assertion, overflow, or count toward a quorum. Found by fuzzing the
+//! wire (fuzz/, wire_decode).
 
 use bytes::Bytes;
-use raftkv_raft::{ConfState, Config, Message, MessageBody, RawNode, Recovered, Role, SnapshotMeta, StepError, Term};
+use raftkv_raft::{
+    ConfState, Config, Entry, EntryKind, Message, MessageBody, RawNode, Recovered, Role, SnapshotMeta, StepError, Term,
+};
 
 /// Drives node 1 of {1, 2, 3} to leadership with node 2's (pre-)votes.
 fn leader_of_three() -> RawNode {
@@ -78,4 +81,28 @@ fn a_snapshot_whose_configuration_lists_a_node_twice_is_refused() {
     let after = node.status();
     assert_eq!((after.commit_index, after.last_index), (before.commit_index, before.last_index));
     assert!(node.snapshot().is_none(), "nothing of the refused snapshot is installed");
+}
+
+#[test]
+fn heartbeat_response_missing_from_zero_is_malformed() {
+    let mut node = leader_of_three();
+    let term = node.status().term;
+    let m =
+        Message { from: 2, to: 1, term, body: MessageBody::HeartbeatResponse { read_round: 0, missing_from: Some(0) } };
+    assert!(matches!(node.step(m), Err(StepError::Malformed { .. })));
+    assert_eq!(node.status().role, Role::Leader);
+}
+
+#[test]
+fn append_entries_with_indexes_past_u64_max_is_malformed() {
+    let mut node = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::default()).unwrap();
+    let entry = |index| Entry { index, term: 1, kind: EntryKind::Noop, data: Default::default() };
+    let body = MessageBody::AppendEntries {
+        prev_log_index: u64::MAX,
+        prev_log_term: 1,
+        entries: vec![entry(0)],
+        leader_commit: 0,
+    };
+    let m = Message { from: 2, to: 1, term: 1, body };
+    assert!(matches!(node.step(m), Err(StepError::Malformed { .. })));
 }

@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 
 pub use tarpc;
 
+mod codec;
 pub mod tls;
 mod transport;
+
+pub use codec::{MAX_REQUEST_DEADLINE, ServerCodec, ServerMessage, decode_client_message, encode_request};
 
 pub use tls::{PeerIdentity, TlsConfig, TlsError, TlsFiles};
 pub use transport::{

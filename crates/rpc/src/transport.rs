@@ -12,8 +12,9 @@ use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::codec::{ServerCodec, ServerMessage};
 use crate::tls::{PeerIdentity, TlsConfig, server_name};
-use crate::{MAX_FRAME_BYTES, RaftKvClient, RaftKvRequest, RaftKvResponse};
+use crate::{MAX_FRAME_BYTES, RaftKvClient, RaftKvResponse};
 
 /// How long an accepted connection may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,21 +55,14 @@ fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
     Framed::new(io, LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec())
 }
 
-type ServerCodec = Bincode<tarpc::ClientMessage<RaftKvRequest>, tarpc::Response<RaftKvResponse>>;
-
 /// Accepted plaintext connections, each a tarpc transport for [`crate::RaftKv`].
-pub type Incoming = tcp::Incoming<
-    tarpc::ClientMessage<RaftKvRequest>,
-    tarpc::Response<RaftKvResponse>,
-    ServerCodec,
-    fn() -> ServerCodec,
->;
+pub type Incoming = tcp::Incoming<ServerMessage, tarpc::Response<RaftKvResponse>, ServerCodec, fn() -> ServerCodec>;
 
 /// Serves [`crate::RaftKv`] transports on an already bound listener (bind first, so
 /// the caller knows the address, including an ephemeral port). Plaintext only; see
 /// [`listen_with`].
 pub async fn listen(listener: TcpListener) -> io::Result<Incoming> {
-    let codec: fn() -> ServerCodec = Bincode::default;
+    let codec: fn() -> ServerCodec = ServerCodec::default;
     let mut incoming = tcp::listen_on(listener, codec).await?;
     incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
     Ok(incoming)
@@ -79,8 +73,7 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// The server side of one established connection.
-pub type ServerTransport =
-    Transport<Pin<Box<dyn Io>>, tarpc::ClientMessage<RaftKvRequest>, tarpc::Response<RaftKvResponse>, ServerCodec>;
+pub type ServerTransport = Transport<Pin<Box<dyn Io>>, ServerMessage, tarpc::Response<RaftKvResponse>, ServerCodec>;
 
 /// A listener whose connections are plaintext or mutual TLS. Accepting does not
 /// handshake: [`Accepted::establish`] does, on the connection's own task, so a slow
@@ -150,6 +143,6 @@ impl Accepted {
                 (Box::pin(tls), identity)
             }
         };
-        Ok((serde_transport::new(framed(io), Bincode::default()), identity))
+        Ok((serde_transport::new(framed(io), ServerCodec::default()), identity))
     }
 }

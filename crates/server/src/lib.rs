@@ -34,6 +34,7 @@
 pub mod admin;
 mod args;
 mod cluster;
+mod conn;
 mod membership;
 mod node;
 mod peer;
@@ -42,6 +43,7 @@ mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -55,7 +57,6 @@ use raftkv_storage::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 pub use admin::AdminState;
 pub use args::{ClusterConfig, FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer, tls_files};
@@ -346,41 +347,48 @@ pub async fn serve_with_admin(
     }
 }
 
-/// Accepts connections and serves each on its own task until `stop` says how long
-/// open connections may still finish (their clients hang up) before they are cut.
+/// Accepts connections and serves each on its own task (within the bounds of
+/// [`conn`]) until `stop` says how long open connections may still finish (their
+/// clients hang up) before they are cut.
 ///
 /// The TLS handshake (if any) runs on the connection's own task, never here, so a slow
-/// handshake does not hold up accepting others.
+/// handshake does not hold up accepting others; it counts toward the connection's
+/// first-request timeout.
 async fn accept_loop(incoming: raftkv_rpc::Listener, service: service::Service, stop: oneshot::Receiver<Duration>) {
-    let mut connections = JoinSet::new();
+    let mut connections = conn::Connections::default();
     let mut stop = std::pin::pin!(stop);
     let grace = loop {
         tokio::select! {
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
             next = incoming.accept() => match next {
-                Ok(accepted) => {
-                    let service = service.clone();
-                    connections.spawn(serve_connection(accepted, service));
-                }
+                Ok(accepted) => admit(&mut connections, accepted, &service),
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = connections.reap(), if !connections.is_empty() => {}
         }
     };
     drop(incoming);
-    if !grace.is_zero() {
-        let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    connections.close(grace).await;
+}
+
+/// Serves `accepted` if there is room (see [`conn::Connections::make_room`]), else
+/// drops it, closing the connection.
+fn admit(connections: &mut conn::Connections, accepted: raftkv_rpc::Accepted, service: &service::Service) {
+    if !connections.make_room() {
+        tracing::warn!(max = conn::MAX_CONNECTIONS, "refusing a connection: too many open connections");
+        return;
     }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
+    let service = service.clone();
+    connections.spawn(move |started| serve_connection(accepted, service, started));
 }
 
 /// Establishes one accepted connection (the TLS handshake, if on) and serves it with a
-/// [`service::Service`] that knows who the peer is.
-async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::Service) {
+/// [`service::Service`] that knows who the peer is. Sets `started` on its first
+/// complete request.
+async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::Service, started: Arc<AtomicBool>) {
     let (transport, peer) = match accepted.establish().await {
         Ok(established) => established,
         Err(e) => {
@@ -389,6 +397,11 @@ async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::
         }
     };
     service.peer = peer;
+    let transport = transport.inspect(move |m| {
+        if m.is_ok() {
+            started.store(true, Ordering::Relaxed);
+        }
+    });
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
         .execute(service.serve())

@@ -54,3 +54,4 @@ pub use fs::{FileHandle, FileSystem, RealFs};
 pub use group::{BatchReport, GroupCommitOptions, GroupCommitWriter, SnapshotCallback, WriteCallback, WriteRequest};
 pub use meta::{NodeMeta, Tombstone};
 pub use storage::{DiskStorage, FsyncPolicy, Recovered, StorageOptions, StorageStats, WriteStats};
+pub use wal::{DecodedSegment, decode_segment};
