@@ -93,15 +93,21 @@ impl RaftKv for Fake {
 async fn serve(fake: Fake) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let incoming = raftkv_rpc::listen(listener).await.unwrap();
-    tokio::spawn(incoming.filter_map(|t| async { t.ok() }).for_each(move |t| {
-        let fake = fake.clone();
-        async move {
-            tokio::spawn(BaseChannel::with_defaults(t).execute(fake.serve()).for_each(|f| async {
-                tokio::spawn(f);
-            }));
+    let listener = raftkv_rpc::listen_with(listener, None);
+    tokio::spawn(async move {
+        while let Ok(accepted) = listener.accept().await {
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                let Ok((transport, _)) = accepted.establish().await else { return };
+                BaseChannel::with_defaults(transport)
+                    .execute(fake.serve())
+                    .for_each(|f| async {
+                        tokio::spawn(f);
+                    })
+                    .await;
+            });
         }
-    }));
+    });
     addr
 }
 

@@ -22,8 +22,7 @@ pub use codec::{MAX_REQUEST_DEADLINE, ServerCodec, ServerMessage, decode_client_
 
 pub use tls::{PeerIdentity, TlsConfig, TlsError, TlsFiles};
 pub use transport::{
-    Accepted, HANDSHAKE_TIMEOUT, Incoming, Listener, ServerTransport, client_on, connect, connect_with, listen,
-    listen_with,
+    Accepted, HANDSHAKE_TIMEOUT, Listener, ServerTransport, client_on, connect, connect_with, listen_with,
 };
 
 /// The largest frame either side accepts: a snapshot chunk or an AppendEntries batch

@@ -55,19 +55,6 @@ fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
     Framed::new(io, LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec())
 }
 
-/// Accepted plaintext connections, each a tarpc transport for [`crate::RaftKv`].
-pub type Incoming = tcp::Incoming<ServerMessage, tarpc::Response<RaftKvResponse>, ServerCodec, fn() -> ServerCodec>;
-
-/// Serves [`crate::RaftKv`] transports on an already bound listener (bind first, so
-/// the caller knows the address, including an ephemeral port). Plaintext only; see
-/// [`listen_with`].
-pub async fn listen(listener: TcpListener) -> io::Result<Incoming> {
-    let codec: fn() -> ServerCodec = ServerCodec::default;
-    let mut incoming = tcp::listen_on(listener, codec).await?;
-    incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    Ok(incoming)
-}
-
 /// A byte stream a server transport runs on: TCP or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -83,8 +70,9 @@ pub struct Listener {
     acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// Serves on an already bound listener: plaintext without `tls` (the transports of
-/// [`listen`]), else TLS requiring a client certificate signed by the CA.
+/// Serves on an already bound listener (bind first, so the caller knows the address,
+/// including an ephemeral port): plaintext without `tls`, else TLS requiring a client
+/// certificate signed by the CA.
 pub fn listen_with(listener: TcpListener, tls: Option<&TlsConfig>) -> Listener {
     Listener { listener, acceptor: tls.map(TlsConfig::acceptor) }
 }
