@@ -1,18 +1,23 @@
 //! The key/value pairs of the state machine, kept in their snapshot encoding.
 //!
 //! A [`Pair`] is the postcard encoding of one `(key, value)` pair — exactly the bytes
-//! that pair takes in a snapshot — held as [`Bytes`], and the pairs live in a
-//! `BTreeSet` ordered by key. Most pairs are slices of the latest snapshot (the
-//! buffer [`KvStateMachine::snapshot`](crate::KvStateMachine::snapshot) returned or
-//! [`restore`](crate::KvStateMachine::restore) was given); only pairs written since
-//! have a buffer of their own.
+//! that pair takes in a snapshot — held as [`Bytes`]. The pairs as of the latest
+//! snapshot (the buffer [`KvStateMachine::snapshot`](crate::KvStateMachine::snapshot)
+//! returned or [`restore`](crate::KvStateMachine::restore) was given) are slices of
+//! it, in a vector sorted by key (the *base*); the changes since (puts with a buffer
+//! of their own, and deletes of base keys) are in a small `BTreeSet` ordered by key
+//! (the *overlay*), which wins over the base. Each snapshot writes the merged pairs
+//! and makes them the new base.
 //!
 //! Why: the Raft runtime keeps the latest snapshot in memory anyway (to send to
 //! lagging followers). A `BTreeMap<Bytes, Bytes>` beside it held every key and value a
-//! second time, in two allocations per pair plus 64 bytes of tree node; here the tree
-//! holds a 32-byte slice per pair and the bytes are those of the snapshot. With 16-byte
-//! keys and 100-byte values: about 150 bytes per pair for state and snapshot together,
-//! instead of about 390.
+//! second time, in two allocations per pair plus 64 bytes of tree node; here the base
+//! holds a 32-byte slice per pair and no tree node, and the bytes are those of the
+//! snapshot (plus half a byte: the 8-byte key prefix of every 16th pair, a small index
+//! that keeps lookups from reading keys all over the snapshot). With 16-byte keys and
+//! 100-byte values: about 150 bytes per pair for state and snapshot together, instead
+//! of about 390. Rebasing after a snapshot reuses the base vector in place, so building
+//! a snapshot needs no second vector or tree of all pairs.
 //!
 //! The encoding (serde, and [`Data::encode_into`]) is that of a `BTreeMap<Bytes,
 //! Bytes>`: a map of byte strings in key order, so snapshots and digests are those of
@@ -20,21 +25,21 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, btree_set};
 use std::fmt;
+use std::iter::Peekable;
 use std::ops::Bound;
+use std::slice;
 
 use bytes::Bytes;
 use postcard::ser_flavors::Size;
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::{KvError, validate_key, validate_value};
 
 /// One pair: postcard of `(key, value)` (varint key length, key, varint value length,
 /// value), well formed and canonical (checked where it is made).
-///
-/// Ordered, compared and borrowed (as `[u8]`) by its key alone, so that a
-/// `BTreeSet<Pair>` is a map looked up by key.
 #[derive(Clone)]
 struct Pair(Bytes);
 
@@ -65,119 +70,237 @@ impl Pair {
     }
 }
 
-impl Borrow<[u8]> for Pair {
+/// A change since the base. Ordered, compared and borrowed (as `[u8]`) by its key
+/// alone, so that a `BTreeSet<Change>` is a map looked up by key.
+#[derive(Clone)]
+enum Change {
+    /// The key's value is the pair's, whether or not the key is in the base.
+    Put(Pair),
+    /// The key, which is in the base, has no value.
+    Delete(Box<[u8]>),
+}
+
+impl Change {
+    fn key(&self) -> &[u8] {
+        match self {
+            Change::Put(pair) => pair.key(),
+            Change::Delete(key) => key,
+        }
+    }
+
+    fn pair(&self) -> Option<&Pair> {
+        match self {
+            Change::Put(pair) => Some(pair),
+            Change::Delete(_) => None,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Change {
     fn borrow(&self) -> &[u8] {
         self.key()
     }
 }
 
-impl PartialEq for Pair {
+impl PartialEq for Change {
     fn eq(&self, other: &Self) -> bool {
         self.key() == other.key()
     }
 }
 
-impl Eq for Pair {}
+impl Eq for Change {}
 
-impl PartialOrd for Pair {
+impl PartialOrd for Change {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Pair {
+impl Ord for Change {
     fn cmp(&self, other: &Self) -> Ordering {
         self.key().cmp(other.key())
     }
 }
 
-/// The pairs, in key order.
+/// The pairs, in key order: `base` with `overlay` applied over it.
 #[derive(Clone, Default)]
 pub(crate) struct Data {
-    pairs: BTreeSet<Pair>,
+    /// The pairs as of the latest snapshot or restore, slices of it; keys strictly
+    /// ascend.
+    base: Vec<Pair>,
+    /// The changes since, which win over `base`. A `Delete` is only ever for a key in
+    /// `base` (elsewhere there is nothing to hide).
+    overlay: BTreeSet<Change>,
+    /// The [`prefix`] of every [`INDEX_STRIDE`]-th base key: a lookup searches this
+    /// small array (which stays in cache) first, then about a stride of adjacent base
+    /// pairs, instead of reading keys all over the snapshot.
+    index: Vec<u64>,
+    /// Keys with a value, kept so that `len` and the encoding's count need no scan.
+    len: usize,
+}
+
+/// Base pairs per entry of `Data::index`.
+const INDEX_STRIDE: usize = 16;
+
+/// The first 8 bytes of `key`, zero-padded, as a number. Keys in order have prefixes in
+/// (non-strict) order, so a smaller or greater prefix settles a comparison.
+fn prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 impl Data {
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.len == 0
     }
 
     /// The value of `key`, sharing the pair's buffer (which may be a whole snapshot:
     /// copy it before keeping it long).
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.pairs.get(key).map(|p| p.shared().1)
+        self.lookup(key).map(|p| p.shared().1)
     }
 
     /// Whether `key`'s value (or absence) is `expected`.
     pub fn value_is(&self, key: &[u8], expected: Option<&[u8]>) -> bool {
-        self.pairs.get(key).map(|p| p.parts().1) == expected
+        self.lookup(key).map(|p| p.parts().1) == expected
     }
 
     /// Sets `key` (which passed [`validate_key`]) to `value`; true if it had a value.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> bool {
-        self.pairs.replace(Pair::new(key, value)).is_some()
+        let had = self.lookup(key).is_some();
+        self.overlay.replace(Change::Put(Pair::new(key, value)));
+        if !had {
+            self.len += 1;
+        }
+        had
     }
 
     /// Removes `key`; true if it had a value.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        self.pairs.remove(key)
+        let in_base = self.base_get(key).is_some();
+        let had = match self.overlay.get(key) {
+            Some(change) => change.pair().is_some(),
+            None => in_base,
+        };
+        if !had {
+            return false;
+        }
+        // A base key needs a tombstone to hide it; a key only in the overlay just goes.
+        if in_base {
+            self.overlay.replace(Change::Delete(key.into()));
+        } else {
+            self.overlay.remove(key);
+        }
+        self.len -= 1;
+        true
     }
 
     /// The pairs from `start` on, in key order, as slices of their buffers.
     pub fn range_from<'a>(&'a self, start: Bound<&[u8]>) -> impl Iterator<Item = (Bytes, Bytes)> + 'a {
-        self.pairs.range::<[u8], _>((start, Bound::Unbounded)).map(Pair::shared)
+        let from = match start {
+            Bound::Included(start) => self.base_partition(start, |key| key < start),
+            Bound::Excluded(start) => self.base_partition(start, |key| key <= start),
+            Bound::Unbounded => 0,
+        };
+        Merged::new(&self.base[from..], self.overlay.range::<[u8], _>((start, Bound::Unbounded))).map(Pair::shared)
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.pairs.iter().map(Pair::parts)
+    /// All pairs, in key order.
+    fn pairs(&self) -> Merged<'_> {
+        Merged::new(&self.base, self.overlay.range::<[u8], _>(..))
+    }
+
+    fn lookup(&self, key: &[u8]) -> Option<&Pair> {
+        match self.overlay.get(key) {
+            Some(change) => change.pair(),
+            None => self.base_get(key),
+        }
+    }
+
+    fn base_get(&self, key: &[u8]) -> Option<&Pair> {
+        let at = self.base_partition(key, |k| k < key);
+        self.base.get(at).filter(|pair| pair.key() == key)
+    }
+
+    /// How many base pairs have a key `before` `key` (`before` is `< key` or `<= key`).
+    fn base_partition(&self, key: &[u8], before: impl Fn(&[u8]) -> bool) -> usize {
+        // Index entries with a smaller prefix are keys before `key`, those with a
+        // greater one keys after it: only the pairs between need their keys read.
+        let p = prefix(key);
+        let below = self.index.partition_point(|&q| q < p);
+        let not_above = below + self.index[below..].partition_point(|&q| q <= p);
+        let lo = match below {
+            0 => 0,
+            n => (n - 1) * INDEX_STRIDE + 1,
+        };
+        let hi = (not_above * INDEX_STRIDE).min(self.base.len());
+        lo + self.base[lo..hi].partition_point(|pair| before(pair.key()))
+    }
+
+    fn reindex(&mut self) {
+        self.index = self.base.iter().step_by(INDEX_STRIDE).map(|pair| prefix(pair.key())).collect();
     }
 
     /// Bytes [`encode_into`](Self::encode_into) appends.
     pub fn encoded_len(&self) -> usize {
-        varint_len(self.len()) + self.pairs.iter().map(|p| p.0.len()).sum::<usize>()
+        varint_len(self.len) + self.pairs().map(|p| p.0.len()).sum::<usize>()
     }
 
     /// Appends the encoding of the pairs (that of a map of byte strings) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let mut buf = std::mem::take(out);
-        buf = postcard::to_extend(&(self.len() as u64), buf).expect("encoding a count cannot fail");
-        for pair in &self.pairs {
+        buf = postcard::to_extend(&(self.len as u64), buf).expect("encoding a count cannot fail");
+        let mut written = 0;
+        for pair in self.pairs() {
             buf.extend_from_slice(&pair.0);
+            written += 1;
         }
+        // A wrong count would make a snapshot that does not restore.
+        assert_eq!(written, self.len, "len counts the pairs");
         *out = buf;
     }
 
-    /// Makes every pair a slice of `buf`, whose bytes from `start` on are this data's
-    /// [`encode_into`](Self::encode_into) output: the buffers the pairs had are
-    /// released, and the tree is rebuilt with full nodes.
+    /// Makes `buf[start..]`, this data's [`encode_into`](Self::encode_into) output, the
+    /// base: every pair becomes a slice of `buf`, the overlay is emptied, and the
+    /// buffers the pairs had are released. The base vector is reused in place, so
+    /// there is never a second vector (or tree) of all pairs.
     pub fn rebase(&mut self, buf: &Bytes, start: usize) {
-        // The pairs follow the count in tree order, each as the bytes it holds now.
-        let mut at = start + varint_len(self.len());
-        let mut pairs = Vec::with_capacity(self.len());
-        for pair in &self.pairs {
-            let range = at..at + pair.0.len();
-            debug_assert_eq!(buf[range.clone()], pair.0[..], "encode_into wrote the pairs in order");
-            pairs.push(Pair(buf.slice(range.clone())));
-            at = range.end;
+        let written = buf.get(start..).expect("encode_into wrote at start");
+        let (count, mut rest) = postcard::take_from_bytes::<u64>(written).expect("encode_into wrote a count");
+        assert_eq!(count, self.len as u64, "encode_into wrote this data's pairs at start");
+        self.overlay.clear();
+        self.base.clear();
+        let capacity = self.base.capacity();
+        if capacity < self.len || capacity > 2 * self.len {
+            // Freed before the new one is allocated (a realloc could hold both).
+            self.base = Vec::new();
+            self.base.reserve_exact(self.len);
         }
-        // Release the old tree before building the new one.
-        self.pairs = BTreeSet::new();
-        self.pairs = pairs.into_iter().collect();
+        // Our own bytes, just written: only split them into pairs.
+        for _ in 0..count {
+            let (_, next) = postcard::take_from_bytes::<(&[u8], &[u8])>(rest).expect("encode_into wrote whole pairs");
+            let at = buf.len() - rest.len();
+            self.base.push(Pair(buf.slice(at..buf.len() - next.len())));
+            rest = next;
+        }
+        self.reindex();
+        self.debug_check();
     }
 
     /// Decodes the pairs at `buf[start..]` (the postcard encoding of a `Data` or a
     /// `BTreeMap<Bytes, Bytes>`) as slices of `buf`; returns them and where they end.
     /// Each pair must pass the key and value limits and be canonically encoded, and
-    /// keys must strictly ascend (as in every such encoding), so the tree is built
-    /// bottom-up with full nodes.
+    /// keys must strictly ascend (as in every such encoding): they are the base as is.
     pub fn decode(buf: &Bytes, start: usize) -> Result<(Data, usize), KvError> {
         let input = buf.get(start..).ok_or_else(|| bad("the pairs start past the end".into()))?;
         let (count, mut rest) = postcard::take_from_bytes::<u64>(input).map_err(|e| bad(format!("pair count: {e}")))?;
-        let mut pairs: Vec<Pair> = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(MAX_PREALLOCATED));
+        let mut base: Vec<Pair> = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(MAX_PREALLOCATED));
         for i in 0..count {
             let ((key, value), next) =
                 postcard::take_from_bytes::<(&[u8], &[u8])>(rest).map_err(|e| bad(format!("pair #{i}: {e}")))?;
@@ -187,18 +310,72 @@ impl Data {
             if canonical.ok() != Some(len) {
                 return Err(bad(format!("pair #{i} is not canonically encoded")));
             }
-            if pairs.last().is_some_and(|last| last.key() >= key) {
+            if base.last().is_some_and(|last| last.key() >= key) {
                 return Err(bad(format!(
                     "pair #{i}: key {:?} is not after the previous one; keys must strictly ascend",
                     Escaped(key)
                 )));
             }
             let at = buf.len() - rest.len();
-            pairs.push(Pair(buf.slice(at..at + len)));
+            base.push(Pair(buf.slice(at..at + len)));
             rest = next;
         }
-        // Already sorted: collecting builds the tree bottom-up, nodes full.
-        Ok((Data { pairs: pairs.into_iter().collect() }, buf.len() - rest.len()))
+        let mut data = Data { len: base.len(), base, overlay: BTreeSet::new(), index: Vec::new() };
+        data.reindex();
+        data.debug_check();
+        Ok((data, buf.len() - rest.len()))
+    }
+
+    /// Debug builds: the invariants of the fields (too slow for release at 1M pairs).
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            assert!(self.base.is_sorted_by(|a, b| a.key() < b.key()), "base keys strictly ascend");
+            let index: Vec<_> = self.base.iter().step_by(INDEX_STRIDE).map(|pair| prefix(pair.key())).collect();
+            assert_eq!(self.index, index, "the index is that of the base");
+            for change in &self.overlay {
+                assert!(change.pair().is_some() || self.base_get(change.key()).is_some(), "a delete is of a base key");
+            }
+            assert_eq!(self.pairs().count(), self.len, "len counts the pairs");
+        }
+    }
+}
+
+/// The merge of base pairs and overlay changes, in key order; on equal keys the
+/// change decides (a put is yielded, a delete hides the base pair).
+struct Merged<'a> {
+    base: Peekable<slice::Iter<'a, Pair>>,
+    overlay: Peekable<btree_set::Range<'a, Change>>,
+}
+
+impl<'a> Merged<'a> {
+    fn new(base: &'a [Pair], overlay: btree_set::Range<'a, Change>) -> Self {
+        Merged { base: base.iter().peekable(), overlay: overlay.peekable() }
+    }
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = &'a Pair;
+
+    fn next(&mut self) -> Option<&'a Pair> {
+        loop {
+            let order = match (self.base.peek(), self.overlay.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(pair), Some(change)) => pair.key().cmp(change.key()),
+            };
+            if order == Ordering::Less {
+                return self.base.next();
+            }
+            if order == Ordering::Equal {
+                self.base.next();
+            }
+            let change = self.overlay.next().expect("peeked");
+            debug_assert!(order == Ordering::Equal || change.pair().is_some(), "a delete is of a base key");
+            if let Some(pair) = change.pair() {
+                return Some(pair);
+            }
+        }
     }
 }
 
@@ -214,11 +391,11 @@ fn bad(reason: String) -> KvError {
     KvError::Snapshot { reason }
 }
 
-/// Equal when every key and value is (`Pair`'s own equality looks at keys only; the
-/// encoding is canonical, so equal bytes mean equal pairs).
+/// Equal when every key and value is (the encoding is canonical, so equal bytes mean
+/// equal pairs), however the pairs are split between base and overlay.
 impl PartialEq for Data {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.pairs.iter().zip(&other.pairs).all(|(a, b)| a.0 == b.0)
+        self.len == other.len && self.pairs().zip(other.pairs()).all(|(a, b)| a.0 == b.0)
     }
 }
 
@@ -226,7 +403,7 @@ impl Eq for Data {}
 
 impl fmt::Debug for Data {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter().map(|(k, v)| (Escaped(k), Escaped(v)))).finish()
+        f.debug_map().entries(self.pairs().map(Pair::parts).map(|(k, v)| (Escaped(k), Escaped(v)))).finish()
     }
 }
 
@@ -250,7 +427,12 @@ impl Serialize for ByteStr<'_> {
 
 impl Serialize for Data {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter().map(|(k, v)| (ByteStr(k), ByteStr(v))))
+        // The length up front: postcard writes it first (`Merged` cannot tell it).
+        let mut map = serializer.serialize_map(Some(self.len))?;
+        for (key, value) in self.pairs().map(Pair::parts) {
+            map.serialize_entry(&ByteStr(key), &ByteStr(value))?;
+        }
+        map.end()
     }
 }
 
@@ -349,6 +531,154 @@ mod tests {
         let overlong = Bytes::from_static(&[1, 0x81, 0x00, b'a', 1, b'1']);
         assert!(err(overlong).contains("not canonically encoded"));
         assert!(Data::decode(&Bytes::from_static(&[0]), 2).is_err());
+    }
+
+    /// xorshift64*: a fixed pseudo-random sequence without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Keys from a small space, so that puts and deletes keep hitting the same keys.
+    const KEYS: u64 = 120;
+
+    /// Short keys, and long ones sharing their first 8 bytes (the index's prefix).
+    fn key(i: u64) -> Vec<u8> {
+        match i % 3 {
+            0 => format!("k{i:03}").into_bytes(),
+            1 => format!("k{:03}/long/{i:03}", i - 1).into_bytes(),
+            _ => format!("shared-prefix/{i:03}").into_bytes(),
+        }
+    }
+
+    /// Where `key` lives: in the base only, the overlay only, both, or as a tombstone.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Place {
+        Absent,
+        BaseOnly,
+        OverlayOnly,
+        Overwritten,
+        Tombstone,
+    }
+
+    fn place(d: &Data, key: &[u8]) -> Place {
+        match (d.base_get(key).is_some(), d.overlay.get(key)) {
+            (_, Some(Change::Delete(_))) => Place::Tombstone,
+            (true, Some(Change::Put(_))) => Place::Overwritten,
+            (false, Some(Change::Put(_))) => Place::OverlayOnly,
+            (true, None) => Place::BaseOnly,
+            (false, None) => Place::Absent,
+        }
+    }
+
+    fn model_range(model: &Model, start: Bound<&[u8]>, n: usize) -> Vec<(Bytes, Bytes)> {
+        let pairs = model.range::<[u8], _>((start, Bound::Unbounded)).take(n);
+        pairs.map(|(k, v)| (Bytes::from(k.clone()), Bytes::from(v.clone()))).collect()
+    }
+
+    /// Compares everything with the model; tallies where the range starts fell.
+    fn check_all(d: &Data, model: &Model, starts: &mut BTreeMap<Place, usize>) {
+        assert_eq!(d.len(), model.len());
+        for i in 0..KEYS {
+            let k = key(i);
+            assert_eq!(d.get(&k).as_deref(), model.get(&k).map(Vec::as_slice), "get {k:?}");
+            assert!(d.value_is(&k, model.get(&k).map(Vec::as_slice)));
+            *starts.entry(place(d, &k)).or_default() += 1;
+            // On the key, and between keys: just before it, and just after it.
+            for at in [k.clone(), k[..k.len() - 1].to_vec(), [&k[..], b"\0"].concat()] {
+                for start in [Bound::Included(&at[..]), Bound::Excluded(&at[..])] {
+                    let got: Vec<_> = d.range_from(start).take(6).collect();
+                    assert_eq!(got, model_range(model, start, 6), "range from {start:?}");
+                }
+            }
+        }
+        let all: Vec<_> = d.range_from(Bound::Unbounded).collect();
+        assert_eq!(all, model_range(model, Bound::Unbounded, usize::MAX));
+        let map: BTreeMap<Bytes, Bytes> =
+            model.iter().map(|(k, v)| (Bytes::from(k.clone()), v.clone().into())).collect();
+        let want = postcard::to_allocvec(&map).unwrap();
+        assert_eq!(encoded(d), want, "encode_into");
+        assert_eq!(postcard::to_allocvec(d).unwrap(), want, "serde");
+        let want = Bytes::from(want);
+        assert_eq!(&Data::decode(&want, 0).unwrap().0, d, "equality across base/overlay splits");
+    }
+
+    /// Random puts and deletes with rebases (and restores) in between, checked against
+    /// a `BTreeMap` after every step (one key, a range) and in full every few steps.
+    #[test]
+    fn matches_a_btreemap_model_through_rebases() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut d, mut model) = (Data::default(), Model::new());
+        let (mut removed, mut reinserted, mut starts) = (BTreeMap::new(), 0, BTreeMap::new());
+        for step in 0..4000 {
+            let k = key(rng.below(KEYS));
+            let before = place(&d, &k);
+            if rng.below(10) < 6 {
+                let value = vec![b'a' + rng.below(26) as u8; rng.below(12) as usize];
+                reinserted += usize::from(before == Place::Tombstone);
+                assert_eq!(d.insert(&k, &value), model.insert(k.clone(), value).is_some(), "insert {k:?}");
+            } else {
+                *removed.entry(before).or_insert(0) += 1;
+                assert_eq!(d.remove(&k), model.remove(&k).is_some(), "remove {k:?}");
+            }
+            assert_eq!((d.len(), d.get(&k).as_deref()), (model.len(), model.get(&k).map(Vec::as_slice)));
+            let start = key(rng.below(KEYS));
+            assert_eq!(d.range_from(Bound::Excluded(&start)).take(3).collect::<Vec<_>>(), {
+                model_range(&model, Bound::Excluded(&start), 3)
+            });
+            if step % 20 == 0 {
+                check_all(&d, &model, &mut starts);
+            }
+            if rng.below(150) == 0 {
+                let mut buf = b"header".to_vec();
+                d.encode_into(&mut buf);
+                let buf = Bytes::from(buf);
+                if rng.below(2) == 0 {
+                    d.rebase(&buf, 6);
+                } else {
+                    d = Data::decode(&buf, 6).unwrap().0;
+                }
+                assert!(d.overlay.is_empty() && d.base.len() == model.len());
+                check_all(&d, &model, &mut starts);
+            }
+        }
+        // The cases that matter were all exercised.
+        for place in [Place::BaseOnly, Place::OverlayOnly, Place::Overwritten, Place::Tombstone] {
+            assert!(starts.get(&place).is_some_and(|&n| n > 0), "no range start on {place:?}");
+        }
+        for place in [Place::BaseOnly, Place::OverlayOnly, Place::Overwritten, Place::Tombstone, Place::Absent] {
+            assert!(removed.get(&place).is_some_and(|&n| n > 0), "no delete of a {place:?} key");
+        }
+        assert!(reinserted > 0, "no re-insert after a delete");
+    }
+
+    #[test]
+    fn rebase_shrinks_a_base_far_larger_than_needed() {
+        let mut d = data(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]);
+        let rebase = |d: &mut Data| {
+            let mut buf = Vec::new();
+            d.encode_into(&mut buf);
+            d.rebase(&Bytes::from(buf), 0);
+        };
+        rebase(&mut d);
+        assert!(d.base.capacity() >= 5);
+        for k in ["a", "b", "c", "d"] {
+            d.remove(k.as_bytes());
+        }
+        rebase(&mut d);
+        assert_eq!((d.base.len(), d.base.capacity()), (1, 1), "5 slots for 1 pair are given back");
+        d.insert(b"f", b"6");
+        rebase(&mut d);
+        assert_eq!(d.base.len(), 2);
+        assert!(d.base.capacity() >= 2);
     }
 
     /// Encodes pairs as a map in the given order, duplicates included.
