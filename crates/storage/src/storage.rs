@@ -16,6 +16,10 @@ use crate::log::{Log, last_after};
 use crate::snap::{Loaded, SnapDir};
 use crate::wal::{self, Segment};
 
+/// Capacity of the batch encoding buffer kept between batches: the group-commit
+/// writer's default batch byte bound plus headers fits; a larger one is released.
+const MAX_KEPT_WRITE_BUF: usize = 20 << 20;
+
 type Result<T> = std::result::Result<T, StorageError>;
 
 /// When writes are made durable.
@@ -128,6 +132,10 @@ pub struct DiskStorage {
     hard_state: HardState,
     /// Set by the first I/O error while writing; every later write fails with it.
     poisoned: Option<String>,
+    /// The records of a batch are encoded here before their one write. Reused: a
+    /// fresh buffer per batch grew by doubling (reallocating and copying, and for large
+    /// batches mapping fresh pages) on every group commit.
+    write_buf: Vec<u8>,
 }
 
 impl fmt::Debug for DiskStorage {
@@ -221,6 +229,7 @@ impl DiskStorage {
             log: terms,
             hard_state,
             poisoned: None,
+            write_buf: Vec::new(),
         };
         storage.write_owed(pending_marker, clamped)?;
         Ok((storage, entries))
@@ -266,7 +275,8 @@ impl DiskStorage {
             return (requests.iter().map(|_| Err(e.clone())).collect(), Err(e));
         }
         let mut last = self.log.last_index();
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
         let mut records = 0;
         let results: Vec<Result<()>> = requests
             .iter()
@@ -276,9 +286,11 @@ impl DiskStorage {
             })
             .collect();
         if buf.is_empty() {
+            self.keep_write_buf(buf);
             return (results, Ok(WriteStats::default()));
         }
         let write = self.write_wal(&buf, records);
+        self.keep_write_buf(buf);
         if write.is_ok() {
             let written = requests.iter().zip(&results).filter(|(_, r)| r.is_ok());
             for (&(entries, hs), _) in written {
@@ -287,6 +299,15 @@ impl DiskStorage {
             debug_assert_eq!(self.log.last_index(), last, "validation and apply agree");
         }
         (results, write)
+    }
+
+    /// Keeps `buf`'s memory for the next batch, unless one unusually large batch
+    /// grew it beyond [`MAX_KEPT_WRITE_BUF`].
+    fn keep_write_buf(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > MAX_KEPT_WRITE_BUF {
+            buf = Vec::new();
+        }
+        self.write_buf = buf;
     }
 
     /// Validates one request against a log ending at `last`, appends its records to
