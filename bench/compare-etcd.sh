@@ -32,7 +32,11 @@ fi
 STAMP=$(date -u +%Y-%m-%d)
 SUFFIX=""
 if [ "$QUICK" = 1 ]; then SUFFIX=-quick; fi
-RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP$SUFFIX}
+if [ -z "${RESULTS:-}" ]; then
+  # Never overwrite an earlier run of the same day (a README may quote its JSON).
+  RESULTS=$ROOT/bench/results/$STAMP$SUFFIX; n=2
+  while [ -e "$RESULTS" ]; do RESULTS=$ROOT/bench/results/$STAMP$SUFFIX-$n; n=$((n + 1)); done
+fi
 mkdir -p "$RESULTS"
 
 # ---- tools ------------------------------------------------------------------------------
