@@ -35,6 +35,7 @@ pub mod admin;
 mod args;
 mod cluster;
 mod conn;
+mod log_limit;
 mod membership;
 mod node;
 mod peer;
@@ -393,7 +394,9 @@ async fn accept_loop(incoming: raftkv_rpc::Listener, service: service::Service, 
 /// drops it, closing the connection.
 fn admit(connections: &mut conn::Connections, accepted: raftkv_rpc::Accepted, service: &service::Service) {
     if !connections.make_room() {
-        tracing::warn!(max = conn::MAX_CONNECTIONS, "refusing a connection: too many open connections");
+        if let Some(suppressed) = service.shared.refused_log.admit() {
+            tracing::warn!(max = conn::MAX_CONNECTIONS, suppressed, "refusing a connection: too many open connections");
+        }
         return;
     }
     let service = service.clone();
@@ -407,7 +410,9 @@ async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::
     let (transport, peer) = match accepted.establish().await {
         Ok(established) => established,
         Err(e) => {
-            tracing::warn!(error = %e, "refused a connection");
+            if let Some(suppressed) = service.shared.refused_log.admit() {
+                tracing::warn!(error = %e, suppressed, "refused a connection");
+            }
             return;
         }
     };

@@ -2,7 +2,7 @@
 //! bounded channels and waits for the answer within the request's deadline.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::log_limit::LogLimit;
 use crate::node::{RaftBatch, ReadOp, ReadOutput, Request};
 
 /// No request waits longer than this, whatever deadline its client set.
@@ -25,6 +26,8 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// A peer of another cluster is logged at most this often.
 const WRONG_CLUSTER_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A refused connection is logged at most this often.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// One clone per connection; all share the node's input channels.
 #[derive(Clone)]
@@ -45,7 +48,9 @@ pub(crate) struct Shared {
     pub cluster_id: u64,
     removed: RwLock<BTreeSet<NodeId>>,
     addrs: RwLock<Vec<(NodeId, String)>>,
-    wrong_cluster_logged: Mutex<Option<Instant>>,
+    wrong_cluster_log: LogLimit,
+    /// Refused connections (a failed TLS handshake, a full connection table).
+    pub refused_log: LogLimit,
 }
 
 impl Shared {
@@ -54,7 +59,8 @@ impl Shared {
             cluster_id,
             removed: RwLock::default(),
             addrs: RwLock::default(),
-            wrong_cluster_logged: Mutex::new(None),
+            wrong_cluster_log: LogLimit::new(WRONG_CLUSTER_LOG_EVERY),
+            refused_log: LogLimit::new(REFUSED_LOG_EVERY),
         }
     }
 
@@ -82,18 +88,14 @@ impl Shared {
     /// Logs a refused batch of another cluster, at most every
     /// [`WRONG_CLUSTER_LOG_EVERY`].
     fn warn_wrong_cluster(&self, got: u64, from: Option<NodeId>) {
-        let Ok(mut last) = self.wrong_cluster_logged.lock() else { return };
-        let now = Instant::now();
-        if last.is_some_and(|at| now < at + WRONG_CLUSTER_LOG_EVERY) {
-            return;
-        }
-        *last = Some(now);
+        let Some(suppressed) = self.wrong_cluster_log.admit() else { return };
         tracing::warn!(
             from = ?from,
             their_cluster = format!("{got:016x}"),
             our_cluster = format!("{:016x}", self.cluster_id),
+            suppressed,
             "refusing raft messages of another cluster (further refusals are not logged for {}s)",
-            WRONG_CLUSTER_LOG_EVERY.as_secs()
+            self.wrong_cluster_log.every().as_secs()
         );
     }
 }
