@@ -3,8 +3,10 @@
 //! A [`Pair`] is the postcard encoding of one `(key, value)` pair — exactly the bytes
 //! that pair takes in a snapshot — held as [`Bytes`]. The pairs as of the latest
 //! snapshot (the buffer [`KvStateMachine::snapshot`](crate::KvStateMachine::snapshot)
-//! returned or [`restore`](crate::KvStateMachine::restore) was given) are slices of
-//! it, in a vector sorted by key (the *base*); the changes since (puts with a buffer
+//! returned, [`restore`](crate::KvStateMachine::restore) was given, or the stored copy
+//! [`adopt_snapshot`](crate::KvStateMachine::adopt_snapshot) was given, e.g. the
+//! runtime's snapshot file, mapped) are slices of it, in a vector sorted by key (the
+//! *base*); the changes since (puts with a buffer
 //! of their own, and deletes of base keys) are in a small `BTreeSet` ordered by key
 //! (the *overlay*), which wins over the base. Each snapshot writes the merged pairs
 //! and makes them the new base.
