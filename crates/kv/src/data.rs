@@ -3,8 +3,10 @@
 //! A [`Pair`] is the postcard encoding of one `(key, value)` pair — exactly the bytes
 //! that pair takes in a snapshot — held as [`Bytes`]. The pairs as of the latest
 //! snapshot (the buffer [`KvStateMachine::snapshot`](crate::KvStateMachine::snapshot)
-//! returned or [`restore`](crate::KvStateMachine::restore) was given) are slices of
-//! it, in a vector sorted by key (the *base*); the changes since (puts with a buffer
+//! returned, [`restore`](crate::KvStateMachine::restore) was given, or the stored copy
+//! [`adopt_snapshot`](crate::KvStateMachine::adopt_snapshot) was given, e.g. the
+//! runtime's snapshot file, mapped) are slices of it, in a vector sorted by key (the
+//! *base*); the changes since (puts with a buffer
 //! of their own, and deletes of base keys) are in a small `BTreeSet` ordered by key
 //! (the *overlay*), which wins over the base. Each snapshot writes the merged pairs
 //! and makes them the new base.
@@ -19,7 +21,7 @@
 //! of about 390. Rebasing after a snapshot reuses the base vector in place, so building
 //! a snapshot needs no second vector or tree of all pairs.
 //!
-//! The encoding (serde, and [`Data::encode_into`]) is that of a `BTreeMap<Bytes,
+//! The encoding (serde, and [`Data::write_to`]) is that of a `BTreeMap<Bytes,
 //! Bytes>`: a map of byte strings in key order, so snapshots and digests are those of
 //! that representation.
 
@@ -27,6 +29,7 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, btree_set};
 use std::fmt;
+use std::io::{self, Write};
 use std::iter::Peekable;
 use std::ops::Bound;
 use std::slice;
@@ -139,6 +142,25 @@ pub(crate) struct Data {
     len: usize,
 }
 
+/// Where the pairs lie in an encoding [`Data::write_to`] wrote: what
+/// [`Data::rebase`] needs to slice them out of it without reading it.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    /// Bytes of the pair count in front of the pairs.
+    count_len: usize,
+    /// Each pair's encoded length, in order.
+    lens: Vec<u32>,
+    /// The index of the new base (see `Data::index`), from the keys as they went out.
+    index: Vec<u64>,
+}
+
+impl Layout {
+    /// Bytes of the encoding it describes.
+    pub fn len(&self) -> usize {
+        self.count_len + self.lens.iter().map(|&n| n as usize).sum::<usize>()
+    }
+}
+
 /// Base pairs per entry of `Data::index`.
 const INDEX_STRIDE: usize = 16;
 
@@ -247,33 +269,50 @@ impl Data {
         self.index = self.base.iter().step_by(INDEX_STRIDE).map(|pair| prefix(pair.key())).collect();
     }
 
-    /// Bytes [`encode_into`](Self::encode_into) appends.
+    /// Bytes [`write_to`](Self::write_to) writes.
     pub fn encoded_len(&self) -> usize {
         varint_len(self.len) + self.pairs().map(|p| p.0.len()).sum::<usize>()
     }
 
-    /// Appends the encoding of the pairs (that of a map of byte strings) to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let mut buf = std::mem::take(out);
-        buf = postcard::to_extend(&(self.len as u64), buf).expect("encoding a count cannot fail");
-        let mut written = 0;
-        for pair in self.pairs() {
-            buf.extend_from_slice(&pair.0);
-            written += 1;
+    /// Writes the encoding of the pairs (that of a map of byte strings) to `out`, and
+    /// returns where each pair lies in it, taken from the pairs as they go out, so that
+    /// [`rebase`](Self::rebase) never has to read the written bytes back.
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<Layout> {
+        let mut count = [0; 10];
+        let count = postcard::to_slice(&(self.len as u64), &mut count).expect("a u64 varint fits 10 bytes");
+        out.write_all(count)?;
+        let mut layout = Layout { count_len: count.len(), lens: Vec::with_capacity(self.len), index: Vec::new() };
+        for (i, pair) in self.pairs().enumerate() {
+            out.write_all(&pair.0)?;
+            let len = u32::try_from(pair.0.len()).expect("a pair within the key and value limits fits a u32");
+            layout.lens.push(len);
+            if i % INDEX_STRIDE == 0 {
+                layout.index.push(prefix(pair.key()));
+            }
         }
         // A wrong count would make a snapshot that does not restore.
-        assert_eq!(written, self.len, "len counts the pairs");
-        *out = buf;
+        assert_eq!(layout.lens.len(), self.len, "len counts the pairs");
+        Ok(layout)
     }
 
-    /// Makes `buf[start..]`, this data's [`encode_into`](Self::encode_into) output, the
-    /// base: every pair becomes a slice of `buf`, the overlay is emptied, and the
-    /// buffers the pairs had are released. The base vector is reused in place, so
-    /// there is never a second vector (or tree) of all pairs.
-    pub fn rebase(&mut self, buf: &Bytes, start: usize) {
-        let written = buf.get(start..).expect("encode_into wrote at start");
-        let (count, mut rest) = postcard::take_from_bytes::<u64>(written).expect("encode_into wrote a count");
-        assert_eq!(count, self.len as u64, "encode_into wrote this data's pairs at start");
+    /// Makes `buf`, the bytes [`write_to`](Self::write_to) wrote with `layout` (for
+    /// instance the file they went to, mapped), the base: every pair becomes a slice of
+    /// `buf`, the overlay is emptied, and the buffers the pairs had are released.
+    ///
+    /// Why from the layout: `buf` is not read, so a mapped file's pages are not touched
+    /// (and do not count as this process's memory) until a lookup needs them. The base
+    /// vector is reused in place, so there is never a second vector (or tree) of all
+    /// pairs; the layout costs 4 bytes per pair while it lives.
+    pub fn rebase(&mut self, buf: &Bytes, layout: Layout) -> Result<(), KvError> {
+        let total = layout.len();
+        if layout.lens.len() != self.len || total != buf.len() {
+            return Err(bad(format!(
+                "the layout ({} pairs in {total} bytes) is not that of this data ({} pairs) in {} bytes",
+                layout.lens.len(),
+                self.len,
+                buf.len()
+            )));
+        }
         self.overlay.clear();
         self.base.clear();
         let capacity = self.base.capacity();
@@ -282,15 +321,15 @@ impl Data {
             self.base = Vec::new();
             self.base.reserve_exact(self.len);
         }
-        // Our own bytes, just written: only split them into pairs.
-        for _ in 0..count {
-            let (_, next) = postcard::take_from_bytes::<(&[u8], &[u8])>(rest).expect("encode_into wrote whole pairs");
-            let at = buf.len() - rest.len();
-            self.base.push(Pair(buf.slice(at..buf.len() - next.len())));
-            rest = next;
+        let mut at = layout.count_len;
+        for len in layout.lens {
+            let end = at + len as usize;
+            self.base.push(Pair(buf.slice(at..end)));
+            at = end;
         }
-        self.reindex();
+        self.index = layout.index;
         self.debug_check();
+        Ok(())
     }
 
     /// Decodes the pairs at `buf[start..]` (the postcard encoding of a `Data` or a
@@ -452,9 +491,20 @@ mod tests {
 
     fn encoded(d: &Data) -> Bytes {
         let mut out = Vec::new();
-        d.encode_into(&mut out);
+        d.write_to(&mut out).unwrap();
         assert_eq!(out.len(), d.encoded_len());
         out.into()
+    }
+
+    /// Writes `d` behind a header and rebases it on the pairs' part of the result, as
+    /// the runtime does with a snapshot file; returns the whole buffer.
+    fn write_and_rebase(d: &mut Data) -> Bytes {
+        let mut buf = b"header".to_vec();
+        let layout = d.write_to(&mut buf).unwrap();
+        buf.extend_from_slice(b"trailer");
+        let buf = Bytes::from(buf);
+        d.rebase(&buf.slice(6..buf.len() - 7), layout).unwrap();
+        buf
     }
 
     #[test]
@@ -496,12 +546,7 @@ mod tests {
     fn rebase_shares_the_buffer_and_keeps_the_content() {
         let mut d = data(&[("b", "2"), ("a", "1"), ("c", "3")]);
         let before = d.clone();
-        let mut buf = b"header".to_vec();
-        let start = buf.len();
-        d.encode_into(&mut buf);
-        buf.extend_from_slice(b"trailer");
-        let buf = Bytes::from(buf);
-        d.rebase(&buf, start);
+        let buf = write_and_rebase(&mut d);
         assert_eq!(d, before);
         let value = d.get(b"b").unwrap();
         assert!(buf.as_ptr_range().contains(&value.as_ptr()), "the value is a slice of the snapshot");
@@ -605,7 +650,7 @@ mod tests {
         let map: BTreeMap<Bytes, Bytes> =
             model.iter().map(|(k, v)| (Bytes::from(k.clone()), v.clone().into())).collect();
         let want = postcard::to_allocvec(&map).unwrap();
-        assert_eq!(encoded(d), want, "encode_into");
+        assert_eq!(encoded(d), want, "write_to");
         assert_eq!(postcard::to_allocvec(d).unwrap(), want, "serde");
         let want = Bytes::from(want);
         assert_eq!(&Data::decode(&want, 0).unwrap().0, d, "equality across base/overlay splits");
@@ -638,13 +683,13 @@ mod tests {
                 check_all(&d, &model, &mut starts);
             }
             if rng.below(150) == 0 {
-                let mut buf = b"header".to_vec();
-                d.encode_into(&mut buf);
-                let buf = Bytes::from(buf);
                 if rng.below(2) == 0 {
-                    d.rebase(&buf, 6);
+                    let buf = write_and_rebase(&mut d);
+                    assert_rebased_onto(&d, &buf);
                 } else {
-                    d = Data::decode(&buf, 6).unwrap().0;
+                    let mut buf = b"header".to_vec();
+                    d.write_to(&mut buf).unwrap();
+                    d = Data::decode(&Bytes::from(buf), 6).unwrap().0;
                 }
                 assert!(d.overlay.is_empty() && d.base.len() == model.len());
                 check_all(&d, &model, &mut starts);
@@ -660,13 +705,43 @@ mod tests {
         assert!(reinserted > 0, "no re-insert after a delete");
     }
 
+    /// Every base pair is a slice of `buf` and they tile its pairs' part in order, and
+    /// the index is the one `reindex` would compute from them: the layout put each pair
+    /// where the encoding has it.
+    fn assert_rebased_onto(d: &Data, buf: &Bytes) {
+        let range = buf.as_ptr_range();
+        let mut next = None;
+        for pair in &d.base {
+            let at = pair.0.as_ptr();
+            assert!(range.contains(&at) && pair.0.as_ptr_range().end <= range.end, "a pair outside the buffer");
+            assert!(next.is_none_or(|n| n == at), "pairs are adjacent, in order");
+            next = Some(at.wrapping_add(pair.0.len()));
+        }
+        let mut reindexed = d.clone();
+        reindexed.reindex();
+        assert_eq!(reindexed.index, d.index, "the index taken while writing is that of the base");
+    }
+
+    #[test]
+    fn rebase_refuses_a_layout_of_other_data() {
+        let mut d = data(&[("a", "1"), ("b", "2")]);
+        let mut buf = Vec::new();
+        let layout = d.write_to(&mut buf).unwrap();
+        let before = d.clone();
+        let err = d.rebase(&Bytes::from(buf[..buf.len() - 1].to_vec()), layout).unwrap_err();
+        assert!(err.to_string().contains("is not that of this data"), "{err}");
+        assert_eq!((d.overlay.len(), &d), (2, &before), "nothing changed");
+        let layout = d.write_to(&mut Vec::new()).unwrap();
+        d.insert(b"c", b"3");
+        assert!(d.rebase(&Bytes::from(buf), layout).is_err(), "a layout from before a change");
+        assert_eq!(d.get(b"c"), Some(Bytes::from("3")));
+    }
+
     #[test]
     fn rebase_shrinks_a_base_far_larger_than_needed() {
         let mut d = data(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]);
         let rebase = |d: &mut Data| {
-            let mut buf = Vec::new();
-            d.encode_into(&mut buf);
-            d.rebase(&Bytes::from(buf), 0);
+            write_and_rebase(d);
         };
         rebase(&mut d);
         assert!(d.base.capacity() >= 5);

@@ -31,7 +31,7 @@ mod machine;
 
 pub use command::{Command, WriteOp, WriteResult, validate_key, validate_scan_limit, validate_value};
 pub use error::{CommandError, KvError};
-pub use machine::{Applied, DEFAULT_MAX_SESSIONS, KvStateMachine, ScanPage, SnapshotBytes};
+pub use machine::{Applied, DEFAULT_MAX_SESSIONS, KvStateMachine, ScanPage, SnapshotBytes, SnapshotLayout};
 
 /// Longest key accepted, in bytes. Keys must also be non-empty.
 pub const MAX_KEY_LEN: usize = 4096;

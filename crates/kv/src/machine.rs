@@ -1,13 +1,14 @@
 //! The state machine: data, client sessions, snapshots and digests.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::io::{self, Write};
+use std::ops::{Bound, Range};
 
 use bytes::Bytes;
 use postcard::ser_flavors::Size;
 use serde::{Deserialize, Serialize};
 
-use crate::data::Data;
+use crate::data::{Data, Layout};
 use crate::digest::Fnv1a;
 use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_scan_limit};
 
@@ -60,6 +61,19 @@ struct SnapshotRef<'a> {
     max_sessions: u64,
     data: &'a Data,
     sessions: &'a BTreeMap<u64, Session>,
+}
+
+/// Where the pairs lie in a snapshot [`KvStateMachine::write_snapshot`] wrote, and of
+/// which state: what [`KvStateMachine::adopt_snapshot`] needs to re-point the pairs
+/// into the stored bytes without reading them. About 4 bytes per pair.
+#[derive(Debug)]
+pub struct SnapshotLayout {
+    applied_index: u64,
+    /// Bytes written.
+    len: usize,
+    /// Where the pairs' encoding lies in them.
+    pairs_at: Range<usize>,
+    pairs: Layout,
 }
 
 /// A decoded snapshot, before its consistency checks.
@@ -268,7 +282,8 @@ impl KvStateMachine {
     /// The machine then keeps its pairs as slices of the returned buffer, releasing
     /// the memory they had: the runtime keeps the latest snapshot in memory anyway,
     /// and the state does not need a second copy of the same bytes. (Copying the
-    /// result into another buffer defeats that: see [`snapshot_after`](Self::snapshot_after).)
+    /// result into another buffer defeats that: see [`snapshot_after`](Self::snapshot_after)
+    /// and [`write_snapshot`](Self::write_snapshot).)
     pub fn snapshot(&mut self) -> Bytes {
         self.snapshot_after(Vec::new())
     }
@@ -278,20 +293,60 @@ impl KvStateMachine {
     /// starts at `prefix.len()`. For a runtime that wraps the snapshot, so that the
     /// pairs share the buffer it keeps.
     pub fn snapshot_after(&mut self, prefix: Vec<u8>) -> Bytes {
-        let header = (self.applied_index, self.applied_term, self.max_sessions as u64);
-        let sessions = postcard::to_allocvec(&self.sessions).expect("postcard encoding of sessions cannot fail");
-        let size = 1 + postcard::serialize_with_flavor(&header, Size::default()).expect("sizing cannot fail");
         // Allocated once at its final size: no doubling, no copies while it grows.
         let mut out = prefix;
-        out.reserve_exact(size + self.data.encoded_len() + sessions.len());
-        out.push(SNAPSHOT_VERSION);
-        let mut out = postcard::to_extend(&header, out).expect("postcard encoding of integers cannot fail");
-        let data_start = out.len();
-        self.data.encode_into(&mut out);
-        out.extend_from_slice(&sessions);
+        let start = out.len();
+        out.reserve_exact(self.snapshot_len());
+        let layout = self.write_snapshot(&mut out).expect("writing to a Vec cannot fail");
         let snapshot = Bytes::from(out);
-        self.data.rebase(&snapshot, data_start);
+        self.adopt_snapshot(&snapshot.slice(start..), layout).expect("the layout of the bytes just written");
         snapshot
+    }
+
+    /// Bytes [`write_snapshot`](Self::write_snapshot) writes, known before writing
+    /// (e.g. for a file header that holds the length).
+    pub fn snapshot_len(&self) -> usize {
+        let sessions = postcard::serialize_with_flavor(&self.sessions, Size::default());
+        1 + postcard::serialize_with_flavor(&self.snapshot_header(), Size::default()).expect("sizing cannot fail")
+            + self.data.encoded_len()
+            + sessions.expect("sizing cannot fail")
+    }
+
+    /// Streams the [`snapshot`](Self::snapshot) encoding to `out` without building it
+    /// in memory, and without changing the machine. To make the pairs share the
+    /// written bytes once they are stored (for instance as a mapped file), hand them
+    /// and the returned layout to [`adopt_snapshot`](Self::adopt_snapshot).
+    pub fn write_snapshot(&self, out: &mut impl Write) -> io::Result<SnapshotLayout> {
+        let mut head = vec![SNAPSHOT_VERSION];
+        head = postcard::to_extend(&self.snapshot_header(), head).expect("postcard encoding of integers cannot fail");
+        out.write_all(&head)?;
+        let pairs = self.data.write_to(out)?;
+        let sessions = postcard::to_allocvec(&self.sessions).expect("postcard encoding of sessions cannot fail");
+        out.write_all(&sessions)?;
+        let pairs_len = pairs.len();
+        let len = head.len() + pairs_len + sessions.len();
+        let pairs_at = head.len()..head.len() + pairs_len;
+        Ok(SnapshotLayout { applied_index: self.applied_index, len, pairs_at, pairs })
+    }
+
+    /// Makes `snapshot`, the bytes [`write_snapshot`](Self::write_snapshot) wrote with
+    /// `layout` as they were stored, the base of the pairs: they become slices of it
+    /// and the memory they had is released. `snapshot` is not read (its pages, if it is
+    /// a mapped file, stay untouched until a lookup needs them).
+    ///
+    /// Refused, with nothing changed, if the layout is not that of this machine's
+    /// current state and of bytes of `snapshot`'s length.
+    pub fn adopt_snapshot(&mut self, snapshot: &Bytes, layout: SnapshotLayout) -> Result<(), KvError> {
+        if layout.applied_index != self.applied_index || layout.len != snapshot.len() {
+            return Err(bad_snapshot(format!(
+                "cannot adopt {} bytes written at index {} as the snapshot of {} bytes at index {}",
+                layout.len,
+                layout.applied_index,
+                snapshot.len(),
+                self.applied_index
+            )));
+        }
+        self.data.rebase(&snapshot.slice(layout.pairs_at), layout.pairs)
     }
 
     /// Rebuilds a machine from [`snapshot`](Self::snapshot) output. Malformed or
@@ -376,6 +431,11 @@ impl KvStateMachine {
             };
             self.sessions.remove(&client_id);
         }
+    }
+
+    /// The integers in front of the pairs (after the version byte).
+    fn snapshot_header(&self) -> (u64, u64, u64) {
+        (self.applied_index, self.applied_term, self.max_sessions as u64)
     }
 
     fn snapshot_ref(&self) -> SnapshotRef<'_> {

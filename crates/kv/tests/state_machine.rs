@@ -450,3 +450,49 @@ fn pairs_share_the_snapshot_buffer() {
     assert!(!in_buffer(&snapshot, copied.get(b"b").unwrap()), "restore from a slice copies once");
     assert_eq!(copied, sm);
 }
+
+/// A streamed snapshot is byte for byte the one `snapshot` builds, and adopting it as
+/// stored elsewhere (a file, read back) re-points the pairs there, keeping the state.
+#[test]
+fn streamed_snapshot_is_the_snapshot_and_can_be_adopted_where_it_was_stored() {
+    let mut sm = KvStateMachine::new();
+    for i in 0..100 {
+        run(&mut sm, 1 + i % 3, 1 + i / 3, put(&format!("key-{:03}", (i * 37) % 100), &"v".repeat(i as usize)));
+    }
+    run(&mut sm, 2, 1000, delete("key-050"));
+    let mut written = Vec::new();
+    let layout = sm.write_snapshot(&mut written).unwrap();
+    assert_eq!(written.len(), sm.snapshot_len());
+    assert_eq!(Bytes::from(written.clone()), sm.clone().snapshot(), "the same bytes as snapshot()");
+
+    let before = sm.clone();
+    let stored = Bytes::from(written);
+    sm.adopt_snapshot(&stored, layout).unwrap();
+    assert_eq!(sm, before);
+    for i in (0..100).filter(|&i| i != 50) {
+        let value = sm.get(format!("key-{i:03}").as_bytes()).unwrap();
+        assert!(
+            stored.as_ptr_range().contains(&value.as_ptr()) || value.is_empty(),
+            "key-{i:03} is in the stored bytes"
+        );
+    }
+    assert_eq!(KvStateMachine::restore(&stored).unwrap(), sm);
+}
+
+/// A layout of another state, or bytes of another length, is refused and changes nothing.
+#[test]
+fn adopting_a_snapshot_of_another_state_is_refused() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("a", "one"));
+    let mut written = Vec::new();
+    let layout = sm.write_snapshot(&mut written).unwrap();
+    let short = Bytes::from(written[..written.len() - 1].to_vec());
+    let err = sm.adopt_snapshot(&short, layout).unwrap_err();
+    assert!(err.to_string().contains("cannot adopt"), "{err}");
+
+    let layout = sm.write_snapshot(&mut Vec::new()).unwrap();
+    run(&mut sm, 1, 2, put("b", "two"));
+    let err = sm.adopt_snapshot(&Bytes::from(written), layout).unwrap_err();
+    assert!(err.to_string().contains("at index 1") && err.to_string().contains("at index 2"), "{err}");
+    assert_eq!((sm.get(b"a"), sm.get(b"b")), (Some(b("one")), Some(b("two"))));
+}

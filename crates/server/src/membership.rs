@@ -65,7 +65,8 @@ pub(crate) fn wrap_snapshot(section: &MembershipSection, kv: &[u8]) -> Bytes {
 
 /// What precedes the state machine's bytes in a snapshot: the version byte and the
 /// membership section. The state machine appends its snapshot to it
-/// (`KvStateMachine::snapshot_after`), so that its pairs share the one buffer.
+/// (`KvStateMachine::snapshot_after`, or streams it behind it into the snapshot file:
+/// `KvStateMachine::write_snapshot`), so that its pairs share the one buffer.
 pub(crate) fn snapshot_prefix(section: &MembershipSection) -> Vec<u8> {
     postcard::to_extend(section, vec![SNAPSHOT_FORMAT]).expect("postcard encoding cannot fail")
 }

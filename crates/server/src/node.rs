@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use raftkv_kv::{Applied, CommandError, KvStateMachine};
+use raftkv_kv::{Applied, CommandError, KvStateMachine, SnapshotLayout};
 use raftkv_raft::{
     ConfChange, ConfChangeKind, EntryKind, Event, HardState, Index, Message, MessageBody, NodeId, ProposeError,
     RawNode, Role, Snapshot, SnapshotMeta, Term,
@@ -18,7 +19,7 @@ use raftkv_rpc::{
     ClientError, GetReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
     ReadConsistency, ScanReply, WriteReply,
 };
-use raftkv_storage::{BatchReport, GroupCommitWriter, StorageError, WriteRequest};
+use raftkv_storage::{BatchReport, GroupCommitWriter, StorageError, WriteRequest, WrittenSnapshot};
 use raftkv_telemetry::opentelemetry::trace::{Span as _, SpanContext};
 use raftkv_telemetry::opentelemetry::{Context as OtelContext, KeyValue};
 use tokio::sync::{mpsc, oneshot};
@@ -1025,31 +1026,69 @@ impl Node {
         let Some(conf) = self.raw.conf_at(applied) else {
             return Ok(());
         };
-        let data = self.kv.snapshot_after(membership::snapshot_prefix(&self.membership.section(&conf)));
-        let snapshot = Snapshot { meta: SnapshotMeta { index: applied, term: self.kv.applied_term(), conf }, data };
-        let bytes = snapshot.data.len();
+        let meta = SnapshotMeta { index: applied, term: self.kv.applied_term(), conf };
+        let prefix = membership::snapshot_prefix(&self.membership.section(&meta.conf));
+        let bytes = prefix.len() + self.kv.snapshot_len();
         let span = tracing::info_span!(
             parent: None,
             "raft.snapshot.create",
             node = self.id,
             index = applied,
-            term = snapshot.meta.term,
+            term = meta.term,
             bytes = bytes as u64,
         );
-        match self.save_snapshot(snapshot.clone()).instrument(span).await {
-            Ok(()) => {}
+        let (written, layout) = span
+            .in_scope(|| self.write_snapshot_file(meta, &prefix, bytes))
+            .with_context(|| format!("writing the snapshot file at index {applied}"))?;
+        let snapshot = match self.commit_snapshot(written).instrument(span).await {
+            Ok(snapshot) => snapshot,
             Err(e @ StorageError::Invalid { .. }) => {
                 tracing::warn!(id = self.id, index = applied, error = %e, "snapshot not saved");
                 self.snapshot_index = applied;
                 return Ok(());
             }
             Err(e) => return Err(e).context(format!("saving a snapshot at index {applied}")),
+        };
+        // Only now, with the file saved: the pairs move into it (mapped), never into
+        // bytes that are not the saved snapshot's.
+        if let Err(e) = self.kv.adopt_snapshot(&snapshot.data.slice(prefix.len()..), layout) {
+            tracing::error!(id = self.id, index = applied, error = %e, "the state machine keeps its own copy of the pairs");
         }
         self.raw.compact(snapshot);
         self.snapshot_index = applied;
         Self::count(&self.admin.metrics.snapshots_saved);
         tracing::info!(id = self.id, index = applied, bytes, "saved a snapshot and compacted the log");
         Ok(())
+    }
+
+    /// Streams `prefix` and the state machine's snapshot (`len` bytes in all) into a
+    /// new snapshot file, through a small buffer: the encoding is never whole in
+    /// memory. Returns the file, to commit, and where the pairs lie in it.
+    fn write_snapshot_file(
+        &self,
+        meta: SnapshotMeta,
+        prefix: &[u8],
+        len: usize,
+    ) -> anyhow::Result<(WrittenSnapshot, SnapshotLayout)> {
+        let mut file = self.writer()?.snapshot_file(meta, len as u64)?;
+        let layout = file.write_all(prefix).and_then(|()| self.kv.write_snapshot(&mut file));
+        // `finish` reports a failed write again, as the storage error it was.
+        let written = file.finish()?;
+        Ok((written, layout?))
+    }
+
+    /// Hands a written snapshot file to the storage writer to make durable (after the
+    /// writes queued before it) and waits for the saved snapshot.
+    async fn commit_snapshot(&self, written: WrittenSnapshot) -> Result<Snapshot, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let Some(writer) = &self.writer else { return Err(StorageError::Closed) };
+        writer.commit_snapshot(
+            written,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.unwrap_or(Err(StorageError::Closed))
     }
 
     // ---- membership ----

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::error::StorageError;
 use crate::fs::{FileHandle, FileSystem};
 
@@ -44,6 +46,10 @@ impl Disk {
 
     pub fn read(&self, path: &Path) -> Result<Vec<u8>> {
         self.fs.read(path).map_err(|e| StorageError::io("read", path, e))
+    }
+
+    pub fn read_shared(&self, path: &Path) -> Result<Bytes> {
+        self.fs.read_shared(path).map_err(|e| StorageError::io("map", path, e))
     }
 
     pub fn create(&self, path: &Path) -> Result<Box<dyn FileHandle>> {

@@ -6,6 +6,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
+use bytes::Bytes;
+
 /// The file operations storage needs, and nothing more.
 pub trait FileSystem: Send + Sync {
     /// Creates `dir` and any missing parents.
@@ -14,6 +16,13 @@ pub trait FileSystem: Send + Sync {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// The whole content of the file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The whole content of the file at `path`, which is never written, truncated or
+    /// replaced in place again (a snapshot file): the real file system maps it rather
+    /// than reading it, so its pages are page cache, loaded when touched. Others read
+    /// it into memory.
+    fn read_shared(&self, path: &Path) -> io::Result<Bytes> {
+        self.read(path).map(Bytes::from)
+    }
     /// Creates (or truncates) the file at `path`, open for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
     /// Opens an existing file for appending at its end.
@@ -66,6 +75,16 @@ impl FileSystem for RealFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_shared(&self, path: &Path) -> io::Result<Bytes> {
+        let file = File::open(path)?;
+        // SAFETY: the mapping is read-only and the file is this crate's own snapshot
+        // file: immutable once renamed into place, never truncated or written again
+        // (removing it or moving it aside leaves the mapped inode intact), so the bytes
+        // behind the slice cannot change or vanish while it lives.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(Bytes::from_owner(map))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {

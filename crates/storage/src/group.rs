@@ -6,10 +6,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use raftkv_raft::{Entry, HardState, Snapshot};
+use raftkv_raft::{Entry, HardState, Snapshot, SnapshotMeta};
 
 use crate::disk::Counters;
 use crate::error::StorageError;
+use crate::snap::{SnapDir, SnapshotFile, WrittenSnapshot};
 use crate::storage::{DiskStorage, StorageStats};
 
 /// Entries and/or a hard state to persist together (see [`DiskStorage::append`]).
@@ -35,6 +36,9 @@ pub struct BatchReport {
 pub type WriteCallback = Box<dyn FnOnce(Result<BatchReport, StorageError>) + Send>;
 /// Called on the writer thread once a snapshot is saved and the WAL compacted.
 pub type SnapshotCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+/// Called on the writer thread once a streamed snapshot is saved and the WAL compacted,
+/// with the snapshot as saved (see [`DiskStorage::commit_snapshot`]).
+pub type CommitCallback = Box<dyn FnOnce(Result<Snapshot, StorageError>) + Send>;
 
 /// Limits of the group-commit writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +60,7 @@ impl Default for GroupCommitOptions {
 enum Job {
     Write(WriteRequest, WriteCallback),
     Snapshot(Snapshot, SnapshotCallback),
+    Commit(WrittenSnapshot, CommitCallback),
 }
 
 /// Owns a [`DiskStorage`] on a dedicated thread and commits requests in batches.
@@ -66,6 +71,8 @@ pub struct GroupCommitWriter {
     tx: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<DiskStorage>>,
     counters: Arc<Counters>,
+    /// Where [`snapshot_file`](Self::snapshot_file) starts files, off the writer thread.
+    snaps: SnapDir,
 }
 
 impl GroupCommitWriter {
@@ -76,12 +83,13 @@ impl GroupCommitWriter {
         }
         let (tx, rx) = sync_channel(opts.queue_capacity);
         let counters = storage.counters();
+        let snaps = storage.snap_dir_handle();
         let wal_dir = storage.wal_dir().to_path_buf();
         let thread = thread::Builder::new()
             .name("raftkv-wal".into())
             .spawn(move || run(storage, &rx, opts))
             .map_err(|e| StorageError::io("spawn writer thread", wal_dir, e))?;
-        Ok(GroupCommitWriter { tx: Some(tx), thread: Some(thread), counters })
+        Ok(GroupCommitWriter { tx: Some(tx), thread: Some(thread), counters, snaps })
     }
 
     /// Queues `request`; `done` runs once it is durable. Blocks while the queue is
@@ -96,12 +104,29 @@ impl GroupCommitWriter {
         self.send(Job::Snapshot(snapshot, done));
     }
 
+    /// Starts a snapshot file on the calling thread (see [`DiskStorage::snapshot_file`]):
+    /// the caller streams the data into it, then hands it to
+    /// [`commit_snapshot`](Self::commit_snapshot).
+    pub fn snapshot_file(&self, meta: SnapshotMeta, data_len: u64) -> Result<SnapshotFile, StorageError> {
+        self.snaps.create(meta, data_len)
+    }
+
+    /// Queues the fsync, rename, WAL marker and compaction of a written snapshot file
+    /// behind the requests already submitted (see [`DiskStorage::commit_snapshot`]).
+    pub fn commit_snapshot(&self, written: WrittenSnapshot, done: CommitCallback) {
+        self.send(Job::Commit(written, done));
+    }
+
     fn send(&self, job: Job) {
         let tx = self.tx.as_ref().expect("the sender lives until shutdown");
         if let Err(rejected) = tx.send(job) {
             match rejected.0 {
                 Job::Write(_, done) => done(Err(StorageError::Closed)),
                 Job::Snapshot(_, done) => done(Err(StorageError::Closed)),
+                Job::Commit(written, done) => {
+                    self.snaps.discard(written);
+                    done(Err(StorageError::Closed))
+                }
             }
         }
     }
@@ -150,6 +175,7 @@ fn run(mut storage: DiskStorage, rx: &Receiver<Job>, opts: GroupCommitOptions) -
         };
         match job {
             Job::Snapshot(snapshot, done) => done(storage.save_snapshot(&snapshot)),
+            Job::Commit(written, done) => done(storage.commit_snapshot(written)),
             Job::Write(request, done) => {
                 let (batch, next) = collect_batch((request, done), rx, &opts);
                 carried = next;
@@ -174,7 +200,7 @@ fn collect_batch(
                 bytes += request_bytes(&request);
                 batch.push((request, done));
             }
-            Ok(job @ Job::Snapshot(..)) => return (batch, Some(job)),
+            Ok(job @ (Job::Snapshot(..) | Job::Commit(..))) => return (batch, Some(job)),
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
         }
     }

@@ -5,6 +5,10 @@
 //! and hard states to a segmented WAL (`<dir>/wal/`), saves snapshots
 //! (`<dir>/snap/`), compacts the WAL behind them, and on open recovers exactly what
 //! was acknowledged. [`GroupCommitWriter`] batches concurrent writes into one fsync.
+//! A large snapshot can be streamed into its file by its producer ([`SnapshotFile`]) and
+//! then committed (fsync, rename, WAL marker) on the writer thread; the saved file is
+//! mapped read-only and its data handed back as `Bytes`, so no second copy of the state
+//! is ever in memory.
 //! Every file operation goes through the [`FileSystem`] seam so tests can inject
 //! faults: with the `fault-injection` feature (dev-dependencies only), `fault::FaultyFs`
 //! fails fsyncs, tears writes, runs out of space and slows fsyncs on demand, and counts
@@ -29,6 +33,8 @@
 //! - invent state: after a refused snapshot, no entry is recovered that the remaining
 //!   files do not place contiguously, and no vote is forgotten;
 //! - delete a corrupt file (it is evidence);
+//! - write to, truncate or replace in place a snapshot file once it is renamed into
+//!   place: it may be mapped (only renaming it aside or deleting it is safe);
 //! - panic on bad disk content.
 //!
 //! A known limit of the record format (no header checksum): a bit flip that enlarges
@@ -51,7 +57,10 @@ mod wal;
 pub use codec::DEFAULT_MAX_RECORD_SIZE;
 pub use error::StorageError;
 pub use fs::{FileHandle, FileSystem, RealFs};
-pub use group::{BatchReport, GroupCommitOptions, GroupCommitWriter, SnapshotCallback, WriteCallback, WriteRequest};
+pub use group::{
+    BatchReport, CommitCallback, GroupCommitOptions, GroupCommitWriter, SnapshotCallback, WriteCallback, WriteRequest,
+};
 pub use meta::{NodeMeta, Tombstone};
+pub use snap::{SnapshotFile, WrittenSnapshot};
 pub use storage::{DiskStorage, FsyncPolicy, Recovered, StorageOptions, StorageStats, WriteStats};
 pub use wal::{DecodedSegment, decode_segment};

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use raftkv_raft::{Entry, HardState, Snapshot};
+use raftkv_raft::{Entry, HardState, Snapshot, SnapshotMeta};
 
 use crate::codec::{self, DEFAULT_MAX_RECORD_SIZE, Marker};
 use crate::disk::{Counters, Disk};
 use crate::error::StorageError;
 use crate::fs::{FileHandle, FileSystem, RealFs};
 use crate::log::{Log, last_after};
-use crate::snap::{Loaded, SnapDir};
+use crate::snap::{Loaded, SnapDir, SnapshotFile, WrittenSnapshot};
 use crate::wal::{self, Segment};
 
 /// Capacity of the batch encoding buffer kept between batches: the group-commit
@@ -359,24 +359,62 @@ impl DiskStorage {
     /// Entries above the snapshot survive only if the log holds the snapshot's index
     /// with its term; otherwise the whole log is discarded (Raft §7).
     pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.check_snapshot(&snapshot.meta)?;
+        let written = self.snaps.write(snapshot);
+        if let Err(e) = &written {
+            self.poison(e);
+        }
+        self.install(written?).map(drop)
+    }
+
+    /// Starts a snapshot file at `meta` with `data_len` bytes of data, for the caller
+    /// to stream the data into and hand to [`commit_snapshot`](Self::commit_snapshot).
+    /// Writing it changes nothing else (an error there does not fail the storage).
+    pub fn snapshot_file(&self, meta: SnapshotMeta, data_len: u64) -> Result<SnapshotFile> {
+        self.snaps.create(meta, data_len)
+    }
+
+    /// [`save_snapshot`](Self::save_snapshot) of a snapshot file written through
+    /// [`snapshot_file`](Self::snapshot_file): makes it durable and puts it in place,
+    /// marks the WAL, compacts, and returns the snapshot, its data mapped from the file
+    /// (read into memory on a file system other than [`RealFs`]). A refused one is
+    /// deleted.
+    pub fn commit_snapshot(&mut self, written: WrittenSnapshot) -> Result<Snapshot> {
+        if let Err(e) = self.check_snapshot(written.meta()) {
+            self.snaps.discard(written);
+            return Err(e);
+        }
+        let (meta, data) = (written.meta().clone(), written.data_range());
+        let path = self.install(written)?;
+        let data = self.snaps.map(&path, data)?;
+        Ok(Snapshot { meta, data })
+    }
+
+    /// Whether a snapshot at `meta` may be saved now.
+    fn check_snapshot(&self, meta: &SnapshotMeta) -> Result<()> {
         self.check_healthy()?;
-        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let (index, term) = (meta.index, meta.term);
         let (base, base_term) = (self.log.base_index(), self.log.base_term());
         if index < base || (index == base && term != base_term) {
             return Err(StorageError::invalid(format!(
                 "snapshot at index {index} term {term} is not newer than the current one at index {base} term {base_term}"
             )));
         }
-        let result = self.save_and_compact(snapshot);
+        Ok(())
+    }
+
+    /// Installs a written snapshot file and compacts behind it; returns its path.
+    fn install(&mut self, written: WrittenSnapshot) -> Result<PathBuf> {
+        let result = self.install_and_compact(written);
         if let Err(e) = &result {
             self.poison(e);
         }
         result
     }
 
-    fn save_and_compact(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        self.snaps.save(snapshot)?;
+    fn install_and_compact(&mut self, written: WrittenSnapshot) -> Result<PathBuf> {
+        let (index, term) = (written.meta().index, written.meta().term);
+        let path = self.snaps.install(written)?;
         // Why the marker comes after the file: a marker without its file would be
         // unrecoverable, while a file without its marker is completed at open.
         let keep_suffix = self.log.keeps_suffix(index, term);
@@ -385,7 +423,8 @@ impl DiskStorage {
         self.write_wal(&buf, 1)?;
         self.log.apply_snapshot(index, term, keep_suffix);
         self.delete_covered_segments(index, keep_suffix)?;
-        self.snaps.prune()
+        self.snaps.prune()?;
+        Ok(path)
     }
 
     /// Deletes the longest prefix of non-current segments whose entries are all
@@ -470,6 +509,11 @@ impl DiskStorage {
     /// Totals since open.
     pub fn stats(&self) -> StorageStats {
         StorageStats::from_counters(&self.disk.counters)
+    }
+
+    /// A handle on the snapshot directory, to start snapshot files from another thread.
+    pub(crate) fn snap_dir_handle(&self) -> SnapDir {
+        self.snaps.clone()
     }
 
     pub(crate) fn counters(&self) -> Arc<Counters> {

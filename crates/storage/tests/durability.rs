@@ -198,3 +198,27 @@ fn group_commit_saves_snapshots_in_order_and_flushes_on_drop() {
     assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
     assert_eq!(rec.entries, entries(5..=8, 1));
 }
+
+/// A snapshot file streamed on the caller's thread is committed in submission order,
+/// behind the writes queued before it, and comes back as saved.
+#[test]
+fn group_commit_commits_a_streamed_snapshot_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path());
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=6 {
+        let tx = tx.clone();
+        writer.submit(request(i), Box::new(move |r| tx.send(r.map(|_| ())).unwrap()));
+    }
+    let written = stream_snapshot(|meta, len| writer.snapshot_file(meta, len), &snapshot(4, 1)).unwrap();
+    let (snap_tx, snap_rx) = mpsc::channel();
+    writer.commit_snapshot(written, Box::new(move |r| snap_tx.send(r).unwrap()));
+    assert_eq!(snap_rx.recv().unwrap().unwrap(), snapshot(4, 1));
+    drop(tx);
+    assert_eq!(rx.iter().filter(Result::is_ok).count(), 6, "the writes before it were done first");
+    drop(writer);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
+    assert_eq!(rec.entries, entries(5..=6, 1));
+}

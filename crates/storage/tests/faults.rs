@@ -185,6 +185,53 @@ fn snapshot_save_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
     assert_eq!(names, [format!("{:016x}-{:016x}.snap", 4, 1)], "the partial file is gone");
 }
 
+/// Like [`snapshot_save_fails`], with the snapshot at 8 streamed into its file and then
+/// committed. A failed write while streaming fails the file (the storage, whose files
+/// it did not touch, goes on); a failed fsync fails the commit and the storage.
+fn streamed_snapshot_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
+    s.append(&entries(1..=10, 1), Some(&hs(1, Some(1), 9))).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    fs.only_paths_containing(Some("snap"));
+    fault(&fs);
+    let big = raftkv_raft::Snapshot { data: vec![7; 1 << 20].into(), ..snapshot(8, 1) };
+    let err = match stream_snapshot(|meta, len| s.snapshot_file(meta, len), &big) {
+        Err(e) => {
+            fs.heal();
+            s.append(&entries(11..=11, 1), None).expect("a failed snapshot file does not fail the storage");
+            e
+        }
+        Ok(written) => {
+            let e = s.commit_snapshot(written).unwrap_err();
+            fs.heal();
+            assert_refuses_everything(&mut s, expected_op);
+            e
+        }
+    };
+    match &err {
+        StorageError::Io { op, path, .. } => {
+            assert_eq!(*op, expected_op, "{err}");
+            assert!(path.to_string_lossy().ends_with(".snap.tmp"), "{err}");
+        }
+        other => panic!("expected an I/O error, got {other}"),
+    }
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)), "{expected_op}");
+    assert_eq!(rec.entries[..6], entries(5..=10, 1), "{expected_op}");
+    let names = sorted_names(&dir.path().join("snap"));
+    assert_eq!(names, [format!("{:016x}-{:016x}.snap", 4, 1)], "the partial file is gone");
+}
+
+#[test]
+fn streamed_snapshot_failing_midway_leaves_the_previous_one_usable() {
+    streamed_snapshot_fails(|fs| fs.set_space_left(300 << 10), "write");
+    streamed_snapshot_fails(|fs| fs.short_writes(1), "write");
+    streamed_snapshot_fails(|fs| fs.fail_fsyncs(1), "fsync");
+}
+
 #[test]
 fn snapshot_save_failing_midway_leaves_the_previous_one_usable() {
     snapshot_save_fails(|fs| fs.set_space_left(20), "write");

@@ -308,3 +308,36 @@ fn compaction_never_deletes_an_overwrite_whose_target_survives() {
     assert_eq!(rec.snapshot, Some(snapshot(6, 2)));
     assert_eq!(rec.entries, vec![]);
 }
+
+/// A snapshot streamed into its file and committed is saved like one handed over
+/// whole: same compaction, same recovery, and its data comes back from the file.
+#[test]
+fn streamed_snapshot_commits_like_a_saved_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 2), Some(&hs(2, Some(1), 8))).unwrap();
+    let written = stream_snapshot(|meta, len| s.snapshot_file(meta, len), &snapshot(6, 2)).unwrap();
+    assert_eq!(written.meta(), &snapshot(6, 2).meta);
+    let saved = s.commit_snapshot(written).unwrap();
+    assert_eq!(saved, snapshot(6, 2));
+    assert_eq!((s.snapshot_index(), s.last_index()), (6, 10));
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(6, 2)));
+    assert_eq!(rec.entries, entries(7..=10, 2));
+}
+
+/// Committing a streamed snapshot that is not newer is refused like a save, its file
+/// is deleted, and the storage goes on.
+#[test]
+fn streamed_older_snapshot_is_refused_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=5, 1), None).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    let written = stream_snapshot(|meta, len| s.snapshot_file(meta, len), &snapshot(3, 1)).unwrap();
+    let err = s.commit_snapshot(written).unwrap_err();
+    assert!(matches!(err, StorageError::Invalid { .. }), "{err}");
+    assert_eq!(sorted_names(&dir.path().join("snap")), [format!("{:016x}-{:016x}.snap", 4, 1)]);
+    s.append(&entries(6..=6, 1), None).unwrap();
+}

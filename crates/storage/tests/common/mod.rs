@@ -5,13 +5,16 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use raftkv_raft::{ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta};
 use raftkv_storage::fault::FaultyFs;
-use raftkv_storage::{DiskStorage, FsyncPolicy, Recovered, StorageOptions};
+use raftkv_storage::{
+    DiskStorage, FsyncPolicy, Recovered, SnapshotFile, StorageError, StorageOptions, WrittenSnapshot,
+};
 
 pub fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, kind: EntryKind::Command, data: Bytes::from(format!("entry {index} of term {term}")) }
@@ -86,4 +89,17 @@ pub fn truncate(path: &Path, len: u64) {
 /// Options with the given file system and policy.
 pub fn options(fs: &FaultyFs, fsync: FsyncPolicy, segment_size: u64) -> StorageOptions {
     StorageOptions { fsync, segment_size, fs: Arc::new(fs.clone()), ..StorageOptions::default() }
+}
+
+/// Streams `snap`'s data into a snapshot file from `start` (in two pieces, as an
+/// encoder writes), ready to commit.
+pub fn stream_snapshot(
+    start: impl FnOnce(SnapshotMeta, u64) -> Result<SnapshotFile, StorageError>,
+    snap: &Snapshot,
+) -> Result<WrittenSnapshot, StorageError> {
+    let mut file = start(snap.meta.clone(), snap.data.len() as u64)?;
+    let (head, tail) = snap.data.split_at(snap.data.len() / 2);
+    // The write errors are reported again, with their file, by `finish`.
+    let _ = file.write_all(head).and_then(|()| file.write_all(tail));
+    file.finish()
 }
