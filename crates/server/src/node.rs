@@ -720,26 +720,16 @@ impl Node {
     }
 
     async fn write(&self, request: WriteRequest) -> anyhow::Result<BatchReport> {
-        let (tx, rx) = oneshot::channel();
-        self.writer()?.submit(
-            request,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let (done, rx) = storage_callback();
+        self.writer()?.submit(request, done);
         let result = rx.await.map_err(|_| anyhow!("the storage writer stopped"))?;
         result.context("writing the Raft log")
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StorageError> {
-        let (tx, rx) = oneshot::channel();
         let Some(writer) = &self.writer else { return Err(StorageError::Closed) };
-        writer.save_snapshot(
-            snapshot,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let (done, rx) = storage_callback();
+        writer.save_snapshot(snapshot, done);
         rx.await.unwrap_or(Err(StorageError::Closed))
     }
 
@@ -1080,14 +1070,9 @@ impl Node {
     /// Hands a written snapshot file to the storage writer to make durable (after the
     /// writes queued before it) and waits for the saved snapshot.
     async fn commit_snapshot(&self, written: WrittenSnapshot) -> Result<Snapshot, StorageError> {
-        let (tx, rx) = oneshot::channel();
         let Some(writer) = &self.writer else { return Err(StorageError::Closed) };
-        writer.commit_snapshot(
-            written,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let (done, rx) = storage_callback();
+        writer.commit_snapshot(written, done);
         rx.await.unwrap_or(Err(StorageError::Closed))
     }
 
@@ -1383,4 +1368,15 @@ impl Node {
 
 fn shutting_down() -> ClientError {
     ClientError::Unavailable("the node is shutting down".into())
+}
+
+/// A storage writer callback (run on the writer thread) that hands its result to the
+/// returned receiver, for the Raft loop to await.
+fn storage_callback<T: Send + 'static>() -> (Box<dyn FnOnce(T) + Send>, oneshot::Receiver<T>) {
+    let (tx, rx) = oneshot::channel();
+    let done = Box::new(move |result| {
+        // The loop may have stopped waiting (shutdown): nobody to tell.
+        let _ = tx.send(result);
+    });
+    (done, rx)
 }

@@ -156,9 +156,9 @@ fn full_disk_names_the_file_says_no_space_and_corrupts_nothing() {
     }
 }
 
-/// Entries 1..=10 and a snapshot at 4, then a snapshot at 8 that fails as `fault`
-/// makes it; the snapshot at 4 must still be what a reopen finds.
-fn snapshot_save_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
+/// A storage over a `FaultyFs` holding entries 1..=10 and a snapshot at 4, with
+/// `fault` armed on the snapshot directory's files only.
+fn with_snapshot_at_4(fault: impl FnOnce(&FaultyFs)) -> (tempfile::TempDir, FaultyFs, DiskStorage) {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
     let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
@@ -166,14 +166,26 @@ fn snapshot_save_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
     s.save_snapshot(&snapshot(4, 1)).unwrap();
     fs.only_paths_containing(Some("snap"));
     fault(&fs);
-    let err = s.save_snapshot(&snapshot(8, 1)).unwrap_err();
-    match &err {
+    (dir, fs, s)
+}
+
+/// `err` is the I/O error `expected_op` on a snapshot's `.tmp` file.
+fn assert_failed_on_the_tmp_file(err: &StorageError, expected_op: &str) {
+    match err {
         StorageError::Io { op, path, .. } => {
             assert_eq!(*op, expected_op, "{err}");
             assert!(path.to_string_lossy().ends_with(".snap.tmp"), "{err}");
         }
         other => panic!("expected an I/O error, got {other}"),
     }
+}
+
+/// Entries 1..=10 and a snapshot at 4, then a snapshot at 8 that fails as `fault`
+/// makes it; the snapshot at 4 must still be what a reopen finds.
+fn snapshot_save_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
+    let (dir, fs, mut s) = with_snapshot_at_4(fault);
+    let err = s.save_snapshot(&snapshot(8, 1)).unwrap_err();
+    assert_failed_on_the_tmp_file(&err, expected_op);
     fs.heal();
     assert_refuses_everything(&mut s, expected_op);
     drop(s);
@@ -189,13 +201,7 @@ fn snapshot_save_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
 /// committed. A failed write while streaming fails the file (the storage, whose files
 /// it did not touch, goes on); a failed fsync fails the commit and the storage.
 fn streamed_snapshot_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::new();
-    let (mut s, _) = open_with(dir.path(), &fs, 1 << 20);
-    s.append(&entries(1..=10, 1), Some(&hs(1, Some(1), 9))).unwrap();
-    s.save_snapshot(&snapshot(4, 1)).unwrap();
-    fs.only_paths_containing(Some("snap"));
-    fault(&fs);
+    let (dir, fs, mut s) = with_snapshot_at_4(fault);
     let big = raftkv_raft::Snapshot { data: vec![7; 1 << 20].into(), ..snapshot(8, 1) };
     let err = match stream_snapshot(|meta, len| s.snapshot_file(meta, len), &big) {
         Err(e) => {
@@ -210,13 +216,7 @@ fn streamed_snapshot_fails(fault: impl FnOnce(&FaultyFs), expected_op: &str) {
             e
         }
     };
-    match &err {
-        StorageError::Io { op, path, .. } => {
-            assert_eq!(*op, expected_op, "{err}");
-            assert!(path.to_string_lossy().ends_with(".snap.tmp"), "{err}");
-        }
-        other => panic!("expected an I/O error, got {other}"),
-    }
+    assert_failed_on_the_tmp_file(&err, expected_op);
     drop(s);
     let (_, rec) = open(dir.path());
     assert_eq!(rec.snapshot, Some(snapshot(4, 1)), "{expected_op}");
