@@ -25,6 +25,10 @@ pub struct Recovered {
 /// 4. install `snapshot` into the state machine, then apply `committed_entries`;
 /// 5. serve `read_states` once the state machine has applied their index;
 /// 6. call [`RawNode::advance`].
+///
+/// Without a `snapshot`, step 4 (and 5) may come before step 2: `committed_entries` are
+/// never above the persisted index, so they are durable here as on a majority, and
+/// applying them need not wait for this Ready's new entries.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub hard_state: Option<HardState>,

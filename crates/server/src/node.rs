@@ -568,54 +568,22 @@ impl Node {
                     format!("saving the snapshot at index {} received from the leader", snap.meta.index)
                 })?;
             }
+            // Committed entries are at or below the persisted index (the core hands out
+            // no others) and durable on a majority: applying them, and answering their
+            // clients, need not wait for this Ready's new entries to be fsynced. Only a
+            // snapshot must be installed first.
+            let apply_early = rd.snapshot.is_none();
+            if apply_early {
+                self.apply_committed(&mut rd);
+            }
             self.persist(std::mem::take(&mut rd.entries), rd.hard_state, rd.must_sync()).await?;
             self.send(std::mem::take(&mut rd.persisted_messages));
-            if let (Some(snap), Some(kv)) = (rd.snapshot, snapshot_kv) {
+            if let (Some(snap), Some(kv)) = (rd.snapshot.take(), snapshot_kv) {
                 self.install_snapshot(&snap.meta, &kv)?;
             }
-            for entry in rd.committed_entries {
-                if entry.index <= self.kv.applied_index() {
-                    continue;
-                }
-                let applied = match entry.kind {
-                    // The core applies configuration changes itself; to the state
-                    // machine they are position-only, like a no-op.
-                    EntryKind::Noop | EntryKind::ConfChange => {
-                        let _ = self.kv.apply_noop(entry.index, entry.term);
-                        if entry.kind == EntryKind::ConfChange {
-                            self.applied_conf_change(&entry);
-                        }
-                        None
-                    }
-                    EntryKind::Command => {
-                        let span = self
-                            .writes
-                            .get(&entry.index)
-                            .filter(|w| w.term == entry.term)
-                            .and_then(|w| w.trace.as_ref())
-                            .map(|t| trace::apply_span(self.id, &t.request, entry.index, entry.term));
-                        let applied = self.kv.apply(entry.index, entry.term, &entry.data);
-                        if let Some(mut span) = span {
-                            span.set_attribute(KeyValue::new("duplicate", applied.duplicate));
-                            span.end();
-                        }
-                        Some(applied)
-                    }
-                };
-                self.complete_writes(entry.index, entry.term, applied);
-                self.complete_member_changes(entry.index, entry.term);
+            if !apply_early {
+                self.apply_committed(&mut rd);
             }
-            for rs in rd.read_states {
-                if let Some(read) = self.reads.remove(&rs.ctx) {
-                    self.parked.entry(rs.index).or_default().push(read);
-                }
-            }
-            for ctx in rd.dropped_reads {
-                if let Some(read) = self.reads.remove(&ctx) {
-                    let _ = read.reply.send(Err(self.not_leader_hint(self.leader)));
-                }
-            }
-            self.serve_parked();
             // What the received batches brought is persisted (and applied): their
             // spans end.
             self.inbound_spans.clear();
@@ -630,6 +598,60 @@ impl Node {
             self.maybe_snapshot().await?;
         }
         Ok(())
+    }
+
+    /// Applies a Ready's committed entries (answering their writes) and serves or fails
+    /// its reads.
+    fn apply_committed(&mut self, rd: &mut raftkv_raft::Ready) {
+        for entry in std::mem::take(&mut rd.committed_entries) {
+            self.apply_entry(&entry);
+        }
+        for rs in std::mem::take(&mut rd.read_states) {
+            if let Some(read) = self.reads.remove(&rs.ctx) {
+                self.parked.entry(rs.index).or_default().push(read);
+            }
+        }
+        for ctx in std::mem::take(&mut rd.dropped_reads) {
+            if let Some(read) = self.reads.remove(&ctx) {
+                let _ = read.reply.send(Err(self.not_leader_hint(self.leader)));
+            }
+        }
+        self.serve_parked();
+    }
+
+    /// Applies one committed entry (unless already applied) and answers what waited
+    /// for it.
+    fn apply_entry(&mut self, entry: &raftkv_raft::Entry) {
+        if entry.index <= self.kv.applied_index() {
+            return;
+        }
+        let applied = match entry.kind {
+            // The core applies configuration changes itself; to the state
+            // machine they are position-only, like a no-op.
+            EntryKind::Noop | EntryKind::ConfChange => {
+                let _ = self.kv.apply_noop(entry.index, entry.term);
+                if entry.kind == EntryKind::ConfChange {
+                    self.applied_conf_change(entry);
+                }
+                None
+            }
+            EntryKind::Command => {
+                let span = self
+                    .writes
+                    .get(&entry.index)
+                    .filter(|w| w.term == entry.term)
+                    .and_then(|w| w.trace.as_ref())
+                    .map(|t| trace::apply_span(self.id, &t.request, entry.index, entry.term));
+                let applied = self.kv.apply(entry.index, entry.term, &entry.data);
+                if let Some(mut span) = span {
+                    span.set_attribute(KeyValue::new("duplicate", applied.duplicate));
+                    span.end();
+                }
+                Some(applied)
+            }
+        };
+        self.complete_writes(entry.index, entry.term, applied);
+        self.complete_member_changes(entry.index, entry.term);
     }
 
     fn send(&self, messages: Vec<Message>) {
