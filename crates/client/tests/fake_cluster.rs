@@ -32,8 +32,8 @@ struct Fake {
 }
 
 impl RaftKv for Fake {
-    async fn raft(self, _: Context, _: u64, _: Vec<Message>, _: Vec<TraceLink>) -> Result<(), PeerError> {
-        Ok(())
+    async fn raft(self, _: Context, _: u64, _: Vec<Message>, _: Vec<TraceLink>) -> Result<Vec<Message>, PeerError> {
+        Ok(Vec::new())
     }
 
     async fn write(self, _: Context, command: Command) -> Result<WriteReply, RpcError> {

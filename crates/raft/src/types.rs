@@ -328,4 +328,16 @@ impl MessageBody {
             MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
+
+    /// An answer to another node's message (a vote, an acknowledgement), as opposed to
+    /// a request of its own.
+    pub fn is_response(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::RequestVoteResponse { .. }
+                | MessageBody::AppendEntriesResponse { .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::InstallSnapshotResponse { .. }
+        )
+    }
 }

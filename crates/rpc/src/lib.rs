@@ -197,10 +197,13 @@ pub struct TraceLink {
 
 #[tarpc::service]
 pub trait RaftKv {
-    /// A batch of Raft messages from one peer. Accepted into a bounded queue; the Raft
-    /// loop processes them later. `links`: the other traced requests whose entries the
-    /// batch carries (see [`TraceLink`]); usually empty.
-    async fn raft(cluster_id: u64, messages: Vec<Message>, links: Vec<TraceLink>) -> Result<(), PeerError>;
+    /// A batch of Raft messages from one peer, accepted into a bounded queue. The
+    /// answer comes once the receiver's Raft loop has stepped the batch and persisted
+    /// what it brought, and carries the receiver's replies to the sender (acknowledgements,
+    /// votes): one round trip per batch instead of a second RPC the other way. `links`:
+    /// the other traced requests whose entries the batch carries (see [`TraceLink`]);
+    /// usually empty.
+    async fn raft(cluster_id: u64, messages: Vec<Message>, links: Vec<TraceLink>) -> Result<Vec<Message>, PeerError>;
     /// A put, delete or cas; answered once committed and applied.
     async fn write(command: Command) -> Result<WriteReply, ClientError>;
     async fn get(key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError>;

@@ -24,7 +24,13 @@ fn no<T>() -> Result<T, ClientError> {
 }
 
 impl RaftKv for Stub {
-    async fn raft(self, _: Context, _: u64, _: Vec<raftkv_raft::Message>, _: Vec<TraceLink>) -> Result<(), PeerError> {
+    async fn raft(
+        self,
+        _: Context,
+        _: u64,
+        _: Vec<raftkv_raft::Message>,
+        _: Vec<TraceLink>,
+    ) -> Result<Vec<raftkv_raft::Message>, PeerError> {
         Err(PeerError::Busy)
     }
     async fn write(self, _: Context, _: raftkv_kv::Command) -> Result<WriteReply, ClientError> {

@@ -294,8 +294,14 @@ pub async fn serve_with_admin(
 
     let shared = Arc::new(service::Shared::new(identity.cluster_id));
     let (removed_tx, removed_rx) = mpsc::channel(16);
-    let link = peer::LinkContext { node: id, cluster_id: identity.cluster_id, removed_tx, tls: cfg.tls.clone() };
     let (raft_tx, raft_rx) = tokio::sync::mpsc::channel(RAFT_QUEUE);
+    let link = peer::LinkContext {
+        node: id,
+        cluster_id: identity.cluster_id,
+        removed_tx,
+        tls: cfg.tls.clone(),
+        raft_tx: raft_tx.clone(),
+    };
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
     let loop_cfg = node::LoopConfig {
         tick: cfg.tick,

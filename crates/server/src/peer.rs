@@ -17,6 +17,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
+use crate::node::RaftBatch;
+
 /// Messages waiting for one peer; more are dropped.
 const QUEUE_CAPACITY: usize = 4096;
 /// Upper bounds on one `raft` RPC.
@@ -83,6 +85,9 @@ pub(crate) struct LinkContext {
     pub removed_tx: mpsc::Sender<NodeId>,
     /// Mutual TLS to peers, when configured.
     pub tls: Option<raftkv_rpc::TlsConfig>,
+    /// The node's own Raft input: where a peer's responses to a batch, carried back in
+    /// the RPC's answer, go.
+    pub raft_tx: mpsc::Sender<RaftBatch>,
 }
 
 /// Starts the task that delivers messages to peer `id` at `addr` (resolved on every
@@ -175,9 +180,10 @@ impl PeerLink {
                 }
             };
             match result {
-                Ok(Ok(())) => {
+                Ok(Ok(responses)) => {
                     self.stats.sent.fetch_add(n, Ordering::Relaxed);
                     wrong_cluster_logged = false;
+                    self.deliver_responses(responses);
                 }
                 Ok(Err(PeerError::WrongCluster { expected, got })) => {
                     self.stats.dropped.fetch_add(n, Ordering::Relaxed);
@@ -218,6 +224,19 @@ impl PeerLink {
                     self.conn = None;
                 }
             }
+        }
+    }
+
+    /// Hands the peer's responses to this node's Raft loop; dropped if its queue is
+    /// full (Raft retransmits what matters).
+    fn deliver_responses(&self, responses: Vec<Message>) {
+        if responses.is_empty() {
+            return;
+        }
+        let n = responses.len();
+        let batch = RaftBatch { messages: responses, spans: Vec::new(), reply: None };
+        if self.link.raft_tx.try_send(batch).is_err() {
+            tracing::debug!(peer = self.id, messages = n, "raft queue full; dropped a peer's responses");
         }
     }
 

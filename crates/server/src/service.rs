@@ -24,6 +24,9 @@ use crate::node::{RaftBatch, ReadOp, ReadOutput, Request};
 /// No request waits longer than this, whatever deadline its client set.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest a `raft` RPC waits for the loop's responses to its batch.
+const MAX_BATCH_REPLY_WAIT: Duration = Duration::from_secs(1);
+
 /// A peer of another cluster is logged at most this often.
 const WRONG_CLUSTER_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A refused connection is logged at most this often.
@@ -152,7 +155,7 @@ impl RaftKv for Service {
         cluster_id: u64,
         messages: Vec<Message>,
         links: Vec<TraceLink>,
-    ) -> Result<(), PeerError> {
+    ) -> Result<Vec<Message>, PeerError> {
         if !self.peer.is_node() {
             let common_name = match &self.peer {
                 PeerIdentity::Certificate { common_name } => common_name.clone(),
@@ -171,13 +174,23 @@ impl RaftKv for Service {
             return Err(PeerError::Removed { id: m.from });
         }
         if messages.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let spans = crate::trace::inbound_spans(self.id, &ctx, &messages, &links);
-        self.raft_tx.try_send(RaftBatch { messages, spans }).map_err(|e| match e {
+        let (reply, rx) = oneshot::channel();
+        self.raft_tx.try_send(RaftBatch { messages, spans, reply: Some(reply) }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PeerError::Busy,
             mpsc::error::TrySendError::Closed(_) => PeerError::ShuttingDown,
-        })
+        })?;
+        // The batch is in: answer before the sender's deadline whatever happens, so it
+        // never counts an accepted batch as lost. Responses ready later go through
+        // this node's own link to the sender.
+        let now = Instant::now();
+        let wait = Instant::from_std(ctx.deadline).saturating_duration_since(now) / 2;
+        match tokio::time::timeout_at(now + wait.min(MAX_BATCH_REPLY_WAIT), rx).await {
+            Ok(Ok(responses)) => Ok(responses),
+            Ok(Err(_)) | Err(_) => Ok(Vec::new()),
+        }
     }
 
     async fn write(self, ctx: Context, command: Command) -> Result<WriteReply, ClientError> {

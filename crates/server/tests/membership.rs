@@ -294,6 +294,33 @@ async fn removed_nodes_stop_leave_a_tombstone_and_their_id_is_never_reused() {
     cluster.stop().await;
 }
 
+/// A `raft` RPC's answer carries the receiver's responses to the sender's messages:
+/// no second RPC the other way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_answer_carries_the_receivers_responses() {
+    let cluster = Cluster::found(3).await;
+    let (leader, list) = cluster.leader_members().await;
+    let mut others = cluster.addrs.keys().copied().filter(|&id| id != leader);
+    let (to, from) = (others.next().expect("a follower"), others.next().expect("another follower"));
+    let c = client(cluster.addrs[&to]).await;
+    let term = c.status(context::current()).await.expect("status").term;
+    // A pre-vote of a stale term: refused with the receiver's term, and changes nothing.
+    let pre_vote = Message {
+        from,
+        to,
+        term: 0,
+        body: MessageBody::RequestVote { pre_vote: true, last_log_index: 0, last_log_term: 0, force: false },
+    };
+    let answer = c.raft(context::current(), list.cluster_id, vec![pre_vote], Vec::new()).await.expect("rpc");
+    let responses = answer.expect("accepted");
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    let r = &responses[0];
+    assert_eq!((r.from, r.to), (to, from));
+    assert!(r.term >= term.max(1), "a refusal carries the receiver's term: {r:?}");
+    assert_eq!(r.body, MessageBody::RequestVoteResponse { pre_vote: true, granted: false });
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_of_another_cluster_or_a_removed_node_is_refused() {
     let cluster = Cluster::found(1).await;
@@ -312,7 +339,7 @@ async fn traffic_of_another_cluster_or_a_removed_node_is_refused() {
         let r = c.raft(context::current(), wrong, vec![msg(2)], Vec::new()).await.expect("rpc");
         assert_eq!(r, Err(PeerError::WrongCluster { expected: cid, got: wrong }));
     }
-    assert_eq!(c.raft(context::current(), cid, vec![msg(2)], Vec::new()).await.expect("rpc"), Ok(()));
+    assert_eq!(c.raft(context::current(), cid, vec![msg(2)], Vec::new()).await.expect("rpc"), Ok(Vec::new()));
 
     // A cluster founded by the same members with another token has another id.
     let dir = tempfile::tempdir().expect("tempdir");
