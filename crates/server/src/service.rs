@@ -177,7 +177,7 @@ impl RaftKv for Service {
             return Ok(Vec::new());
         }
         let spans = crate::trace::inbound_spans(self.id, &ctx, &messages, &links);
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         self.raft_tx.try_send(RaftBatch { messages, spans, reply: Some(reply) }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PeerError::Busy,
             mpsc::error::TrySendError::Closed(_) => PeerError::ShuttingDown,
@@ -187,9 +187,15 @@ impl RaftKv for Service {
         // this node's own link to the sender.
         let now = Instant::now();
         let wait = Instant::from_std(ctx.deadline).saturating_duration_since(now) / 2;
-        match tokio::time::timeout_at(now + wait.min(MAX_BATCH_REPLY_WAIT), rx).await {
+        match tokio::time::timeout_at(now + wait.min(MAX_BATCH_REPLY_WAIT), &mut rx).await {
             Ok(Ok(responses)) => Ok(responses),
-            Ok(Err(_)) | Err(_) => Ok(Vec::new()),
+            Ok(Err(_)) => Ok(Vec::new()),
+            Err(_) => {
+                // Closed first, so that a later answer fails and the loop uses its link
+                // instead; one that came in just before is still taken.
+                rx.close();
+                Ok(rx.try_recv().unwrap_or_default())
+            }
         }
     }
 
