@@ -3,25 +3,29 @@
 //! acknowledged put is present with its value, nothing holds a value never written,
 //! and no acknowledged cas was lost: a counter incremented only by cas ends at least
 //! at the number of acknowledged increments and at most that plus the increments whose
-//! outcome was unknown.
+//! outcome was unknown, and the counter's whole history of gets and cas (every value
+//! unique, across all the crashes) is linearizable. A lost acknowledged cas shows up
+//! there even when unknown increments would hide it in the count: a later read or cas
+//! then sees the value it replaced.
 //!
 //! 20 cycles by default (about a minute); `RAFTKV_CRASH_CYCLES` sets another number.
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{LEADER_TIMEOUT, Load, LoadResult, TestCluster, eventually, scan_map, text};
 use raftkv_client::{Client, ClientError, ClientOptions};
+use raftkv_linearizability::{Call, History, Options, Outcome, Ret, check};
 
 const PREFIX: &str = "cycles";
 const COUNTER: &str = "counter";
 const DEFAULT_CYCLES: usize = 20;
 
-/// Increments of the counter, each by a cas from the value read just before.
-#[derive(Default)]
+/// Increments of the counter, each by a cas from the value read just before, and the
+/// history of those gets and cas.
 struct CasCounts {
     /// Acknowledged swaps.
     acked: AtomicU64,
@@ -29,24 +33,75 @@ struct CasCounts {
     unknown: AtomicU64,
     /// Cas that definitely did not swap (the value had changed).
     not_swapped: AtomicU64,
+    /// Times are nanoseconds since `base`.
+    base: Instant,
+    history: Mutex<History>,
+}
+
+impl CasCounts {
+    fn new() -> Self {
+        CasCounts {
+            acked: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            not_swapped: AtomicU64::new(0),
+            base: Instant::now(),
+            history: Mutex::new(History::new()),
+        }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn invoke(&self, call: Call) -> usize {
+        let at = self.base.elapsed().as_nanos() as u64;
+        self.history().invoke(0, COUNTER, call, at)
+    }
+
+    fn complete(&self, id: usize, ret: Ret) {
+        let at = self.base.elapsed().as_nanos() as u64;
+        self.history().complete(id, ret, at);
+    }
+}
+
+/// The counter's value: `<n>.<k>`, where `k` makes every written value unique, so that
+/// two swaps from the same `n` are told apart.
+fn counter_value(bytes: Option<&[u8]>) -> u64 {
+    bytes.map_or(0, |b| {
+        let s = text(b);
+        s.split('.').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("counter value {s:?}"))
+    })
+}
+
+/// Reads the counter, recording the get; `None` if the read timed out (it changed
+/// nothing, so it stays unknown and the checker drops it).
+async fn read_counter(client: &Client, counts: &CasCounts) -> Option<Option<String>> {
+    let id = counts.invoke(Call::Get);
+    let value = client.get(COUNTER, false).await.ok()?.map(|b| text(&b));
+    counts.complete(id, Ret::Value(value.clone()));
+    Some(value)
 }
 
 /// Increments `COUNTER` by cas until `stop`.
 async fn incrementer(client: Arc<Client>, counts: Arc<CasCounts>, stop: Arc<AtomicBool>) {
+    let mut k = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        let current = match client.get(COUNTER, false).await {
-            Ok(v) => v,
-            Err(_) => continue, // no leader within the deadline: nothing changed
-        };
-        let n: u64 = current.as_deref().map_or(0, |b| text(b).parse().expect("a number"));
-        match client.cas(COUNTER, current, (n + 1).to_string()).await {
+        // No answer: no leader within the deadline, nothing changed.
+        let Some(current) = read_counter(&client, &counts).await else { continue };
+        k += 1;
+        let new = format!("{}.{k}", counter_value(current.as_deref().map(str::as_bytes)) + 1);
+        let id = counts.invoke(Call::Cas { expected: current.clone(), new: new.clone() });
+        match client.cas(COUNTER, current.map(Into::into), new).await {
             Ok(o) => match o.cas_result() {
                 Some((true, _)) => {
+                    counts.complete(id, Ret::Ok);
                     counts.acked.fetch_add(1, Ordering::SeqCst);
                 }
-                _ => {
+                Some((false, current)) => {
+                    counts.complete(id, Ret::CasFailed { current: current.map(|b| text(&b)) });
                     counts.not_swapped.fetch_add(1, Ordering::SeqCst);
                 }
+                None => panic!("a cas answered with {o:?}"),
             },
             Err(ClientError::Unknown(_)) => {
                 counts.unknown.fetch_add(1, Ordering::SeqCst);
@@ -54,6 +109,26 @@ async fn incrementer(client: Arc<Client>, counts: Arc<CasCounts>, stop: Arc<Atom
             Err(e) => panic!("cas: {e}"),
         }
     }
+}
+
+/// Checks the counter's history; `Err` names the violation.
+fn check_counter_history(history: &History) -> Result<(), String> {
+    let report = check(history, &Options::default())?;
+    if report.is_linearizable() { Ok(()) } else { Err(report.to_string()) }
+}
+
+/// `history` with its last get made to return what the newest acknowledged swap
+/// replaced, as if that swap had been lost in a crash; `None` if no swap was acked.
+fn with_last_swap_lost(history: &History) -> Option<History> {
+    let ops = history.ops();
+    let lost = ops.iter().rev().find(|o| matches!(o.outcome, Outcome::Done { ret: Ret::Ok, .. }))?;
+    let (Call::Cas { expected, .. }, Some(acked_at)) = (&lost.call, lost.complete()) else { return None };
+    let mut planted = history.clone();
+    // Invoked after the swap was acknowledged: it must not see the replaced value.
+    let last_get = planted.ops_mut().iter_mut().rev().find(|o| o.call == Call::Get && o.invoke > acked_at)?;
+    let Outcome::Done { ret, .. } = &mut last_get.outcome else { return None };
+    *ret = Ret::Value(expected.clone());
+    Some(planted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +141,7 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
     // Short deadlines: the clients notice each crash quickly.
     let opts = ClientOptions::with_timeout(Duration::from_millis(1_500));
     let counter_client = Arc::new(Client::new(cluster.endpoints(), opts.clone()).expect("client"));
-    let counts = Arc::new(CasCounts::default());
+    let counts = Arc::new(CasCounts::new());
     let mut written = LoadResult::default();
     let mut leader_times = Vec::new();
 
@@ -119,11 +194,14 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
     written.assert_nothing_invented(&stored);
     let unknown_applied = written.unknown.keys().filter(|k| stored.contains_key(*k)).count();
 
-    let counter: u64 = tokio::time::timeout(LEADER_TIMEOUT, client.get(COUNTER, false))
+    let final_value = tokio::time::timeout(LEADER_TIMEOUT, read_counter(&client, &counts))
         .await
         .expect("get in time")
-        .expect("get counter")
-        .map_or(0, |b| text(&b).parse().expect("a number"));
+        .expect("get counter");
+    let counter = counter_value(final_value.as_deref().map(str::as_bytes));
+    let history = counts.history().clone();
+    let planted = with_last_swap_lost(&history).expect("an acknowledged swap followed by the final get");
+    assert!(check_counter_history(&planted).is_err(), "the check misses a lost acknowledged cas");
     let (acked, unknown, not_swapped) = (
         counts.acked.load(Ordering::SeqCst),
         counts.unknown.load(Ordering::SeqCst),
@@ -132,14 +210,18 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
     let slowest_election = leader_times.iter().max().copied().unwrap_or_default();
     eprintln!(
         "CRASH SUMMARY: cycles={cycles} puts acked={} unknown={} (applied {unknown_applied}) lost={}; \
-         cas increments acked={acked} unknown={unknown} not-swapped={not_swapped} counter={counter}; \
-         slowest leader after restart {slowest_election:?}; total {:?}",
+         cas increments acked={acked} unknown={unknown} not-swapped={not_swapped} counter={counter}, \
+         history of {} ops checked; slowest leader after restart {slowest_election:?}; total {:?}",
         written.acked.len(),
         written.unknown.len(),
         lost.len(),
+        history.len(),
         started.elapsed()
     );
     assert!(lost.is_empty(), "{} acknowledged puts lost or changed, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
     assert!(counter >= acked, "counter {counter} < {acked} acknowledged cas increments: an acknowledged cas was lost");
     assert!(counter <= acked + unknown, "counter {counter} > {acked} acknowledged + {unknown} unknown increments");
+    if let Err(violation) = check_counter_history(&history) {
+        panic!("the counter's history is not linearizable:\n{violation}");
+    }
 }
