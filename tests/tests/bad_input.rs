@@ -2,7 +2,7 @@
 //! an over-limit length prefix, a far-future request deadline and 600 slowloris
 //! connections held open at once. Through all of it the 3-node cluster keeps
 //! committing (a fresh client's put + linearizable get succeeds within its deadline)
-//! and no node exits. Then oversized keys, values and scan limits, through a raw tarpc
+//! and no node exits. Then oversized keys, values, scan limits and scan prefixes, through a raw tarpc
 //! client and through the `raftkv` CLI: refused with an error naming the limit, and
 //! nothing they would have written is readable.
 
@@ -158,7 +158,7 @@ async fn bad_input_never_crashes_or_stalls_the_cluster() {
     assert_all_running(&mut cluster);
 }
 
-/// Oversized key, value and scan limit through a raw tarpc client: `Invalid`, naming
+/// Oversized key, value, scan limit and scan prefix through a raw tarpc client: `Invalid`, naming
 /// the limit; nothing written.
 async fn oversized_raw(cluster: &TestCluster) {
     let leader = cluster.leader().await;
@@ -177,13 +177,14 @@ async fn oversized_raw(cluster: &TestCluster) {
             rpc.write(ctx(), put(Bytes::from_static(b"bad/value"), big_value)).await.map(|r| r.map(|_| ())),
             MAX_VALUE_LEN,
         ),
-        (rpc.get(ctx(), big_key, ReadConsistency::Linearizable).await.map(|r| r.map(|_| ())), MAX_KEY_LEN),
+        (rpc.get(ctx(), big_key.clone(), ReadConsistency::Linearizable).await.map(|r| r.map(|_| ())), MAX_KEY_LEN),
         (
             rpc.scan(ctx(), Bytes::new(), MAX_SCAN_LIMIT as u32 + 1, ReadConsistency::Linearizable)
                 .await
                 .map(|r| r.map(|_| ())),
             MAX_SCAN_LIMIT,
         ),
+        (rpc.scan(ctx(), big_key.clone(), 10, ReadConsistency::Linearizable).await.map(|r| r.map(|_| ())), MAX_KEY_LEN),
     ];
     for (i, (reply, limit)) in cases.into_iter().enumerate() {
         match reply.unwrap_or_else(|e| panic!("case {i}: rpc failed: {e}")) {
@@ -203,11 +204,12 @@ async fn oversized_cli(cluster: &TestCluster) {
     std::fs::write(&file, vec![b'v'; MAX_VALUE_LEN + 1]).expect("write the value file");
     let file = file.to_str().expect("utf-8 path").to_string();
     let limit = (MAX_SCAN_LIMIT + 1).to_string();
-    let cases: [(Vec<&str>, usize); 4] = [
+    let cases: [(Vec<&str>, usize); 5] = [
         (vec!["put", &big_key, "v"], MAX_KEY_LEN),
         (vec!["put", "bad/cli-value", "--value-file", &file], MAX_VALUE_LEN),
         (vec!["get", &big_key], MAX_KEY_LEN),
         (vec!["scan", "bad/", "--limit", &limit], MAX_SCAN_LIMIT),
+        (vec!["scan", &big_key], MAX_KEY_LEN),
     ];
     for (args, max) in cases {
         let mut all = vec!["--endpoints", &eps, "--timeout", "5s"];

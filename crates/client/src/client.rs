@@ -327,7 +327,7 @@ impl Client {
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
     pub async fn scan(&self, prefix: impl Into<Bytes>, limit: u32, stale: bool) -> Result<ScanReply, ClientError> {
         let prefix = prefix.into();
-        raftkv_kv::validate_scan_limit(limit as usize).map_err(|e| ClientError::Rejected(e.to_string()))?;
+        raftkv_kv::validate_scan(&prefix, limit as usize).map_err(|e| ClientError::Rejected(e.to_string()))?;
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.scan",

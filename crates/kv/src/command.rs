@@ -98,8 +98,12 @@ pub fn validate_key(key: &[u8]) -> Result<(), KvError> {
     }
 }
 
-/// Checks that a scan asks for 1 to [`MAX_SCAN_LIMIT`] pairs.
-pub fn validate_scan_limit(limit: usize) -> Result<(), KvError> {
+/// Checks that a scan's prefix is at most [`MAX_KEY_LEN`] bytes (a longer one matches
+/// no key) and that it asks for 1 to [`MAX_SCAN_LIMIT`] pairs.
+pub fn validate_scan(prefix: &[u8], limit: usize) -> Result<(), KvError> {
+    if prefix.len() > MAX_KEY_LEN {
+        return Err(KvError::PrefixTooLong { len: prefix.len() });
+    }
     if limit == 0 || limit > MAX_SCAN_LIMIT {
         return Err(KvError::ScanLimit { limit });
     }

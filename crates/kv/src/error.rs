@@ -17,6 +17,8 @@ pub enum KvError {
     ExpectedTooLong { len: usize },
     #[error("scan limit is {limit}; it must be from 1 to {max}", max = MAX_SCAN_LIMIT)]
     ScanLimit { limit: usize },
+    #[error("scan prefix is {len} bytes; the limit is {max} (the longest key)", max = MAX_KEY_LEN)]
+    PrefixTooLong { len: usize },
     #[error("entry data is not a valid command: {reason}")]
     Decode { reason: String },
     #[error("invalid snapshot: {reason}")]

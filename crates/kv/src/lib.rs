@@ -29,7 +29,7 @@ mod digest;
 mod error;
 mod machine;
 
-pub use command::{Command, WriteOp, WriteResult, validate_key, validate_scan_limit, validate_value};
+pub use command::{Command, WriteOp, WriteResult, validate_key, validate_scan, validate_value};
 pub use error::{CommandError, KvError};
 pub use machine::{Applied, DEFAULT_MAX_SESSIONS, KvStateMachine, ScanPage, SnapshotBytes, SnapshotLayout};
 

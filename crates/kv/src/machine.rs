@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Data, Layout};
 use crate::digest::Fnv1a;
-use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_scan_limit};
+use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_scan};
 
 /// Default bound on the session table (see [`KvStateMachine::with_max_sessions`]).
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
@@ -229,7 +229,7 @@ impl KvStateMachine {
     /// Like [`scan`](Self::scan) but starting after key `after` (the last key
     /// of the previous page), to continue when `more` was set.
     pub fn scan_after(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<ScanPage, KvError> {
-        validate_scan_limit(limit)?;
+        validate_scan(prefix, limit)?;
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),

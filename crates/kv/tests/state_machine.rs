@@ -147,6 +147,16 @@ fn scan_limit_out_of_range_is_an_error_naming_the_limit() {
 }
 
 #[test]
+fn scan_prefix_longer_than_a_key_is_an_error_naming_the_limit() {
+    let sm = KvStateMachine::new();
+    let long = vec![b'p'; MAX_KEY_LEN + 1];
+    let err = sm.scan(&long, 1).unwrap_err();
+    assert_eq!(err, KvError::PrefixTooLong { len: MAX_KEY_LEN + 1 });
+    assert!(err.to_string().contains("4096"), "{err}");
+    assert!(sm.scan(&long[..MAX_KEY_LEN], 1).is_ok());
+}
+
+#[test]
 fn limits_are_checked_with_messages_naming_the_limit() {
     let long_key = Bytes::from(vec![b'k'; 5000]);
     let op = WriteOp::Delete { key: long_key };

@@ -281,7 +281,7 @@ impl RaftKv for Service {
         consistency: ReadConsistency,
     ) -> Result<ScanReply, ClientError> {
         let limit = limit as usize;
-        raftkv_kv::validate_scan_limit(limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        raftkv_kv::validate_scan(&prefix, limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.scan",
