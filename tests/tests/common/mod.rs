@@ -484,7 +484,7 @@ impl Load {
                     if stop.load(Ordering::SeqCst) || Instant::now() >= until {
                         break;
                     }
-                    let key = format!("{prefix}/w{w}/{n:05}");
+                    let key = format!("{prefix}/w{w}/{n:07}");
                     let value = format!("v{n}-w{w}-c{:08x}", client.client_id() as u32);
                     match client.put(key.clone(), value.clone()).await {
                         Ok(_) => {

@@ -29,11 +29,11 @@ use raftkv_linearizability::{Call, History, Options, Outcome, Report as CheckRep
 const PREFIX: &str = "jepsen/k";
 const KEYS: u64 = 5;
 const CLIENTS: u64 = 5;
-/// The unique-key writer's keys: `jepsen-acked/w0/<n:05>`.
+/// The unique-key writer's keys: `jepsen-acked/w0/<n:07>`.
 const ACKED_PREFIX: &str = "jepsen-acked";
-/// Its puts are bounded (and its keys keep 5 digits, so that blocks of 1,000 can be
-/// scanned by prefix).
-const ACKED_MAX: usize = 100_000;
+/// Its puts are bounded (and its keys keep 7 digits, so that blocks of 1,000 can be
+/// scanned by prefix): at about 100 puts/s, a day of load.
+const ACKED_MAX: usize = 10_000_000;
 /// SIGSTOP lasts this long: well over the election timeout (10 ticks of 50 ms, so
 /// 0.5-1 s).
 const PAUSE: Duration = Duration::from_secs(2);
@@ -537,7 +537,7 @@ async fn heal(cluster: &mut TestCluster, net: Option<&Net>) {
 }
 
 /// The unique-key writer's keys as stored, read by linearizable scans of blocks of
-/// 1,000 keys (`<prefix>/w0/01` holds keys 01000..01999), so no scan hits the limit.
+/// 1,000 keys (`<prefix>/w0/0001` holds keys 0001000..0001999), so no scan hits the limit.
 async fn acked_keys(client: &Client, written: &LoadResult) -> BTreeMap<String, String> {
     // Keys are numbered from 0 in order: the highest one written bounds the blocks.
     let highest = written
@@ -549,7 +549,7 @@ async fn acked_keys(client: &Client, written: &LoadResult) -> BTreeMap<String, S
         .unwrap_or(0);
     let mut stored = BTreeMap::new();
     for block in 0..=highest / 1_000 {
-        stored.extend(scan_map(client, &format!("{ACKED_PREFIX}/w0/{block:02}"), false).await);
+        stored.extend(scan_map(client, &format!("{ACKED_PREFIX}/w0/{block:04}"), false).await);
     }
     stored
 }
