@@ -1,6 +1,6 @@
 //! Bad input on the server port of real server processes: garbage bytes, half frames,
-//! an over-limit length prefix, a far-future request deadline and 600 slowloris
-//! connections held open at once. Through all of it the 3-node cluster keeps
+//! an over-limit length prefix, a far-future request deadline, 600 slowloris
+//! connections held open at once, then 600 that each sent one request and went silent. Through all of it the 3-node cluster keeps
 //! committing (a fresh client's put + linearizable get succeeds within its deadline)
 //! and no node exits. Then oversized keys, values, scan limits and scan prefixes, through a raw tarpc
 //! client and through the `raftkv` CLI: refused with an error naming the limit, and
@@ -75,6 +75,25 @@ async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// Asserts that each node (`conns[i]` went to `addrs[i]`) closed at least the
+/// connections over its limit of 512.
+async fn assert_evicted_per_node(addrs: &[String], conns: &mut [Vec<TcpStream>], what: &str) {
+    for (addr, conns) in addrs.iter().zip(conns) {
+        let mut evicted = 0;
+        for s in conns.iter_mut() {
+            if closed_by_server(s, Duration::from_millis(1)).await {
+                evicted += 1;
+            }
+        }
+        let must = conns.len().saturating_sub(512);
+        assert!(
+            evicted >= must,
+            "{addr}: only {evicted} of {} {what} connections closed; at least {must} must be",
+            conns.len()
+        );
+    }
+}
+
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = u32::try_from(payload.len()).expect("small").to_be_bytes().to_vec();
     f.extend_from_slice(payload);
@@ -125,25 +144,43 @@ async fn bad_input_never_crashes_or_stalls_the_cluster() {
 
     // Slowloris: SLOWLORIS connections to every node, each sending 2 bytes of a prefix.
     let slow_started = Instant::now();
-    let mut slow: Vec<TcpStream> = Vec::new();
+    let mut slow: Vec<Vec<TcpStream>> = Vec::new();
     for addr in &addrs {
+        let mut conns = Vec::new();
         for _ in 0..SLOWLORIS {
-            slow.push(send(addr, &[0, 0]).await);
+            conns.push(send(addr, &[0, 0]).await);
         }
+        slow.push(conns);
     }
     commits(&cluster, "ok/slowloris").await;
     assert_all_running(&mut cluster);
-    // Each node kept at most 512 connections: the oldest idle ones were evicted.
-    let mut evicted = 0;
-    for s in &mut slow {
-        if closed_by_server(s, Duration::from_millis(1)).await {
-            evicted += 1;
-        }
-    }
-    let must = addrs.len() * (SLOWLORIS - 512);
-    assert!(evicted >= must, "only {evicted} of {} slowloris connections closed; at least {must} must be", slow.len());
+    // Each node kept at most 512 connections: the oldest without a request were evicted.
+    assert_evicted_per_node(&addrs, &mut slow, "slowloris").await;
 
-    // Oversized requests, while the slowloris connections are still open.
+    // Connections that each sent one complete request (answered), then went silent:
+    // when the table is full the idlest are closed, so new clients still get in.
+    let status = frame(&raftkv_rpc::encode_request(OP, 1, RaftKvRequest::Status {}).expect("encode"));
+    let mut idle: Vec<Vec<TcpStream>> = Vec::new();
+    for addr in &addrs {
+        let mut conns = Vec::new();
+        for _ in 0..SLOWLORIS {
+            let mut s = send(addr, &status).await;
+            let mut len = [0u8; 4];
+            tokio::time::timeout(OP, s.read_exact(&mut len))
+                .await
+                .unwrap_or_else(|_| panic!("{addr}: no answer to a status request"))
+                .unwrap_or_else(|e| panic!("{addr}: no answer to a status request: {e}"));
+            conns.push(s);
+        }
+        idle.push(conns);
+    }
+    commits(&cluster, "ok/idle").await;
+    assert_all_running(&mut cluster);
+    assert_evicted_per_node(&addrs, &mut idle, "idle after one request").await;
+    drop(idle);
+    let mut slow: Vec<TcpStream> = slow.into_iter().flatten().collect();
+
+    // Oversized requests.
     oversized_raw(&cluster).await;
     oversized_cli(&cluster).await;
     commits(&cluster, "ok/oversized").await;

@@ -2,14 +2,19 @@
 //! cannot exhaust a node: at most [`MAX_CONNECTIONS`] are open, and one that has not
 //! sent a complete request within [`FIRST_REQUEST_TIMEOUT`] is closed.
 //!
-//! Why peers are not starved: a peer sends its first batch right after connecting,
-//! and only connections that have not sent a complete request are evicted to make
-//! room for new ones.
+//! When the table is full a new connection always gets in: the oldest connection that
+//! has not sent a complete request is closed to make room, else the one idle the
+//! longest (least recently used). Why peers are not starved: a peer sends its first
+//! batch right after connecting, and a leader's links send heartbeats every few ticks,
+//! so they are never the idlest; a closed idle link reconnects when it next has
+//! something to send. Why idle connections are evicted rather than new ones refused:
+//! otherwise 512 connections that each sent one request and then went silent would
+//! lock every new client and restarted peer out.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::{AbortHandle, Id, JoinSet};
@@ -20,51 +25,85 @@ pub(crate) const MAX_CONNECTIONS: usize = 512;
 /// A connection that sends no complete request within this is closed.
 pub(crate) const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// When a connection last delivered a complete request; shared with its task.
+#[derive(Clone)]
+pub(crate) struct Activity {
+    base: Instant,
+    /// Milliseconds since `base` of the last complete request, plus one (0: none yet).
+    last_request: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new(base: Instant) -> Self {
+        Activity { base, last_request: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Notes a complete request.
+    pub fn request(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_request.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn last_request(&self) -> Option<u64> {
+        self.last_request.load(Ordering::Relaxed).checked_sub(1)
+    }
+}
+
 struct Conn {
     accepted: Instant,
-    /// Set once the connection delivered its first complete request.
-    started: Arc<AtomicBool>,
+    activity: Activity,
     abort: AbortHandle,
 }
 
 /// The open connections, each served on its own task.
-#[derive(Default)]
 pub(crate) struct Connections {
     tasks: JoinSet<()>,
     open: HashMap<Id, Conn>,
+    base: Instant,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { tasks: JoinSet::new(), open: HashMap::new(), base: Instant::now() }
+    }
 }
 
 impl Connections {
-    /// Makes room for one more connection: when full, evicts the oldest connection
-    /// that has not sent a complete request. False if every open one has.
-    pub fn make_room(&mut self) -> bool {
+    /// Makes room for one more connection: when full, closes the oldest connection
+    /// that has not sent a complete request, else the one idle the longest.
+    pub fn make_room(&mut self) {
         if self.open.len() < MAX_CONNECTIONS {
-            return true;
+            return;
         }
-        let oldest = self
+        let without_request = self
             .open
             .iter()
-            .filter(|(_, c)| !c.started.load(Ordering::Relaxed))
+            .filter(|(_, c)| c.activity.last_request().is_none())
             .min_by_key(|(_, c)| c.accepted)
             .map(|(id, _)| *id);
-        match oldest.and_then(|id| self.open.remove(&id)) {
-            Some(conn) => {
-                conn.abort.abort();
-                tracing::debug!("connection limit reached: closed the oldest connection without a request");
-                true
-            }
-            None => false,
+        let victim = without_request.or_else(|| {
+            self.open.iter().min_by_key(|(_, c)| c.activity.last_request().unwrap_or(0)).map(|(id, _)| *id)
+        });
+        if let Some(conn) = victim.and_then(|id| self.open.remove(&id)) {
+            conn.abort.abort();
+            let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let idle_ms = conn.activity.last_request().map(|at| now.saturating_sub(at));
+            tracing::debug!(
+                ?idle_ms,
+                "connection limit reached: closed the oldest connection without a request, else the idlest"
+            );
         }
+        debug_assert!(self.open.len() < MAX_CONNECTIONS, "make_room left the table full");
     }
 
-    /// Serves a connection: `serve` (given the flag to set on its first complete
-    /// request) runs until it ends, or for [`FIRST_REQUEST_TIMEOUT`] if no request
-    /// came by then.
-    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&mut self, serve: impl FnOnce(Arc<AtomicBool>) -> F) {
-        let started = Arc::new(AtomicBool::new(false));
-        let task = with_first_request_timeout(serve(started.clone()), started.clone());
+    /// Serves a connection: `serve` (given the [`Activity`] to note its requests in)
+    /// runs until it ends, or for [`FIRST_REQUEST_TIMEOUT`] if no request came by
+    /// then.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&mut self, serve: impl FnOnce(Activity) -> F) {
+        let activity = Activity::new(self.base);
+        let task = with_first_request_timeout(serve(activity.clone()), activity.clone());
         let abort = self.tasks.spawn(task);
-        self.open.insert(abort.id(), Conn { accepted: Instant::now(), started, abort });
+        self.open.insert(abort.id(), Conn { accepted: Instant::now(), activity, abort });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,13 +129,13 @@ impl Connections {
     }
 }
 
-async fn with_first_request_timeout(serve: impl Future<Output = ()>, started: Arc<AtomicBool>) {
+async fn with_first_request_timeout(serve: impl Future<Output = ()>, activity: Activity) {
     let mut serve = std::pin::pin!(serve);
     tokio::select! {
         () = &mut serve => return,
         () = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => {}
     }
-    if started.load(Ordering::Relaxed) {
+    if activity.last_request().is_some() {
         serve.await;
     } else {
         tracing::debug!(timeout_s = FIRST_REQUEST_TIMEOUT.as_secs(), "closed a connection that sent no request");

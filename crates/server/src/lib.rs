@@ -44,7 +44,6 @@ mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -396,23 +395,17 @@ async fn accept_loop(incoming: raftkv_rpc::Listener, service: service::Service, 
     connections.close(grace).await;
 }
 
-/// Serves `accepted` if there is room (see [`conn::Connections::make_room`]), else
-/// drops it, closing the connection.
+/// Serves `accepted`, making room for it first (see [`conn::Connections::make_room`]).
 fn admit(connections: &mut conn::Connections, accepted: raftkv_rpc::Accepted, service: &service::Service) {
-    if !connections.make_room() {
-        if let Some(suppressed) = service.shared.refused_log.admit() {
-            tracing::warn!(max = conn::MAX_CONNECTIONS, suppressed, "refusing a connection: too many open connections");
-        }
-        return;
-    }
+    connections.make_room();
     let service = service.clone();
-    connections.spawn(move |started| serve_connection(accepted, service, started));
+    connections.spawn(move |activity| serve_connection(accepted, service, activity));
 }
 
 /// Establishes one accepted connection (the TLS handshake, if on) and serves it with a
-/// [`service::Service`] that knows who the peer is. Sets `started` on its first
-/// complete request.
-async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::Service, started: Arc<AtomicBool>) {
+/// [`service::Service`] that knows who the peer is. Notes each complete request in
+/// `activity`.
+async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::Service, activity: conn::Activity) {
     let (transport, peer) = match accepted.establish().await {
         Ok(established) => established,
         Err(e) => {
@@ -425,7 +418,7 @@ async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::
     service.peer = peer;
     let transport = transport.inspect(move |m| {
         if m.is_ok() {
-            started.store(true, Ordering::Relaxed);
+            activity.request();
         }
     });
     BaseChannel::with_defaults(transport)
