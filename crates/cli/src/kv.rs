@@ -147,7 +147,11 @@ pub async fn scan(global: &Global, prefix: String, limit: u32, stale: bool) -> C
     }
     out.flush().map_err(write_error)?;
     if reply.more {
-        eprintln!("(more pairs follow; raise --limit to see them)");
+        eprintln!(
+            "(more pairs follow: a page stops at --limit pairs or once its keys and values reach {} MiB; \
+             raise --limit or narrow the prefix)",
+            raftkv_kv::MAX_SCAN_BYTES >> 20
+        );
     }
     Ok(())
 }

@@ -41,3 +41,8 @@ pub const MAX_VALUE_LEN: usize = 1 << 20;
 
 /// Largest page a single scan may return, so one read cannot copy the whole store.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// Key and value bytes after which a scan page stops (with `more` set) even below
+/// its limit (4 MiB), so that a page always fits one RPC frame: 10,000 values of
+/// 1 MiB would not. A page holds at least one pair, so it can exceed this by one pair.
+pub const MAX_SCAN_BYTES: usize = 4 << 20;

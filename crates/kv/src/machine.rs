@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Data, Layout};
 use crate::digest::Fnv1a;
-use crate::{Command, CommandError, KvError, WriteOp, WriteResult, validate_scan};
+use crate::{Command, CommandError, KvError, MAX_SCAN_BYTES, WriteOp, WriteResult, validate_scan};
 
 /// Default bound on the session table (see [`KvStateMachine::with_max_sessions`]).
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
@@ -221,7 +221,8 @@ impl KvStateMachine {
     }
 
     /// Up to `limit` (1..=[`MAX_SCAN_LIMIT`](crate::MAX_SCAN_LIMIT)) pairs whose key starts with
-    /// `prefix`, in key order.
+    /// `prefix`, in key order; fewer once their keys and values reach
+    /// [`MAX_SCAN_BYTES`](crate::MAX_SCAN_BYTES) (then `more` is set).
     pub fn scan(&self, prefix: &[u8], limit: usize) -> Result<ScanPage, KvError> {
         self.scan_after(prefix, None, limit)
     }
@@ -234,9 +235,15 @@ impl KvStateMachine {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        let mut matching = self.data.range_from(start).take_while(|(k, _)| k.starts_with(prefix));
-        let items: Vec<_> = matching.by_ref().take(limit).collect();
-        let more = matching.next().is_some();
+        let mut matching = self.data.range_from(start).take_while(|(k, _)| k.starts_with(prefix)).peekable();
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        while items.len() < limit && (items.is_empty() || bytes < MAX_SCAN_BYTES) {
+            let Some((k, v)) = matching.next() else { break };
+            bytes += k.len() + v.len();
+            items.push((k, v));
+        }
+        let more = matching.peek().is_some();
         Ok(ScanPage { items, more })
     }
 

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use raftkv_kv::{
-    Applied, Command, CommandError, KvError, KvStateMachine, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN, WriteOp,
-    WriteResult,
+    Applied, Command, CommandError, KvError, KvStateMachine, MAX_KEY_LEN, MAX_SCAN_BYTES, MAX_SCAN_LIMIT,
+    MAX_VALUE_LEN, WriteOp, WriteResult,
 };
 
 fn b(s: &str) -> Bytes {
@@ -144,6 +144,28 @@ fn scan_limit_out_of_range_is_an_error_naming_the_limit() {
         assert!(err.to_string().contains("10000"), "{err}");
     }
     assert!(sm.scan(b"", 1).is_ok());
+}
+
+#[test]
+fn a_scan_page_stops_once_its_bytes_reach_the_bound() {
+    let mut sm = KvStateMachine::new();
+    let big = "v".repeat(MAX_VALUE_LEN);
+    for i in 0..6u64 {
+        ok(run(&mut sm, 1, i + 1, put(&format!("big/{i}"), &big)));
+    }
+    ok(run(&mut sm, 1, 7, put("small/a", "1")));
+    // Four 1 MiB values (plus keys) reach 4 MiB: the page stops there, below its limit.
+    let page = sm.scan(b"big/", 10).unwrap();
+    assert_eq!(page.items.len(), MAX_SCAN_BYTES / MAX_VALUE_LEN);
+    assert!(page.more);
+    let bytes: usize = page.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(bytes < MAX_SCAN_BYTES + MAX_VALUE_LEN + MAX_KEY_LEN, "{bytes}");
+    let rest = sm.scan_after(b"big/", Some(&page.items[3].0), 10).unwrap();
+    assert_eq!(rest.items.len(), 2);
+    assert!(!rest.more);
+    // Small pairs are bounded by the limit alone.
+    let small = sm.scan(b"small/", 10).unwrap();
+    assert_eq!((small.items.len(), small.more), (1, false));
 }
 
 #[test]
