@@ -37,6 +37,9 @@ const ACKED_MAX: usize = 10_000_000;
 /// SIGSTOP lasts this long: well over the election timeout (10 ticks of 50 ms, so
 /// 0.5-1 s).
 const PAUSE: Duration = Duration::from_secs(2);
+/// How long a node restarted with an empty data dir may take to apply what the
+/// leader had committed (it gets a snapshot, then the log after it).
+const WIPE_CATCH_UP: Duration = Duration::from_secs(60);
 /// How long a killed node stays down.
 const DOWN: Duration = Duration::from_secs(1);
 /// How long a partition holds: several election timeouts.
@@ -298,12 +301,16 @@ async fn inject(cluster: &mut TestCluster, net: Option<&Net>, fault: Fault, rng:
             cluster.restart_empty(target).await;
             // A node restarted empty has forgotten its log and vote: until it has caught
             // up, the cluster does not tolerate another failure (a majority of it and a
-            // lagging node could lose committed entries), so the nemesis waits.
+            // lagging node could lose committed entries), so the nemesis waits; a node
+            // that does not catch up is a failure of its own (and would void the run).
             let caught_up = match cluster.wait_for_leader(Duration::from_secs(10)).await {
-                Ok(l) => cluster.wait_applied(target, l.commit_index, Duration::from_secs(20)).await.is_ok(),
-                Err(_) => false,
+                Ok(l) => cluster.wait_applied(target, l.commit_index, WIPE_CATCH_UP).await,
+                Err(e) => Err(e),
             };
-            format!("restart node {target} ({what}) with an empty data dir; caught up: {caught_up}")
+            if let Err(e) = caught_up {
+                panic!("node {target}, restarted with an empty data dir, did not catch up: {e}");
+            }
+            format!("restart node {target} ({what}) with an empty data dir; caught up")
         }
         Fault::SplitMajority | Fault::IsolateLeader | Fault::Bridge => unreachable!("handled above"),
     };
