@@ -397,3 +397,104 @@ fn a_long_corrupted_history_shrinks_to_a_few_ops() {
     assert!(w.len() <= 6, "{r}");
     assert!(w.iter().any(|o| o.id == mid), "{r}");
 }
+
+/// Brute force: whether some order of the operations that respects real time (an
+/// operation completed before another was invoked comes first) explains every
+/// completed result, each unknown write taking effect at most once. Small histories only.
+fn brute_force_linearizable(ops: &[Operation]) -> bool {
+    let ops: Vec<&Operation> = ops.iter().filter(|o| !matches!(o.outcome, Outcome::Failed { .. })).collect();
+    assert!(ops.len() <= 10, "brute force is for small histories");
+    fn search(ops: &[&Operation], done: u32, state: Option<String>) -> bool {
+        let must_do = ops.iter().enumerate().all(|(i, o)| done & (1 << i) != 0 || o.outcome == Outcome::Unknown);
+        if must_do {
+            return true;
+        }
+        for (i, o) in ops.iter().enumerate() {
+            if done & (1 << i) != 0 {
+                continue;
+            }
+            // Every other pending operation that completed before `o` was invoked must go first.
+            let blocked = ops
+                .iter()
+                .enumerate()
+                .any(|(j, p)| j != i && done & (1 << j) == 0 && p.complete().is_some_and(|at| at < o.invoke));
+            if blocked {
+                continue;
+            }
+            let ret = match &o.outcome {
+                Outcome::Done { ret, .. } => Some(ret),
+                _ => None,
+            };
+            let next = match (&o.call, ret) {
+                (Call::Get, Some(Ret::Value(v))) => (*v == state).then(|| state.clone()),
+                (Call::Get, None) => Some(state.clone()),
+                (Call::Put { value }, _) => Some(Some(value.clone())),
+                (Call::Delete, _) => Some(None),
+                (Call::Cas { expected, new }, Some(Ret::Ok) | None) => (*expected == state).then(|| Some(new.clone())),
+                (Call::Cas { expected, .. }, Some(Ret::CasFailed { current })) => {
+                    (*expected != state && *current == state).then(|| state.clone())
+                }
+                _ => None,
+            };
+            if let Some(next) = next
+                && search(ops, done | (1 << i), next)
+            {
+                return true;
+            }
+        }
+        false
+    }
+    search(&ops, 0, None)
+}
+
+/// A small random history on one key, with few distinct values so that results often
+/// agree with some order and often do not, and some outcomes unknown.
+fn small_random_history(seed: u64) -> History {
+    let mut rng = Lcg(seed);
+    let value = |rng: &mut Lcg| ["a", "b"][rng.below(2) as usize].to_string();
+    let maybe = |rng: &mut Lcg| (rng.below(3) > 0).then(|| ["a", "b"][rng.below(2) as usize].to_string());
+    let mut h = History::new();
+    for c in 0..3u64 {
+        let mut t = rng.below(6);
+        for _ in 0..1 + rng.below(3) {
+            // Invocations at even times, completions at odd ones: no ties.
+            let invoke = 2 * t;
+            let complete = 2 * (t + 1 + rng.below(6)) + 1;
+            let (call, ret) = match rng.below(5) {
+                0 | 1 => (Call::Get, Ret::Value(maybe(&mut rng))),
+                2 => (Call::Put { value: value(&mut rng) }, Ret::Ok),
+                3 => (Call::Delete, Ret::Ok),
+                _ => {
+                    let call = Call::Cas { expected: maybe(&mut rng), new: value(&mut rng) };
+                    let ret = if rng.below(2) == 0 { Ret::Ok } else { Ret::CasFailed { current: maybe(&mut rng) } };
+                    (call, ret)
+                }
+            };
+            let id = h.invoke(c, K, call, invoke);
+            match rng.below(8) {
+                0 => h.unknown(id),
+                1 => h.fail(id, complete),
+                _ => h.complete(id, ret, complete),
+            }
+            // The next operation of this client is invoked after this one completed.
+            t = complete.div_ceil(2) + rng.below(3);
+        }
+    }
+    h
+}
+
+#[test]
+fn the_search_agrees_with_brute_force_on_small_random_histories() {
+    let (mut linearizable, mut violations) = (0, 0);
+    for seed in 0..20_000 {
+        let h = small_random_history(seed);
+        let expected = brute_force_linearizable(h.ops());
+        let got = check(&h, &Options::default()).unwrap();
+        assert_ne!(got.verdict(), Verdict::TimedOut, "seed {seed}");
+        assert_eq!(got.is_linearizable(), expected, "seed {seed}: brute force says {expected}; {got}\n{:#?}", h.ops());
+        if expected { linearizable += 1 } else { violations += 1 }
+    }
+    // Both verdicts are well represented, so the agreement means something.
+    eprintln!("{linearizable} linearizable, {violations} violations");
+    assert!(linearizable >= 2_000 && violations >= 2_000, "{linearizable} linearizable, {violations} violations");
+}
