@@ -12,11 +12,11 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{LEADER_TIMEOUT, Load, LoadResult, TestCluster, eventually, scan_map, text};
+use common::{LEADER_TIMEOUT, Load, LoadResult, Recorder, TestCluster, eventually, scan_map, text};
 use raftkv_client::{Client, ClientError, ClientOptions};
 use raftkv_linearizability::{Call, History, Options, Outcome, Ret, check};
 
@@ -26,6 +26,7 @@ const DEFAULT_CYCLES: usize = 20;
 
 /// Increments of the counter, each by a cas from the value read just before, and the
 /// history of those gets and cas.
+#[derive(Default)]
 struct CasCounts {
     /// Acknowledged swaps.
     acked: AtomicU64,
@@ -33,35 +34,7 @@ struct CasCounts {
     unknown: AtomicU64,
     /// Cas that definitely did not swap (the value had changed).
     not_swapped: AtomicU64,
-    /// Times are nanoseconds since `base`.
-    base: Instant,
-    history: Mutex<History>,
-}
-
-impl CasCounts {
-    fn new() -> Self {
-        CasCounts {
-            acked: AtomicU64::new(0),
-            unknown: AtomicU64::new(0),
-            not_swapped: AtomicU64::new(0),
-            base: Instant::now(),
-            history: Mutex::new(History::new()),
-        }
-    }
-
-    fn history(&self) -> std::sync::MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn invoke(&self, call: Call) -> usize {
-        let at = self.base.elapsed().as_nanos() as u64;
-        self.history().invoke(0, COUNTER, call, at)
-    }
-
-    fn complete(&self, id: usize, ret: Ret) {
-        let at = self.base.elapsed().as_nanos() as u64;
-        self.history().complete(id, ret, at);
-    }
+    history: Recorder,
 }
 
 /// The counter's value: `<n>.<k>`, where `k` makes every written value unique, so that
@@ -76,9 +49,9 @@ fn counter_value(bytes: Option<&[u8]>) -> u64 {
 /// Reads the counter, recording the get; `None` if the read timed out (it changed
 /// nothing, so it stays unknown and the checker drops it).
 async fn read_counter(client: &Client, counts: &CasCounts) -> Option<Option<String>> {
-    let id = counts.invoke(Call::Get);
+    let id = counts.history.invoke(0, COUNTER, Call::Get);
     let value = client.get(COUNTER, false).await.ok()?.map(|b| text(&b));
-    counts.complete(id, Ret::Value(value.clone()));
+    counts.history.complete(id, Ret::Value(value.clone()));
     Some(value)
 }
 
@@ -90,15 +63,15 @@ async fn incrementer(client: Arc<Client>, counts: Arc<CasCounts>, stop: Arc<Atom
         let Some(current) = read_counter(&client, &counts).await else { continue };
         k += 1;
         let new = format!("{}.{k}", counter_value(current.as_deref().map(str::as_bytes)) + 1);
-        let id = counts.invoke(Call::Cas { expected: current.clone(), new: new.clone() });
+        let id = counts.history.invoke(0, COUNTER, Call::Cas { expected: current.clone(), new: new.clone() });
         match client.cas(COUNTER, current.map(Into::into), new).await {
             Ok(o) => match o.cas_result() {
                 Some((true, _)) => {
-                    counts.complete(id, Ret::Ok);
+                    counts.history.complete(id, Ret::Ok);
                     counts.acked.fetch_add(1, Ordering::SeqCst);
                 }
                 Some((false, current)) => {
-                    counts.complete(id, Ret::CasFailed { current: current.map(|b| text(&b)) });
+                    counts.history.complete(id, Ret::CasFailed { current: current.map(|b| text(&b)) });
                     counts.not_swapped.fetch_add(1, Ordering::SeqCst);
                 }
                 None => panic!("a cas answered with {o:?}"),
@@ -141,7 +114,7 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
     // Short deadlines: the clients notice each crash quickly.
     let opts = ClientOptions::with_timeout(Duration::from_millis(1_500));
     let counter_client = Arc::new(Client::new(cluster.endpoints(), opts.clone()).expect("client"));
-    let counts = Arc::new(CasCounts::new());
+    let counts = Arc::new(CasCounts::default());
     let mut written = LoadResult::default();
     let mut leader_times = Vec::new();
 
@@ -203,7 +176,7 @@ async fn every_acknowledged_write_survives_repeated_kill_9_of_all_nodes() {
         .expect("get in time")
         .expect("get counter");
     let counter = counter_value(final_value.as_deref().map(str::as_bytes));
-    let history = counts.history().clone();
+    let history = counts.history.lock().clone();
     let planted = with_last_swap_lost(&history).expect("an acknowledged swap followed by the final get");
     assert!(check_counter_history(&planted).is_err(), "the check misses a lost acknowledged cas");
     let (acked, unknown, not_swapped) = (

@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use raftkv_client::local::{
@@ -25,6 +25,7 @@ use raftkv_client::local::{
     ServerCommand, poll_until,
 };
 use raftkv_client::{Client, ClientError, ClientOptions, MemberList, NodeId, NodeStatus};
+use raftkv_linearizability::{Call, History, Ret};
 use tokio::task::JoinSet;
 
 // ---- executables ----------------------------------------------------------------------
@@ -420,6 +421,48 @@ where
     Fut: Future<Output = Result<T, String>>,
 {
     poll_until(timeout, what, check).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---- history --------------------------------------------------------------------------
+
+/// A history shared by concurrent clients, with times in nanoseconds since it began.
+pub struct Recorder {
+    base: Instant,
+    history: Mutex<History>,
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Recorder { base: Instant::now(), history: Mutex::new(History::new()) }
+    }
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+    pub fn lock(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn invoke(&self, process: u64, key: &str, call: Call) -> usize {
+        let at = self.now();
+        self.lock().invoke(process, key, call, at)
+    }
+    pub fn complete(&self, id: usize, ret: Ret) {
+        let at = self.now();
+        self.lock().complete(id, ret, at);
+    }
+    pub fn fail(&self, id: usize) {
+        let at = self.now();
+        self.lock().fail(id, at);
+    }
+    /// Seconds since the history began.
+    pub fn secs(&self) -> f64 {
+        self.base.elapsed().as_secs_f64()
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
 }
 
 // ---- write load -----------------------------------------------------------------------

@@ -17,11 +17,11 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::netns::Net;
-use crate::common::{Load, LoadResult, TestCluster, scan_map, text};
+use crate::common::{Load, LoadResult, Recorder, TestCluster, scan_map, text};
 use nix::sys::signal::Signal;
 use raftkv_client::{Client, ClientError, ClientOptions, NodeId, NodeStatus};
 use raftkv_linearizability::{Call, History, Options, Outcome, Report as CheckReport, Ret, Verdict, check};
@@ -80,36 +80,6 @@ pub fn secs_and_seed(default: u64) -> (u64, u64) {
     let seed = var("RAFTKV_JEPSEN_SEED")
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
     (secs, seed)
-}
-
-/// The shared history, with times in nanoseconds since `base`.
-struct Recorder {
-    base: Instant,
-    history: Mutex<History>,
-}
-
-impl Recorder {
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn invoke(&self, process: u64, key: &str, call: Call) -> usize {
-        let mut h = self.lock();
-        h.invoke(process, key, call, self.now())
-    }
-    fn complete(&self, id: usize, ret: Ret) {
-        let at = self.now();
-        self.lock().complete(id, ret, at);
-    }
-    fn fail(&self, id: usize) {
-        let at = self.now();
-        self.lock().fail(id, at);
-    }
-    fn secs(&self) -> f64 {
-        self.base.elapsed().as_secs_f64()
-    }
 }
 
 /// Clients 0 and 1 are impatient (1 s per operation, less than a failover takes), so
@@ -448,7 +418,7 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let started = Instant::now();
     cluster.leader().await;
 
-    let rec = Arc::new(Recorder { base: Instant::now(), history: Mutex::new(History::new()) });
+    let rec = Arc::new(Recorder::new());
     let until = Instant::now() + Duration::from_secs(secs);
     let mut clients = tokio::task::JoinSet::new();
     for p in 0..CLIENTS {
