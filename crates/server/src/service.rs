@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     removed: RwLock<BTreeSet<NodeId>>,
     addrs: RwLock<Vec<(NodeId, String)>>,
     wrong_cluster_log: LogLimit,
-    /// Refused connections (a failed TLS handshake, a full connection table).
+    /// Refused connections (a failed TLS handshake; a full table evicts instead).
     pub refused_log: LogLimit,
 }
 
