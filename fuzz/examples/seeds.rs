@@ -16,7 +16,7 @@ fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
 }
 
 fn messages() -> Vec<Vec<Message>> {
-    let m = |term, body| Message { from: 2, to: 1, term, body };
+    let m = |term, body| Message { from: 2, to: 1, term, body, recovery: None };
     vec![
         vec![m(1, MessageBody::RequestVote { pre_vote: true, last_log_index: 0, last_log_term: 0, force: false })],
         vec![m(2, MessageBody::RequestVoteResponse { pre_vote: false, granted: true })],
@@ -82,7 +82,7 @@ fn wire_seeds(dir: &Path) {
 fn wal_seeds(dir: &Path) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let (mut storage, _) = DiskStorage::open(tmp.path(), StorageOptions::default()).expect("open storage");
-    let hs = |term, commit| HardState { term, vote: Some(1), commit };
+    let hs = |term, commit| HardState { term, vote: Some(1), commit, recovering: false };
     storage.append(&[], Some(&hs(1, 0))).expect("append");
     storage.append(&[entry(1, 1, b""), entry(2, 1, b"a")], Some(&hs(1, 1))).expect("append");
     storage.append(&[entry(3, 2, b"bb")], Some(&hs(2, 3))).expect("append");

@@ -33,6 +33,7 @@ pub fn leader() -> RawNode {
                     to: 1,
                     term: m.term,
                     body: MessageBody::RequestVoteResponse { pre_vote, granted: true },
+                    recovery: None,
                 }),
                 _ => None,
             })

@@ -120,6 +120,7 @@ fn vote(term: u64, to: u64) -> Message {
         to,
         term,
         body: MessageBody::RequestVote { pre_vote: false, last_log_index: 1_000_000, last_log_term: term, force: true },
+        recovery: None,
     }
 }
 
@@ -129,6 +130,7 @@ fn append(term: u64, to: u64) -> Message {
         to,
         term,
         body: MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), leader_commit: 0 },
+        recovery: None,
     }
 }
 

@@ -39,6 +39,18 @@ pub struct Config {
     pub max_promotion_lag: u64,
     /// Seed of the node's RNG (election timeout jitter).
     pub seed: u64,
+    /// A deliberate bug, for tests that show the simulation's checker catching it
+    /// through the real observation path. Never set outside tests.
+    #[doc(hidden)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Deliberate bugs a test may plant in the core (see [`Config::planted_bug`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A leader counts a recovering node's acknowledgements toward commits.
+    CountRecoveringAcks,
 }
 
 impl Config {
@@ -60,6 +72,7 @@ impl Config {
             compaction_slack: 1_000,
             max_promotion_lag: 1_000,
             seed: id,
+            planted_bug: None,
         }
     }
 

@@ -26,6 +26,19 @@ pub enum Event {
     PeerLostLog { peer: NodeId, match_index: Index, last_index: Index },
     /// A leadership transfer did not finish within an election timeout.
     TransferAborted { target: NodeId },
+    /// This node starts recovering from lost state (`lost_state`: its storage was empty;
+    /// else its hard state says a recovery was under way): it will not vote, campaign
+    /// or count toward a quorum until a leader's marker of `nonce` commits.
+    RecoveryStarted { nonce: u64, lost_state: bool },
+    /// This node's recovery ended: its marker committed at `index` in `term` (index 0:
+    /// the runtime confirmed a brand-new cluster).
+    RecoveryFinished { term: Term, index: Index },
+    /// The leader appended the recovery marker of `peer` at `index`.
+    RecoveryMarked { peer: NodeId, index: Index },
+    /// `peer` refused the snapshot at `index` (`bytes` long) as larger than its `limit`
+    /// for the `refusals`-th time in a row; the leader offers it again in
+    /// `retry_in_ticks` ticks.
+    SnapshotRefused { peer: NodeId, index: Index, bytes: u64, limit: u64, refusals: u32, retry_in_ticks: u32 },
     /// The node's configuration — the latest in its log, committed or not — changed:
     /// a ConfChange entry at `index` was appended, or truncation or a snapshot took the
     /// log back to the configuration as of `index`.

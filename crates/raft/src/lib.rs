@@ -18,10 +18,10 @@ mod read_only;
 mod tracker;
 mod types;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, PlantedBug};
 pub use event::{ElectionOutcome, Event, StepDownReason};
 pub use log::LogError;
-pub use node::{RawNode, Ready, Recovered, Status};
+pub use node::{PeerProgress, RawNode, Ready, Recovered, Status};
 pub use raft::{ProposeError, Role, StepError};
 pub use read_only::ReadState;
 pub use types::*;

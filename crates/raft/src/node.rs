@@ -16,6 +16,21 @@ pub struct Recovered {
     pub snapshot: Option<Snapshot>,
     /// Entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+    /// Storage held nothing: this node cannot tell a first start from a lost disk, so
+    /// it may have voted or acknowledged entries it no longer knows of. It starts
+    /// recovering: it may receive and persist entries, but never votes, campaigns or
+    /// counts toward a quorum until a leader of its cluster brings it up to date (a
+    /// recovery marker of the leader's term, appended after this start, commits), or
+    /// until the runtime confirms a brand-new cluster ([`RawNode::confirm_new_cluster`]).
+    /// A recovery that was under way at a crash resumes (it is in the hard state).
+    pub lost_state: bool,
+}
+
+impl Recovered {
+    /// What an empty storage recovers: nothing, and a lost state.
+    pub fn empty() -> Recovered {
+        Recovered { lost_state: true, ..Recovered::default() }
+    }
 }
 
 /// Everything the runtime must do, in this order:
@@ -64,6 +79,16 @@ impl Ready {
     }
 }
 
+/// The leader's view of one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: NodeId,
+    pub match_index: Index,
+    pub next_index: Index,
+    /// Its latest message said it is recovering from lost state.
+    pub recovering: bool,
+}
+
 /// A summary of the node's state, for status pages and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -78,8 +103,10 @@ pub struct Status {
     pub persisted_index: Index,
     pub first_index: Index,
     pub conf: ConfState,
-    /// The leader's view of each peer: (id, match index, next index).
-    pub progress: Vec<(NodeId, Index, Index)>,
+    /// The leader's view of each member (itself included); empty on followers.
+    pub progress: Vec<PeerProgress>,
+    /// This node is recovering from lost state (see [`Recovered::lost_state`]).
+    pub recovering: bool,
 }
 
 #[derive(Debug, Default)]
@@ -146,10 +173,11 @@ impl RawNode {
     ) -> Result<RawNode, ConfigError> {
         cfg.validate()?;
         let hard_state = recovered.hard_state;
-        let raft = Raft::new(cfg, conf, changes, hard_state, recovered.snapshot, recovered.entries);
-        // After a bootstrap the new term and commit index must reach the disk too.
-        let last_hard_state = if raft.bootstrapped { hard_state } else { raft.hard_state() };
-        Ok(RawNode { raft, last_hard_state, in_flight: None })
+        let raft =
+            Raft::new(cfg, conf, changes, hard_state, recovered.snapshot, recovered.entries, recovered.lost_state);
+        // What the disk holds: a bootstrap's term and commit index, and a recovery's
+        // start, must reach it too.
+        Ok(RawNode { raft, last_hard_state: hard_state, in_flight: None })
     }
 
     /// Advances logical time by one tick.
@@ -191,6 +219,23 @@ impl RawNode {
         self.raft.campaign(false);
     }
 
+    /// Ends this node's recovery at the start of a brand-new cluster: the runtime
+    /// learned that every other founding member of its cluster is still at term 1 or
+    /// below (nobody ever voted or replicated anything yet). Returns false, changing
+    /// nothing, if this node itself has moved past that (then a leader's marker must
+    /// end its recovery).
+    pub fn confirm_new_cluster(&mut self) -> bool {
+        self.raft.confirm_new_cluster()
+    }
+
+    /// Ends a recovery without any proof: the node votes again at once, as if it had
+    /// never lost anything. UNSAFE: only for tests that show what the recovery rule
+    /// prevents (a runtime must never call it). Returns whether a recovery was ended.
+    #[doc(hidden)]
+    pub fn confirm_new_cluster_unchecked(&mut self) -> bool {
+        self.raft.recovery.take().is_some()
+    }
+
     /// The runtime snapshotted the state machine; the log prefix may be dropped.
     pub fn compact(&mut self, snapshot: Snapshot) {
         self.raft.compact(snapshot);
@@ -227,7 +272,10 @@ impl RawNode {
         r.flush_reads();
         let hard_state = r.hard_state();
         let hard_state_changed = hard_state != self.last_hard_state;
-        let vote_changed = hard_state.term != self.last_hard_state.term || hard_state.vote != self.last_hard_state.vote;
+        // A recovery's end lets votes out: it is durable before they leave, like a vote.
+        let vote_changed = hard_state.term != self.last_hard_state.term
+            || hard_state.vote != self.last_hard_state.vote
+            || hard_state.recovering != self.last_hard_state.recovering;
         let entries = r.log.unstable_entries();
         r.log.mark_handed_out();
         let snapshot = r.pending_snapshot.take();
@@ -316,7 +364,13 @@ impl RawNode {
     pub fn status(&self) -> Status {
         let r = &self.raft;
         let progress = if r.role == Role::Leader {
-            r.tracker.iter().map(|(id, p)| (*id, p.match_index, p.next_index)).collect()
+            let peer = |(id, p): (&NodeId, &crate::progress::Progress)| PeerProgress {
+                id: *id,
+                match_index: p.match_index,
+                next_index: p.next_index,
+                recovering: p.recovering,
+            };
+            r.tracker.iter().map(peer).collect()
         } else {
             Vec::new()
         };
@@ -333,6 +387,7 @@ impl RawNode {
             first_index: r.log.first_index(),
             conf: r.tracker.conf().clone(),
             progress,
+            recovering: r.recovery.is_some(),
         }
     }
 

@@ -63,6 +63,19 @@ impl Inflights {
 pub struct Progress {
     /// Highest index known to be durable on the peer.
     pub match_index: Index,
+    /// Highest index the peer acknowledged while not recovering from lost state: what
+    /// quorums count. A recovering peer's acknowledgements move replication on
+    /// (`match_index`) but never a commit: it may not know what it once promised.
+    pub quorum_match: Index,
+    /// The peer said, in its latest message, that it is recovering.
+    pub recovering: bool,
+    /// The recovery nonce this leader appended a [`crate::RecoveryMarker`] for, and
+    /// the marker's index.
+    pub recovery_marker: Option<(u64, Index)>,
+    /// Snapshot refusals for size in a row, and heartbeat ticks to wait before the
+    /// next attempt (backoff).
+    pub snapshot_refusals: u32,
+    pub snapshot_retry_ticks: u32,
     /// Next index to send.
     pub next_index: Index,
     pub state: ProgressState,
@@ -82,6 +95,11 @@ impl Progress {
     pub fn new(next_index: Index, window: usize) -> Progress {
         Progress {
             match_index: 0,
+            quorum_match: 0,
+            recovering: false,
+            recovery_marker: None,
+            snapshot_refusals: 0,
+            snapshot_retry_ticks: 0,
             next_index,
             state: ProgressState::Probe,
             probe_sent: false,
@@ -116,6 +134,7 @@ impl Progress {
         assert!(next_index >= 1);
         self.reset_state(ProgressState::Probe);
         self.match_index = 0;
+        self.quorum_match = 0;
         self.next_index = next_index;
     }
 
@@ -128,8 +147,12 @@ impl Progress {
         self.reset_state(ProgressState::Snapshot { index });
     }
 
-    /// A successful AppendEntriesResponse up to `index`. Returns whether it was news.
-    pub fn maybe_update(&mut self, index: Index) -> bool {
+    /// A successful AppendEntriesResponse up to `index`; `counted` unless the peer is
+    /// recovering. Returns whether it was news for replication.
+    pub fn maybe_update(&mut self, index: Index, counted: bool) -> bool {
+        if counted {
+            self.quorum_match = self.quorum_match.max(index);
+        }
         let updated = index > self.match_index;
         if updated {
             self.match_index = index;

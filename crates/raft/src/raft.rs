@@ -72,6 +72,16 @@ pub enum ProposeError {
     /// A learner is promoted only once it is within `limit` entries of the leader.
     #[error("node {node} is {lag} entries behind the leader (limit {limit})")]
     NotCaughtUp { node: NodeId, lag: u64, limit: u64 },
+    /// The node is recovering from lost state: it may not vote, so it is neither
+    /// promoted nor handed leadership until its recovery ends.
+    #[error("node {0} is recovering from lost state")]
+    Recovering(NodeId),
+    /// The change would leave fewer voters that are not recovering from lost state
+    /// than a quorum: nothing could commit, recoveries included, until one came back.
+    #[error(
+        "the change would leave {recovering} of {voters} voters recovering from lost state: no quorum without them"
+    )]
+    WouldStall { voters: usize, recovering: usize },
 }
 
 /// A snapshot arriving in chunks from the leader.
@@ -80,6 +90,21 @@ struct IncomingSnapshot {
     meta: SnapshotMeta,
     total_len: u64,
     buf: BytesMut,
+}
+
+/// The longest wait, in ticks, before a snapshot refused for its size is offered again.
+const MAX_SNAPSHOT_BACKOFF_TICKS: u32 = 6_000;
+
+/// A follower's answer to a snapshot chunk, as the leader handles it.
+#[derive(Clone, Copy, Debug)]
+struct SnapshotAnswer {
+    meta_index: Index,
+    next_offset: u64,
+    done: bool,
+    rejected: bool,
+    too_large: Option<u64>,
+    /// The follower was not recovering: its acknowledgement counts.
+    counted: bool,
 }
 
 /// An election in progress, for reporting how it ended.
@@ -125,8 +150,11 @@ pub struct Raft {
     /// The index of the last configuration change this leader may not have committed
     /// yet; another is refused until the commit index reaches it.
     pending_conf_index: Index,
-    /// Raft::new created the bootstrap entries of a brand-new cluster.
-    pub(crate) bootstrapped: bool,
+    /// The nonce of this node's recovery from lost state, while it lasts. Until then it
+    /// never votes or campaigns, and every message it sends carries the nonce so that
+    /// leaders count none of it toward a quorum. It ends when the node's commit index
+    /// covers a [`RecoveryMarker`] of its nonce (see [`Raft::check_recovered`]).
+    pub(crate) recovery: Option<u64>,
 }
 
 impl Raft {
@@ -141,6 +169,7 @@ impl Raft {
         hard_state: HardState,
         snapshot: Option<Snapshot>,
         entries: Vec<Entry>,
+        lost_state: bool,
     ) -> Raft {
         let meta = snapshot.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
         // The configuration lives in the log and in snapshots. The startup flags only
@@ -170,11 +199,17 @@ impl Raft {
                 (term, vote) = (1, None);
             }
         }
-        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let conf = log.conf().clone();
         let mut events = Vec::new();
         if bootstrap {
             events.push(Event::ConfChanged { index: log.conf_index(), conf: conf.clone() });
+        }
+        // A new nonce per start: a marker appended before a restart proves nothing
+        // about what the node knew after it.
+        let recovery = (lost_state || hard_state.recovering).then(|| rng.next_u64());
+        if let Some(nonce) = recovery {
+            events.push(Event::RecoveryStarted { nonce, lost_state });
         }
         let mut raft = Raft {
             id: cfg.id,
@@ -202,7 +237,7 @@ impl Raft {
             uncommitted_bytes: 0,
             needs_broadcast: false,
             pending_conf_index: 0,
-            bootstrapped: bootstrap,
+            recovery,
             cfg,
         };
         raft.reset_timers();
@@ -210,7 +245,7 @@ impl Raft {
     }
 
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed, recovering: self.recovery.is_some() }
     }
 
     /// Whether this node may campaign: it is a voter of its latest configuration, or of
@@ -222,8 +257,9 @@ impl Raft {
     /// learner, a node that knows its removal committed, or a new node that has not
     /// learned the configuration yet.
     fn promotable(&self) -> bool {
-        self.tracker.is_voter(self.id)
-            || self.log.conf_at(self.log.committed).is_some_and(|c| c.voters.contains(&self.id))
+        self.recovery.is_none()
+            && (self.tracker.is_voter(self.id)
+                || self.log.conf_at(self.log.committed).is_some_and(|c| c.voters.contains(&self.id)))
     }
 
     /// Brings the tracker in line with the latest configuration in the log, after the
@@ -266,7 +302,7 @@ impl Raft {
                 | MessageBody::InstallSnapshot { .. }
                 | MessageBody::TimeoutNow
         );
-        let msg = Message { from: self.id, to, term, body };
+        let msg = Message { from: self.id, to, term, body, recovery: self.recovery };
         if leader_traffic {
             self.msgs.push(msg);
         } else {
@@ -368,7 +404,7 @@ impl Raft {
         self.tracker.reset_for_leader(self.log.last_index());
         let persisted = self.log.persisted();
         if let Some(me) = self.tracker.get_mut(self.id) {
-            me.match_index = persisted;
+            me.maybe_update(persisted, true);
             me.become_replicate();
         }
         self.uncommitted_bytes = 0;
@@ -446,11 +482,14 @@ impl Raft {
     /// disrupt anyway: it lacks its committed removal, so a majority of its old
     /// configuration has a more up-to-date log and refuses its pre-vote, and voters in
     /// a leader's lease ignore it — it never gets to raise anyone's term.
+    ///
+    /// A node recovering from lost state never votes: it may have voted in this term or
+    /// acknowledged entries the candidate lacks, and cannot remember.
     fn handle_vote_request(&mut self, m: &Message, pre_vote: bool, last_log_index: Index, last_log_term: Term) {
         let can_vote = self.vote == Some(m.from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre_vote && m.term > self.term);
-        let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
+        let granted = self.recovery.is_none() && can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
         if granted && !pre_vote {
             self.election_elapsed = 0;
             self.vote = Some(m.from);
@@ -566,7 +605,7 @@ impl Raft {
             MessageBody::Heartbeat { leader_commit, read_round } => {
                 self.heard_from_leader(m.from);
                 let commit = leader_commit.min(self.log.last_index());
-                self.log.commit_to(commit);
+                self.commit_to(commit);
                 // The leader sends min(our match, its commit); a log ending below that
                 // lost entries it once acknowledged.
                 let last = self.log.last_index();
@@ -586,6 +625,57 @@ impl Raft {
     fn heard_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed = 0;
         self.set_leader(Some(leader));
+        // A recovering node may have voted in this term before it lost its state; the
+        // only vote that cannot hurt now is one for the term's leader.
+        if self.recovery.is_some() && self.vote.is_none() {
+            self.vote = Some(leader);
+        }
+    }
+
+    /// A follower's commit index moves to `index` (if higher); a recovery ends when it
+    /// covers this node's marker.
+    fn commit_to(&mut self, index: Index) {
+        let old = self.log.committed;
+        if self.log.commit_to(index) {
+            self.check_recovered(old);
+        }
+    }
+
+    /// Ends this node's recovery if an entry committed after `old_commit` is the marker
+    /// of its nonce: a quorum that did not count this node accepted an entry its leader
+    /// appended after the node lost its state, so no leader elected with the node's
+    /// forgotten votes can win any more, and the node's log holds every entry committed
+    /// before it (Protocol-Aware Recovery, Alagappan et al., FAST 2018).
+    fn check_recovered(&mut self, old_commit: Index) {
+        let Some(nonce) = self.recovery else { return };
+        let committed = self.log.committed;
+        let found = self.log.entries().iter().find(|e| {
+            e.index > old_commit
+                && e.index <= committed
+                && e.kind == EntryKind::Noop
+                && RecoveryMarker::decode(&e.data) == Some(RecoveryMarker { node: self.id, nonce })
+        });
+        if let Some(marker) = found {
+            let index = marker.index;
+            self.recovery = None;
+            self.events.push(Event::RecoveryFinished { term: self.term, index });
+        }
+    }
+
+    /// Ends a recovery at the start of a brand-new cluster: the runtime learned that
+    /// every other founding member is at term 1 or below, so nobody ever voted for or
+    /// acknowledged anything this node might have forgotten. Refused (false) once this
+    /// node itself is past term 1.
+    pub(crate) fn confirm_new_cluster(&mut self) -> bool {
+        if self.recovery.is_none() {
+            return true;
+        }
+        if self.term > 1 || self.vote.is_some() {
+            return false;
+        }
+        self.recovery = None;
+        self.events.push(Event::RecoveryFinished { term: self.term, index: 0 });
+        true
     }
 
     fn step_candidate(&mut self, m: Message) -> Result<(), StepError> {
@@ -624,7 +714,7 @@ impl Raft {
         self.sync_conf();
         match appended? {
             Some(last_new) => {
-                self.log.commit_to(leader_commit.min(last_new));
+                self.commit_to(leader_commit.min(last_new));
                 self.send(
                     from,
                     MessageBody::AppendEntriesResponse { success: true, index: last_new, reject_hint: 0, hint_term: 0 },
@@ -652,7 +742,9 @@ impl Raft {
     ) {
         let meta_index = meta.index;
         let respond = |raft: &mut Raft, next_offset: u64, done: bool, rejected: bool| {
-            raft.send(from, MessageBody::InstallSnapshotResponse { meta_index, next_offset, done, rejected });
+            let body =
+                MessageBody::InstallSnapshotResponse { meta_index, next_offset, done, rejected, too_large: None };
+            raft.send(from, body);
         };
         if meta.index <= self.log.committed {
             // Already have everything it covers: tell the leader to probe from here.
@@ -660,7 +752,16 @@ impl Raft {
             return respond(self, total_len, true, false);
         }
         if total_len > self.cfg.max_snapshot_bytes {
-            return respond(self, 0, false, true);
+            self.incoming = None;
+            let too_large = Some(self.cfg.max_snapshot_bytes);
+            let body = MessageBody::InstallSnapshotResponse {
+                meta_index,
+                next_offset: 0,
+                done: false,
+                rejected: true,
+                too_large,
+            };
+            return self.send(from, body);
         }
         if offset == 0 {
             let capacity = total_len.min(64 << 20) as usize;
@@ -693,7 +794,7 @@ impl Raft {
         let meta = &snapshot.meta;
         if self.log.match_term(meta.index, meta.term) {
             // Our log has the entry it ends at, so it has everything before: just commit.
-            self.log.commit_to(meta.index);
+            self.commit_to(meta.index);
             return;
         }
         self.log.restore(meta);
@@ -707,7 +808,16 @@ impl Raft {
 
     fn step_leader(&mut self, m: Message) -> Result<(), StepError> {
         let Some(progress) = self.tracker.get_mut(m.from) else { return Ok(()) };
-        progress.recent_active = true;
+        // A recovering node's word counts toward no quorum, check-quorum included.
+        let counted =
+            m.recovery.is_none() || self.cfg.planted_bug == Some(crate::config::PlantedBug::CountRecoveringAcks);
+        progress.recovering = !counted;
+        if counted {
+            progress.recent_active = true;
+        }
+        if let Some(nonce) = m.recovery {
+            self.mark_recovery(m.from, nonce);
+        }
         match m.body {
             // Within one term a leader's log only grows, so an acknowledgement beyond its
             // last index is forged or corrupt; counting it could commit what no majority holds.
@@ -721,7 +831,7 @@ impl Raft {
                 });
             }
             MessageBody::AppendEntriesResponse { success: true, index, .. } => {
-                self.handle_append_success(m.from, index)
+                self.handle_append_success(m.from, index, counted)
             }
             MessageBody::AppendEntriesResponse { success: false, index, reject_hint, hint_term } => {
                 let next_probe =
@@ -738,19 +848,23 @@ impl Raft {
                 if let Some(next) = missing_from {
                     self.peer_lost_log(m.from, next);
                 }
-                self.handle_heartbeat_response(m.from, read_round)
+                self.handle_heartbeat_response(m.from, read_round, counted)
             }
-            MessageBody::InstallSnapshotResponse { meta_index, next_offset, done, rejected } => {
-                self.handle_snapshot_response(m.from, meta_index, next_offset, done, rejected)
+            MessageBody::InstallSnapshotResponse { meta_index, next_offset, done, rejected, too_large } => {
+                let answer = SnapshotAnswer { meta_index, next_offset, done, rejected, too_large, counted };
+                self.handle_snapshot_response(m.from, answer)
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn handle_append_success(&mut self, from: NodeId, index: Index) {
+    fn handle_append_success(&mut self, from: NodeId, index: Index, counted: bool) {
         let pr = self.tracker.get_mut(from).expect("known peer");
-        if !pr.maybe_update(index) {
+        if !pr.maybe_update(index, counted) {
+            if counted && self.maybe_commit() {
+                self.broadcast_append();
+            }
             return;
         }
         match pr.state {
@@ -793,6 +907,7 @@ impl Raft {
             .conf()
             .voters
             .iter()
+            .filter(|&&id| self.tracker.get(id).is_some_and(|p| !p.recovering))
             .map(|&id| (self.tracker.get(id).map_or(0, |p| p.match_index), std::cmp::Reverse(id)))
             .max();
         let Some((matched, std::cmp::Reverse(target))) = best else {
@@ -809,9 +924,11 @@ impl Raft {
         }
     }
 
-    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64, counted: bool) {
         let pr = self.tracker.get_mut(from).expect("known peer");
-        pr.read_round_acked = pr.read_round_acked.max(read_round);
+        if counted {
+            pr.read_round_acked = pr.read_round_acked.max(read_round);
+        }
         pr.probe_sent = false;
         if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
             pr.inflights.free_first();
@@ -840,26 +957,64 @@ impl Raft {
         self.read_states.extend(released);
     }
 
-    fn handle_snapshot_response(
-        &mut self,
-        from: NodeId,
-        meta_index: Index,
-        next_offset: u64,
-        done: bool,
-        rejected: bool,
-    ) {
+    fn handle_snapshot_response(&mut self, from: NodeId, a: SnapshotAnswer) {
         let pr = self.tracker.get_mut(from).expect("known peer");
-        if pr.state != (ProgressState::Snapshot { index: meta_index }) {
+        if pr.state != (ProgressState::Snapshot { index: a.meta_index }) {
             return;
         }
-        if done && !rejected {
-            pr.maybe_update(meta_index);
+        if a.done && !a.rejected {
+            pr.maybe_update(a.meta_index, a.counted);
+            pr.snapshot_refusals = 0;
             pr.become_probe();
+            // The snapshot covers the marker of a recovering peer: the peer cannot see
+            // it in its log, so it gets a new one (see `mark_recovery`).
+            if pr.recovery_marker.is_some_and(|(_, index)| index <= a.meta_index) {
+                pr.recovery_marker = None;
+            }
+            if a.counted && self.maybe_commit() {
+                self.broadcast_append();
+            }
             self.send_append(from, true);
             return;
         }
-        pr.snapshot_offset = next_offset;
+        if let Some(limit) = a.too_large {
+            // Resending at once would ping-pong for ever: wait, longer each time.
+            pr.snapshot_refusals = pr.snapshot_refusals.saturating_add(1);
+            let backoff = (self.cfg.election_tick << pr.snapshot_refusals.min(6)).min(MAX_SNAPSHOT_BACKOFF_TICKS);
+            pr.snapshot_retry_ticks = backoff;
+            pr.snapshot_offset = 0;
+            let bytes = self.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
+            let refusals = pr.snapshot_refusals;
+            self.events.push(Event::SnapshotRefused {
+                peer: from,
+                index: a.meta_index,
+                bytes,
+                limit,
+                refusals,
+                retry_in_ticks: backoff,
+            });
+            return;
+        }
+        pr.snapshot_offset = a.next_offset;
         self.send_snapshot_chunk(from);
+    }
+
+    /// A recovering peer said `nonce`: append a marker for it, once per nonce, so that
+    /// its recovery can end (see `check_recovered`). Needs no client write: an idle
+    /// cluster finishes recoveries too.
+    fn mark_recovery(&mut self, peer: NodeId, nonce: u64) {
+        let Some(pr) = self.tracker.get_mut(peer) else { return };
+        if pr.recovery_marker.is_some_and(|(n, _)| n == nonce) {
+            return;
+        }
+        let index = self.log.last_index() + 1;
+        pr.recovery_marker = Some((nonce, index));
+        let data = RecoveryMarker { node: peer, nonce }.encode();
+        let entry = Entry { index, term: self.term, kind: EntryKind::Noop, data };
+        self.uncommitted_bytes += entry.size();
+        self.log.append(entry);
+        self.needs_broadcast = true;
+        self.events.push(Event::RecoveryMarked { peer, index });
     }
 
     /// Commits the highest index a quorum has durably stored, if it is of this term
@@ -1028,11 +1183,20 @@ impl Raft {
     fn resend_stalled_snapshots(&mut self) {
         let mut stalled = Vec::new();
         for (id, pr) in self.tracker.iter_mut() {
-            if matches!(pr.state, ProgressState::Snapshot { .. }) {
-                pr.snapshot_idle_ticks += 1;
-                if pr.snapshot_idle_ticks > 3 {
+            if !matches!(pr.state, ProgressState::Snapshot { .. }) {
+                continue;
+            }
+            if pr.snapshot_retry_ticks > 0 {
+                // Backing off after a refusal for size; then from the first chunk.
+                pr.snapshot_retry_ticks -= 1;
+                if pr.snapshot_retry_ticks == 0 {
                     stalled.push(*id);
                 }
+                continue;
+            }
+            pr.snapshot_idle_ticks += 1;
+            if pr.snapshot_idle_ticks > 3 {
+                stalled.push(*id);
             }
         }
         for id in stalled {
@@ -1075,8 +1239,21 @@ impl Raft {
         if self.pending_conf_index > self.log.committed {
             return Err(ProposeError::ConfChangePending { index: self.pending_conf_index });
         }
-        self.log.conf().apply_change(&cc)?;
+        let next = self.log.conf().apply_change(&cc)?;
+        let recovering = next
+            .voters
+            .iter()
+            .filter(|&&id| id != self.id && self.tracker.get(id).is_some_and(|p| p.recovering))
+            .count();
+        if next.voters.len() - recovering < crate::tracker::majority(next.voters.len()) {
+            return Err(ProposeError::WouldStall { voters: next.voters.len(), recovering });
+        }
         if cc.change == ConfChangeKind::PromoteVoter {
+            // A recovering voter counts toward the majority but not toward a quorum: one
+            // too many and no quorum could commit the markers that end recoveries.
+            if self.tracker.get(cc.node).is_some_and(|p| p.recovering) {
+                return Err(ProposeError::Recovering(cc.node));
+            }
             let matched = self.tracker.get(cc.node).map_or(0, |p| p.match_index);
             let lag = self.log.last_index().saturating_sub(matched);
             let limit = self.cfg.max_promotion_lag;
@@ -1115,6 +1292,9 @@ impl Raft {
         if target == self.id || self.lead_transferee == Some(target) {
             return Ok(());
         }
+        if self.tracker.get(target).is_some_and(|p| p.recovering) {
+            return Err(ProposeError::Recovering(target));
+        }
         self.lead_transferee = Some(target);
         self.election_elapsed = 0;
         let caught_up = self.tracker.get(target).is_some_and(|p| p.match_index == self.log.last_index());
@@ -1133,7 +1313,7 @@ impl Raft {
         }
         let persisted = self.log.persisted();
         if let Some(me) = self.tracker.get_mut(self.id)
-            && me.maybe_update(persisted)
+            && me.maybe_update(persisted, true)
             && self.maybe_commit()
         {
             self.needs_broadcast = true;

@@ -76,9 +76,10 @@ impl ProgressTracker {
         }
     }
 
-    /// The highest index durable on a majority of voters.
+    /// The highest index durable on a majority of voters, counting only what they
+    /// acknowledged while not recovering.
     pub fn committed_index(&self) -> Index {
-        self.quorum_value(|p| p.match_index)
+        self.quorum_value(|p| p.quorum_match)
     }
 
     /// The `majority`-th highest of `value` over voters: the largest value a quorum has
@@ -133,10 +134,13 @@ mod tests {
     #[test]
     fn committed_index_is_the_quorum_match() {
         let mut t = ProgressTracker::new(ConfState::with_voters([1, 2, 3]), 4);
-        t.get_mut(1).unwrap().match_index = 9;
-        t.get_mut(2).unwrap().match_index = 5;
-        t.get_mut(3).unwrap().match_index = 2;
+        t.get_mut(1).unwrap().maybe_update(9, true);
+        t.get_mut(2).unwrap().maybe_update(5, true);
+        t.get_mut(3).unwrap().maybe_update(2, true);
         assert_eq!(t.committed_index(), 5);
+        // A recovering peer's acknowledgement moves its match, not the commit.
+        t.get_mut(3).unwrap().maybe_update(9, false);
+        assert_eq!((t.get(3).unwrap().match_index, t.committed_index()), (9, 5));
     }
 
     #[test]

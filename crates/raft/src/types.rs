@@ -67,12 +67,15 @@ impl Entry {
 }
 
 /// What must survive a crash besides the log: the current term, the vote cast in it,
-/// and the commit index (stored so a restart can re-apply without waiting for a leader).
+/// the commit index (stored so a restart can re-apply without waiting for a leader),
+/// and whether the node is still recovering from lost state (see
+/// [`crate::Recovered::lost_state`]): a crash must not end a recovery.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
     pub commit: Index,
+    pub recovering: bool,
 }
 
 /// The voting and non-voting members of the cluster.
@@ -248,6 +251,51 @@ pub struct Message {
     pub to: NodeId,
     pub term: Term,
     pub body: MessageBody,
+    /// Set by a node that is recovering from lost state: the nonce of its recovery. A
+    /// leader counts nothing such a message says toward a quorum (commit, ReadIndex
+    /// rounds, check-quorum), and appends a [`RecoveryMarker`] for the nonce; the
+    /// sender's recovery ends once it sees that marker committed.
+    pub recovery: Option<u64>,
+}
+
+impl Message {
+    /// A message of a node that is not recovering.
+    pub fn new(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Message {
+        Message { from, to, term, body, recovery: None }
+    }
+}
+
+/// The data of a no-op entry that a leader appends for a recovering node: proof,
+/// once committed, that a quorum without that node accepted an entry of the leader's
+/// term appended after the node lost its state (the node generated `nonce` then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryMarker {
+    pub node: NodeId,
+    pub nonce: u64,
+}
+
+/// The first bytes of an encoded [`RecoveryMarker`]: a tag and a format version.
+const RECOVERY_MARKER_TAG: &[u8; 9] = b"recovery1";
+
+impl RecoveryMarker {
+    /// The no-op entry data for this marker: the tag, then node and nonce (LE).
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(RECOVERY_MARKER_TAG.len() + 16);
+        out.extend_from_slice(RECOVERY_MARKER_TAG);
+        out.extend_from_slice(&self.node.to_le_bytes());
+        out.extend_from_slice(&self.nonce.to_le_bytes());
+        out.into()
+    }
+
+    /// The marker a no-op entry's data holds, if any. Never panics.
+    pub fn decode(data: &[u8]) -> Option<RecoveryMarker> {
+        let body = data.strip_prefix(RECOVERY_MARKER_TAG.as_slice())?;
+        let (node, nonce) = body.split_at_checked(8)?;
+        Some(RecoveryMarker {
+            node: u64::from_le_bytes(node.try_into().ok()?),
+            nonce: u64::from_le_bytes(nonce.try_into().ok()?),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,11 +349,15 @@ pub enum MessageBody {
         done: bool,
     },
     /// `next_offset` is where the follower wants the next chunk; `done` once installed.
+    /// `too_large` is set when the follower refused the snapshot for its size: the
+    /// follower's `max_snapshot_bytes`, which the snapshot exceeds (the leader then
+    /// backs off instead of resending at once).
     InstallSnapshotResponse {
         meta_index: Index,
         next_offset: u64,
         done: bool,
         rejected: bool,
+        too_large: Option<u64>,
     },
     /// Leadership transfer: the receiver campaigns at once.
     TimeoutNow,

@@ -64,13 +64,17 @@ fn a_brand_new_cluster_bootstraps_its_configuration_into_the_log() {
     let rd = node.ready();
     assert_eq!(rd.entries.len(), 3);
     assert!(rd.entries.iter().all(|e| e.kind == EntryKind::ConfChange && e.term == 1));
-    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: None, commit: 3 }));
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: None, commit: 3, recovering: false }));
     assert!(rd.must_sync());
     assert!(rd.events.iter().any(|e| matches!(e, Event::ConfChanged { index: 3, .. })));
     node.advance();
     // A restart recovers the configuration from the log, not from the flags.
-    let recovered =
-        Recovered { hard_state: HardState { term: 1, vote: None, commit: 3 }, snapshot: None, entries: rd.entries };
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: None, commit: 3, recovering: false },
+        snapshot: None,
+        entries: rd.entries,
+        lost_state: false,
+    };
     let restarted = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3, 4, 5]), recovered).unwrap();
     assert_eq!(restarted.conf(), &ConfState::with_voters([1, 2, 3]));
 }
@@ -89,11 +93,15 @@ fn bootstrap_with_puts_each_members_context_into_the_log() {
     let rd = node.ready();
     let logged: Vec<ConfChange> = rd.entries.iter().map(|e| ConfChange::decode(&e.data).unwrap()).collect();
     assert_eq!(logged, changes);
-    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: None, commit: 3 }));
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: None, commit: 3, recovering: false }));
     node.advance();
     // Recovery ignores the bootstrap changes: the log already holds them.
-    let recovered =
-        Recovered { hard_state: HardState { term: 1, vote: None, commit: 3 }, snapshot: None, entries: rd.entries };
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: None, commit: 3, recovering: false },
+        snapshot: None,
+        entries: rd.entries,
+        lost_state: false,
+    };
     let other = vec![ConfChange::new(K::AddVoter, 9, Bytes::new())];
     let restarted = RawNode::bootstrap_with(Config::new(1), other, recovered).unwrap();
     assert_eq!(restarted.conf(), &expected);
@@ -127,6 +135,7 @@ fn a_joining_node_has_no_configuration_and_never_campaigns() {
         to: 4,
         term: 2,
         body: MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries, leader_commit: 3 },
+        recovery: None,
     };
     let mut node = RawNode::new(Config::new(4), ConfState::default(), Recovered::default()).unwrap();
     node.step(msg).unwrap();
@@ -142,13 +151,19 @@ fn a_joining_node_has_no_configuration_and_never_campaigns() {
 #[test]
 fn truncation_takes_back_an_uncommitted_configuration() {
     let entries = vec![conf_entry(1, 1, cc(K::AddVoter, 1)), conf_entry(2, 1, cc(K::AddVoter, 2))];
-    let recovered = Recovered { hard_state: HardState { term: 1, vote: None, commit: 2 }, snapshot: None, entries };
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: None, commit: 2, recovering: false },
+        snapshot: None,
+        entries,
+        lost_state: false,
+    };
     let mut node = RawNode::new(Config::new(2), ConfState::default(), recovered).unwrap();
     let append = |term, entries| Message {
         from: 1,
         to: 2,
         term,
         body: MessageBody::AppendEntries { prev_log_index: 2, prev_log_term: 1, entries, leader_commit: 2 },
+        recovery: None,
     };
     node.step(append(2, vec![conf_entry(3, 2, cc(K::AddLearner, 3))])).unwrap();
     assert!(node.conf().learners.contains(&3));
@@ -172,6 +187,7 @@ fn truncation_takes_back_an_uncommitted_configuration() {
             entries: vec![garbage],
             leader_commit: 2,
         },
+        recovery: None,
     };
     node.step(msg).unwrap();
     assert_eq!(node.conf_index(), 2);

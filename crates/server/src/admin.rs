@@ -65,6 +65,10 @@ pub(crate) struct Metrics {
     pub became_leader: AtomicU64,
     pub snapshots_saved: AtomicU64,
     pub snapshots_installed: AtomicU64,
+    /// Snapshots a follower refused as larger than its limit (leader side).
+    pub snapshots_refused: AtomicU64,
+    /// 1 while this node recovers from lost state.
+    pub recovering: AtomicU64,
 }
 
 const ROLES: [&str; 4] = ["follower", "pre-candidate", "candidate", "leader"];
@@ -185,6 +189,18 @@ impl AdminState {
             "counter",
             "Snapshots received from a leader and installed.",
             get(&m.snapshots_installed),
+        );
+        one(
+            "raftkv_snapshots_refused_total",
+            "counter",
+            "Snapshots a follower refused as larger than its --max-snapshot-bytes (this node leading).",
+            get(&m.snapshots_refused),
+        );
+        one(
+            "raftkv_recovering",
+            "gauge",
+            "1 while this node recovers from lost state: it neither votes nor counts toward a quorum.",
+            get(&m.recovering),
         );
         one(
             "raftkv_uptime_seconds",

@@ -272,6 +272,7 @@ pub async fn serve_with_admin(
         hard_state: recovered.hard_state,
         snapshot: recovered.snapshot,
         entries: recovered.entries,
+        lost_state: false,
     };
     let raw = match identity.start {
         Start::Bootstrap(changes) => RawNode::bootstrap_with(raft_cfg, changes, recovered)?,

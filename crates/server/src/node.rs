@@ -482,6 +482,7 @@ impl Node {
             ProposeError::NotAVoter(_) | ProposeError::InvalidConfChange(_) | ProposeError::NotCaughtUp { .. } => {
                 ClientError::Invalid(e.to_string())
             }
+            ProposeError::Recovering(_) | ProposeError::WouldStall { .. } => ClientError::Unavailable(e.to_string()),
         }
     }
 
@@ -540,9 +541,9 @@ impl Node {
         let st = self.raw.status();
         st.progress
             .iter()
-            .filter(|(id, _, _)| *id != self.id && st.conf.voters.contains(id))
-            .max_by_key(|(id, matched, _)| (*matched, std::cmp::Reverse(*id)))
-            .map(|(id, _, _)| *id)
+            .filter(|p| p.id != self.id && st.conf.voters.contains(&p.id) && !p.recovering)
+            .max_by_key(|p| (p.match_index, std::cmp::Reverse(p.id)))
+            .map(|p| p.id)
     }
 
     fn start_drain(&mut self) {
@@ -973,6 +974,27 @@ impl Node {
                     "raft.snapshot_installed",
                     vec![trace::kv("node", id), trace::kv("index", *index), trace::kv("term", *term)],
                 ),
+                Event::RecoveryStarted { lost_state, .. } => {
+                    ("raft.recovery_started", vec![trace::kv("node", id), KeyValue::new("lost_state", *lost_state)])
+                }
+                Event::RecoveryFinished { term, index } => (
+                    "raft.recovery_finished",
+                    vec![trace::kv("node", id), trace::kv("term", *term), trace::kv("marker_index", *index)],
+                ),
+                Event::RecoveryMarked { peer, index } => (
+                    "raft.recovery_marked",
+                    vec![trace::kv("node", id), trace::kv("peer", *peer), trace::kv("index", *index)],
+                ),
+                Event::SnapshotRefused { peer, index, bytes, limit, .. } => (
+                    "raft.snapshot_refused",
+                    vec![
+                        trace::kv("node", id),
+                        trace::kv("peer", *peer),
+                        trace::kv("index", *index),
+                        trace::kv("bytes", *bytes),
+                        trace::kv("limit", *limit),
+                    ],
+                ),
             };
             let span = match (&self.election, &ended) {
                 (Some(e), _) | (None, Some(e)) => &e.span,
@@ -1062,6 +1084,48 @@ impl Node {
                     tracing::warn!(id, target, "leadership transfer did not finish within an election timeout");
                     if self.draining.is_some() {
                         self.hand_off_leadership();
+                    }
+                }
+                Event::RecoveryStarted { nonce, lost_state } => {
+                    self.admin.metrics.recovering.store(1, std::sync::atomic::Ordering::Relaxed);
+                    let why = if lost_state { "the data dir held no Raft state" } else { "a recovery was under way" };
+                    tracing::warn!(
+                        id,
+                        nonce,
+                        "recovering from lost state ({why}): this node will not vote, campaign or count toward a \
+                         quorum until a leader's recovery marker for it commits"
+                    );
+                }
+                Event::RecoveryFinished { term, index } => {
+                    self.admin.metrics.recovering.store(0, std::sync::atomic::Ordering::Relaxed);
+                    match index {
+                        0 => {
+                            tracing::info!(id, term, "recovery ended: every founding member is new, the cluster is new")
+                        }
+                        _ => {
+                            tracing::info!(id, term, marker_index = index, "recovery ended: caught up from the leader")
+                        }
+                    }
+                }
+                Event::RecoveryMarked { peer, index } => {
+                    tracing::info!(id, peer, index, "a follower is recovering from lost state: appended its marker");
+                }
+                Event::SnapshotRefused { peer, index, bytes, limit, refusals, retry_in_ticks } => {
+                    Self::count(&self.admin.metrics.snapshots_refused);
+                    // One error per follower and snapshot; the retries say so quietly.
+                    if refusals == 1 {
+                        tracing::error!(
+                            id,
+                            peer,
+                            snapshot_index = index,
+                            bytes,
+                            limit,
+                            "follower {peer} refused the snapshot at index {index}: {bytes} bytes is over its \
+                             snapshot size limit of {limit} bytes; it cannot catch up until its limit is raised. \
+                             Retrying with backoff"
+                        );
+                    } else {
+                        tracing::debug!(id, peer, bytes, limit, refusals, retry_in_ticks, "snapshot refused again");
                     }
                 }
             }
@@ -1202,7 +1266,7 @@ impl Node {
             addr: self.membership.addr(id).unwrap_or_default().to_string(),
             role,
             auto_promote: self.membership.context(id).is_some_and(|c| c.auto_promote),
-            match_index: st.progress.iter().find(|p| leading && p.0 == id).map(|p| p.1),
+            match_index: st.progress.iter().find(|p| leading && p.id == id).map(|p| p.match_index),
         };
         let voters = conf.voters.iter().map(|id| info(*id, MemberRole::Voter));
         let learners = conf.learners.iter().map(|id| info(*id, MemberRole::Learner));
@@ -1349,7 +1413,7 @@ impl Node {
             .copied()
             .filter(|id| self.membership.context(*id).is_some_and(|c| c.auto_promote))
             .filter(|id| {
-                let matched = st.progress.iter().find(|p| p.0 == *id).map_or(0, |p| p.1);
+                let matched = st.progress.iter().find(|p| p.id == *id).map_or(0, |p| p.match_index);
                 matched > 0 && st.last_index.saturating_sub(matched) <= self.cfg.max_promotion_lag
             })
             .collect();
@@ -1376,7 +1440,7 @@ impl Node {
         tracing::debug!(id = self.id, quiet_ticks = quiet, "no leader heard from; probing peers");
         for (peer, p) in &self.peers {
             let body = MessageBody::HeartbeatResponse { read_round: 0, missing_from: None };
-            p.sender.send(Message { from: self.id, to: *peer, term: 0, body }, Vec::new());
+            p.sender.send(Message { from: self.id, to: *peer, term: 0, body, recovery: None }, Vec::new());
         }
     }
 

@@ -310,6 +310,7 @@ async fn a_raft_answer_carries_the_receivers_responses() {
         to,
         term: 0,
         body: MessageBody::RequestVote { pre_vote: true, last_log_index: 0, last_log_term: 0, force: false },
+        recovery: None,
     };
     let answer = c.raft(context::current(), list.cluster_id, vec![pre_vote], Vec::new()).await.expect("rpc");
     let responses = answer.expect("accepted");
@@ -333,6 +334,7 @@ async fn traffic_of_another_cluster_or_a_removed_node_is_refused() {
         to: 1,
         term: 0,
         body: MessageBody::HeartbeatResponse { read_round: 0, missing_from: None },
+        recovery: None,
     };
     let cid = list.cluster_id;
     for wrong in [0, cid.wrapping_add(1)] {

@@ -44,6 +44,9 @@ pub enum Observation {
     Appended { node: NodeId, index: Index, term: Term, prev_term: Term, data_hash: u64 },
     /// `node` applied the committed entry `(index, term)`.
     Applied { node: NodeId, index: Index, term: Term, data_hash: u64 },
+    /// `node`, leading `term`, committed every entry up to `last` (observed when it
+    /// decides, not when its Ready is durable: the decision is made either way).
+    Committed { node: NodeId, term: Term, last: Index },
     /// A ReadIndex read was released at `read_index`; writes acknowledged before the
     /// read was issued reached `acked_before`.
     ReadReleased { node: NodeId, read_index: Index, acked_before: Index },
@@ -78,11 +81,14 @@ pub struct Checker {
     entries: BTreeMap<(Index, Term), (u64, Term)>,
     /// index → (term, data hash) of the entry committed there.
     committed: BTreeMap<Index, (Term, u64)>,
+    /// `(last, term)`: a leader of `term` committed up to `last`, the lowest term for
+    /// each `last` (an index is committed in the lowest term of a `last` at or above it).
+    commit_terms: BTreeMap<Index, Term>,
     last_applied: BTreeMap<NodeId, Index>,
     /// index → configuration as of the committed ConfChange entry there.
     confs: BTreeMap<Index, ConfState>,
-    /// The index of the latest committed entry that changed the configuration.
-    conf_changed_at: Index,
+    /// The indexes of the committed entries that changed the configuration.
+    conf_changed_at: std::collections::BTreeSet<Index>,
     violations: Vec<Violation>,
 }
 
@@ -98,6 +104,10 @@ impl Checker {
                 self.appended(node, index, term, prev_term, data_hash)
             }
             Observation::Applied { node, index, term, data_hash } => self.applied(node, index, term, data_hash),
+            Observation::Committed { term, last, .. } => {
+                let lowest = self.commit_terms.entry(last).or_insert(term);
+                *lowest = (*lowest).min(term);
+            }
             Observation::ReadReleased { node, read_index, acked_before } => {
                 if read_index < acked_before {
                     self.violations.push(Violation::StaleRead { node, read_index, acked_before });
@@ -108,8 +118,13 @@ impl Checker {
                 if !conf.voters.contains(&node) && !committed_conf.voters.contains(&node) {
                     self.violations.push(Violation::NonVoterLed { node, term });
                 }
-                if conf_index < self.conf_changed_at {
-                    let committed_conf_index = self.conf_changed_at;
+                // Changes committed in later terms may be missing from a leader elected
+                // late (see `leader`); those of earlier terms may not.
+                let required = self.conf_changed_at.iter().rev().copied().find(|&index| {
+                    let entry_term = self.committed.get(&index).map_or(0, |c| c.0);
+                    self.commit_term(index, entry_term) < term
+                });
+                if let Some(committed_conf_index) = required.filter(|&required| conf_index < required) {
                     self.violations.push(Violation::StaleLeaderConf { node, term, conf_index, committed_conf_index });
                 }
             }
@@ -129,7 +144,7 @@ impl Checker {
             self.violations.push(Violation::ConfJumped { index, from: before.clone(), to: conf.clone() });
         }
         if before != conf {
-            self.conf_changed_at = self.conf_changed_at.max(index);
+            self.conf_changed_at.insert(index);
         }
         self.confs.insert(index, conf);
     }
@@ -147,15 +162,36 @@ impl Checker {
             self.violations.push(Violation::TwoLeaders { term, first, second: node });
         }
         self.leaders.entry(term).or_insert(node);
-        // Leader completeness (§5.4): every committed entry is in the new leader's log
-        // (entries before `first_index` are covered by its snapshot).
+        // Leader completeness (§5.4): every entry committed in an earlier term is in the
+        // new leader's log (entries before `first_index` are covered by its snapshot). A
+        // leader elected with votes of its term that reaches it late (it was paused) may
+        // lack entries committed in later terms: it can commit nothing with them.
         let by_index: BTreeMap<Index, Term> = log.iter().map(|&(i, t, _)| (i, t)).collect();
-        for (&index, &(committed_term, _)) in self.committed.range(first_index..) {
-            if by_index.get(&index) != Some(&committed_term) {
-                self.violations.push(Violation::LeaderMissingCommitted { leader: node, term, index });
-                return;
+        // Descending, with the lowest commit term at or above each index as it goes: an
+        // index is committed in the lowest term of a leader that committed up to it or
+        // beyond (its own term if none was seen, the strictest).
+        let mut commits = self.commit_terms.range(first_index..).rev().peekable();
+        let mut lowest = Term::MAX;
+        let mut missing = None;
+        for (&index, &(entry_term, _)) in self.committed.range(first_index..).rev() {
+            while let Some((_, &t)) = commits.next_if(|(last, _)| **last >= index) {
+                lowest = lowest.min(t);
+            }
+            let commit_term = if lowest == Term::MAX { entry_term } else { lowest.max(entry_term) };
+            if commit_term < term && by_index.get(&index) != Some(&entry_term) {
+                missing = Some(index);
             }
         }
+        if let Some(index) = missing {
+            self.violations.push(Violation::LeaderMissingCommitted { leader: node, term, index });
+        }
+    }
+
+    /// The term in which the entry at `index` (of `entry_term`) was committed: the lowest
+    /// term of a leader that committed up to it or beyond; the entry's own term (the
+    /// strictest) if no leader's commit was observed.
+    fn commit_term(&self, index: Index, entry_term: Term) -> Term {
+        self.commit_terms.range(index..).map(|(_, t)| *t).min().map_or(entry_term, |t| t.max(entry_term))
     }
 
     fn appended(&mut self, node: NodeId, index: Index, term: Term, prev_term: Term, data_hash: u64) {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use raftkv_kv::{Command, KvStateMachine, WriteOp};
 use raftkv_raft::{
     ConfChange, ConfChangeKind, ConfState, Config, Entry, EntryKind, Event, HardState, Index, Message, NodeId,
-    ProposeError, RawNode, Ready, Recovered, Role, Snapshot, SnapshotMeta, Term,
+    PlantedBug, ProposeError, RawNode, Ready, Recovered, Role, Snapshot, SnapshotMeta, Term,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -70,6 +70,10 @@ pub struct SimOptions {
     /// Client commands retry after this many units without an answer.
     pub retry_after: u64,
     pub clients: usize,
+    /// A bug planted in every node's core (tests of the checker only).
+    pub planted_bug: Option<PlantedBug>,
+    /// Per-node `Config::max_snapshot_bytes` overrides, applied when a node boots.
+    pub max_snapshot_bytes: BTreeMap<NodeId, u64>,
 }
 
 impl SimOptions {
@@ -87,6 +91,8 @@ impl SimOptions {
             max_append_bytes: 4096,
             retry_after: 400,
             clients: 3,
+            planted_bug: None,
+            max_snapshot_bytes: BTreeMap::new(),
         }
     }
 }
@@ -155,8 +161,13 @@ struct SimNode {
     tick_phase: u64,
     last_snapshot_index: Index,
     restarts: u64,
-    /// An initial member that still bootstraps the cluster if its disk is empty; false
-    /// for nodes that join later and for nodes whose disk was wiped.
+    /// Stopped (SIGSTOP): it neither ticks nor handles anything; messages to it wait in
+    /// `backlog` and are handled, in order, when it resumes.
+    paused: bool,
+    backlog: Vec<Message>,
+    /// An initial member: it bootstraps the cluster's first entries whenever its disk
+    /// is empty (as raftkv-server does from `--peers`), wiped or not; false for nodes
+    /// that join later.
     bootstrap: bool,
 }
 
@@ -233,6 +244,8 @@ pub struct Cluster {
     pub conf_changes: Vec<(ConfChangeKind, NodeId, bool)>,
     /// Readies advanced before their write was durable (`async_persist`).
     pub background_writes: u64,
+    /// Messages handed to the network, by recipient and kind (dropped ones included).
+    pub sent_by_kind: BTreeMap<(NodeId, &'static str), u64>,
 }
 
 fn fnv(data: &[u8], kind: EntryKind) -> u64 {
@@ -267,6 +280,7 @@ impl Cluster {
             clients_active: true,
             conf_changes: Vec::new(),
             background_writes: 0,
+            sent_by_kind: BTreeMap::new(),
             opts,
         };
         for id in 1..=cluster.opts.nodes as NodeId {
@@ -291,6 +305,8 @@ impl Cluster {
             in_flight: None,
             writes: Default::default(),
             tick_phase,
+            paused: false,
+            backlog: Vec::new(),
             last_snapshot_index: 0,
             restarts,
             bootstrap,
@@ -311,6 +327,10 @@ impl Cluster {
         cfg.max_append_bytes = self.opts.max_append_bytes;
         cfg.max_inflight_appends = 8;
         cfg.max_promotion_lag = MAX_PROMOTION_LAG;
+        cfg.planted_bug = self.opts.planted_bug;
+        if let Some(&max) = self.opts.max_snapshot_bytes.get(&id) {
+            cfg.max_snapshot_bytes = max;
+        }
         cfg
     }
 
@@ -329,7 +349,12 @@ impl Cluster {
             None => KvStateMachine::new(),
         };
         node.last_snapshot_index = disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
-        let recovered = Recovered { hard_state: disk.hard_state, snapshot: disk.snapshot, entries: disk.entries };
+        // An empty disk cannot tell a first start from a lost one: the node recovers,
+        // unless (an initial member) the cluster turns out to be brand new (see
+        // `confirm_new_cluster`).
+        let lost_state = disk.snapshot.is_none() && disk.entries.is_empty();
+        let recovered =
+            Recovered { hard_state: disk.hard_state, snapshot: disk.snapshot, entries: disk.entries, lost_state };
         node.raw = Some(RawNode::new(cfg, conf, recovered).expect("valid config"));
         node.in_flight = None;
         node.writes.clear();
@@ -377,11 +402,42 @@ impl Cluster {
 
     pub fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
+        node.paused = false;
+        node.backlog.clear();
         node.raw = None;
         node.in_flight = None; // not yet fsynced: lost
         node.writes.clear();
         self.pending_reads.retain(|(n, _), _| *n != id);
         self.note(format!("crash {id}"));
+    }
+
+    /// Stops `id` as SIGSTOP does: time passes without it, and what is sent to it waits.
+    /// A leader paused this way still believes it leads when it resumes.
+    pub fn pause(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.get_mut(&id).filter(|n| n.raw.is_some()) {
+            node.paused = true;
+            self.note(format!("pause {id}"));
+        }
+    }
+
+    /// Resumes a paused node: it handles its backlog, then goes on.
+    pub fn resume(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let backlog = std::mem::take(&mut node.backlog);
+        if let Some(raw) = node.raw.as_mut() {
+            for msg in backlog {
+                let _ = raw.step(msg);
+            }
+        }
+        self.note(format!("resume {id}"));
+    }
+
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.nodes[&id].paused
     }
 
     pub fn restart(&mut self, id: NodeId) {
@@ -391,15 +447,105 @@ impl Cluster {
         }
     }
 
-    /// Restarts a node whose disk was lost. It comes back as a brand-new node with no
-    /// configuration, and learns everything from the leader.
+    /// Restarts a node whose disk was lost. An initial member bootstraps the first
+    /// entries again (as a server does from its flags); every wiped node recovers: it
+    /// neither votes nor counts toward a quorum until a leader brings it up to date.
     pub fn restart_empty(&mut self, id: NodeId) {
         self.crash(id);
         let node = self.nodes.get_mut(&id).expect("known node");
         node.disk = Disk::default();
-        node.bootstrap = false;
         self.boot(id);
         self.note(format!("restart {id} with an empty disk"));
+    }
+
+    /// Whether `id` is recovering from lost state, or would be after a crash: as it says
+    /// when up, or as its disk says (a recovery's end is final only once durable; an
+    /// empty disk recovers when it starts).
+    pub fn is_recovering(&self, id: NodeId) -> bool {
+        let node = &self.nodes[&id];
+        let disk = &node.disk;
+        let on_disk = disk.hard_state.recovering || (disk.snapshot.is_none() && disk.entries.is_empty());
+        on_disk || node.raw.as_ref().is_some_and(|raw| raw.status().recovering)
+    }
+
+    /// The voter sets of every configuration the cluster may settle in: the latest and
+    /// the committed one of each node that is not recovering (a down node's as its disk
+    /// has them). A recovering node never leads, so its own configuration never rules.
+    pub fn candidate_voter_sets(&self) -> Vec<BTreeSet<NodeId>> {
+        let mut sets = Vec::new();
+        for (id, node) in &self.nodes {
+            if self.is_recovering(*id) {
+                continue;
+            }
+            let restored;
+            let raw = match &node.raw {
+                Some(raw) => raw,
+                None => {
+                    let conf = if node.bootstrap { self.initial_conf() } else { ConfState::default() };
+                    let disk = node.disk.clone();
+                    let recovered = Recovered {
+                        hard_state: disk.hard_state,
+                        snapshot: disk.snapshot,
+                        entries: disk.entries,
+                        lost_state: false,
+                    };
+                    restored = RawNode::new(self.raft_config(*id, 0), conf, recovered).expect("valid config");
+                    &restored
+                }
+            };
+            sets.push(raw.conf().voters.clone());
+            if let Some(committed) = raw.conf_at(raw.status().commit_index) {
+                sets.push(committed.voters);
+            }
+        }
+        sets
+    }
+
+    /// Whether, in every configuration the cluster may settle in (after `change`, if
+    /// any, of the one it is in), the voters recovering from lost state — `also`
+    /// counted as one — are a minority that a quorum can do without.
+    pub fn recoveries_within_bound(&self, also: Option<NodeId>, change: Option<&ConfChange>) -> bool {
+        let mut sets = self.candidate_voter_sets();
+        if let Some(cc) = change {
+            let changed: Vec<_> = self
+                .leader_conf()
+                .into_iter()
+                .filter_map(|conf| conf.apply_change(cc).ok())
+                .map(|conf| conf.voters)
+                .collect();
+            sets.extend(changed);
+        }
+        !sets.is_empty()
+            && sets.iter().all(|voters| {
+                let recovering = voters.iter().filter(|v| Some(**v) == also || self.is_recovering(**v)).count();
+                recovering <= (voters.len().max(1) - 1) / 2
+            })
+    }
+
+    /// Like [`Cluster::restart_empty`], but the node comes back as if it had never lost
+    /// anything: a voter at once, as raftkv-server was before recoveries existed. Only
+    /// for tests that show the checker catching what that breaks.
+    pub fn restart_empty_unprotected(&mut self, id: NodeId) {
+        self.restart_empty(id);
+        assert!(self.raw_mut(id).expect("just booted").confirm_new_cluster_unchecked());
+        self.note(format!("node {id}: recovery skipped (unprotected)"));
+    }
+
+    /// What raftkv-server does for a founding member that starts with an empty data
+    /// dir: ask every other founding member for its term, and end the recovery if all
+    /// are up and at term 1 or below (the cluster is brand new). Run every step.
+    fn confirm_new_clusters(&mut self) {
+        let founders: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.bootstrap).map(|(id, _)| *id).collect();
+        let all_new = founders.iter().all(|id| self.raw(*id).is_some_and(|r| r.status().term <= 1));
+        if !all_new {
+            return;
+        }
+        for id in founders {
+            let raw = self.raw_mut(id).expect("up");
+            if raw.status().recovering && raw.confirm_new_cluster() {
+                self.note(format!("node {id}: a brand-new cluster, recovery confirmed over"));
+            }
+        }
     }
 
     // ---- membership ----
@@ -551,6 +697,7 @@ impl Cluster {
         for id in self.node_ids() {
             let node = self.nodes.get_mut(&id).expect("known node");
             if (self.now + node.tick_phase).is_multiple_of(TICK)
+                && !node.paused
                 && let Some(raw) = node.raw.as_mut()
             {
                 raw.tick();
@@ -559,6 +706,7 @@ impl Cluster {
         if self.clients_active {
             self.clients_act();
         }
+        self.confirm_new_clusters();
         for id in self.node_ids() {
             self.process_node(id);
         }
@@ -570,15 +718,22 @@ impl Cluster {
             if self.blocked.contains(&(msg.from, msg.to)) {
                 continue;
             }
-            if let Some(raw) = self.nodes.get_mut(&msg.to).and_then(|n| n.raw.as_mut()) {
-                // A refused message is a peer's bug or corruption; the core stays intact.
-                let _ = raw.step(msg);
+            let Some(node) = self.nodes.get_mut(&msg.to).filter(|n| n.raw.is_some()) else { continue };
+            if node.paused {
+                // Bounded like a socket buffer: the excess is lost.
+                if node.backlog.len() < MAX_IN_TRANSIT {
+                    node.backlog.push(msg);
+                }
+                continue;
             }
+            // A refused message is a peer's bug or corruption; the core stays intact.
+            let _ = node.raw.as_mut().expect("checked").step(msg);
         }
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
         for msg in msgs {
+            *self.sent_by_kind.entry((msg.to, msg.body.name())).or_default() += 1;
             if self.in_transit.len() >= MAX_IN_TRANSIT {
                 if self.harness_violations.iter().all(|v| !v.starts_with("message storm")) {
                     self.harness_violations.push(format!("message storm: {MAX_IN_TRANSIT} messages in flight"));
@@ -599,7 +754,7 @@ impl Cluster {
 
     fn process_node(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        if node.raw.is_none() {
+        if node.raw.is_none() || node.paused {
             return;
         }
         self.complete_writes(id);
@@ -687,6 +842,9 @@ impl Cluster {
             });
         }
         for event in &ready.events {
+            if let Event::Committed { term, last, .. } = event {
+                self.checker.observe(Observation::Committed { node: id, term: *term, last: *last });
+            }
             if let Event::BecameLeader { term } = event {
                 let log = raw.log_entries().iter().map(|e| (e.index, e.term, fnv(&e.data, e.kind))).collect();
                 let first_index = raw.status().first_index;
@@ -817,7 +975,7 @@ impl Cluster {
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.status().role == Role::Leader))
+            .filter(|(_, n)| !n.paused && n.raw.as_ref().is_some_and(|r| r.status().role == Role::Leader))
             .map(|(id, _)| *id)
             .collect();
         if leaders.is_empty() {

@@ -9,7 +9,8 @@
 
 use std::fmt;
 
-use raftkv_raft::{ConfChangeKind, NodeId};
+use bytes::Bytes;
+use raftkv_raft::{ConfChange, ConfChangeKind, NodeId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -94,6 +95,7 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
     cluster.heal();
     cluster.opts.drop_percent = 0;
     for id in cluster.node_ids() {
+        cluster.resume(id);
         cluster.restart(id);
     }
     let acked = cluster.acked_commands();
@@ -190,12 +192,21 @@ fn change_membership(c: &mut Cluster) {
                 return;
             }
             let id = pick(c, &learners);
-            let _ = c.propose_conf_change_at(leader, ConfChangeKind::PromoteVoter, id);
+            // An operator does not grow or shrink the voters into a configuration where
+            // recovering nodes are no minority (the leader refuses the cases it knows of;
+            // a wipe it has not heard of yet is the operator's to know).
+            let cc = ConfChange::new(ConfChangeKind::PromoteVoter, id, Bytes::new());
+            if c.recoveries_within_bound(None, Some(&cc)) {
+                let _ = c.propose_conf_change_at(leader, ConfChangeKind::PromoteVoter, id);
+            }
         }
         _ => {
             let members: Vec<NodeId> = conf.members().collect();
             let id = pick(c, &members);
-            let _ = c.propose_conf_change_at(leader, ConfChangeKind::Remove, id);
+            let cc = ConfChange::new(ConfChangeKind::Remove, id, Bytes::new());
+            if c.recoveries_within_bound(None, Some(&cc)) {
+                let _ = c.propose_conf_change_at(leader, ConfChangeKind::Remove, id);
+            }
         }
     }
 }
@@ -203,7 +214,7 @@ fn change_membership(c: &mut Cluster) {
 fn inject_fault(c: &mut Cluster) {
     let ids = c.node_ids();
     let pick = |c: &mut Cluster, from: &[NodeId]| from[(c.rng().next_u64() % from.len() as u64) as usize];
-    match c.rng().next_u64() % 9 {
+    match c.rng().next_u64() % 11 {
         0 => {
             let up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
             if !up.is_empty() {
@@ -241,6 +252,42 @@ fn inject_fault(c: &mut Cluster) {
             }
         }
         5 | 6 => change_membership(c),
-        _ => c.heal(),
+        7 => wipe_disk(c),
+        8 => {
+            // SIGSTOP of the leader or of any node: it wakes up later believing what it
+            // believed, to a backlog of stale messages.
+            let target = if c.rng().next_u64().is_multiple_of(2) { c.leader() } else { Some(pick(c, &ids)) };
+            if let Some(id) = target {
+                c.pause(id);
+            }
+        }
+        _ => {
+            c.heal();
+            for id in c.node_ids() {
+                c.resume(id);
+            }
+        }
+    }
+}
+
+/// Restarts a random node with an empty disk, at once and without waiting for earlier
+/// wipes to catch up — unless that would leave more voters recovering from lost state
+/// than the cluster can lose (the fault model: a minority of voters lose their disks at
+/// a time; more is a lost quorum, which no protocol survives).
+///
+/// Only members are wiped: a removed node with a wiped disk has lost its tombstone too,
+/// and its id must never come back (as `change_membership` never reuses ids). And only
+/// while every node that is not recovering agrees on the voters: single-server changes
+/// have a known hole when a voter is lost for good mid-change (an uncommitted change on
+/// one node, a newer leader's entries only on a learner that would be promoted by it:
+/// nobody can win), and a wiped disk is a voter lost for good.
+fn wipe_disk(c: &mut Cluster) {
+    let Some(conf) = c.leader_conf() else { return };
+    let members: Vec<NodeId> = conf.members().collect();
+    let id = members[(c.rng().next_u64() % members.len() as u64) as usize];
+    let sets = c.candidate_voter_sets();
+    let settled = sets.windows(2).all(|w| w[0] == w[1]);
+    if settled && c.recoveries_within_bound(Some(id), None) {
+        c.restart_empty(id);
     }
 }

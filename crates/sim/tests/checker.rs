@@ -168,3 +168,21 @@ fn a_removed_node_leading_with_a_stale_configuration_is_reported() {
     ]);
     assert_eq!(c.violations(), &[V::StaleLeaderConf { node: 3, term: 5, conf_index: 3, committed_conf_index: 7 }]);
 }
+
+#[test]
+fn a_leader_elected_late_may_lack_only_what_later_terms_committed() {
+    let trace = |leader_term| {
+        vec![
+            O::Applied { node: 1, index: 1, term: 1, data_hash: 7 },
+            O::Committed { node: 1, term: 1, last: 1 },
+            // The leader of term 3 commits entry 2; a node paused since it won its
+            // votes of term 2 then wakes up as leader of term 2 without it.
+            O::Committed { node: 2, term: 3, last: 2 },
+            O::Applied { node: 2, index: 2, term: 3, data_hash: 8 },
+            O::BecameLeader { node: 3, term: leader_term, first_index: 1, log: vec![(1, 1, 7)] },
+        ]
+    };
+    assert_eq!(checker_after(trace(2)).violations(), &[]);
+    // A leader of a later term than the commit must have it.
+    assert_eq!(checker_after(trace(4)).violations(), &[V::LeaderMissingCommitted { leader: 3, term: 4, index: 2 }]);
+}

@@ -154,8 +154,14 @@ fn change_conf(c: &mut Cluster, change: ConfChangeKind, node: NodeId) -> u64 {
                 break;
             }
             Err(e) => {
+                // A new node recovers (its marker commits) before it may be promoted.
                 assert!(
-                    matches!(e, ProposeError::NoCommitInTerm | ProposeError::ConfChangePending { .. }),
+                    matches!(
+                        e,
+                        ProposeError::NoCommitInTerm
+                            | ProposeError::ConfChangePending { .. }
+                            | ProposeError::Recovering(_)
+                    ),
                     "unexpected refusal: {e}"
                 );
                 c.run_for(5 * TICK);
@@ -302,6 +308,14 @@ fn a_lagging_learner_is_not_promoted() {
     change_conf(&mut c, ConfChangeKind::AddLearner, 4);
     c.start_new_node(4);
     assert!(c.run_until(ELECTION_BOUND, |c| c.kv(4).applied_index() > 0), "the learner starts catching up");
+    // A new node starts recovering (its disk is empty); a recovering learner is refused
+    // for that, whatever its lag. Here the refusal must be for the lag.
+    let recovered = |c: &Cluster| {
+        let leader = c.leader().unwrap();
+        let seen = c.raw(leader).unwrap().status().progress.iter().any(|p| p.id == 4 && !p.recovering);
+        !c.raw(4).unwrap().status().recovering && seen
+    };
+    assert!(c.run_until(ELECTION_BOUND, recovered), "the learner's recovery ends, as the leader knows");
     c.isolate(4);
     let leader = c.leader().unwrap();
     for seq in 1..=2 * MAX_PROMOTION_LAG {

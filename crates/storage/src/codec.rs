@@ -78,12 +78,15 @@ pub(crate) fn encode_entries(out: &mut Vec<u8>, entries: &[Entry], limit: u32) -
     })
 }
 
+/// Term, vote (0 for none) and commit, then the recovering flag as one byte. A record
+/// without the flag byte (written before it existed) reads as not recovering.
 pub(crate) fn encode_hard_state(out: &mut Vec<u8>, hs: &HardState, limit: u32) -> Result<(), StorageError> {
     debug_assert_ne!(hs.vote, Some(0), "vote 0 means none on disk");
-    frame(out, TYPE_HARD_STATE, 24, limit, |out| {
+    frame(out, TYPE_HARD_STATE, 25, limit, |out| {
         out.extend_from_slice(&hs.term.to_le_bytes());
         out.extend_from_slice(&hs.vote.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&hs.commit.to_le_bytes());
+        out.push(u8::from(hs.recovering));
     })
 }
 
@@ -192,21 +195,29 @@ pub(crate) fn decode(ty: u8, payload: &[u8]) -> Result<Record, String> {
         TYPE_HARD_STATE => {
             let (term, vote, commit) = (r.u64()?, r.u64()?, r.u64()?);
             let vote = (vote != 0).then_some(vote);
-            Record::HardState(HardState { term, vote, commit })
+            let recovering = match r.remaining() {
+                0 => false,
+                _ => decode_flag(r.u8()?, "hard state recovering flag")?,
+            };
+            Record::HardState(HardState { term, vote, commit, recovering })
         }
         TYPE_SNAPSHOT => {
             let (index, term) = (r.u64()?, r.u64()?);
-            let keep_suffix = match r.u8()? {
-                0 => false,
-                1 => true,
-                b => return Err(format!("snapshot marker flag {b} is neither 0 nor 1")),
-            };
+            let keep_suffix = decode_flag(r.u8()?, "snapshot marker flag")?;
             Record::Snapshot(Marker { index, term, keep_suffix })
         }
         other => return Err(format!("unknown record type {other}")),
     };
     r.finish()?;
     Ok(record)
+}
+
+fn decode_flag(byte: u8, what: &str) -> Result<bool, String> {
+    match byte {
+        0 => Ok(false),
+        1 => Ok(true),
+        b => Err(format!("{what} {b} is neither 0 nor 1")),
+    }
 }
 
 fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, String> {
@@ -249,11 +260,20 @@ mod tests {
         encode_entries(&mut buf, &entries, DEFAULT_MAX_RECORD_SIZE).unwrap();
         assert_eq!(roundtrip(&buf), Record::Entries(entries));
 
-        let hs = HardState { term: 3, vote: None, commit: 9 };
-        buf.clear();
-        encode_hard_state(&mut buf, &hs, DEFAULT_MAX_RECORD_SIZE).unwrap();
-        assert_eq!(buf.len(), HEADER_LEN + 25);
-        assert_eq!(roundtrip(&buf), Record::HardState(hs));
+        for recovering in [false, true] {
+            let hs = HardState { term: 3, vote: Some(2), commit: 9, recovering };
+            buf.clear();
+            encode_hard_state(&mut buf, &hs, DEFAULT_MAX_RECORD_SIZE).unwrap();
+            assert_eq!(buf.len(), HEADER_LEN + 26);
+            assert_eq!(roundtrip(&buf), Record::HardState(hs));
+        }
+        // A hard state written before the recovering flag existed: 24 bytes, not recovering.
+        let old: Vec<u8> = [3u64, 2, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let hs = HardState { term: 3, vote: Some(2), commit: 9, recovering: false };
+        assert_eq!(decode(TYPE_HARD_STATE, &old), Ok(Record::HardState(hs)));
+        let mut bad = old.clone();
+        bad.push(2);
+        assert!(decode(TYPE_HARD_STATE, &bad).unwrap_err().contains("recovering flag 2"));
 
         let m = Marker { index: 5, term: 2, keep_suffix: true };
         buf.clear();
@@ -288,7 +308,7 @@ mod tests {
     fn undecodable_payloads_are_errors_not_panics() {
         assert!(decode(9, &[]).is_err());
         assert!(decode(TYPE_HARD_STATE, &[0; 23]).is_err());
-        assert!(decode(TYPE_HARD_STATE, &[0; 25]).is_err());
+        assert!(decode(TYPE_HARD_STATE, &[0; 26]).is_err());
         assert!(decode(TYPE_ENTRIES, &[5, 0, 0, 0]).is_err());
         let mut bad_kind = vec![1, 0, 0, 0];
         bad_kind.extend_from_slice(&[0; 16]);

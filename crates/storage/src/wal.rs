@@ -348,7 +348,8 @@ mod tests {
             .collect();
         let mut buf = Vec::new();
         codec::encode_entries(&mut buf, &entries, limit).unwrap();
-        codec::encode_hard_state(&mut buf, &HardState { term: 1, vote: Some(1), commit: 2 }, limit).unwrap();
+        codec::encode_hard_state(&mut buf, &HardState { term: 1, vote: Some(1), commit: 2, recovering: false }, limit)
+            .unwrap();
         let seg = decode_segment(&buf, true, None, limit).unwrap();
         assert_eq!((seg.valid_len, seg.first_index, seg.last_index), (buf.len() as u64, 1, 3));
         assert_eq!(seg.hard_state.commit, 2);

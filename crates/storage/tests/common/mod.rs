@@ -25,7 +25,7 @@ pub fn entries(indexes: impl IntoIterator<Item = u64>, term: u64) -> Vec<Entry> 
 }
 
 pub fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
-    HardState { term, vote, commit }
+    HardState { term, vote, commit, recovering: false }
 }
 
 pub fn snapshot(index: u64, term: u64) -> Snapshot {
