@@ -42,7 +42,7 @@ fn messages() -> Vec<Vec<Message>> {
                 done: true,
             },
         )],
-        vec![m(1, MessageBody::InstallSnapshotResponse { meta_index: 3, next_offset: 0, done: true, rejected: false })],
+        vec![m(1, MessageBody::InstallSnapshotResponse { meta_index: 3, next_offset: 0, done: true, rejected: false, too_large: None })],
         vec![m(3, MessageBody::TimeoutNow)],
     ]
 }
