@@ -246,6 +246,7 @@ mod tests {
             snapshot_index: 0,
             peers: vec![],
             cluster_id: 7,
+            recovering: false,
         };
         let rows = vec![
             ("127.0.0.1:7001".to_string(), Ok(up)),

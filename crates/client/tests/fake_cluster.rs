@@ -74,6 +74,7 @@ impl RaftKv for Fake {
             snapshot_index: 0,
             peers: vec![],
             cluster_id: 7,
+            recovering: false,
         }
     }
 

@@ -81,6 +81,9 @@ pub struct NodeStatus {
     pub peers: Vec<(NodeId, String)>,
     /// The id of the cluster this node belongs to (0 while a joining node has none yet).
     pub cluster_id: u64,
+    /// The node is recovering from lost state (an empty data dir): it neither votes nor
+    /// counts toward a quorum until a leader has brought it up to date.
+    pub recovering: bool,
 }
 
 /// A member's part in the configuration.

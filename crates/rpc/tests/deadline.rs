@@ -54,6 +54,7 @@ impl RaftKv for Stub {
             snapshot_index: 0,
             peers: vec![],
             cluster_id: 1,
+            recovering: false,
         }
     }
     async fn transfer_leader(self, _: Context, _: Option<NodeId>) -> Result<NodeId, ClientError> {

@@ -35,8 +35,10 @@ pub mod admin;
 mod args;
 mod cluster;
 mod conn;
+mod dir_lock;
 mod log_limit;
 mod membership;
+mod new_cluster;
 mod node;
 mod peer;
 mod service;
@@ -217,6 +219,9 @@ pub async fn serve_with_admin(
     if cfg.cluster.join.is_empty() && !cfg.peers.contains_key(&cfg.id) {
         anyhow::bail!("node {} is not among the peers {:?}", cfg.id, cfg.peers);
     }
+    // Before anything in the dir is read; held until this function returns.
+    let dir_lock = dir_lock::lock(&cfg.data_dir)?;
+    tracing::debug!(lock = %dir_lock.path().display(), "locked the data dir");
     // The file system of every data-dir file: the real one unless a test injects faults.
     let opts = StorageOptions { fsync: cfg.fsync, ..cfg.storage.clone().unwrap_or_default() };
     let fs: Arc<dyn FileSystem> = opts.fs.clone();
@@ -268,12 +273,16 @@ pub async fn serve_with_admin(
         ..Config::new(id)
     };
     let max_promotion_lag = raft_cfg.max_promotion_lag;
+    // No log: a first start, or a wiped disk that lost votes and acknowledgements. Both
+    // recover (see raftkv_raft::Recovered::lost_state); founders may learn the cluster
+    // is brand new (new_cluster).
     let recovered = raftkv_raft::Recovered {
         hard_state: recovered.hard_state,
         snapshot: recovered.snapshot,
         entries: recovered.entries,
-        lost_state: false,
+        lost_state: !has_log,
     };
+    let founders = (cfg.cluster.join.is_empty() && cfg.peers.contains_key(&id)).then(|| cfg.peers.clone());
     let raw = match identity.start {
         Start::Bootstrap(changes) => RawNode::bootstrap_with(raft_cfg, changes, recovered)?,
         // The flags' members matter only as the base of a log older than logged
@@ -310,8 +319,22 @@ pub async fn serve_with_admin(
         snapshot_entries: cfg.snapshot_entries,
         max_promotion_lag,
     };
+    let raw_recovering = raw.status().recovering;
     let node = node::Node::new(raw, kv, writer, membership, shared.clone(), link, loop_cfg);
-    let service = service::Service { id, shared, raft_tx, client_tx, peer: raftkv_rpc::PeerIdentity::Plaintext };
+    let service = service::Service {
+        id,
+        shared,
+        raft_tx,
+        client_tx: client_tx.clone(),
+        peer: raftkv_rpc::PeerIdentity::Plaintext,
+    };
+    let confirming = match founders {
+        Some(founders) if raw_recovering => {
+            let task = new_cluster::confirm(id, identity.cluster_id, founders, cfg.tls.clone(), client_tx.clone());
+            Some(tokio::spawn(task))
+        }
+        _ => None,
+    };
     let incoming = raftkv_rpc::listen_with(listener, cfg.tls.as_ref());
     let (stop_serving, serving_stopped) = oneshot::channel();
     let server = tokio::spawn(accept_loop(incoming, service, serving_stopped));
@@ -333,6 +356,9 @@ pub async fn serve_with_admin(
             run.await
         }
     };
+    if let Some(task) = confirming {
+        task.abort();
+    }
     let result = result.context("the node loop panicked")?;
 
     tracing::info!(id, "shutting down: closing connections");

@@ -66,6 +66,9 @@ pub(crate) enum Request {
         change: MemberChange,
         reply: Reply<MemberChangeReply>,
     },
+    /// Every other founding member is at term 1 or below: end this founder's recovery
+    /// (see [`crate::new_cluster`]). Answers whether it ended.
+    ConfirmNewCluster(oneshot::Sender<bool>),
 }
 
 /// A batch of Raft messages from one peer, with the spans it opened here (see
@@ -172,9 +175,6 @@ pub(crate) struct Node {
     removed: Option<(Stopped, Instant)>,
     /// The tick at which a leader was last heard from.
     leader_contact: u64,
-    /// The members of the latest and of the committed configuration: the nodes this
-    /// one links to and takes messages from.
-    members: BTreeSet<NodeId>,
     /// Linearizable reads waiting for their ReadIndex, by context.
     reads: HashMap<u64, PendingRead>,
     /// Confirmed reads waiting for the state machine to reach their index.
@@ -228,7 +228,6 @@ impl Node {
             member_changes: BTreeMap::new(),
             removed: None,
             leader_contact: 0,
-            members: BTreeSet::new(),
             reads: HashMap::new(),
             parked: BTreeMap::new(),
             next_read_ctx: 1,
@@ -372,12 +371,13 @@ impl Node {
         if let (Some(reply), Some(first)) = (batch.reply, batch.messages.first()) {
             self.batch_replies.push(BatchReply { from: first.from, reply });
         }
-        // A node that has not learned any configuration yet (it just joined) takes
-        // messages from anyone of its cluster (the service checked the cluster id).
-        let unconfigured = self.members.is_empty();
+        // Messages from ids this node does not know are taken too (the service checked
+        // the cluster id and refused removed ids): a follower that was down while a new
+        // node joined and became leader learns of it only from that leader's log. The
+        // core handles unknown senders (a leader ignores them; votes and terms are
+        // checked as for anyone).
         for m in batch.messages {
-            // Why check here: the core trusts that senders are members.
-            if m.to != self.id || !(unconfigured || self.members.contains(&m.from)) {
+            if m.to != self.id {
                 tracing::debug!(
                     from = m.from,
                     to = m.to,
@@ -444,6 +444,9 @@ impl Node {
             }
             Request::Members(reply) => {
                 let _ = reply.send(Ok(self.member_list()));
+            }
+            Request::ConfirmNewCluster(reply) => {
+                let _ = reply.send(self.raw.confirm_new_cluster());
             }
             Request::ChangeMember { change, reply } => match self.change_member(change) {
                 Ok(Proposed::Done(done)) => {
@@ -518,6 +521,7 @@ impl Node {
             snapshot_index: self.snapshot_index,
             peers: self.shared.addrs(),
             cluster_id: self.shared.cluster_id,
+            recovering: st.recovering,
         }
     }
 
@@ -1396,7 +1400,6 @@ impl Node {
             }
         }
         self.shared.set_addrs(members.into_iter().collect());
-        self.members = ids;
     }
 
     /// The leader promotes caught-up learners that asked for it; refusals (another

@@ -325,6 +325,7 @@ impl RaftKv for Service {
             snapshot_index: 0,
             peers: self.shared.addrs(),
             cluster_id: self.shared.cluster_id,
+            recovering: false,
         };
         let (reply, rx) = oneshot::channel();
         if self.client_tx.try_send(Request::Status(reply)).is_err() {

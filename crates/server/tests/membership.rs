@@ -406,3 +406,51 @@ async fn a_joined_node_that_restarts_before_its_first_entry_asks_again() {
     wait_for_role(&cluster, 4, MemberRole::Voter).await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_the_new_leaders_addition_catches_up_from_it() {
+    let mut cluster = Cluster::found(3).await;
+    let founders = cluster.addrs.clone();
+    let (leader, _) = cluster.leader_members().await;
+    let down = *cluster.addrs.keys().find(|id| **id != leader).expect("a follower");
+    let lc = client(cluster.addrs[&leader]).await;
+    put(&lc, 1, "before").await;
+    cluster.nodes.remove(&down).expect("running").stop().await.expect("clean stop");
+
+    // While it is down, node 4 joins, is promoted, and takes over the leadership.
+    let (l4, a4) = bind().await;
+    cluster.join(4, l4, a4, leader).await;
+    wait_for_role(&cluster, 4, MemberRole::Voter).await;
+    poll_until(DEADLINE, "node 4 to lead", || async {
+        let (now, _) = cluster.leader_members().await;
+        if now == 4 {
+            return Ok(());
+        }
+        let c = client(cluster.addrs[&now]).await;
+        let _ = c.transfer_leader(context::current(), Some(4)).await;
+        Err(format!("node {now} leads"))
+    })
+    .await
+    .expect("leadership moves to node 4");
+    let c4 = client(a4).await;
+    for seq in 2..=30 {
+        put(&c4, seq, &format!("under-4-{seq}")).await;
+    }
+
+    // The follower comes back knowing nothing of node 4: it must take its leader's
+    // messages and catch up (it used to drop them for ever).
+    let listener = TcpListener::bind(cluster.addrs[&down]).await.expect("rebind the follower's port");
+    let cfg = config(down, cluster.addrs[&down], cluster.dirs[&down].path(), &founders, &[]);
+    cluster.nodes.insert(down, start(cfg, listener));
+    let target = c4.status(context::current()).await.expect("status").commit_index;
+    let back = client(cluster.addrs[&down]).await;
+    poll_until(DEADLINE, "the follower to catch up from node 4", || async {
+        let st = back.status(context::current()).await.map_err(|e| e.to_string())?;
+        if st.applied_index >= target && st.leader == Some(4) { Ok(()) } else { Err(format!("{st:?}")) }
+    })
+    .await
+    .expect("caught up");
+    let got = back.get(context::current(), Bytes::from_static(b"under-4-30"), ReadConsistency::Stale).await;
+    assert!(matches!(got, Ok(Ok(ref g)) if g.value.is_some()), "{got:?}");
+    cluster.stop().await;
+}

@@ -122,14 +122,26 @@ fn scan(
                 state.apply(record, &mut max_index).map_err(corrupt)?;
                 off = next;
             }
-            // Why only here: a crash can tear only the last write, which is at the end
-            // of the last segment. Anywhere else the same damage is corruption.
-            Frame::Incomplete(reason) | Frame::BadChecksum { at_end: true, reason } if is_last => {
+            // Why only in the last segment: a crash can tear only the last write, which
+            // is at its end. And only on evidence of one: a record cut short or with a
+            // bad checksum that nothing valid follows, or a zero-filled tail. A damaged
+            // record (a flipped bit, in its length field too) followed by a valid one was
+            // written and fsynced before that one: corruption, not a torn write.
+            Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason)
+                if is_last && torn_tail(buf, off, limit) =>
+            {
                 tracing::warn!(
                     file = %path.display(), offset = off, file_len = buf.len(), %reason,
                     "torn write at the end of the WAL: truncating to the last complete record"
                 );
                 break;
+            }
+            Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) if is_last => {
+                let why = match next_valid_frame(buf, off + 1, limit) {
+                    Some(next) => format!("a valid record follows at offset {next}"),
+                    None => "the bytes after it are not zero".to_string(),
+                };
+                return Err(corrupt(format!("{reason}; not a torn write at the end of the log: {why}")));
             }
             Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) => {
                 return Err(corrupt(reason));
@@ -137,6 +149,38 @@ fn scan(
         }
     }
     Ok((off as u64, max_index))
+}
+
+/// Whether the bad record at `off` ends the last segment as a torn write does: the rest
+/// is zeros (a zero-filled tail), or — when its length is one our writer could have
+/// written — no valid record follows it.
+fn torn_tail(buf: &[u8], off: usize, limit: u32) -> bool {
+    let rest = &buf[off..];
+    if rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let plausible_len = rest.get(0..4).is_none_or(|l| {
+        let len = u32::from_le_bytes(l.try_into().expect("4 bytes"));
+        len != 0 && len <= limit
+    });
+    plausible_len && next_valid_frame(buf, off + 1, limit).is_none()
+}
+
+/// The first offset at or after `from` where a whole, checksummed, decodable record
+/// starts. Cheap on a torn tail: zeros and garbage fail the length check before any
+/// checksum is computed.
+fn next_valid_frame(buf: &[u8], from: usize, limit: u32) -> Option<usize> {
+    (from..buf.len()).find(|&at| {
+        let rest = &buf[at..];
+        if rest.len() <= codec::HEADER_LEN {
+            return false;
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
+        if len == 0 || len > limit || rest.len() - codec::HEADER_LEN < len as usize {
+            return false;
+        }
+        matches!(codec::read_frame(buf, at, limit), Frame::Ok { ty, payload, .. } if codec::decode(ty, payload).is_ok())
+    })
 }
 
 /// What [`decode_segment`] recovered from one segment's bytes.

@@ -124,6 +124,61 @@ fn flipped_bit_mid_log_is_refused_with_file_and_offset() {
     }
 }
 
+/// The start of the record that contains byte `offset`, given the record ends.
+fn record_start(ends: &[u64], offset: u64) -> u64 {
+    ends.iter().rev().copied().find(|end| *end <= offset).unwrap_or(0)
+}
+
+#[test]
+fn every_flipped_bit_in_a_record_followed_by_another_is_refused_naming_file_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 4;
+    let ends = write_records(dir.path(), n);
+    let path = segment(dir.path(), 1);
+    let last_start = ends[n as usize - 1];
+    let original = fs::read(&path).unwrap();
+    // Every bit of every record but the last: the hard state header and the entries,
+    // their length fields included (a flipped high bit points past the end of the file).
+    for offset in 0..last_start {
+        for bit in 0..8 {
+            flip_bit(&path, offset, bit);
+            let err = DiskStorage::open(dir.path(), StorageOptions::default())
+                .map(|_| ())
+                .expect_err(&format!("bit {bit} of byte {offset} flipped: refused"));
+            match &err {
+                StorageError::Corrupt { file, offset: at, .. } => {
+                    assert_eq!(file, &path);
+                    assert_eq!(*at, record_start(&ends, offset), "bit {bit} of byte {offset}: {err}");
+                }
+                other => panic!("bit {bit} of byte {offset}: expected Corrupt, got {other}"),
+            }
+            flip_bit(&path, offset, bit);
+        }
+    }
+    assert_eq!(fs::read(&path).unwrap(), original, "refusals change nothing on disk");
+    assert_eq!(open(dir.path()).1.entries, entries(1..=n, 1));
+}
+
+#[test]
+fn a_torn_last_record_followed_by_zeros_is_cut() {
+    let src = tempfile::tempdir().unwrap();
+    let n = 4;
+    let ends = write_records(src.path(), n);
+    let (start, end) = (ends[n as usize - 1], ends[n as usize]);
+    // A crash at every byte of the last record, the file then extended with zeros (a
+    // tail the file system allocated but never filled).
+    for len in start..end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = segment(dir.path(), 1);
+        truncate(&path, len);
+        truncate(&path, end + 64);
+        let (_, rec) = open(dir.path());
+        assert_eq!(rec.entries, entries(1..n, 1), "zeros from byte {len}");
+        assert_eq!(file_len(&path), start, "zeros from byte {len}: cut back to the last whole record");
+    }
+}
+
 #[test]
 fn bad_checksum_followed_by_a_record_in_the_last_segment_is_corrupt() {
     let src = tempfile::tempdir().unwrap();
