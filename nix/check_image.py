@@ -30,8 +30,7 @@ class ImageError(Exception):
 
 def normalize(name):
     """A layer member's path as an absolute image path ('./bin/x' -> '/bin/x')."""
-    name = posixpath.normpath("/" + name.lstrip("./").lstrip("/")) if name not in (".", "./") else "/"
-    return name
+    return posixpath.normpath("/" + name).replace("//", "/")
 
 
 def read_image(archive):
@@ -55,6 +54,13 @@ def read_image(archive):
 
 def resolve(files, path, limit=40):
     """Follows symlinks inside the image root (absolute targets are image paths)."""
+    # Layers need not list the directories above what they hold (/nix, /nix/store).
+    implied = {posixpath.dirname(p) for p in files}
+    while True:
+        more = {posixpath.dirname(p) for p in implied} - implied
+        if not more:
+            break
+        implied |= more
     parts = [p for p in path.split("/") if p]
     current = "/"
     hops = 0
@@ -62,6 +68,9 @@ def resolve(files, path, limit=40):
         part = parts.pop(0)
         candidate = posixpath.normpath(posixpath.join(current, part))
         if candidate not in files:
+            if candidate in implied:
+                current = candidate
+                continue
             raise ImageError(f"{path}: {candidate} is not in the image")
         info = files[candidate][1]
         if info.issym():
