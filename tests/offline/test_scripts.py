@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT, need_tool, run
 
 SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "tests/e2e/kind.sh", "tests/docker/rehearsal.sh",
-           "tests/offline/run.sh", "tests/offline/venv.sh"]
+           "tests/offline/run.sh", "tests/offline/venv.sh", "tests/offline/nix-eval.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -100,8 +100,32 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// File descriptors this process holds at its peak: the slowloris and idle connections
+/// of every node at once, plus a margin for the cluster's clients, pipes and files.
+const FDS_NEEDED: u64 = 3 * 2 * SLOWLORIS as u64 + 256;
+
+/// Raises the soft limit on open files to the hard one (the servers inherit it): a
+/// 1024 soft limit, common under a nix-daemon or systemd, is too few for FDS_NEEDED.
+fn raise_open_file_limit() {
+    use nix::libc::{RLIMIT_NOFILE, getrlimit, rlimit, setrlimit};
+    let mut lim = rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed.
+    assert_eq!(unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) }, 0, "getrlimit(RLIMIT_NOFILE)");
+    assert!(
+        lim.rlim_max >= FDS_NEEDED,
+        "this test holds up to {FDS_NEEDED} open files; the hard limit (ulimit -Hn) is {}",
+        lim.rlim_max
+    );
+    if lim.rlim_cur < FDS_NEEDED {
+        let raised = rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        assert_eq!(unsafe { setrlimit(RLIMIT_NOFILE, &raised) }, 0, "setrlimit(RLIMIT_NOFILE, {})", lim.rlim_max);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_never_crashes_or_stalls_the_cluster() {
+    raise_open_file_limit();
     let mut cluster = TestCluster::start(&[]);
     cluster.leader().await;
     let addrs: Vec<String> = cluster.ids().into_iter().map(|id| cluster.addr(id)).collect();
