@@ -18,9 +18,38 @@ SERVER_LABELS = {"app.kubernetes.io/name": "raftkv", "app.kubernetes.io/componen
 
 def manifest_files():
     files = sorted(glob.glob(os.path.join(K8S, "*.yaml")))
-    # observability/ also holds YAML snippets that are not objects (otel-env.yaml).
     files += sorted(f for f in glob.glob(os.path.join(ROOT, "observability", "*.y*ml")) if is_manifest_file(f))
     return files
+
+
+# What `kubectl apply -f DIR` reads: the files of DIR (not its subdirectories) with these
+# extensions (k8s.io/cli-runtime pkg/resource/builder.go FileExtensions).
+KUBECTL_FILE_EXTENSIONS = (".json", ".yaml", ".yml")
+
+
+def apply_dir_problems(directory):
+    """Files `kubectl apply -f DIR` would read that are not all Kubernetes objects."""
+    out = []
+    for f in sorted(os.listdir(directory)):
+        path = os.path.join(directory, f)
+        if os.path.isfile(path) and f.endswith(KUBECTL_FILE_EXTENSIONS) and not is_manifest_file(path):
+            out.append(f"{os.path.relpath(path, ROOT)} is read by `kubectl apply -f {os.path.relpath(directory, ROOT)}/` "
+                       "but holds something other than Kubernetes objects")
+    return out
+
+
+@pytest.mark.parametrize("directory", ["k8s", "observability"])
+def test_kubectl_apply_of_the_directory_reads_only_manifests(directory):
+    assert apply_dir_problems(os.path.join(ROOT, directory)) == []
+
+
+def test_negative_a_snippet_beside_the_manifests_is_caught(tmp_path):
+    """observability/otel-env.yaml before it moved to snippets/: not a manifest."""
+    d = tmp_path / "observability"
+    shutil.copytree(os.path.join(ROOT, "observability"), d)
+    shutil.copy(os.path.join(ROOT, "observability", "snippets", "otel-env.yaml"), d / "otel-env.yaml")
+    problems = apply_dir_problems(str(d))
+    assert len(problems) == 1 and "otel-env.yaml" in problems[0]
 
 
 def kubernetes_validate(*files):
@@ -205,11 +234,9 @@ def test_negative_selector_mismatch_is_caught(m):
 
 
 def test_otel_env_matches_observability_otel_env(m):
-    """observability/otel-env.yaml lists the OTEL env of each kind of pod; the
+    """observability/snippets/otel-env.yaml lists the OTEL env of each kind of pod; the
     manifests must carry every entry as written there."""
-    path = os.path.join(ROOT, "observability", "otel-env.yaml")
-    if not os.path.exists(path):
-        pytest.skip("observability/otel-env.yaml does not exist")
+    path = os.path.join(ROOT, "observability", "snippets", "otel-env.yaml")
     with open(path) as f:
         wanted = {}
         for d in yaml.safe_load_all(f):
@@ -220,7 +247,7 @@ def test_otel_env_matches_observability_otel_env(m):
     for who, entries in wanted.items():
         env = pods[who]["containers"][0]["env"]
         for e in entries:
-            assert e in env, f"{who}: env {e['name']} differs from observability/otel-env.yaml"
+            assert e in env, f"{who}: env {e['name']} differs from observability/snippets/otel-env.yaml"
 
 
 # ---- mutual TLS (k8s/tls/) ------------------------------------------------------------
