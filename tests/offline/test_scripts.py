@@ -8,10 +8,12 @@ import pytest
 
 from conftest import ROOT, need_tool, run
 
-SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "tests/e2e/kind.sh",
-           "tests/docker/rehearsal.sh", "tests/offline/run.sh", "tests/offline/venv.sh"]
+SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "k8s/tilt/faults",
+           "k8s/tilt/revalidate", "tests/e2e/kind.sh", "tests/docker/rehearsal.sh", "tests/offline/run.sh",
+           "tests/offline/venv.sh", "scripts/test-fast"]
 # The scripts that talk to a Kubernetes cluster.
-CLUSTER_SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "tests/e2e/kind.sh"]
+CLUSTER_SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "k8s/tilt/faults",
+                   "k8s/tilt/revalidate", "tests/e2e/kind.sh"]
 # Where pod deletions are written down for users.
 DOCS = ["README.md", "k8s/README.md"]
 
