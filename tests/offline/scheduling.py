@@ -38,6 +38,10 @@ CLI (used by tests/docker/rehearsal.sh to lay pods out as a scheduler could):
 
 prints `raft-<i> <node>` per pod, choosing among the feasible nodes the one with the
 fewest of the set's pods (then by name), or exits 1 naming the Pending pod and why.
+
+    scheduling.py nodes CLUSTER_YAML
+
+prints the nodes a Pod without tolerations may run on (no NoSchedule/NoExecute taint).
 """
 from __future__ import annotations
 
@@ -472,6 +476,16 @@ def load_yaml(path: str, kind: str | None = None) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[1] == "nodes":
+        try:
+            nodes = kind_nodes(load_yaml(argv[2]))
+        except NotModelled as e:
+            print(f"scheduling: {e}", file=sys.stderr)
+            return 2
+        for n in nodes:
+            if not any(t["effect"] in DO_NOT_SCHEDULE_EFFECTS for t in n.taints):
+                print(n.name)
+        return 0
     if len(argv) != 5 or argv[1] != "place":
         print(__doc__, file=sys.stderr)
         return 2

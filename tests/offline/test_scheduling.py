@@ -178,3 +178,9 @@ def test_place_cli_lays_out_the_pods_the_rehearsal_starts(tmp_path):
     broken.write_text(yaml.safe_dump(old))
     out = run([sys.executable, os.path.join(ROOT, "tests/offline/scheduling.py"), "place", CLUSTER, str(broken), "5"])
     assert out.returncode == 1 and "raft-4 stays Pending" in out.stderr
+
+
+def test_nodes_cli_lists_the_nodes_an_untolerating_pod_may_use():
+    out = run([sys.executable, os.path.join(ROOT, "tests/offline/scheduling.py"), "nodes", CLUSTER])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["raftkv-worker", "raftkv-worker2", "raftkv-worker3", "raftkv-worker4"]

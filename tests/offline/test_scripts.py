@@ -91,22 +91,29 @@ def test_negative_a_kubectl_call_without_context_is_caught():
 
 # ---- a node is cordoned before it is stopped, uncordoned after it is back -------------------
 
-def cordon_order_problems(text):
+# The commands (not messages that mention them) of kind.sh, and the rehearsal's
+# emulation of them (its node functions; their definitions are not calls).
+KIND_NODE_COMMANDS = dict(stop=r"(^|[;&|(])\s*docker stop\b", cordon=r"\bkubectl\b.*\scordon\s",
+                          start=r"(^|[;&|(])\s*docker start\b", uncordon=r"\bkubectl\b.*\suncordon\s")
+REHEARSAL_NODE_COMMANDS = dict(stop=r"^\s*stop_node\s", cordon=r"^\s*cordon_node\s",
+                               start=r"^\s*start_node\s", uncordon=r"^\s*uncordon_node\s")
+
+
+def cordon_order_problems(text, commands=KIND_NODE_COMMANDS):
     lines = logical_lines(text)
 
     def first(pattern, after=-1):
         return next((i for i, line in enumerate(lines) if i > after and re.search(pattern, line)), None)
 
-    # Commands, not messages that mention them.
-    stop = first(r"(^|[;&|(])\s*docker stop\b")
+    stop = first(commands["stop"])
     if stop is None:
-        return ["no docker stop"]
+        return ["no node is stopped"]
     problems = []
-    cordon = first(r"\bkubectl\b.*\scordon\s")
+    cordon = first(commands["cordon"])
     if cordon is None or cordon > stop:
         problems.append("the node is stopped before it is cordoned: a Pod can be bound to it while it still looks Ready")
-    start = first(r"(^|[;&|(])\s*docker start\b", after=stop)
-    uncordon = first(r"\bkubectl\b.*\suncordon\s", after=stop)
+    start = first(commands["start"], after=stop)
+    uncordon = first(commands["uncordon"], after=stop)
     if start is None or uncordon is None or uncordon < start:
         problems.append("the node is not uncordoned after it is started again")
     return problems
@@ -116,11 +123,20 @@ def test_kind_sh_cordons_before_it_stops_a_node():
     assert cordon_order_problems(read("tests/e2e/kind.sh")) == []
 
 
+def test_the_rehearsal_cordons_before_it_stops_a_node():
+    assert cordon_order_problems(read("tests/docker/rehearsal.sh"), REHEARSAL_NODE_COMMANDS) == []
+
+
 def test_negative_stop_without_cordon_is_caught():
     src = read("tests/e2e/kind.sh")
     line = 'kubectl --context "$ctx" cordon "$node" >/dev/null\n'
     assert line in src
     problems = cordon_order_problems(src.replace(line, "", 1))
+    assert any("stopped before it is cordoned" in p for p in problems)
+    src = read("tests/docker/rehearsal.sh")
+    line = 'cordon_node "$lost_node"\n'
+    assert line in src
+    problems = cordon_order_problems(src.replace(line, "", 1), REHEARSAL_NODE_COMMANDS)
     assert any("stopped before it is cordoned" in p for p in problems)
 
 
