@@ -15,7 +15,7 @@ SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv",
 CLUSTER_SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "k8s/tilt/faults",
                    "k8s/tilt/revalidate", "tests/e2e/kind.sh"]
 # Where pod deletions are written down for users.
-DOCS = ["README.md", "k8s/README.md"]
+DOCS = ["README.md", "k8s/README.md", "observability/README.md"]
 
 
 def read(rel):
