@@ -5,7 +5,11 @@
 #   - the Tiltfile, evaluated by Starlark against stubs of Tilt's builtins;
 #   - flake.nix parses (nix-instantiate --parse) and passes an INTERFACE CHECK against
 #     a stub of the nixpkgs functions it calls — not a build; flake.lock pins nixpkgs;
-#   - the scripts parse and pass shellcheck;
+#   - the scripts parse and pass shellcheck, name their kube context, cordon before they
+#     stop a node, never force-delete a pod; the cluster scripts (fault buttons,
+#     revalidation, k8s/raftkv) against scripted stand-ins of kubectl, docker and tilt;
+#   - where 3, 4 and 5 replicas land on the kind cluster under the scheduler's Filter
+#     rules (scheduling.py), and Jaeger's config against its components and memory limit;
 #   - negative tests showing each checker catches a broken copy.
 # Installs what it needs: nix-bin and shellcheck from Debian (when root and missing),
 # the pinned PyPI packages of requirements.txt into a venv under target/.
