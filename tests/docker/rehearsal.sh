@@ -5,15 +5,21 @@
 #   1. builds static binaries (-C target-feature=+crt-static, gnu target) into
 #      target/static and makes two images from them with `docker import` (a rootfs
 #      tar: no Dockerfile, no shell, uid 65532);
-#   2. starts raft-0..2 as the StatefulSet would: container names and network aliases
+#   2. starts raft-0..2 as the StatefulSet would: network aliases (and hostnames)
 #      raft-<i>.raft-service on a user-defined network, a named volume per replica,
 #      and the container's args, env and securityContext read from
 #      k8s/statefulset.yaml by podspec.py (downward API and $(VAR) emulated); raft-0
-#      starts alone first and must be ready without a leader;
+#      starts alone first and must be ready without a leader. Each pod is "on" a node
+#      of the kind cluster of k8s/kind/cluster.yaml, laid out as the scheduler could
+#      (tests/offline/scheduling.py place: the StatefulSet's spread and the nodes'
+#      taints; a Pending pod fails the rehearsal); client containers go round robin to
+#      the nodes a Pod may run on that are not cordoned;
 #   3. runs the client container from k8s/validate-pod.yaml: validate; kill the
-#      leader's container and recreate it on the same volume, validate; disconnect
-#      the new leader from the network (a lost node), validate with the majority;
-#      reconnect it and require it to catch up; scale 3 -> 5 -> 3 under a write load
+#      leader's container and recreate it on the same volume, validate; cordon, then
+#      stop, the new leader's node (every container on it leaves the network; a client
+#      Pod bound to a stopped node that was not cordoned would run cut off, as on
+#      kind), validate with the majority; start the node again, uncordon it and require
+#      its replica to catch up; scale 3 -> 5 -> 3 under a write load
 #      (raft-3 and raft-4 started from the manifest join through raft-0..2 and are
 #      promoted by the leader; then `raftkv member remove` of the two highest ids, which
 #      exit 0, and their containers and volumes are deleted, as a scale-down does);
@@ -25,35 +31,44 @@
 # is a deadline-bounded poll. Everything it creates (containers, network, volumes,
 # images, temp dir) is removed on exit, failure or interrupt.
 #
+# It runs that scenario twice, back to back, with the same names (containers, network,
+# volumes, images: one prefix per invocation): the second pass fails if the first left
+# anything behind that a re-run trips over (kind.sh's analog: a namespace still
+# Terminating). The binaries are built once for both.
+#
 # Where no Docker Engine answers: under CI=true it FAILS; elsewhere it prints SKIPPED
 # with the reason in its summary line and exits 0.
 #
 # Env: RAFTKV_STATIC_BIN_DIR=DIR uses prebuilt static raftkv-server and raftkv from
-# DIR instead of building; REHEARSAL_KEEP=1 leaves everything in place for debugging.
+# DIR instead of building; REHEARSAL_PASSES=N runs N passes (default 2);
+# REHEARSAL_KEEP=1 leaves everything in place for debugging (one pass). REHEARSAL_PASS
+# and REHEARSAL_NAME are set by the script for its own passes.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-run_id="$(date +%s)-$$"
-label="raftkv.rehearsal=$run_id"
-net="raftkv-rehearsal-$run_id"
+pass_no="${REHEARSAL_PASS:-}"
+prefix="${REHEARSAL_NAME:-raftkv-rehearsal-$(date +%s)-$$}"
+label="raftkv.rehearsal=$prefix"
+net="$prefix"
 service="raft-service"
 replicas=3
 # Pods raft-<replicas>.. exist only while the cluster is scaled up.
 max_pods=5
-server_image="raftkv-server:rehearsal-$run_id"
-client_image="raftkv-client:rehearsal-$run_id"
+server_image="raftkv-server:$prefix"
+client_image="raftkv-client:$prefix"
 tmp="$(mktemp -d -t raftkv-rehearsal.XXXXXX)"
 started_at=$(date +%s)
 passed=0
 failed=0
 
-log() { printf '[rehearsal %3ss] %s\n' "$(($(date +%s) - started_at))" "$*"; }
+log() { printf '[rehearsal%s %3ss] %s\n' "${pass_no:+ pass $pass_no}" "$(($(date +%s) - started_at))" "$*"; }
 
 summary() {
   local skipped="${1:-0}"
   echo
-  echo "docker rehearsal: $passed passed, $failed failed, $skipped skipped"
+  echo "docker rehearsal${pass_no:+ (pass $pass_no)}: $passed passed, $failed failed, $skipped skipped"
+  if [ -n "${REHEARSAL_COUNT_FILE:-}" ]; then echo "$passed" > "$REHEARSAL_COUNT_FILE"; fi
 }
 
 # ---- Docker Engine present? ----
@@ -75,6 +90,66 @@ if [ -n "$reason" ]; then
   echo "SKIPPED: docker rehearsal: $reason"
   summary 1
   exit 0
+fi
+
+# ---- the passes ----
+# Without REHEARSAL_PASS this invocation builds the binaries (once) and runs the
+# scenario as its own passes, back to back, under one name.
+if [ -z "$pass_no" ]; then
+  trap 'rm -rf "$tmp"' EXIT
+  if [ -n "${RAFTKV_STATIC_BIN_DIR:-}" ]; then
+    bin_dir="$RAFTKV_STATIC_BIN_DIR"
+  else
+    log "building static binaries (target/static; incremental after the first time)"
+    (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+      --target x86_64-unknown-linux-gnu --target-dir target/static -p raftkv-server -p raftkv) \
+      > "$tmp/build.log" 2>&1 || { tail -30 "$tmp/build.log" >&2; echo "FAILURE: the static build failed" >&2; failed=1; summary; exit 1; }
+    bin_dir="$root/target/static/x86_64-unknown-linux-gnu/release"
+  fi
+  passes="${REHEARSAL_PASSES:-2}"
+  case "$passes" in '' | *[!0-9]* | 0) echo "REHEARSAL_PASSES must be a number >= 1, not '$passes'" >&2; exit 2 ;; esac
+  [ "${REHEARSAL_KEEP:-0}" != 1 ] || passes=1
+  # The re-run's check catches leftovers: a pass started over a volume an earlier pass
+  # left must refuse to run (and touch nothing).
+  probe="$prefix-probe"
+  docker volume create --label "raftkv.rehearsal=$probe" "$probe-data-raft-0" >/dev/null
+  if REHEARSAL_PASS=probe REHEARSAL_NAME="$probe" RAFTKV_STATIC_BIN_DIR="$bin_dir" "$here/rehearsal.sh" \
+    > "$tmp/probe.out" 2>&1 || ! grep -q "left resources named $probe behind" "$tmp/probe.out"; then
+    docker volume rm -f "$probe-data-raft-0" >/dev/null 2>&1 || true
+    echo "FAILURE: a pass started over an earlier pass's leftover volume did not refuse to run:" >&2
+    cat "$tmp/probe.out" >&2
+    failed=1
+    summary
+    exit 1
+  fi
+  docker volume rm -f "$probe-data-raft-0" >/dev/null
+  passed=$((passed + 1))
+  log "PASS: negative check: a pass refuses to start over an earlier pass's leftovers"
+  for p in $(seq 1 "$passes"); do
+    log "pass $p of $passes (names $prefix-*)"
+    if ! REHEARSAL_PASS="$p" REHEARSAL_NAME="$prefix" RAFTKV_STATIC_BIN_DIR="$bin_dir" \
+      REHEARSAL_COUNT_FILE="$tmp/passed" "$here/rehearsal.sh"; then
+      passed=$((passed + $(cat "$tmp/passed" 2>/dev/null || echo 0)))
+      failed=1
+      echo "FAILURE: docker rehearsal pass $p of $passes failed" >&2
+      summary
+      exit 1
+    fi
+    passed=$((passed + $(cat "$tmp/passed")))
+  done
+  log "$passes passes back to back under one name: all checks passed in $(($(date +%s) - started_at))s"
+  summary
+  exit 0
+fi
+
+# ---- this pass: nothing of an earlier pass may be left ----
+left="$(docker ps -aq --filter "label=$label"; docker volume ls -q --filter "label=$label"; docker network ls -q --filter "name=^$net\$")"
+if [ -n "$left" ]; then
+  rm -rf "$tmp"
+  echo "FAILURE: an earlier pass left resources named $prefix behind: $(echo "$left" | tr '\n' ' ')" >&2
+  failed=1
+  summary
+  exit 1
 fi
 
 # ---- cleanup ----
@@ -122,25 +197,19 @@ pass() {
 dump_logs() {
   local i
   for i in $(seq 0 $((max_pods - 1))); do
-    if docker inspect "$(pod_host "$i")" >/dev/null 2>&1; then
+    if docker inspect "$(pod_container "$i")" >/dev/null 2>&1; then
       echo "---- last log lines of $(pod_host "$i") ----" >&2
-      docker logs --tail 25 "$(pod_host "$i")" 2>&1 | cut -c1-400 >&2 || true
+      docker logs --tail 25 "$(pod_container "$i")" 2>&1 | cut -c1-400 >&2 || true
     fi
   done
 }
 
+# The pod's DNS name (network alias and hostname), and its container's name.
 pod_host() { echo "raft-$1.$service"; }
+pod_container() { echo "$prefix-raft-$1"; }
 
 # ---- 1. static binaries and images ----
-if [ -n "${RAFTKV_STATIC_BIN_DIR:-}" ]; then
-  bin_dir="$RAFTKV_STATIC_BIN_DIR"
-else
-  log "building static binaries (target/static; incremental after the first time)"
-  (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-    --target x86_64-unknown-linux-gnu --target-dir target/static -p raftkv-server -p raftkv) \
-    > "$tmp/build.log" 2>&1 || { tail -30 "$tmp/build.log" >&2; fail "the static build failed"; }
-  bin_dir="$root/target/static/x86_64-unknown-linux-gnu/release"
-fi
+bin_dir="${RAFTKV_STATIC_BIN_DIR:?the passes get their binaries from the invocation that runs them}"
 for b in raftkv-server raftkv; do
   [ -x "$bin_dir/$b" ] || fail "no executable $bin_dir/$b"
   if readelf -l "$bin_dir/$b" 2>/dev/null | grep -q 'program interpreter'; then
@@ -188,6 +257,66 @@ pass "images $server_image and $client_image from a rootfs tar (docker import, n
 
 docker network create --label "$label" "$net" >/dev/null || fail "cannot create network $net"
 
+# ---- the nodes: the kind cluster of k8s/kind/cluster.yaml, emulated ----
+# pod_node[i]: the node raft-i runs on, as the scheduler could place it (the model
+# of tests/offline/scheduling.py: the StatefulSet's spread constraint and the nodes'
+# taints). Stopping a node takes every container on it off the network; a cordoned node
+# gets no new client Pod.
+scheduling="$root/tests/offline/scheduling.py"
+layout="$("$py" "$scheduling" place "$root/k8s/kind/cluster.yaml" "$root/k8s/statefulset.yaml" "$max_pods" 2>&1)" \
+  || fail "the StatefulSet cannot schedule $max_pods replicas on the kind cluster: $layout"
+declare -A pod_node=() cordoned=() stopped=()
+while read -r pod node; do pod_node[${pod#raft-}]="$node"; done <<< "$layout"
+mapfile -t workers < <("$py" "$scheduling" nodes "$root/k8s/kind/cluster.yaml")
+[ "${#workers[@]}" -gt 0 ] || fail "the kind cluster has no node an untolerating Pod may run on"
+pass "pods laid out on the kind cluster's nodes as the scheduler could: $(for i in $(seq 0 $((max_pods - 1))); do printf 'raft-%s:%s ' "$i" "${pod_node[$i]}"; done)"
+
+cordon_node() {
+  cordoned[$1]=1
+  log "cordon $1"
+}
+uncordon_node() {
+  unset "cordoned[$1]"
+  log "uncordon $1"
+}
+# stop_node NODE: every container of a pod on NODE leaves the network. The node must be
+# cordoned first, as on kind: a stopped node looks Ready for ~40 s, and a Pod bound to
+# it meanwhile would be cut off.
+stop_node() {
+  local i
+  [ -n "${cordoned[$1]:-}" ] || fail "stop_node $1: the node is not cordoned; a client Pod could be bound to it"
+  for i in "${!pod_node[@]}"; do
+    if [ "${pod_node[$i]}" = "$1" ] && docker inspect "$(pod_container "$i")" >/dev/null 2>&1; then
+      docker network disconnect "$net" "$(pod_container "$i")" || fail "docker network disconnect $(pod_container "$i")"
+    fi
+  done
+  stopped[$1]=1
+  log "stopped node $1"
+}
+start_node() {
+  local i
+  for i in "${!pod_node[@]}"; do
+    if [ "${pod_node[$i]}" = "$1" ] && docker inspect "$(pod_container "$i")" >/dev/null 2>&1; then
+      docker network connect --alias "$(pod_host "$i")" "$net" "$(pod_container "$i")" \
+        || fail "docker network connect $(pod_container "$i")"
+    fi
+  done
+  unset "stopped[$1]"
+  log "started node $1"
+}
+# client_node: the node the next client Pod goes to, round robin over the nodes it may
+# run on that are not cordoned (a counter file: clients also start from subshells).
+client_node() {
+  local n candidates=() w
+  for w in "${workers[@]}"; do
+    [ -n "${cordoned[$w]:-}" ] || candidates+=("$w")
+  done
+  [ "${#candidates[@]}" -gt 0 ] || return 1
+  n=$(($(cat "$tmp/client-rr" 2>/dev/null || echo 0) + 1))
+  echo "$n" > "$tmp/client-rr"
+  echo "${candidates[$((n % ${#candidates[@]}))]}"
+}
+
 # ---- the StatefulSet's pods ----
 admin_port_in_pod=""
 start_replica() {
@@ -201,7 +330,7 @@ start_replica() {
       env) opts+=(--env "$value") ;;
       arg) args+=("$value") ;;
       port) [ "$value" = 9090 ] && admin_port_in_pod=9090 && opts+=(--publish "127.0.0.1::$value") ;;
-      claim) opts+=(--mount "type=volume,source=raftkv-rehearsal-$run_id-data-$pod,target=$value") ;;
+      claim) opts+=(--mount "type=volume,source=$prefix-data-$pod,target=$value") ;;
       tmpfs) opts+=(--tmpfs "$value:rw,mode=1777,size=16m") ;;
       user) opts+=(--user "$value") ;;
       readonly) opts+=(--read-only) ;;
@@ -212,11 +341,15 @@ start_replica() {
     esac
   done < <("$py" "$here/podspec.py" "$root/k8s/statefulset.yaml" StatefulSet raft "$pod" || echo "error podspec.py failed")
   # The data volume, created with our label so cleanup finds it (as a PVC outlives its pod).
-  docker volume inspect "raftkv-rehearsal-$run_id-data-$pod" >/dev/null 2>&1 \
-    || docker volume create --label "$label" "raftkv-rehearsal-$run_id-data-$pod" >/dev/null
+  docker volume inspect "$prefix-data-$pod" >/dev/null 2>&1 \
+    || docker volume create --label "$label" "$prefix-data-$pod" >/dev/null
   # OTEL export is turned off: no Jaeger runs here (the rest of the env is the manifest's).
-  docker run -d --name "$(pod_host "$i")" --hostname "$pod" --label "$label" \
-    --network "$net" --network-alias "$(pod_host "$i")" \
+  # A pod on a stopped node starts cut off, as its node is.
+  local network="$net"
+  [ -z "${stopped[${pod_node[$i]}]:-}" ] || network=none
+  docker run -d --name "$(pod_container "$i")" --hostname "$pod" --label "$label" \
+    --label "raftkv.rehearsal.node=${pod_node[$i]}" \
+    --network "$network" --network-alias "$(pod_host "$i")" \
     "${opts[@]}" --env OTEL_SDK_DISABLED=true \
     "$server_image" "${args[@]}" >/dev/null || fail "cannot start $(pod_host "$i")"
   : "$grace"
@@ -224,7 +357,7 @@ start_replica() {
 
 admin_url() {
   local port
-  port="$(docker port "$(pod_host "$1")" 9090/tcp 2>/dev/null | head -1)" || return 1
+  port="$(docker port "$(pod_container "$1")" 9090/tcp 2>/dev/null | head -1)" || return 1
   [ -n "$port" ] && echo "http://$port"
 }
 
@@ -268,9 +401,17 @@ client() {
   [ "${base[0]:-}" = validate ] || { echo "the validation Pod does not run 'validate': ${base[*]}" >&2; return 2; }
   [ "$with_pod_args" = 1 ] || base=()
   client_n=$((client_n + 1))
+  # Bound to a node like a Pod; on a stopped node it would be cut off.
+  local node network="$net"
+  node="$(client_node)" || { echo "no node can take a client Pod (all cordoned)" >&2; return 2; }
+  if [ -n "${stopped[$node]:-}" ]; then
+    echo "client Pod bound to the stopped node $node: it runs cut off" >&2
+    network=none
+  fi
   # A bounded run: --rm plus our label; the outer timeout bounds the docker client.
-  timeout 120 docker run --rm --name "raftkv-rehearsal-$run_id-client-$client_n" --label "$label" \
-    --network "$net" "${opts[@]}" --env OTEL_SDK_DISABLED=true \
+  timeout 120 docker run --rm --name "$prefix-client-$client_n-$BASHPID" --label "$label" \
+    --label "raftkv.rehearsal.node=$node" \
+    --network "$network" "${opts[@]}" --env OTEL_SDK_DISABLED=true \
     --mount "type=bind,source=$tmp/client,target=/rehearsal" \
     "$client_image" "${base[@]}" "$@"
 }
@@ -349,29 +490,33 @@ pass "negative check: --expect-data reports FAILURE for a missing key"
 # Kill the leader's container (a crashed pod) and recreate it on the same volume, as
 # the StatefulSet controller does.
 victim=$((leader - 1))
-log "killing the leader's container $(pod_host "$victim") and recreating it on its volume"
-docker kill "$(pod_host "$victim")" >/dev/null
-docker rm -f "$(pod_host "$victim")" >/dev/null
+log "killing the leader's container $(pod_host "$victim") and recreating it on its volume (node ${pod_node[$victim]})"
+docker kill "$(pod_container "$victim")" >/dev/null
+docker rm -f "$(pod_container "$victim")" >/dev/null
 start_replica "$victim"
 wait_until 30 "$(pod_host "$victim") ready again" is_ready "$victim"
 validate "2: after the leader was killed and recreated" \
   --expect-data=/rehearsal/run1.tsv --write-data=/rehearsal/run2.tsv
 pass "validate after killing the leader (node $leader) and recreating it on its volume"
 
-# Cut the current leader off the network (a lost worker node); the majority goes on.
+# The current leader's node is lost: cordoned, then stopped (kind.sh's order); the
+# majority goes on.
 leader="$(find_leader)" || fail "no leader within 30s"
 lost=$((leader - 1))
-log "disconnecting the leader $(pod_host "$lost") (node $leader) from $net"
-docker network disconnect "$net" "$(pod_host "$lost")" || fail "docker network disconnect failed"
+lost_node="${pod_node[$lost]}"
+log "losing node $lost_node, which runs the leader $(pod_host "$lost") (node id $leader)"
+cordon_node "$lost_node"
+stop_node "$lost_node"
 validate "3: majority only, node $leader cut off" \
   --expect-data=/rehearsal/run1.tsv --expect-data=/rehearsal/run2.tsv --write-data=/rehearsal/run3.tsv
 new_leader="$(find_leader)" || fail "no leader of the majority within 30s"
 [ "$new_leader" != "$leader" ] || fail "the cut-off node $leader is still the leader"
 pass "validate with the majority while node $leader is cut off (new leader: node $new_leader)"
 
-# Reconnect it and require it to catch up: same term as the leader and applied up to
-# the commit index the leader had when it was reconnected.
-docker network connect --alias "$(pod_host "$lost")" "$net" "$(pod_host "$lost")" || fail "docker network connect failed"
+# Start the node again, uncordon it, and require its replica to catch up: same term as
+# the leader and applied up to the commit index the leader had when it came back.
+start_node "$lost_node"
+uncordon_node "$lost_node"
 target="$(status_json | "$py" -c '
 import json, sys
 print(max(r["commit_index"] for r in json.load(sys.stdin) if r.get("reachable") and r.get("role") == "leader"))')" \
@@ -429,17 +574,19 @@ done
 wait_until 60 "5 voters in the committed configuration" voters_are 5
 pass "scaled up: raft-3 and raft-4 joined and were promoted; 5 voters (raftkv member list --json)"
 
-# The two highest ids, with the container each one runs in (its address's host).
+# The two highest ids, with the ordinal of the pod each one is (its address's host,
+# raft-<ordinal>.raft-service).
 victims="$(members_json | "$py" -c '
 import json, sys
 for m in sorted(json.load(sys.stdin)["members"], key=lambda m: m["id"])[-2:]:
-    print(m["id"], m["addr"].rsplit(":", 1)[0])')" || fail "cannot read the member list"
-while read -r id container; do
-  log "raftkv member remove $id ($container)"
+    print(m["id"], m["addr"].split(".", 1)[0].removeprefix("raft-"))')" || fail "cannot read the member list"
+while read -r id ordinal; do
+  container="$(pod_container "$ordinal")"
+  log "raftkv member remove $id ($(pod_host "$ordinal"))"
   client member remove "$id" --timeout=30s || fail "raftkv member remove $id failed"
   wait_until 30 "$container to exit 0 after its removal" exited_0 "$container"
   docker rm -f "$container" >/dev/null
-  docker volume rm -f "raftkv-rehearsal-$run_id-data-${container%%.*}" >/dev/null
+  docker volume rm -f "$prefix-data-raft-$ordinal" >/dev/null
 done <<< "$victims"
 wait_until 30 "3 voters in the committed configuration" voters_are 3
 kill -0 "$load_pid" 2>/dev/null || log "note: the write load ended before the scale-down did"
@@ -456,12 +603,12 @@ pass "zero lost acknowledged writes across 3 -> 5 -> 3: all $keys keys of runs 1
 leader="$(find_leader)" || fail "no leader within 30s"
 victim=$((leader - 1))
 log "docker stop (SIGTERM) the leader $(pod_host "$victim")"
-docker stop -t 30 "$(pod_host "$victim")" >/dev/null
-code="$(docker inspect -f '{{.State.ExitCode}}' "$(pod_host "$victim")")"
+docker stop -t 30 "$(pod_container "$victim")" >/dev/null
+code="$(docker inspect -f '{{.State.ExitCode}}' "$(pod_container "$victim")")"
 [ "$code" = 0 ] || fail "the leader exited with $code on SIGTERM"
 next="$(find_leader)" || fail "no new leader within 30s of SIGTERM"
 [ "$next" != "$leader" ] || fail "no new leader after SIGTERM"
-docker logs "$(pod_host "$victim")" 2>&1 | grep -q 'handing leadership' \
+docker logs "$(pod_container "$victim")" 2>&1 | grep -q 'handing leadership' \
   || log "note: the stopped leader logged no hand-off (it may have lost leadership first)"
 pass "SIGTERM: the leader (node $leader) exited 0; node $next leads"
 

@@ -3,15 +3,21 @@
 # test.bash, done properly). Needs docker, kind, kubectl, jq and nix: run it inside
 # `nix develop` after `k8s/kind/up`.
 #
-#   1. builds the images with Nix, loads them into the cluster, deploys k8s/ (Service,
-#      StatefulSet, PodDisruptionBudget) into its own namespace and waits with
-#      `kubectl wait`;
+#   1. builds the images with Nix and loads them into the cluster
+#      (k8s/kind/load-images), waits until a namespace of an earlier run is gone,
+#      deploys k8s/ (Service, StatefulSet, PodDisruptionBudget) into its own namespace
+#      and waits with `kubectl wait`;
 #   2. runs the validation Pod (from k8s/validate-pod.yaml) and requires SUCCESS;
 #   3. finds the leader from `raftkv status --json` (a client Pod), never from logs;
-#   4. force-deletes the leader's pod and validates again once it is back;
-#   5. `docker stop`s the kind worker node hosting the new leader and validates with
-#      the majority;
-#   6. restarts the node and requires the replica on it to be Ready and caught up;
+#   4. deletes the leader's pod with its grace period (SIGTERM: it hands leadership
+#      off; a force delete could start the replacement beside the old container on the
+#      same volume) and validates again once it is back;
+#   5. cordons, then `docker stop`s, the kind worker node hosting the new leader, and
+#      validates with the majority (cordoned first: a stopped node looks Ready for the
+#      node-monitor grace period, ~40 s, and a validation Pod bound to it meanwhile
+#      would stay Pending);
+#   6. restarts and uncordons the node and requires the replica on it to be Ready and
+#      caught up;
 #   7. every validation after the first re-reads every key acknowledged by the
 #      earlier ones (--expect-data): data written before each fault is still there;
 #   8. scales the StatefulSet 3 -> 5 while a validation writes: raft-3 and raft-4 join
@@ -24,6 +30,9 @@
 # Keys a validation committed reach the next one without any volume: the Pod runs
 # `validate --write-data=/dev/stdout`, the script keeps the `key<TAB>value` lines of its
 # log and hands them to the next Pods in a ConfigMap mounted at /expect.
+#
+# Every kubectl call names its context (--context kind-$KIND_CLUSTER_NAME): the
+# current context of the user's kubeconfig is never used.
 #
 # Env: KIND_CLUSTER_NAME (raftkv), E2E_NAMESPACE (raftkv-e2e, deleted at the end
 # unless E2E_KEEP=1), SKIP_BUILD=1 (use the images already loaded).
@@ -44,8 +53,9 @@ k() { kubectl --context "$ctx" --namespace "$ns" "$@"; }
 cleanup() {
   local rc=$?
   if [ -n "$stopped_node" ]; then
-    log "restarting node $stopped_node that this run stopped"
+    log "restarting and uncordoning node $stopped_node that this run stopped"
     docker start "$stopped_node" >/dev/null 2>&1 || true
+    kubectl --context "$ctx" uncordon "$stopped_node" >/dev/null 2>&1 || true
   fi
   if [ "$rc" != 0 ]; then
     log "FAILURE: diagnostics follow"
@@ -87,15 +97,17 @@ kubectl config get-contexts "$ctx" >/dev/null 2>&1 || fail "no kube context $ctx
 
 # ---- 1. images and deployment ----
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  for image in server-image client-image; do
-    log "nix build .#$image and kind load"
-    nix build "$root#$image" --out-link "$tmp/$image"
-    "$tmp/$image" > "$tmp/$image.tar"
-    kind load image-archive "$tmp/$image.tar" --name "$cluster"
-    rm -f "$tmp/$image.tar"
-  done
+  log "building and loading the images (k8s/kind/load-images)"
+  KIND_CLUSTER_NAME="$cluster" "$root/k8s/kind/load-images"
 fi
 
+# A run's namespace is deleted without waiting at its end; a run started right after
+# must wait until it is gone (creating objects in a Terminating namespace fails).
+if [ "$(kubectl --context "$ctx" get namespace "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)" = Terminating ]; then
+  log "namespace $ns of an earlier run is still Terminating; waiting for it to go"
+  kubectl --context "$ctx" wait --for=delete "namespace/$ns" --timeout=300s >/dev/null \
+    || fail "namespace $ns is still Terminating after 300s"
+fi
 kubectl --context "$ctx" create namespace "$ns" --dry-run=client -o yaml | kubectl --context "$ctx" apply -f - >/dev/null
 k delete pod,configmap -l app.kubernetes.io/part-of=raftkv-e2e --ignore-not-found >/dev/null
 k apply -f "$root/k8s/service.yaml" -f "$root/k8s/statefulset.yaml" -f "$root/k8s/pdb.yaml"
@@ -115,7 +127,7 @@ client_pod() {
   # $BASHPID: a client Pod started from a background subshell gets a name of its own.
   local name="raft-e2e-client-$client_n-$BASHPID" args phase deadline
   args="$(printf '%s\n' "$@" | jq -R . | jq -s .)"
-  kubectl create --dry-run=client -o json -f "$root/k8s/validate-pod.yaml" \
+  kubectl --context "$ctx" create --dry-run=client -o json -f "$root/k8s/validate-pod.yaml" \
     | jq --arg name "$name" --argjson args "$args" '
         .metadata.name = $name
         | .metadata.labels["app.kubernetes.io/part-of"] = "raftkv-e2e"
@@ -188,29 +200,35 @@ find_leader() {
 # ---- 2. validate ----
 validate 1 "healthy cluster"
 
-# ---- 3-4. the leader's pod is force-deleted ----
+# ---- 3-4. the leader's pod is deleted ----
+# With its grace period: the old container has exited (after its SIGTERM hand-off and
+# flush) before the StatefulSet creates the replacement on the same claim.
 leader="$(find_leader)" || fail "no leader within 90s"
 pod="raft-$((leader - 1))"
-log "leader: node $leader (pod $pod); force-deleting it"
-k delete pod "$pod" --grace-period=0 --force >/dev/null 2>&1
+log "leader: node $leader (pod $pod); deleting it"
+k delete pod "$pod" --wait=true >/dev/null
 wait_until 180 "pod $pod to be recreated and Ready" k wait --for=condition=Ready "pod/$pod" --timeout=5s
 pass "pod $pod came back Ready on its PersistentVolumeClaim"
-validate 2 "after force-deleting the leader's pod $pod"
+validate 2 "after deleting the leader's pod $pod"
 
 # ---- 5. the node hosting the new leader is lost ----
 leader="$(find_leader)" || fail "no leader within 90s"
 pod="raft-$((leader - 1))"
 node="$(k get pod "$pod" -o jsonpath='{.spec.nodeName}')"
 [ -n "$node" ] || fail "cannot tell which node runs $pod"
-log "leader: node $leader (pod $pod on $node); docker stop $node"
-docker stop "$node" >/dev/null
+# Cordon first: the stopped node stays Ready for the node-monitor grace period, and the
+# next validation Pod must not be bound to it meanwhile.
+log "leader: node $leader (pod $pod on $node); cordon $node, then docker stop $node"
+kubectl --context "$ctx" cordon "$node" >/dev/null
 stopped_node="$node"
+docker stop "$node" >/dev/null
 validate 3 "majority only, node $node (leader $pod) stopped"
 
 # ---- 6. the node comes back; its replica must catch up ----
 docker start "$node" >/dev/null
-stopped_node=""
 wait_until 240 "node $node to be Ready" kubectl --context "$ctx" wait --for=condition=Ready "node/$node" --timeout=5s
+kubectl --context "$ctx" uncordon "$node" >/dev/null
+stopped_node=""
 wait_until 240 "pod $pod to be Ready" k wait --for=condition=Ready "pod/$pod" --timeout=5s
 target="$(status_json | jq -r '[.[] | select(.reachable and .role == "leader")] | max_by(.term) | .commit_index')"
 case "$target" in '' | null) fail "cannot read the leader's commit index" ;; esac

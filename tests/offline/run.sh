@@ -8,7 +8,11 @@
 #     nixpkgs 26.05 needs Nix >= 2.18) against nixpkgs 26.05's real lib with stubs of
 #     its derivation builders only, and crane's real source — not a build; flake.lock
 #     pins nixpkgs and crane; the nix/check_image.py image check on test archives;
-#   - the scripts parse and pass shellcheck;
+#   - the scripts parse and pass shellcheck, name their kube context, cordon before they
+#     stop a node, never force-delete a pod; the cluster scripts (fault buttons,
+#     revalidation, k8s/raftkv) against scripted stand-ins of kubectl, docker and tilt;
+#   - where 3, 4 and 5 replicas land on the kind cluster under the scheduler's Filter
+#     rules (scheduling.py), and Jaeger's config against its components and memory limit;
 #   - negative tests showing each checker catches a broken copy.
 # Installs what it needs: nix-bin, shellcheck and debootstrap from Debian (when root and
 # missing); once per checkout, the Nix 2.26 chroot under target/nix-chroot (about a

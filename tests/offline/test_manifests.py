@@ -18,9 +18,38 @@ SERVER_LABELS = {"app.kubernetes.io/name": "raftkv", "app.kubernetes.io/componen
 
 def manifest_files():
     files = sorted(glob.glob(os.path.join(K8S, "*.yaml")))
-    # observability/ also holds YAML snippets that are not objects (otel-env.yaml).
     files += sorted(f for f in glob.glob(os.path.join(ROOT, "observability", "*.y*ml")) if is_manifest_file(f))
     return files
+
+
+# What `kubectl apply -f DIR` reads: the files of DIR (not its subdirectories) with these
+# extensions (k8s.io/cli-runtime pkg/resource/builder.go FileExtensions).
+KUBECTL_FILE_EXTENSIONS = (".json", ".yaml", ".yml")
+
+
+def apply_dir_problems(directory):
+    """Files `kubectl apply -f DIR` would read that are not all Kubernetes objects."""
+    out = []
+    for f in sorted(os.listdir(directory)):
+        path = os.path.join(directory, f)
+        if os.path.isfile(path) and f.endswith(KUBECTL_FILE_EXTENSIONS) and not is_manifest_file(path):
+            out.append(f"{os.path.relpath(path, ROOT)} is read by `kubectl apply -f {os.path.relpath(directory, ROOT)}/` "
+                       "but holds something other than Kubernetes objects")
+    return out
+
+
+@pytest.mark.parametrize("directory", ["k8s", "observability"])
+def test_kubectl_apply_of_the_directory_reads_only_manifests(directory):
+    assert apply_dir_problems(os.path.join(ROOT, directory)) == []
+
+
+def test_negative_a_snippet_beside_the_manifests_is_caught(tmp_path):
+    """observability/otel-env.yaml before it moved to snippets/: not a manifest."""
+    d = tmp_path / "observability"
+    shutil.copytree(os.path.join(ROOT, "observability"), d)
+    shutil.copy(os.path.join(ROOT, "observability", "snippets", "otel-env.yaml"), d / "otel-env.yaml")
+    problems = apply_dir_problems(str(d))
+    assert len(problems) == 1 and "otel-env.yaml" in problems[0]
 
 
 def kubernetes_validate(*files):
@@ -205,11 +234,9 @@ def test_negative_selector_mismatch_is_caught(m):
 
 
 def test_otel_env_matches_observability_otel_env(m):
-    """observability/otel-env.yaml lists the OTEL env of each kind of pod; the
+    """observability/snippets/otel-env.yaml lists the OTEL env of each kind of pod; the
     manifests must carry every entry as written there."""
-    path = os.path.join(ROOT, "observability", "otel-env.yaml")
-    if not os.path.exists(path):
-        pytest.skip("observability/otel-env.yaml does not exist")
+    path = os.path.join(ROOT, "observability", "snippets", "otel-env.yaml")
     with open(path) as f:
         wanted = {}
         for d in yaml.safe_load_all(f):
@@ -220,7 +247,7 @@ def test_otel_env_matches_observability_otel_env(m):
     for who, entries in wanted.items():
         env = pods[who]["containers"][0]["env"]
         for e in entries:
-            assert e in env, f"{who}: env {e['name']} differs from observability/otel-env.yaml"
+            assert e in env, f"{who}: env {e['name']} differs from observability/snippets/otel-env.yaml"
 
 
 # ---- mutual TLS (k8s/tls/) ------------------------------------------------------------
@@ -369,3 +396,105 @@ def unordered(d, key=None):
             items.sort(key=lambda v: str(v.get(MERGE_KEYS[key])))
         return items
     return d
+
+
+# ---- Jaeger's collector config (observability/jaeger.yaml) ----------------------------------
+# The component types Jaeger 2.9 is built with (cmd/jaeger/internal/components.go).
+JAEGER_COMPONENTS = {
+    "receivers": {"otlp", "nop", "jaeger", "kafka", "zipkin"},
+    "processors": {"batch", "memory_limiter", "tail_sampling", "attributes", "filter", "adaptive_sampling"},
+    "exporters": {"debug", "otlp", "otlphttp", "nop", "jaeger_storage_exporter", "kafka", "prometheus"},
+    "extensions": {"healthcheckv2", "pprof", "zpages", "jaeger_query", "jaeger_storage", "remote_sampling", "expvar",
+                   "storage_cleaner", "remote_storage"},
+}
+
+
+def mib(quantity):
+    """A Kubernetes quantity (Mi/Gi) or Go GOMEMLIMIT value (MiB/GiB) in MiB."""
+    for suffix, factor in (("GiB", 1024), ("MiB", 1), ("Gi", 1024), ("Mi", 1)):
+        if str(quantity).endswith(suffix):
+            return int(str(quantity)[: -len(suffix)]) * factor
+    raise ValueError(f"not a MiB/GiB quantity: {quantity}")
+
+
+def jaeger_docs():
+    with open(os.path.join(ROOT, "observability", "jaeger.yaml")) as f:
+        return {d["kind"]: d for d in yaml.safe_load_all(f) if d}
+
+
+def jaeger_config_problems(docs):
+    out = []
+    cfg = yaml.safe_load(docs["ConfigMap"]["data"]["config.yaml"])
+    container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    limit = mib(container["resources"]["limits"]["memory"])
+    for kind, known in JAEGER_COMPONENTS.items():
+        for name in cfg.get(kind, {}):
+            if name.split("/")[0] not in known:
+                out.append(f"{kind}: {name} is not a component of Jaeger 2.9")
+    for ext in cfg["service"].get("extensions", []):
+        if ext not in cfg.get("extensions", {}):
+            out.append(f"service.extensions names {ext}, which is not configured")
+    for pname, p in cfg["service"]["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for name in p.get(kind, []):
+                if name not in (cfg.get(kind) or {}):
+                    out.append(f"pipeline {pname}: {kind} {name} is not configured")
+        if "memory_limiter" in (cfg.get("processors") or {}) and p.get("processors", [None])[0] != "memory_limiter":
+            out.append(f"pipeline {pname}: memory_limiter must be the first processor")
+    ml = (cfg.get("processors") or {}).get("memory_limiter")
+    if ml is None:
+        out.append("no memory_limiter: a burst of spans can OOM-kill the pod and lose every trace")
+    else:
+        if not ml.get("check_interval"):
+            out.append("memory_limiter needs a check_interval")
+        if not ml.get("limit_mib", 0) > ml.get("spike_limit_mib", 0):
+            out.append("memory_limiter: limit_mib must exceed spike_limit_mib")
+        if not ml.get("limit_mib", limit) < limit:
+            out.append(f"memory_limiter: limit_mib {ml.get('limit_mib')} is not below the container limit ({limit} MiB)")
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if "GOMEMLIMIT" not in env:
+        out.append("no GOMEMLIMIT: Go does not know the container's limit")
+    elif not mib(env["GOMEMLIMIT"]) <= (ml or {}).get("limit_mib", limit) < limit or not mib(env["GOMEMLIMIT"]) < limit:
+        out.append(f"GOMEMLIMIT {env['GOMEMLIMIT']} must be at most memory_limiter's limit_mib and below the "
+                   f"container limit ({limit} MiB)")
+    backends = cfg["extensions"]["jaeger_storage"]["backends"]
+    for b in backends.values():
+        mt = (b.get("memory") or {}).get("max_traces")
+        if "memory" in b and not (isinstance(mt, int) and mt > 0):
+            out.append("the memory store needs a positive max_traces (unset keeps every trace: unbounded memory)")
+    return out
+
+
+def test_jaeger_config_is_consistent_with_jaeger_and_its_memory_limit():
+    assert jaeger_config_problems(jaeger_docs()) == []
+
+
+def test_negative_jaeger_config_mistakes_are_caught():
+    def mutate(fn):
+        docs = jaeger_docs()
+        cfg = yaml.safe_load(docs["ConfigMap"]["data"]["config.yaml"])
+        fn(cfg, docs["Deployment"]["spec"]["template"]["spec"]["containers"][0])
+        docs["ConfigMap"]["data"]["config.yaml"] = yaml.safe_dump(cfg)
+        return jaeger_config_problems(docs)
+
+    def no_limiter(cfg, c):
+        del cfg["processors"]["memory_limiter"]
+        cfg["service"]["pipelines"]["traces"]["processors"] = ["batch"]
+    assert any("no memory_limiter" in p for p in mutate(no_limiter))
+
+    def limiter_above_limit(cfg, c):
+        cfg["processors"]["memory_limiter"]["limit_mib"] = 2048
+    assert any("not below the container limit" in p for p in mutate(limiter_above_limit))
+
+    def unknown_processor(cfg, c):
+        cfg["processors"]["groupbytrace"] = {}
+        cfg["service"]["pipelines"]["traces"]["processors"].append("groupbytrace")
+    assert any("groupbytrace is not a component" in p for p in mutate(unknown_processor))
+
+    def unbounded(cfg, c):
+        del cfg["extensions"]["jaeger_storage"]["backends"]["memstore"]["memory"]["max_traces"]
+    assert any("positive max_traces" in p for p in mutate(unbounded))
+
+    def gomemlimit_too_high(cfg, c):
+        next(e for e in c["env"] if e["name"] == "GOMEMLIMIT")["value"] = "2GiB"
+    assert any("GOMEMLIMIT" in p for p in mutate(gomemlimit_too_high))

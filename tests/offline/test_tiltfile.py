@@ -94,11 +94,17 @@ def test_every_yaml_of_k8s_and_observability_is_deployed(rec):
             continue
         for f in os.listdir(os.path.join(ROOT, d)):
             if f.endswith((".yaml", ".yml")) and tiltstub.is_manifest_file(os.path.join(ROOT, d, f)):
-                assert f"{d}/{f}" in deployed, f"{d}/{f} is not passed to k8s_yaml"
+                # k8s/validate-pod.yaml is deployed as the template of the validation Job.
+                assert f"{d}/{f}" in deployed or f"{d}/{f}" in rec.read_yaml_files, \
+                    f"{d}/{f} is not passed to k8s_yaml"
+
+
+def resources_by_name(rec):
+    return {r["new_name"] or r["workload"]: r for r in rec.resources}
 
 
 def test_resources_labels_port_forwards_and_manual_validation(rec):
-    by = {r["workload"]: r for r in rec.resources}
+    by = resources_by_name(rec)
     assert by["raft"]["labels"] == ["raft"]
     assert by["raft-validate"]["labels"] == ["client"]
     assert by["raft-validate"]["trigger_mode"] == tiltstub.TRIGGER_MODE_MANUAL
@@ -107,9 +113,75 @@ def test_resources_labels_port_forwards_and_manual_validation(rec):
     if os.path.isdir(os.path.join(ROOT, "observability")):
         assert by["jaeger"]["labels"] == ["observability"]
         assert 16686 in [p["container_port"] for p in by["jaeger"]["port_forwards"]]
-    tests = {r["name"]: r for r in rec.local_resources}
-    assert tests["cargo-test"]["cmd"].startswith("cargo test")
-    assert tests["cargo-test"]["trigger_mode"] == tiltstub.TRIGGER_MODE_AUTO
+
+
+def test_every_object_of_the_yaml_belongs_to_its_resource(rec):
+    by = resources_by_name(rec)
+    assert "raft:poddisruptionbudget" in by["raft"]["objects"]
+    if os.path.isdir(os.path.join(ROOT, "observability")):
+        assert "jaeger-config:configmap" in by["jaeger"]["objects"]
+    assert not [p for p in tiltstub.problems(rec, ROOT) if "in no resource" in p]
+
+
+def validation_jobs(rec):
+    return [d for t in rec.yaml_blobs for d in yaml.safe_load_all(t) if d and d["kind"] == "Job"]
+
+
+def test_validation_is_a_job_from_the_validation_pod_named_per_tilt_up(rec, tmp_path):
+    jobs = validation_jobs(rec)
+    assert len(jobs) == 1
+    job = jobs[0]
+    with open(os.path.join(ROOT, "k8s", "validate-pod.yaml")) as f:
+        pod = yaml.safe_load(f)
+    assert job["spec"]["template"]["spec"] == pod["spec"], "the Job must run exactly k8s/validate-pod.yaml's Pod"
+    assert job["spec"]["template"]["metadata"]["labels"] == pod["metadata"]["labels"]
+    assert job["spec"]["backoffLimit"] == 0, "a failed validation is a result, not something to retry"
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert job["metadata"]["name"] == "raft-validate-20260101-000000"
+    assert resources_by_name(rec)["raft-validate"]["workload"] == job["metadata"]["name"]
+    # Another load (another `tilt up`), another Job: Tilt creates it and it runs afresh.
+    later = tiltstub.evaluate(TILTFILE, ROOT, local_outputs={"date -u +%Y%m%d-%H%M%S": "20260101-000007\n"})
+    assert validation_jobs(later)[0]["metadata"]["name"] == "raft-validate-20260101-000007"
+    assert tiltstub.problems(later, ROOT) == []
+    # It is a valid Job for the pinned Kubernetes version.
+    from test_manifests import kubernetes_validate
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(job))
+    out = kubernetes_validate(str(f))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_server_rebuilds_revalidate_after_the_rollout(rec):
+    by = {r["name"]: r for r in rec.local_resources}
+    reval = by["raft-revalidate"]
+    image_deps = {d for b in rec.builds for d in b["deps"]}
+    assert set(reval["deps"]) == image_deps, "raft-revalidate must run on every change that rebuilds the images"
+    assert reval["trigger_mode"] == tiltstub.TRIGGER_MODE_AUTO and reval["auto_init"] is False
+    assert reval["allow_parallel"] is True, "it waits for the raft build, which must be able to run meanwhile"
+    assert reval["cmd"] == "k8s/tilt/revalidate"
+    assert rec.update_settings.get("max_parallel_updates", 3) >= 3
+
+
+def test_fault_buttons(rec):
+    faults = [r for r in rec.local_resources if r["labels"] == ["faults"]]
+    assert sorted(r["name"] for r in faults) == ["fault-kill-leader", "fault-restore", "fault-stop-follower-node"]
+    with open(os.path.join(ROOT, "k8s", "tilt", "faults")) as f:
+        script = f.read()
+    for r in faults:
+        assert r["trigger_mode"] == tiltstub.TRIGGER_MODE_MANUAL and r["auto_init"] is False, r["name"]
+        assert r["allow_parallel"] is True, f"{r['name']} would hold every other update while it waits"
+        words = r["cmd"].split()
+        assert words[0] == "k8s/tilt/faults" and len(words) == 2
+        assert f"\n  {words[1]}) " in script, f"k8s/tilt/faults has no action {words[1]}"
+
+
+def test_tests_fast_on_save_full_on_a_click(rec):
+    tests = {r["name"]: r for r in rec.local_resources if r["labels"] == ["tests"]}
+    fast, full = tests["cargo-test"], tests["cargo-test-full"]
+    assert fast["cmd"] == "scripts/test-fast" and fast["trigger_mode"] == tiltstub.TRIGGER_MODE_AUTO
+    assert "scripts/test-fast" in fast["deps"] and "crates" in fast["deps"]
+    assert full["cmd"] == "cargo test --workspace"
+    assert full["trigger_mode"] == tiltstub.TRIGGER_MODE_MANUAL and full["auto_init"] is False
 
 
 # ---- the checker catches bad Tiltfiles ----
@@ -127,8 +199,8 @@ def test_negative_unknown_builtin_is_rejected():
 
 
 def test_negative_resource_naming_no_workload_is_reported():
-    rec = tiltstub.evaluate(TILTFILE, ROOT, source=mutated("'raft-validate',\n", "'raft-validation',\n"))
-    assert any("'raft-validation' names no workload" in p for p in tiltstub.problems(rec, ROOT))
+    rec = tiltstub.evaluate(TILTFILE, ROOT, source=mutated("k8s_resource(\n    'raft',\n", "k8s_resource(\n    'raft-server',\n"))
+    assert any("'raft-server' names no workload" in p for p in tiltstub.problems(rec, ROOT))
 
 
 def test_negative_missing_deps_path_and_yaml_are_reported():
@@ -148,3 +220,39 @@ def test_negative_k8s_yaml_of_a_non_manifest_is_rejected(tmp_path):
     snippet.write_text("raftkv-server:\n  - name: X\n    value: y\n")
     with pytest.raises(Exception, match="holds no Kubernetes objects"):
         tiltstub.evaluate(TILTFILE, ROOT, source=mutated("k8s_yaml(RAFT_YAML)", f"k8s_yaml(RAFT_YAML + ['{snippet}'])"))
+
+
+def test_negative_objects_left_uncategorized_are_reported():
+    """The Tiltfile before the fix: no objects= on raft and jaeger."""
+    src = mutated("        objects=['jaeger-config:configmap'],\n", "")
+    src = src.replace("    objects=['raft:poddisruptionbudget'],\n", "", 1)
+    msgs = tiltstub.problems(tiltstub.evaluate(TILTFILE, ROOT, source=src), ROOT)
+    assert any(p.startswith("PodDisruptionBudget raft is in no resource") for p in msgs), msgs
+    assert any(p.startswith("ConfigMap jaeger-config is in no resource") for p in msgs), msgs
+
+
+def test_negative_objects_naming_nothing_or_two_things_are_reported():
+    msgs = tiltstub.problems(tiltstub.evaluate(TILTFILE, ROOT, source=mutated(
+        "objects=['raft:poddisruptionbudget']", "objects=['raft:pdb']")), ROOT)
+    assert any("objects 'raft:pdb' names no object" in p for p in msgs), msgs
+    msgs = tiltstub.problems(tiltstub.evaluate(TILTFILE, ROOT, source=mutated(
+        "objects=['raft:poddisruptionbudget']", "objects=['raft']")), ROOT)
+    assert any("objects 'raft' is not unique" in p for p in msgs), msgs
+
+
+def test_negative_a_blocking_local_resource_on_the_image_sources_is_reported():
+    src = mutated("    cmd=FAST_TESTS,\n    deps=TEST_DEPS + [FAST_TESTS],\n    allow_parallel=True,\n",
+                  "    cmd=FAST_TESTS,\n    deps=TEST_DEPS + [FAST_TESTS],\n")
+    msgs = tiltstub.problems(tiltstub.evaluate(TILTFILE, ROOT, source=src), ROOT)
+    assert any("cargo-test runs on changes to the images' sources without allow_parallel" in p for p in msgs), msgs
+
+
+def test_negative_a_local_resource_naming_a_missing_script_is_reported():
+    src = mutated("cmd='k8s/tilt/revalidate'", "cmd='k8s/tilt/re-validate'")
+    msgs = tiltstub.problems(tiltstub.evaluate(TILTFILE, ROOT, source=src), ROOT)
+    assert any("cmd k8s/tilt/re-validate is not an executable file" in p for p in msgs), msgs
+
+
+def test_negative_the_stub_runs_no_command_it_was_not_given():
+    with pytest.raises(Exception, match="runs no command"):
+        tiltstub.evaluate(TILTFILE, ROOT, local_outputs={})

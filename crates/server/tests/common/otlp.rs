@@ -51,11 +51,17 @@ pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value
 pub struct Store {
     spans: Arc<Mutex<Vec<Received>>>,
     requests: Arc<Mutex<u64>>,
+    raw: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
 }
 
 impl Store {
     pub fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap().clone()
+    }
+
+    /// Every export request as received (resources and scopes included).
+    pub fn raw_requests(&self) -> Vec<ExportTraceServiceRequest> {
+        self.raw.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> u64 {
@@ -70,6 +76,7 @@ impl TraceService for Store {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let req = request.into_inner();
+        self.raw.lock().unwrap().push(req.clone());
         let mut out = Vec::new();
         for rs in req.resource_spans {
             let attrs = rs.resource.map(|r| r.attributes).unwrap_or_default();

@@ -1,0 +1,329 @@
+"""The dev loop's cluster scripts (k8s/tilt/faults, k8s/tilt/revalidate, k8s/raftkv,
+scripts/test-fast), run against scripted stand-ins of kubectl, docker and tilt
+(fakecli.py): what each asks the tools, in which order, and what it prints. No
+cluster runs here; the real tools only meet these scripts on a real kind cluster."""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import fakecli
+from conftest import ROOT
+
+FAULTS = os.path.join(ROOT, "k8s", "tilt", "faults")
+REVALIDATE = os.path.join(ROOT, "k8s", "tilt", "revalidate")
+HELPER = os.path.join(ROOT, "k8s", "raftkv")
+SELECTOR = "app.kubernetes.io/name=raftkv,app.kubernetes.io/component=server"
+
+
+def metrics(term, leader):
+    return f"# TYPE raftkv_term gauge\nraftkv_term {term}\n# TYPE raftkv_is_leader gauge\nraftkv_is_leader {int(leader)}\n"
+
+
+def kubectl(match, stdout="", rc=0, **kw):
+    return dict(tool="kubectl", match=match, stdout=stdout, rc=rc, **kw)
+
+
+def docker(match, stdout="", rc=0, **kw):
+    return dict(tool="docker", match=match, stdout=stdout, rc=rc, **kw)
+
+
+COMMON = [
+    kubectl(r"^config view --context kind-raftkv --minify", ""),
+    kubectl(r"get pods -l " + re.escape(SELECTOR) + " -o jsonpath", "raft-0\nraft-1\nraft-2\n"),
+]
+
+
+def run_script(tmp_path, script, args, scenario, env=None, source=None):
+    """Runs `script` (or `source` as that script) with the fake tools first on PATH."""
+    work = tmp_path / "fake"
+    work.mkdir(exist_ok=True)
+    fakecli.install(str(tmp_path / "bin"), ["kubectl", "docker", "tilt"], scenario, str(work))
+    path = script
+    if source is not None:
+        path = str(tmp_path / os.path.basename(script))
+        with open(path, "w") as f:
+            f.write(source)
+        os.chmod(path, 0o755)
+    e = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", FAULT_POLL_SECONDS="0.05",
+             REVALIDATE_POLL_SECONDS="0.05", FAULT_WAIT_SECONDS="5", REVALIDATE_WAIT_SECONDS="5",
+             KIND_CLUSTER_NAME="raftkv")
+    for k in ("RAFTKV_KUBE_CONTEXT", "RAFTKV_K8S_NAMESPACE", "RAFTKV_CLIENT_IMAGE"):
+        e.pop(k, None)
+    e.update(env or {})
+    out = subprocess.run([path, *args], capture_output=True, text=True, timeout=60, env=e, cwd=ROOT)
+    return out, fakecli.calls(str(work))
+
+
+def lines(calls, tool=None):
+    return [" ".join(c[1:]) for c in calls if tool is None or c[0] == tool]
+
+
+def index(calls, pattern):
+    for i, c in enumerate(calls):
+        if re.search(pattern, " ".join(c)):
+            return i
+    raise AssertionError(f"no call matches {pattern!r}: {[' '.join(c) for c in calls]}")
+
+
+def every_kubectl_call_names_the_context(calls):
+    return [c for c in lines(calls, "kubectl") if "--context kind-raftkv" not in c]
+
+
+# ---- kill-leader -------------------------------------------------------------------------
+
+def kill_leader_scenario():
+    return {"state": {"phase": "before"}, "rules": COMMON + [
+        kubectl(r"pods/raft-1:9090/proxy/metrics", metrics(5, True), when={"phase": "before"}),
+        kubectl(r"pods/raft-[02]:9090/proxy/metrics", metrics(5, False), when={"phase": "before"}),
+        kubectl(r"delete pod raft-1", set={"phase": "after"}),
+        kubectl(r"pods/raft-2:9090/proxy/metrics", metrics(6, True), when={"phase": "after"}),
+        kubectl(r"pods/raft-[01]:9090/proxy/metrics", metrics(6, False), when={"phase": "after"}),
+        kubectl(r"wait --for=condition=Ready pod/raft-1"),
+    ]}
+
+
+def kill_problems(out, calls):
+    problems = []
+    deletes = [c for c in lines(calls, "kubectl") if " delete pod " in f" {c} "]
+    if len(deletes) != 1 or "raft-1" not in deletes[0]:
+        problems.append(f"expected one delete of the leader's pod raft-1, got {deletes}")
+    if any("--force" in d or "--grace-period=0" in d for d in deletes):
+        problems.append("the leader's pod is force-deleted: its replacement may start beside it on the same volume")
+    for want in ("leader before: raft-1 (term 5)", "leader after: raft-2 (term 6)"):
+        if want not in out.stdout:
+            problems.append(f"does not print {want!r}")
+    return problems
+
+
+def test_kill_leader_deletes_the_leaders_pod_gracefully_and_reports_both_leaders(tmp_path):
+    out, calls = run_script(tmp_path, FAULTS, ["kill-leader"], kill_leader_scenario())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert kill_problems(out, calls) == []
+    assert every_kubectl_call_names_the_context(calls) == []
+    # It waits for the deleted pod to be Ready again after the new leader is known.
+    assert index(calls, r"delete pod raft-1") < index(calls, r"wait --for=condition=Ready pod/raft-1")
+
+
+def test_negative_a_force_delete_is_caught(tmp_path):
+    with open(FAULTS) as f:
+        src = f.read()
+    assert 'k delete pod "$pod" --wait=true' in src
+    src = src.replace('k delete pod "$pod" --wait=true', 'k delete pod "$pod" --grace-period=0 --force')
+    out, calls = run_script(tmp_path, FAULTS, ["kill-leader"], kill_leader_scenario(), source=src)
+    assert any("force-deleted" in p for p in kill_problems(out, calls))
+
+
+def test_kill_leader_fails_clearly_when_no_leader_answers(tmp_path):
+    scenario = {"state": {}, "rules": COMMON + [kubectl(r"proxy/metrics", metrics(3, False))]}
+    out, calls = run_script(tmp_path, FAULTS, ["kill-leader"], scenario, env={"FAULT_WAIT_SECONDS": "1"})
+    assert out.returncode == 1 and "no leader answers within 1s" in out.stderr
+    assert not [c for c in lines(calls, "kubectl") if "delete" in c]
+
+
+# ---- stop-follower-node --------------------------------------------------------------------
+
+def stop_scenario(raft1_node="raftkv-worker2"):
+    return {"state": {}, "rules": COMMON + [
+        kubectl(r"pods/raft-0:9090/proxy/metrics", metrics(4, True)),
+        kubectl(r"pods/raft-[12]:9090/proxy/metrics", metrics(4, False)),
+        kubectl(r"get pod raft-0 -o jsonpath=\{.spec.nodeName\}", "raftkv-worker"),
+        kubectl(r"get pod raft-1 -o jsonpath=\{.spec.nodeName\}", raft1_node),
+        kubectl(r"get pod raft-2 -o jsonpath=\{.spec.nodeName\}", "raftkv-worker3"),
+        kubectl(r"cordon raftkv-worker[0-9]*$"),
+        kubectl(r"annotate --overwrite node raftkv-worker[0-9]* raftkv.dev/fault=stopped"),
+        docker(r"^stop raftkv-worker[0-9]*$"),
+    ]}
+
+
+def stop_problems(calls, leader_node="raftkv-worker"):
+    problems = []
+    stops = [c.split()[1] for c in lines(calls, "docker") if c.startswith("stop ")]
+    if len(stops) != 1:
+        return [f"expected one docker stop, got {stops}"]
+    node = stops[0]
+    if node == leader_node:
+        problems.append("it stopped the leader's node")
+    cordons = [i for i, c in enumerate(calls) if c[0] == "kubectl" and "cordon" in c and node in c]
+    stop_at = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "stop"])
+    if not cordons or min(cordons) > stop_at:
+        problems.append(f"{node} was stopped before it was cordoned: a Pod may be bound to it while it looks Ready")
+    return problems
+
+
+def test_stop_follower_node_cordons_then_stops_a_node_without_the_leader(tmp_path):
+    out, calls = run_script(tmp_path, FAULTS, ["stop-follower-node"], stop_scenario())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert stop_problems(calls) == []
+    assert lines(calls, "docker") == ["stop raftkv-worker2"]
+    assert "leader before: raft-0 (term 4) on node raftkv-worker" in out.stdout
+    assert "leader after: raft-0 (term 4)" in out.stdout
+    assert every_kubectl_call_names_the_context(calls) == []
+
+
+def test_stop_follower_node_skips_a_follower_sharing_the_leaders_node(tmp_path):
+    out, calls = run_script(tmp_path, FAULTS, ["stop-follower-node"], stop_scenario(raft1_node="raftkv-worker"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert lines(calls, "docker") == ["stop raftkv-worker3"]
+
+
+def test_negative_stop_before_cordon_is_caught(tmp_path):
+    with open(FAULTS) as f:
+        src = f.read()
+    cordon = '  kubectl --context "$ctx" cordon "$node" >/dev/null\n'
+    stop = '  docker stop "$node" >/dev/null\n'
+    assert cordon in src and stop in src
+    src = src.replace(cordon, "").replace(stop, stop + cordon)
+    out, calls = run_script(tmp_path, FAULTS, ["stop-follower-node"], stop_scenario(), source=src)
+    assert any("before it was cordoned" in p for p in stop_problems(calls))
+
+
+# ---- restore -----------------------------------------------------------------------------
+
+def test_restore_starts_stopped_nodes_and_uncordons_only_the_ones_it_cordoned(tmp_path):
+    scenario = {"state": {"phase": "down"}, "rules": COMMON + [
+        kubectl(r"pods/raft-0:9090/proxy/metrics", metrics(4, True)),
+        kubectl(r"proxy/metrics", metrics(4, False)),
+        docker(r"ps -a --filter label=io.x-k8s.kind.cluster=raftkv --filter status=exited", "raftkv-worker2\n"),
+        docker(r"^start raftkv-worker2$", set={"phase": "up"}),
+        kubectl(r"get nodes -o jsonpath=", "raftkv-control-plane \nraftkv-worker \nraftkv-worker2 stopped\n"
+                                           "raftkv-worker3 \nraftkv-worker4 other\n"),
+        kubectl(r"wait --for=condition=Ready node/raftkv-worker2", when={"phase": "up"}),
+        kubectl(r"uncordon raftkv-worker2$"),
+        kubectl(r"annotate node raftkv-worker2 raftkv.dev/fault-$"),
+        kubectl(r"wait --for=condition=Ready pod -l " + re.escape(SELECTOR)),
+    ]}
+    out, calls = run_script(tmp_path, FAULTS, ["restore"], scenario)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [c for c in lines(calls, "kubectl") if "uncordon" in c] == ["--context kind-raftkv uncordon raftkv-worker2"]
+    assert index(calls, r"docker start raftkv-worker2") < index(calls, r"uncordon raftkv-worker2")
+    assert "leader before: raft-0 (term 4)" in out.stdout and "leader after: raft-0 (term 4)" in out.stdout
+    assert every_kubectl_call_names_the_context(calls) == []
+
+
+# ---- raft-revalidate --------------------------------------------------------------------
+
+def uiresource(building=False, error="", finished="2999-01-01T00:00:00Z"):
+    import json
+    status = {"buildHistory": [{"startTime": "2998-12-31T23:59:00Z", "finishTime": finished, "error": error}]}
+    if building:
+        status["currentBuild"] = {"startTime": "2999-01-01T00:00:01Z"}
+    return json.dumps({"kind": "UIResource", "metadata": {"name": "raft"}, "status": status})
+
+
+def revalidate_scenario(final):
+    return {"state": {}, "rules": [
+        kubectl(r"^config view", ""),
+        dict(tool="tilt", match=r"^get uiresource raft -o json$", times=1,
+             stdout=uiresource(finished="2000-01-01T00:00:00Z")),  # the build before the change
+        dict(tool="tilt", match=r"^get uiresource raft -o json$", times=2, stdout=uiresource(building=True)),
+        dict(tool="tilt", match=r"^get uiresource raft -o json$", stdout=final),
+        kubectl(r"rollout status statefulset/raft"),
+        dict(tool="tilt", match=r"^trigger raft-validate$"),
+    ]}
+
+
+def test_revalidate_waits_for_the_raft_build_and_the_rollout_then_triggers_the_validation(tmp_path):
+    out, calls = run_script(tmp_path, REVALIDATE, [], revalidate_scenario(uiresource()))
+    assert out.returncode == 0, out.stdout + out.stderr
+    polls = [c for c in lines(calls, "tilt") if c.startswith("get uiresource")]
+    assert len(polls) == 4, polls  # old build, building twice, then the new build
+    assert index(calls, r"rollout status") > max(i for i, c in enumerate(calls) if c[:2] == ["tilt", "get"])
+    assert index(calls, r"tilt trigger raft-validate") > index(calls, r"rollout status")
+    assert every_kubectl_call_names_the_context(calls) == []
+
+
+def test_revalidate_does_not_validate_a_failed_build(tmp_path):
+    out, calls = run_script(tmp_path, REVALIDATE, [], revalidate_scenario(uiresource(error="nix build failed")))
+    assert out.returncode == 1 and "the raft build failed" in out.stdout and "nix build failed" in out.stdout
+    assert not [c for c in calls if c[:2] == ["tilt", "trigger"]]
+
+
+def test_negative_a_revalidate_that_does_not_wait_is_caught(tmp_path):
+    with open(REVALIDATE) as f:
+        src = f.read()
+    assert '    built) break ;;' in src
+    src = src.replace('    built) break ;;', '    *) break ;;')
+    out, calls = run_script(tmp_path, REVALIDATE, [], revalidate_scenario(uiresource()), source=src)
+    polls = [c for c in lines(calls, "tilt") if c.startswith("get uiresource")]
+    assert len(polls) < 4, "the mutation did not change the waiting: this negative test shows nothing"
+
+
+# ---- the raftkv helper ------------------------------------------------------------------
+
+def helper_scenario(client_image):
+    return {"state": {}, "rules": [
+        kubectl(r"^config view", ""),
+        kubectl(r"get pods -l app.kubernetes.io/name=raftkv,app.kubernetes.io/component=client .*"
+                r"--sort-by=.metadata.creationTimestamp", client_image),
+        kubectl(r"get service jaeger"),
+        kubectl(r" run raftkv-cli-"),
+    ]}
+
+
+def test_helper_runs_the_image_the_clusters_validation_pods_run(tmp_path):
+    tilt_ref = "localhost:5001/raftkv-client:tilt-build-1767225600"
+    out, calls = run_script(tmp_path, HELPER, ["status", "--json"], helper_scenario(tilt_ref))
+    assert out.returncode == 0, out.stderr
+    run = next(c for c in calls if c[0] == "kubectl" and "run" in c)
+    assert f"--image={tilt_ref}" in run
+    assert run[run.index("--") + 1:] == ["status", "--json"]
+    assert "--env=RAFTKV_ENDPOINTS=raft-0.raft-service:6000,raft-1.raft-service:6000,raft-2.raft-service:6000" in run
+    assert "--env=OTEL_SERVICE_NAME=raftkv-client" in run
+    assert every_kubectl_call_names_the_context(calls) == []
+
+
+def test_helper_falls_back_to_the_loaded_dev_image_and_says_so(tmp_path):
+    out, calls = run_script(tmp_path, HELPER, ["status"], helper_scenario(""))
+    assert out.returncode == 0, out.stderr
+    run = next(c for c in calls if c[0] == "kubectl" and "run" in c)
+    assert "--image=raftkv-client:dev" in run
+    assert "k8s/kind/load-images" in out.stderr
+
+
+def test_negative_the_old_helper_image_is_caught(tmp_path):
+    """The README's old helper always ran raftkv-client:dev, which Tilt never puts on
+    the nodes (ImagePullBackOff)."""
+    with open(HELPER) as f:
+        src = f.read()
+    src = src.replace('image="${RAFTKV_CLIENT_IMAGE:-}"', 'image=raftkv-client:dev')
+    out, calls = run_script(tmp_path, HELPER, ["status"],
+                            helper_scenario("localhost:5001/raftkv-client:tilt-build-1"), source=src)
+    run = next(c for c in calls if c[0] == "kubectl" and "run" in c)
+    assert "--image=localhost:5001/raftkv-client:tilt-build-1" not in run
+
+
+# ---- scripts/test-fast ------------------------------------------------------------------
+
+def test_fast_tier_leaves_out_exactly_the_slow_binaries_and_runs_every_other_test():
+    out = subprocess.run([os.path.join(ROOT, "scripts", "test-fast"), "--print"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=30)
+    assert out.returncode == 0, out.stderr
+    cmds = out.stdout.splitlines()
+    assert cmds[0] == "cargo test --workspace --exclude raftkv-tests"
+    tests = re.findall(r"--test (\S+)", cmds[1])
+    every = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "tests", "tests")) if f.endswith(".rs"))
+    slow = {"jepsen", "jepsen_partition", "crash_cycles", "crash_all", "bench"}
+    assert sorted(tests) == sorted(set(every) - slow)
+    assert slow <= set(every), "a slow test named in scripts/test-fast no longer exists"
+
+
+def test_negative_fast_tier_refuses_a_slow_name_that_names_no_test(tmp_path):
+    with open(os.path.join(ROOT, "scripts", "test-fast")) as f:
+        src = f.read()
+    assert "SLOW_TESTS=(jepsen " in src
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "test-fast").write_text(src.replace("SLOW_TESTS=(jepsen ", "SLOW_TESTS=(jepson "))
+    os.chmod(scripts / "test-fast", 0o755)
+    shutil.copytree(os.path.join(ROOT, "tests", "tests"), tmp_path / "tests" / "tests")
+    out = subprocess.run([str(scripts / "test-fast"), "--print"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "jepson" in out.stderr
+
+
+@pytest.mark.parametrize("script,args", [(FAULTS, ["unplug-the-moon"]), (HELPER, [])], ids=["faults", "raftkv"])
+def test_usage_errors_are_clear(tmp_path, script, args):
+    out, _ = run_script(tmp_path, script, args, {"state": {}, "rules": [kubectl(r"^config view", "")]})
+    assert out.returncode == 2 and "usage:" in out.stderr
