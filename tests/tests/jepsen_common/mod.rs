@@ -37,8 +37,9 @@ const ACKED_MAX: usize = 10_000_000;
 /// SIGSTOP lasts this long: well over the election timeout (10 ticks of 50 ms, so
 /// 0.5-1 s).
 const PAUSE: Duration = Duration::from_secs(2);
-/// How long a node restarted with an empty data dir may take to apply what the
-/// leader had committed (it gets a snapshot, then the log after it).
+/// How long, once every fault is healed, a node restarted with an empty data dir may
+/// take to end its recovery (its leader's marker commits) and apply what the leader had
+/// committed (it gets a snapshot, then the log after it).
 const WIPE_CATCH_UP: Duration = Duration::from_secs(60);
 /// How long a killed node stays down.
 const DOWN: Duration = Duration::from_secs(1);
@@ -244,14 +245,19 @@ async fn inject(cluster: &mut TestCluster, net: Option<&Net>, fault: Fault, rng:
         (Fault::KillLeader | Fault::PauseLeader, Some(l)) => (l.id, "the leader"),
         (Fault::WipeFollower, Some(l)) => {
             let followers: Vec<NodeId> = ids.iter().copied().filter(|id| *id != l.id).collect();
-            (followers[rng.below(followers.len() as u64) as usize], "a follower")
+            let target = followers[rng.below(followers.len() as u64) as usize];
+            // The fault model: a minority of voters lose their disks at a time. More is
+            // a lost quorum, which no protocol survives; so a node still recovering
+            // (or not answering, which may be one) counts as a lost disk already.
+            let lost = lost_disks(cluster, target).await;
+            if lost.len() + 1 > (ids.len() - 1) / 2 {
+                injected.done = false;
+                injected.what = format!("wipe of node {target} skipped: nodes {lost:?} may still be recovering");
+                return injected;
+            }
+            (target, "a follower")
         }
-        // Never wipe without a leader to catch the node up.
-        (Fault::WipeFollower, None) => {
-            injected.done = false;
-            injected.what = "no leader: wipe skipped".into();
-            return injected;
-        }
+        (Fault::WipeFollower, None) => (random, "a random node, no leader known"),
         _ => (random, "a random node"),
     };
     injected.what = match fault {
@@ -268,23 +274,28 @@ async fn inject(cluster: &mut TestCluster, net: Option<&Net>, fault: Fault, rng:
             format!("SIGSTOP node {target} ({what}) for {PAUSE:?}, then SIGCONT")
         }
         Fault::WipeFollower => {
+            // No waiting for it to catch up: it recovers (no votes, no quorum counted)
+            // while the next faults come. `run` requires it recovered once all heal.
             cluster.restart_empty(target).await;
-            // A node restarted empty has forgotten its log and vote: until it has caught
-            // up, the cluster does not tolerate another failure (a majority of it and a
-            // lagging node could lose committed entries), so the nemesis waits; a node
-            // that does not catch up is a failure of its own (and would void the run).
-            let caught_up = match cluster.wait_for_leader(Duration::from_secs(10)).await {
-                Ok(l) => cluster.wait_applied(target, l.commit_index, WIPE_CATCH_UP).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = caught_up {
-                panic!("node {target}, restarted with an empty data dir, did not catch up: {e}");
-            }
-            format!("restart node {target} ({what}) with an empty data dir; caught up")
+            format!("restart node {target} ({what}) with an empty data dir")
         }
         Fault::SplitMajority | Fault::IsolateLeader | Fault::Bridge => unreachable!("handled above"),
     };
     injected
+}
+
+/// The nodes other than `except` that are recovering from lost state, or do not answer
+/// (a node down or paused may be one).
+async fn lost_disks(cluster: &TestCluster, except: NodeId) -> Vec<NodeId> {
+    let mut lost = Vec::new();
+    for id in cluster.ids().into_iter().filter(|id| *id != except) {
+        let (client, addr) = (cluster.node_client(id), cluster.addr(id));
+        let status = tokio::time::timeout(Duration::from_secs(1), client.status(&addr)).await;
+        if !matches!(status, Ok(Ok(s)) if !s.recovering) {
+            lost.push(id);
+        }
+    }
+    lost
 }
 
 /// Cuts the network as `fault` says, holds it for [`PARTITION`], heals it.
@@ -447,6 +458,20 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
 
     heal(cluster, net).await;
     let mut failures = Vec::new();
+    // Every wiped node ends its recovery and catches up once the faults are healed.
+    let target = cluster.leader().await.commit_index;
+    for id in cluster.ids() {
+        let recovered = raftkv_client::local::poll_until(WIPE_CATCH_UP, "recovery and catch-up", || async {
+            match cluster.node_client(id).status(&cluster.addr(id)).await {
+                Ok(s) if !s.recovering && s.applied_index >= target => Ok(()),
+                Ok(s) => Err(format!("recovering={} applied={} (target {target})", s.recovering, s.applied_index)),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        if let Err(e) = recovered.await {
+            failures.push(format!("node {id} did not recover after the faults healed: {e}"));
+        }
+    }
     let joined = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(r) = clients.join_next().await {
             failures.extend(r.expect("a client task panicked"));
