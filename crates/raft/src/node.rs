@@ -10,7 +10,7 @@ use crate::read_only::ReadState;
 use crate::types::*;
 
 /// What a node recovered from its disk at start-up.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub hard_state: HardState,
     pub snapshot: Option<Snapshot>,

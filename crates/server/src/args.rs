@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use raftkv_raft::NodeId;
+use raftkv_replica::check_addr;
 use raftkv_rpc::{TlsConfig, TlsFiles};
 use raftkv_storage::{FsyncPolicy, StorageOptions};
 
@@ -180,16 +181,6 @@ fn parse_admin_listen(s: &str) -> Result<String, String> {
 fn parse_addr_arg(s: &str) -> Result<String, String> {
     check_addr(s.trim())?;
     Ok(s.trim().to_string())
-}
-
-/// Checks the shape `HOST:PORT` without resolving the host.
-pub(crate) fn check_addr(addr: &str) -> Result<(), String> {
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("the address '{addr}' has no :PORT"))?;
-    if host.is_empty() {
-        return Err(format!("the address '{addr}' has no host"));
-    }
-    port.parse::<u16>().map_err(|_| format!("the address '{addr}' has an invalid port '{port}'"))?;
-    Ok(())
 }
 
 /// Everything a node needs to start, derived from [`ServerArgs`].

@@ -19,7 +19,7 @@ use raftkv_rpc::{RaftKvClient, tarpc};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::node::Request;
+use crate::raft_loop::Request;
 
 /// Between two rounds of questions.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use crate::node::RaftBatch;
+use crate::raft_loop::RaftBatch;
 
 /// Messages waiting for one peer; more are dropped.
 const QUEUE_CAPACITY: usize = 4096;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::log_limit::LogLimit;
-use crate::node::{RaftBatch, ReadOp, ReadOutput, Request};
+use crate::raft_loop::{RaftBatch, ReadOp, ReadOutput, Request};
 
 /// No request waits longer than this, whatever deadline its client set.
 const MAX_WAIT: Duration = Duration::from_secs(30);

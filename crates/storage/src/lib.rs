@@ -62,5 +62,5 @@ pub use group::{
 };
 pub use meta::{NodeMeta, Tombstone};
 pub use snap::{SnapshotFile, WrittenSnapshot};
-pub use storage::{DiskStorage, FsyncPolicy, Recovered, StorageOptions, StorageStats, WriteStats};
+pub use storage::{DiskStorage, FsyncPolicy, StorageOptions, StorageStats, WriteStats};
 pub use wal::{DecodedSegment, decode_segment};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use raftkv_raft::{Entry, HardState, Snapshot, SnapshotMeta};
+use raftkv_raft::{Entry, HardState, Recovered, Snapshot, SnapshotMeta};
 
 use crate::codec::{self, DEFAULT_MAX_RECORD_SIZE, Marker};
 use crate::disk::{Counters, Disk};
@@ -75,15 +75,6 @@ impl fmt::Debug for StorageOptions {
             .field("max_record_size", &self.max_record_size)
             .finish_non_exhaustive()
     }
-}
-
-/// What survived on disk, as [`DiskStorage::open`] found it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    /// Contiguous; the first is `snapshot index + 1` (or 1 without a snapshot).
-    pub entries: Vec<Entry>,
 }
 
 /// What one durable write cost.
@@ -177,7 +168,9 @@ impl DiskStorage {
         let position = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
         let replayed = wal::replay(&disk, &wal_dir, position, lost_index, opts.max_record_size)?;
         let (storage, entries) = Self::resume(disk, wal_dir, snaps, &opts, replayed)?;
-        let recovered = Recovered { hard_state: storage.hard_state, snapshot, entries };
+        // Nothing recovered: a first start, or a lost disk (see `Recovered::lost_state`).
+        let lost_state = snapshot.is_none() && entries.is_empty();
+        let recovered = Recovered { hard_state: storage.hard_state, snapshot, entries, lost_state };
         Ok((storage, recovered))
     }
 

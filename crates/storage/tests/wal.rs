@@ -12,7 +12,7 @@ use raftkv_storage::{DiskStorage, StorageError, StorageOptions};
 fn round_trip_with_suffix_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, rec) = open(dir.path());
-    assert_eq!(rec, Default::default(), "a new directory recovers nothing");
+    assert_eq!(rec, raftkv_raft::Recovered::empty(), "a new directory recovers nothing: a lost state");
 
     s.append(&entries(1..=5, 1), Some(&hs(1, Some(1), 0))).unwrap();
     s.append(&[], Some(&hs(1, Some(1), 2))).unwrap();

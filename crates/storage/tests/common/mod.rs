@@ -10,11 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raftkv_raft::{ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta};
+use raftkv_raft::{ConfState, Entry, EntryKind, HardState, Recovered, Snapshot, SnapshotMeta};
 use raftkv_storage::fault::FaultyFs;
-use raftkv_storage::{
-    DiskStorage, FsyncPolicy, Recovered, SnapshotFile, StorageError, StorageOptions, WrittenSnapshot,
-};
+use raftkv_storage::{DiskStorage, FsyncPolicy, SnapshotFile, StorageError, StorageOptions, WrittenSnapshot};
 
 pub fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, kind: EntryKind::Command, data: Bytes::from(format!("entry {index} of term {term}")) }

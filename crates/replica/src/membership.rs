@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use raftkv_raft::{ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, NodeId};
-use raftkv_rpc::ClientError;
 use serde::{Deserialize, Serialize};
 
 /// The first byte of an encoded [`MemberContext`].
@@ -16,12 +15,12 @@ const CONTEXT_FORMAT: u8 = 1;
 /// membership section is a bare state machine snapshot, whose first byte is 1.
 const SNAPSHOT_FORMAT: u8 = 0x80;
 /// Longest address a member may have (a DNS name is at most 253 bytes, plus a port).
-pub(crate) const MAX_ADDR_LEN: usize = 512;
+pub const MAX_ADDR_LEN: usize = 512;
 
 /// What a ConfChange adding a member says about it: its address, and whether the leader
 /// promotes it by itself once it has caught up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct MemberContext {
+pub struct MemberContext {
     pub addr: String,
     pub auto_promote: bool,
 }
@@ -49,15 +48,14 @@ impl MemberContext {
 /// The membership part of a snapshot: the contexts of the snapshot configuration's
 /// members and every id removed up to the snapshot's index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct MembershipSection {
+pub struct MembershipSection {
     pub members: Vec<(NodeId, MemberContext)>,
     pub removed: Vec<NodeId>,
 }
 
 /// Wraps a state machine snapshot: a version byte, the membership section (postcard),
 /// then the state machine's bytes.
-#[cfg(test)]
-pub(crate) fn wrap_snapshot(section: &MembershipSection, kv: &[u8]) -> Bytes {
+pub fn wrap_snapshot(section: &MembershipSection, kv: &[u8]) -> Bytes {
     let mut out = snapshot_prefix(section);
     out.extend_from_slice(kv);
     out.into()
@@ -67,13 +65,13 @@ pub(crate) fn wrap_snapshot(section: &MembershipSection, kv: &[u8]) -> Bytes {
 /// membership section. The state machine appends its snapshot to it
 /// (`KvStateMachine::snapshot_after`, or streams it behind it into the snapshot file:
 /// `KvStateMachine::write_snapshot`), so that its pairs share the one buffer.
-pub(crate) fn snapshot_prefix(section: &MembershipSection) -> Vec<u8> {
+pub fn snapshot_prefix(section: &MembershipSection) -> Vec<u8> {
     postcard::to_extend(section, vec![SNAPSHOT_FORMAT]).expect("postcard encoding cannot fail")
 }
 
 /// Splits snapshot data into its membership section and the state machine's bytes. A
 /// snapshot written before membership sections existed has none (`None`).
-pub(crate) fn unwrap_snapshot(data: &Bytes) -> Result<(Option<MembershipSection>, Bytes), String> {
+pub fn unwrap_snapshot(data: &Bytes) -> Result<(Option<MembershipSection>, Bytes), String> {
     match data.first() {
         Some(&SNAPSHOT_FORMAT) => {
             let (section, rest) = postcard::take_from_bytes::<MembershipSection>(&data[1..])
@@ -91,7 +89,7 @@ pub(crate) fn unwrap_snapshot(data: &Bytes) -> Result<(Option<MembershipSection>
 /// This node's knowledge of members' addresses and of removed ids, built from every
 /// ConfChange entry it saw and every snapshot it loaded.
 #[derive(Debug, Default)]
-pub(crate) struct Membership {
+pub struct Membership {
     contexts: BTreeMap<NodeId, MemberContext>,
     removed: BTreeSet<NodeId>,
     /// `--peers`: the addresses of members added by a log written before contexts
@@ -186,48 +184,63 @@ impl Membership {
 
 /// What the leader does with a valid [`MemberChange::Add`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum AddPlan {
+pub enum AddPlan {
     /// The address is already a learner's: answer with it, change nothing.
     Existing(NodeId),
     /// Propose adding learner `id` with `ctx`.
     Propose(NodeId, MemberContext),
 }
 
+/// Why an `Add` was refused: a message for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddRefusal(pub String);
+
+/// Checks that `addr` is `HOST:PORT` with a host and a valid port.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("the address '{addr}' has no :PORT"))?;
+    if host.is_empty() {
+        return Err(format!("the address '{addr}' has no host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("the address '{addr}' has an invalid port '{port}'"))?;
+    Ok(())
+}
+
 /// Checks an `Add` against the configuration `conf` (the leader's latest) and decides
 /// its id. Ids are never reused: a member's or a removed id is refused, unless
 /// `allocate_if_taken`, which takes one above every id ever seen.
-pub(crate) fn plan_add(
+pub fn plan_add(
     conf: &ConfState,
     members: &Membership,
     id: Option<NodeId>,
     addr: &str,
     auto_promote: bool,
     allocate_if_taken: bool,
-) -> Result<AddPlan, ClientError> {
+) -> Result<AddPlan, AddRefusal> {
     let addr = addr.trim();
     if addr.len() > MAX_ADDR_LEN {
-        return Err(ClientError::Invalid(format!("the address is {} bytes; the limit is {MAX_ADDR_LEN}", addr.len())));
+        return Err(AddRefusal(format!("the address is {} bytes; the limit is {MAX_ADDR_LEN}", addr.len())));
     }
-    crate::args::check_addr(addr).map_err(ClientError::Invalid)?;
+    check_addr(addr).map_err(AddRefusal)?;
     if let Some(holder) = conf.members().find(|m| members.addr(*m) == Some(addr)) {
         if conf.learners.contains(&holder) {
             return Ok(AddPlan::Existing(holder));
         }
-        return Err(ClientError::Invalid(format!("the address {addr} already belongs to voter {holder}")));
+        return Err(AddRefusal(format!("the address {addr} already belongs to voter {holder}")));
     }
     let allocate = || members.max_id(conf) + 1;
     let id = match id {
         None => allocate(),
-        Some(0) => return Err(ClientError::Invalid("node id 0 is not valid".into())),
+        Some(0) => return Err(AddRefusal("node id 0 is not valid".into())),
         Some(id) if conf.contains(id) || members.removed.contains(&id) => {
             if allocate_if_taken {
                 allocate()
             } else if conf.contains(id) {
-                return Err(ClientError::Invalid(format!(
+                return Err(AddRefusal(format!(
                     "node {id} is already a member; ids are never reused: pick an unused id"
                 )));
             } else {
-                return Err(ClientError::Invalid(format!(
+                return Err(AddRefusal(format!(
                     "node {id} was removed from this cluster; ids are never reused: pick an unused id"
                 )));
             }
@@ -240,7 +253,7 @@ pub(crate) fn plan_add(
 /// The id of a cluster founded by `members` with `token`, derived like etcd's: a stable
 /// 64-bit hash (FNV-1a, which never changes between versions or platforms) of the
 /// token and the sorted (id, address) list. Never 0, which means "no cluster".
-pub(crate) fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>) -> u64 {
+pub fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>) -> u64 {
     use std::hash::Hasher as _;
     let mut h = fnv::FnvHasher::default();
     // Length prefixes keep ("ab","c") and ("a","bc") apart.
@@ -375,8 +388,8 @@ mod tests {
         let plan = |id, addr: &str, allocate| plan_add(&conf, &m, id, addr, true, allocate);
         assert_eq!(plan(Some(3), "c:3", false), Ok(AddPlan::Propose(3, ctx("c:3"))));
         // Ids: 0 is invalid; members' and removed ids are never reused.
-        let invalid = |r: Result<AddPlan, ClientError>| match r {
-            Err(ClientError::Invalid(m)) => m,
+        let invalid = |r: Result<AddPlan, AddRefusal>| match r {
+            Err(AddRefusal(m)) => m,
             other => panic!("expected Invalid, got {other:?}"),
         };
         assert!(invalid(plan(Some(0), "c:3", false)).contains("0 is not valid"));

@@ -13,7 +13,7 @@ use raftkv_storage::{FileSystem, NodeMeta, Tombstone};
 use tokio::time::Instant;
 
 use crate::args::NodeConfig;
-use crate::membership::{MemberContext, cluster_id};
+use raftkv_replica::{MemberContext, cluster_id};
 
 /// Static mode gives up joining after this long.
 pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(60);

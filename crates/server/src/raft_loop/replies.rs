@@ -1,0 +1,220 @@
+//! The clients waiting in the Raft loop, and their answers: a write once its entry is
+//! applied (if that entry is the one it proposed), a membership change likewise, a
+//! linearizable read once its read index is confirmed and applied.
+
+use std::collections::{BTreeMap, HashMap};
+
+use raftkv_kv::CommandError;
+use raftkv_raft::{Entry, Index, NodeId, ReadState, SnapshotMeta, Term};
+use raftkv_replica::{ApplyHooks, ApplyOutcome, Replica};
+use raftkv_rpc::{ClientError, GetReply, MemberChangeReply, ScanReply, WriteReply};
+use raftkv_telemetry::opentelemetry::KeyValue;
+use raftkv_telemetry::opentelemetry::trace::Span as _;
+use tokio::time::Instant;
+
+use super::intake::{ReadOp, ReadOutput, Reply};
+use super::take_through;
+use crate::admin::AdminState;
+use crate::trace::{self, BoxedSpan, WriteTrace};
+
+pub(crate) struct PendingWrite {
+    /// The term `propose` returned: the write is ours only if the entry applied at its
+    /// index has this term.
+    pub term: Term,
+    pub reply: Reply<WriteReply>,
+    pub proposed_at: Instant,
+    pub trace: Option<WriteTrace>,
+}
+
+/// A membership change waiting to be applied (like [`PendingWrite`]).
+pub(crate) struct PendingChange {
+    pub term: Term,
+    /// The member it is about.
+    pub id: NodeId,
+    pub reply: Reply<MemberChangeReply>,
+}
+
+pub(crate) struct PendingRead {
+    pub op: ReadOp,
+    pub reply: Reply<ReadOutput>,
+}
+
+/// Everything clients wait for.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub writes: BTreeMap<Index, PendingWrite>,
+    pub member_changes: BTreeMap<Index, PendingChange>,
+    /// Linearizable reads waiting for their ReadIndex, by context.
+    pub reads: HashMap<u64, PendingRead>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    pub parked: BTreeMap<Index, Vec<PendingRead>>,
+    next_read_ctx: u64,
+    /// Changes that committed, to answer with the member list once applying is done.
+    pub changes_done: Vec<PendingChange>,
+    /// Reads that can no longer be confirmed (leadership lost), to answer likewise.
+    pub reads_dropped: Vec<PendingRead>,
+}
+
+impl Pending {
+    pub fn next_read_ctx(&mut self) -> u64 {
+        self.next_read_ctx += 1;
+        self.next_read_ctx
+    }
+
+    /// Forgets requests whose client stopped waiting.
+    pub fn sweep(&mut self) {
+        self.writes.retain(|_, w| {
+            let keep = !w.reply.is_closed();
+            if !keep && let Some(t) = &mut w.trace {
+                t.end_propose(false);
+            }
+            keep
+        });
+        self.reads.retain(|_, r| !r.reply.is_closed());
+        self.member_changes.retain(|_, c| !c.reply.is_closed());
+        self.parked.retain(|_, reads| {
+            reads.retain(|r| !r.reply.is_closed());
+            !reads.is_empty()
+        });
+    }
+
+    /// Reads `op` from the state machine as it stands.
+    pub fn serve_read(&self, replica: &Replica, op: &ReadOp) -> Result<ReadOutput, ClientError> {
+        let kv = replica.kv();
+        let (index, node) = (kv.applied_index(), replica.id());
+        match op {
+            ReadOp::Get(key) => {
+                let leader = replica.status().leader;
+                Ok(ReadOutput::Get(GetReply { value: kv.get(key), index, node, leader }))
+            }
+            ReadOp::Scan { prefix, limit } => {
+                let page = kv.scan(prefix, *limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                Ok(ReadOutput::Scan(ScanReply { items: page.items, more: page.more, index, node }))
+            }
+        }
+    }
+
+    /// Serves the confirmed reads whose index the state machine has reached.
+    pub fn serve_parked(&mut self, replica: &Replica) {
+        for (_, reads) in take_through(&mut self.parked, replica.applied_index()) {
+            for read in reads {
+                let _ = read.reply.send(self.serve_read(replica, &read.op));
+            }
+        }
+    }
+
+    /// Answers the write waiting at `index` (and any skipped below it).
+    fn complete_writes(&mut self, node: NodeId, index: Index, term: Term, mut applied: Option<raftkv_kv::Applied>) {
+        for (at, mut w) in take_through(&mut self.writes, index) {
+            if let Some(t) = &mut w.trace {
+                t.end_propose(at == index && w.term == term);
+            }
+            let result = if at < index {
+                Err(ClientError::Timeout)
+            } else if w.term != term {
+                Err(ClientError::Unavailable(
+                    "leadership changed before the write committed; it was not applied".into(),
+                ))
+            } else {
+                write_reply(node, index, applied.take())
+            };
+            let _ = w.reply.send(result);
+        }
+    }
+
+    /// Settles the membership change waiting at `index` (and any skipped below it):
+    /// the one that committed goes to `changes_done`, to be answered with the list.
+    fn complete_member_changes(&mut self, index: Index, term: Term) {
+        for (at, c) in take_through(&mut self.member_changes, index) {
+            if at < index {
+                let _ = c.reply.send(Err(ClientError::Timeout));
+            } else if c.term != term {
+                let _ = c.reply.send(Err(ClientError::Unavailable(
+                    "leadership changed before the membership change committed; it was not applied".into(),
+                )));
+            } else {
+                self.changes_done.push(c);
+            }
+        }
+    }
+}
+
+fn write_reply(node: NodeId, index: Index, applied: Option<raftkv_kv::Applied>) -> Result<WriteReply, ClientError> {
+    let Some(a) = applied else {
+        return Err(ClientError::Internal(format!("entry {index} carried no command")));
+    };
+    match a.result {
+        Ok(result) => Ok(WriteReply { index: a.index, term: a.term, leader: node, result, duplicate: a.duplicate }),
+        Err(e @ CommandError::IndexNotAfterApplied { .. }) => Err(ClientError::Internal(e.to_string())),
+        Err(e) => Err(ClientError::Invalid(e.to_string())),
+    }
+}
+
+/// The Raft loop's [`ApplyHooks`]: answers and apply spans.
+pub(crate) struct Hooks<'a> {
+    pub node: NodeId,
+    pub pending: &'a mut Pending,
+    pub admin: &'a AdminState,
+    /// The `raft.apply` span of the traced write being applied.
+    span: Option<BoxedSpan>,
+}
+
+impl<'a> Hooks<'a> {
+    pub fn new(node: NodeId, pending: &'a mut Pending, admin: &'a AdminState) -> Hooks<'a> {
+        Hooks { node, pending, admin, span: None }
+    }
+}
+
+impl ApplyHooks for Hooks<'_> {
+    fn applying(&mut self, entry: &Entry) {
+        self.span = self
+            .pending
+            .writes
+            .get(&entry.index)
+            .filter(|w| w.term == entry.term)
+            .and_then(|w| w.trace.as_ref())
+            .map(|t| trace::apply_span(self.node, &t.request, entry.index, entry.term));
+    }
+
+    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome) {
+        let applied = match outcome {
+            ApplyOutcome::Command(a) => Some(a),
+            ApplyOutcome::Other => None,
+        };
+        if let Some(mut span) = self.span.take() {
+            span.set_attribute(KeyValue::new("duplicate", applied.as_ref().is_some_and(|a| a.duplicate)));
+            span.end();
+        }
+        self.pending.complete_writes(self.node, entry.index, entry.term, applied);
+        self.pending.complete_member_changes(entry.index, entry.term);
+    }
+
+    fn reads(&mut self, released: Vec<ReadState>, dropped: Vec<u64>) {
+        for rs in released {
+            if let Some(read) = self.pending.reads.remove(&rs.ctx) {
+                self.pending.parked.entry(rs.index).or_default().push(read);
+            }
+        }
+        for ctx in dropped {
+            if let Some(read) = self.pending.reads.remove(&ctx) {
+                self.pending.reads_dropped.push(read);
+            }
+        }
+    }
+
+    fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
+        self.admin.metrics.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Writes at or below the snapshot: whether they were the entries committed
+        // there cannot be told any more.
+        for (_, mut w) in take_through(&mut self.pending.writes, meta.index) {
+            if let Some(t) = &mut w.trace {
+                t.end_propose(false);
+            }
+            let _ = w.reply.send(Err(ClientError::Timeout));
+        }
+        for (_, c) in take_through(&mut self.pending.member_changes, meta.index) {
+            let _ = c.reply.send(Err(ClientError::Timeout));
+        }
+        tracing::info!(id = self.node, index = meta.index, term = meta.term, "installed a snapshot from the leader");
+    }
+}
