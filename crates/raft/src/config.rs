@@ -37,7 +37,10 @@ pub struct Config {
     /// A learner is promoted to voter only once its log is within this many entries of
     /// the leader's last index, so a promotion cannot stall commits while it catches up.
     pub max_promotion_lag: u64,
-    /// Seed of the node's RNG (election timeout jitter).
+    /// Seed of the node's RNG: election timeout jitter, and the nonce of a recovery from
+    /// lost state. Use a new seed for every start of a node: a recovery whose nonce an
+    /// earlier start already used could be ended by that start's committed marker,
+    /// before the node caught up.
     pub seed: u64,
     /// A deliberate bug, for tests that show the simulation's checker catching it
     /// through the real observation path. Never set outside tests.

@@ -72,6 +72,9 @@ pub struct Progress {
     /// The recovery nonce this leader appended a [`crate::RecoveryMarker`] for, and
     /// the marker's index.
     pub recovery_marker: Option<(u64, Index)>,
+    /// The last recovery nonce this leader heard from the peer: a new one is a new
+    /// incarnation, whose log has nothing to do with what the peer matched before.
+    pub recovery_nonce: Option<u64>,
     /// Snapshot refusals for size in a row, and heartbeat ticks to wait before the
     /// next attempt (backoff).
     pub snapshot_refusals: u32,
@@ -98,6 +101,7 @@ impl Progress {
             quorum_match: 0,
             recovering: false,
             recovery_marker: None,
+            recovery_nonce: None,
             snapshot_refusals: 0,
             snapshot_retry_ticks: 0,
             next_index,

@@ -77,7 +77,8 @@ pub enum ProposeError {
     #[error("node {0} is recovering from lost state")]
     Recovering(NodeId),
     /// The change would leave fewer voters that are not recovering from lost state
-    /// than a quorum: nothing could commit, recoveries included, until one came back.
+    /// than a quorum (a voter added or promoted by it counted as one that may be):
+    /// nothing could commit, recoveries included, until one came back.
     #[error(
         "the change would leave {recovering} of {voters} voters recovering from lost state: no quorum without them"
     )]
@@ -155,6 +156,10 @@ pub struct Raft {
     /// leaders count none of it toward a quorum. It ends when the node's commit index
     /// covers a [`RecoveryMarker`] of its nonce (see [`Raft::check_recovered`]).
     pub(crate) recovery: Option<u64>,
+    /// The highest index this node's log is known to share with the leader of its
+    /// term: checked by an AppendEntries of that leader, or covered by its snapshot. A
+    /// recovering node lets heartbeats move its commit index no further.
+    leader_verified: Index,
 }
 
 impl Raft {
@@ -238,6 +243,7 @@ impl Raft {
             needs_broadcast: false,
             pending_conf_index: 0,
             recovery,
+            leader_verified: 0,
             cfg,
         };
         raft.reset_timers();
@@ -333,6 +339,7 @@ impl Raft {
             self.events.push(Event::TermChanged { from: self.term, to: term });
             self.term = term;
             self.vote = None;
+            self.leader_verified = 0;
         }
     }
 
@@ -604,8 +611,12 @@ impl Raft {
             }
             MessageBody::Heartbeat { leader_commit, read_round } => {
                 self.heard_from_leader(m.from);
-                let commit = leader_commit.min(self.log.last_index());
-                self.commit_to(commit);
+                // A heartbeat's commit index rests on the leader's view of this node's
+                // log, which is stale for a node that lost its state (the leader may not
+                // know yet): while recovering, no further than this leader's appends
+                // checked, entry by entry.
+                let verified = if self.recovery.is_some() { self.leader_verified } else { self.log.last_index() };
+                self.commit_to(leader_commit.min(verified));
                 // The leader sends min(our match, its commit); a log ending below that
                 // lost entries it once acknowledged.
                 let last = self.log.last_index();
@@ -714,6 +725,7 @@ impl Raft {
         self.sync_conf();
         match appended? {
             Some(last_new) => {
+                self.leader_verified = self.leader_verified.max(last_new);
                 self.commit_to(leader_commit.min(last_new));
                 self.send(
                     from,
@@ -792,6 +804,7 @@ impl Raft {
     /// Installs a snapshot from the leader, unless the log already covers it.
     fn restore(&mut self, snapshot: Snapshot) {
         let meta = &snapshot.meta;
+        self.leader_verified = self.leader_verified.max(meta.index);
         if self.log.match_term(meta.index, meta.term) {
             // Our log has the entry it ends at, so it has everything before: just commit.
             self.commit_to(meta.index);
@@ -1003,11 +1016,21 @@ impl Raft {
     /// its recovery can end (see `check_recovered`). Needs no client write: an idle
     /// cluster finishes recoveries too.
     fn mark_recovery(&mut self, peer: NodeId, nonce: u64) {
+        let index = self.log.last_index() + 1;
         let Some(pr) = self.tracker.get_mut(peer) else { return };
+        if pr.recovery_nonce != Some(nonce) {
+            // A new incarnation: what the peer matched before it lost its state is gone,
+            // and a heartbeat's commit index must not vouch for a log it never checked.
+            pr.recovery_nonce = Some(nonce);
+            let match_index = pr.match_index;
+            pr.reset_after_lost_log(index);
+            if match_index > 0 {
+                self.events.push(Event::PeerLostLog { peer, match_index, last_index: 0 });
+            }
+        }
         if pr.recovery_marker.is_some_and(|(n, _)| n == nonce) {
             return;
         }
-        let index = self.log.last_index() + 1;
         pr.recovery_marker = Some((nonce, index));
         let data = RecoveryMarker { node: peer, nonce }.encode();
         let entry = Entry { index, term: self.term, kind: EntryKind::Noop, data };
@@ -1030,7 +1053,7 @@ impl Raft {
         let committed: Vec<&Entry> = committed.iter().filter(|e| e.index <= quorum_index).collect();
         let bytes: u64 = committed.iter().map(|e| e.data.len() as u64).sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(committed.iter().map(|e| e.size()).sum());
-        let acked_by = self.tracker.iter().filter(|(_, p)| p.match_index >= quorum_index).map(|(id, _)| *id).collect();
+        let acked_by = self.tracker.iter().filter(|(_, p)| p.quorum_match >= quorum_index).map(|(id, _)| *id).collect();
         self.events.push(Event::Committed {
             first: old + 1,
             last: quorum_index,
@@ -1240,10 +1263,17 @@ impl Raft {
             return Err(ProposeError::ConfChangePending { index: self.pending_conf_index });
         }
         let next = self.log.conf().apply_change(&cc)?;
+        // A node added as a voter at once starts with an empty disk: it recovers. A
+        // learner being promoted may lose its disk while the change replicates (this
+        // leader would hear of it only later): the new configuration must live with
+        // either as if it were recovering.
+        let new_voter = matches!(cc.change, ConfChangeKind::AddVoter | ConfChangeKind::PromoteVoter).then_some(cc.node);
         let recovering = next
             .voters
             .iter()
-            .filter(|&&id| id != self.id && self.tracker.get(id).is_some_and(|p| p.recovering))
+            .filter(|&&id| {
+                id != self.id && (Some(id) == new_voter || self.tracker.get(id).is_some_and(|p| p.recovering))
+            })
             .count();
         if next.voters.len() - recovering < crate::tracker::majority(next.voters.len()) {
             return Err(ProposeError::WouldStall { voters: next.voters.len(), recovering });

@@ -30,4 +30,5 @@ pub use policy::{DrainEnd, Stop, TickReport};
 pub use ready::{ApplyHooks, ApplyOutcome, Detached, Finished, Io, Persist, ReadyRun};
 pub use replica::{
     MemberEntry, MemberView, Proposed, Refusal, Replica, ReplicaConfig, ReplicaError, SnapshotPlan, StepRefusal,
+    refused_from_removed,
 };

@@ -76,6 +76,11 @@ impl ReadyRun {
     pub fn hard_state(&self) -> Option<HardState> {
         self.rd.hard_state
     }
+
+    /// The leader's snapshot this Ready installs, if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.rd.snapshot.as_ref()
+    }
 }
 
 /// The I/O step a runtime must do next for a [`ReadyRun`].

@@ -97,6 +97,13 @@ pub struct MemberView {
     pub removed: Vec<NodeId>,
 }
 
+/// Whether `m`, from a node this one knows was removed, is refused (and the sender told
+/// it was removed). All but the hand-off of a leader that removed itself: it sends
+/// `TimeoutNow` once its removal committed, which the target may have applied already.
+pub fn refused_from_removed(m: &Message) -> bool {
+    !matches!(m.body, MessageBody::TimeoutNow)
+}
+
 /// One node: the core, the state machine, the membership and the policies' state.
 pub struct Replica {
     pub(crate) id: NodeId,
@@ -225,7 +232,7 @@ impl Replica {
         if m.to != self.id {
             return Err(StepRefusal::NotForMe { to: m.to });
         }
-        if self.membership.removed().contains(&m.from) {
+        if refused_from_removed(&m) && self.membership.removed().contains(&m.from) {
             return Err(StepRefusal::Removed(m.from));
         }
         if matches!(

@@ -168,9 +168,11 @@ impl RaftKv for Service {
             self.shared.warn_wrong_cluster(cluster_id, messages.first().map(|m| m.from));
             return Err(PeerError::WrongCluster { expected: self.shared.cluster_id, got: cluster_id });
         }
-        // Why here and not in the loop: the loop drops non-members' messages silently;
-        // a removed node must hear that it was removed, so it stops for good.
-        if let Some(m) = messages.iter().find(|m| self.shared.is_removed(m.from)) {
+        // Why here and not only in the loop: a removed node must hear that it was
+        // removed, so it stops for good (the answer to its RPC says so).
+        if let Some(m) =
+            messages.iter().find(|m| raftkv_replica::refused_from_removed(m) && self.shared.is_removed(m.from))
+        {
             return Err(PeerError::Removed { id: m.from });
         }
         if messages.is_empty() {

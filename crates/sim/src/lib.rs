@@ -7,6 +7,8 @@
 
 mod checker;
 mod cluster;
+mod driving;
+mod network;
 mod run;
 
 pub use checker::{Checker, Observation, Violation};

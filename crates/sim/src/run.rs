@@ -182,7 +182,10 @@ fn change_membership(c: &mut Cluster) {
                 return;
             }
             let id = pick(c, &fresh);
-            if c.propose_conf_change_at(leader, ConfChangeKind::AddLearner, id).is_ok() {
+            // Half the new learners ask to be promoted by the leader's own policy once
+            // they caught up, as a node joining with --join does.
+            let auto_promote = c.rng().next_u64().is_multiple_of(2);
+            if c.propose_member_change(leader, ConfChangeKind::AddLearner, id, auto_promote).is_ok() {
                 c.start_new_node(id);
             }
         }
@@ -214,7 +217,7 @@ fn change_membership(c: &mut Cluster) {
 fn inject_fault(c: &mut Cluster) {
     let ids = c.node_ids();
     let pick = |c: &mut Cluster, from: &[NodeId]| from[(c.rng().next_u64() % from.len() as u64) as usize];
-    match c.rng().next_u64() % 11 {
+    match c.rng().next_u64() % 12 {
         0 => {
             let up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
             if !up.is_empty() {
@@ -261,6 +264,14 @@ fn inject_fault(c: &mut Cluster) {
                 c.pause(id);
             }
         }
+        9 => {
+            // SIGTERM of the leader or of any node: the replica's shutdown policy hands
+            // leadership off, then the node stops (restarted like a crashed one).
+            let target = if c.rng().next_u64().is_multiple_of(2) { c.leader() } else { Some(pick(c, &ids)) };
+            if let Some(id) = target {
+                c.stop_gracefully(id);
+            }
+        }
         _ => {
             c.heal();
             for id in c.node_ids() {
@@ -285,8 +296,8 @@ fn wipe_disk(c: &mut Cluster) {
     let Some(conf) = c.leader_conf() else { return };
     let members: Vec<NodeId> = conf.members().collect();
     let id = members[(c.rng().next_u64() % members.len() as u64) as usize];
-    let sets = c.candidate_voter_sets();
-    let settled = sets.windows(2).all(|w| w[0] == w[1]);
+    let confs = c.candidate_confs();
+    let settled = confs.windows(2).all(|w| w[0].voters == w[1].voters);
     if settled && c.recoveries_within_bound(Some(id), None) {
         c.restart_empty(id);
     }

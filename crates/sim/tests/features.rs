@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{ConfChangeKind, Event, NodeId, ProposeError, Role, StepDownReason};
+use raftkv_replica::Stop;
 use raftkv_sim::{Cluster, MAX_PROMOTION_LAG, SimOptions, TICK};
 
 /// Generous bound for an election: several randomized timeouts.
@@ -231,7 +232,11 @@ fn a_leader_that_removes_itself_hands_off_and_steps_down() {
     let acked = c.acked_commands();
     assert!(c.run_until(200 * TICK, |c| c.acked_commands() > acked + 10), "the cluster keeps committing");
     c.run_for(100 * TICK);
-    assert_ne!(c.raw(old).unwrap().status().role, Role::Leader, "the removed node never leads again");
+    // It stopped for good once it had handed off, as a server does (its tombstone).
+    assert!(!c.is_up(old), "the removed node stopped");
+    assert!(c.stops.iter().any(|(id, stop)| *id == old && matches!(stop, Stop::Removed { by: None, .. })));
+    c.restart(old);
+    assert!(!c.is_up(old), "a removed node never starts again");
     let campaigned =
         c.events.iter().any(|(t, id, e)| *t > stepped_at && *id == old && matches!(e, Event::ElectionStarted { .. }));
     assert!(!campaigned, "a node that knows of its removal never campaigns");
@@ -239,8 +244,10 @@ fn a_leader_that_removes_itself_hands_off_and_steps_down() {
     assert!(c.violations().is_empty(), "{:?}", c.violations());
 }
 
+/// The removed node does not hear of its removal (it is cut off while the change
+/// commits): it campaigns, a member answers that it was removed, and it stops for good.
 #[test]
-fn a_removed_node_that_keeps_running_does_not_disrupt_the_cluster() {
+fn a_removed_node_that_missed_its_removal_stops_without_disrupting_the_cluster() {
     let mut c = cluster(3, 23);
     let leader = c.leader().unwrap();
     let removed = c.node_ids().into_iter().find(|&id| id != leader).unwrap();
@@ -253,7 +260,9 @@ fn a_removed_node_that_keeps_running_does_not_disrupt_the_cluster() {
     c.run_for(50 * 10 * TICK); // dozens of its election timeouts
     let started =
         c.events.iter().filter(|(_, id, e)| *id == removed && matches!(e, Event::ElectionStarted { .. })).count();
-    assert!(started > 0, "the removed node keeps trying to campaign");
+    assert!(started > 0, "the removed node tried to campaign");
+    assert!(!c.is_up(removed), "it was told it was removed, and stopped");
+    assert!(c.stops.iter().any(|(id, stop)| *id == removed && matches!(stop, Stop::Removed { by: Some(_), .. })));
     assert_eq!(c.leader(), Some(leader), "the leader was not deposed");
     assert_eq!(term_of(&c, leader), term, "the cluster's term did not rise");
     let acked = c.acked_commands();
@@ -461,4 +470,36 @@ fn background_writes_keep_the_cluster_safe_through_crashes() {
     assert!(c.violations().is_empty(), "{:?}", c.violations());
     assert!(c.background_writes > 100, "the async path ran: {} background writes", c.background_writes);
     assert!(c.acked_commands() > 20, "clients made progress: {}", c.acked_commands());
+}
+
+/// A follower that was down while node 4 joined, was promoted and came to lead comes
+/// back knowing nothing of node 4: it takes that leader's messages (the replica refuses
+/// only removed senders) and catches up.
+#[test]
+fn a_follower_that_missed_the_new_leaders_addition_catches_up_from_it() {
+    let mut c = cluster(3, 31);
+    c.clients_active = false;
+    commit(&mut c, &put(1, 1, "before", "everywhere"));
+    let leader = c.leader().unwrap();
+    let down = c.node_ids().into_iter().find(|&id| id != leader).unwrap();
+    c.crash(down);
+    change_conf(&mut c, ConfChangeKind::AddLearner, 4);
+    c.start_new_node(4);
+    let recovered = c.run_until(ELECTION_BOUND * 4, |c| !c.raw(4).unwrap().status().recovering);
+    assert!(recovered, "the new learner catches up:\n{}", c.describe());
+    change_conf(&mut c, ConfChangeKind::PromoteVoter, 4);
+    let now = c.leader().unwrap();
+    c.raw_mut(now).unwrap().transfer_leader(4).expect("the leader hands over");
+    assert!(c.run_until(ELECTION_BOUND, |c| c.leader() == Some(4)), "node 4 leads:\n{}", c.describe());
+    let (index, _) = c.propose_at(4, &put(1, 2, "under-4", "v")).expect("node 4 accepts");
+    assert!(c.run_until(ELECTION_BOUND, |c| c.raw(4).unwrap().status().commit_index >= index));
+    assert!(c.raw(4).unwrap().conf().voters.contains(&down), "the follower is still a member");
+    c.restart(down);
+    assert!(!c.raw(down).unwrap().conf().contains(4), "it comes back without node 4 in its configuration");
+    let caught_up = c.run_until(ELECTION_BOUND * 2, |c| {
+        c.kv(down).applied_index() >= index && c.raw(down).unwrap().status().leader == Some(4)
+    });
+    assert!(caught_up, "the follower catches up from node 4:\n{}", c.describe());
+    assert_eq!(c.kv(down).get(b"under-4"), Some(Bytes::from("v")));
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
 }
