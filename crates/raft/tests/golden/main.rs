@@ -95,6 +95,7 @@ golden_tests!(
     snapshot_install,
     snapshot_too_large,
     confchange_add_promote_remove,
+    confchange_add_voter_stall,
     confchange_remove_leader,
     wiped_member,
     lagging_follower_new_leader,
