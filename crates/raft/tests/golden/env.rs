@@ -6,7 +6,7 @@
 //! Commands (ids are node ids; `(a,b)` is a list):
 //!
 //! - `add-nodes N [voters=(..)] [learners=(..)] [lost-state=B] [prevote=B] [checkquorum=B]
-//!   [election=T] [heartbeat=T] [slack=N] [chunk=N] [max-snapshot=N] [max-inflight=N]
+//!   [election=T] [heartbeat=T] [slack=N] [chunk=N] [max-snapshot=N] [max-inflight=N] [max-append=N]
 //!   [promotion-lag=N] [seed=N]`: N new nodes with the next free ids. With `voters`, they found
 //!   a cluster of that configuration; without, they join one (no configuration).
 //!   `lost-state=true` starts them like an empty data dir does ([`Recovered::empty`]).
@@ -138,7 +138,7 @@ impl<'a> Args<'a> {
 }
 
 /// The [`Config`] settings `add-nodes` and `restart` accept.
-const CONFIG_KEYS: [&str; 10] = [
+const CONFIG_KEYS: [&str; 11] = [
     "prevote",
     "checkquorum",
     "election",
@@ -147,6 +147,7 @@ const CONFIG_KEYS: [&str; 10] = [
     "chunk",
     "max-snapshot",
     "max-inflight",
+    "max-append",
     "promotion-lag",
     "seed",
 ];
@@ -160,6 +161,7 @@ fn configure(cfg: &mut Config, args: &Args) -> Result<(), String> {
     cfg.snapshot_chunk_bytes = args.get("chunk")?.unwrap_or(cfg.snapshot_chunk_bytes);
     cfg.max_snapshot_bytes = args.get("max-snapshot")?.unwrap_or(cfg.max_snapshot_bytes);
     cfg.max_inflight_appends = args.get("max-inflight")?.unwrap_or(cfg.max_inflight_appends);
+    cfg.max_append_bytes = args.get("max-append")?.unwrap_or(cfg.max_append_bytes);
     cfg.max_promotion_lag = args.get("promotion-lag")?.unwrap_or(cfg.max_promotion_lag);
     cfg.seed = args.get("seed")?.unwrap_or(cfg.seed);
     Ok(())

@@ -91,6 +91,7 @@ golden_tests!(
     check_quorum,
     log_conflict,
     read_index,
+    recovery_nonce_reuse,
     transfer_leader,
     snapshot_install,
     snapshot_too_large,
