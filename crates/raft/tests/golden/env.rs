@@ -5,18 +5,20 @@
 //!
 //! Commands (ids are node ids; `(a,b)` is a list):
 //!
-//! - `add-nodes N [voters=(..)] [learners=(..)] [lost-state=B] [prevote=B] [checkquorum=B]
-//!   [election=T] [heartbeat=T] [slack=N] [chunk=N] [max-snapshot=N] [max-inflight=N] [max-append=N]
-//!   [promotion-lag=N] [seed=N]`: N new nodes with the next free ids. With `voters`, they found
-//!   a cluster of that configuration; without, they join one (no configuration).
-//!   `lost-state=true` starts them like an empty data dir does ([`Recovered::empty`]).
+//! - `add-nodes N [voters=(..)] [learners=(..)] [lost-state=B] [SETTING=V ..]`: N new
+//!   nodes with the next free ids. With `voters`, they found a cluster of that
+//!   configuration; without, they join one (no configuration). `lost-state=true`
+//!   starts them like an empty data dir does ([`Recovered::empty`]). Settings of
+//!   [`Config`]: prevote, checkquorum, election, heartbeat, slack (compaction_slack),
+//!   chunk (snapshot_chunk_bytes), max-snapshot, max-inflight, max-append,
+//!   promotion-lag, seed.
 //! - `campaign ID`, `tick ID.. [n=N | until=change]`
 //! - `propose ID DATA`, `propose-conf-change ID add-learner|promote|add-voter|remove NODE`,
 //!   `read-index ID CTX`, `transfer-leader ID TARGET`, `confirm-new-cluster ID`
 //! - `process-ready ID..`, `deliver-msgs [ID..] [drop=(..)] [type=NAME] [from=ID] [max=N]`,
 //!   `stabilize [ID..]`, `msgs [ID..]` (`max=N`: at most N messages per recipient)
 //! - `compact ID`: the state machine is snapshotted at the applied index.
-//! - `crash ID`, `restart ID [wipe] [config settings as for add-nodes]`: a restart
+//! - `crash ID`, `restart ID [wipe] [SETTING=V ..]`: a restart
 //!   recovers what the disk holds; `wipe` empties the disk first (the node comes back
 //!   as an empty data dir would). Each start has its own seed (`id | restarts << 32`)
 //!   unless `seed=` says otherwise; a node's first seed is its id.
