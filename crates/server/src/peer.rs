@@ -111,6 +111,9 @@ struct PeerLink {
     backoff: Duration,
 }
 
+/// What one `raft` RPC answered.
+type BatchResult = Result<Result<Vec<Message>, PeerError>, tarpc::client::RpcError>;
+
 impl PeerLink {
     async fn run(mut self) {
         let mut carry: Option<Outbound> = None;
@@ -125,104 +128,124 @@ impl PeerLink {
                     None => return,
                 },
             };
-            if self.conn.is_none() {
-                match tokio::time::timeout(RPC_TIMEOUT, raftkv_rpc::connect_with(&self.addr, self.link.tls.as_ref()))
-                    .await
-                {
-                    Ok(Ok(client)) => {
-                        tracing::info!(peer = self.id, addr = %self.addr, "connected to peer");
-                        self.conn = Some(client);
-                        self.backoff = MIN_BACKOFF;
-                        healthy = true;
-                    }
-                    Ok(Err(e)) => {
-                        self.connect_failed(first, &e.to_string(), &mut healthy).await;
-                        continue;
-                    }
-                    Err(_) => {
-                        self.connect_failed(first, "connection attempt timed out", &mut healthy).await;
-                        continue;
-                    }
-                }
-            }
-            let mut bytes = message_bytes(&first.msg);
-            let mut traces = first.traces;
-            let mut batch = vec![first.msg];
-            while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
-                let Ok(m) = self.rx.try_recv() else { break };
-                let size = message_bytes(&m.msg);
-                if bytes + size > MAX_BATCH_BYTES {
-                    carry = Some(m);
-                    break;
-                }
-                bytes += size;
-                for t in m.traces {
-                    if !traces.iter().any(|have| have.span_id() == t.span_id()) {
-                        traces.push(t);
-                    }
-                }
-                batch.push(m.msg);
-            }
+            let Some(first) = self.connected(first, &mut healthy).await else { continue };
+            let (batch, traces) = self.collect_batch(first, &mut carry);
             let n = batch.len() as u64;
-            let mut ctx = tarpc::context::current();
-            ctx.deadline = std::time::Instant::now() + RPC_TIMEOUT;
-            let client = self.conn.as_ref().expect("connected above");
-            // Why a span only for traced batches: tarpc's client span (and so the
-            // trace context the peer receives) exists only inside one of ours, and
-            // heartbeats must not open traces.
-            let cluster_id = self.link.cluster_id;
-            let result = match traces.split_first() {
-                None => client.raft(ctx, cluster_id, batch, Vec::new()).await,
-                Some((parent, others)) => {
-                    let span = self.replicate_span(&batch, parent, others);
-                    let links = others.iter().map(crate::trace::to_link).collect();
-                    async { client.raft(ctx, cluster_id, batch, links).await }.instrument(span).await
+            let result = self.send_batch(batch, traces).await;
+            self.handle_result(result, n, &mut wrong_cluster_logged).await;
+        }
+    }
+
+    /// Connects if not connected; gives `first` back once connected, else drops it
+    /// with the queue and backs off.
+    async fn connected(&mut self, first: Outbound, healthy: &mut bool) -> Option<Outbound> {
+        if self.conn.is_some() {
+            return Some(first);
+        }
+        match tokio::time::timeout(RPC_TIMEOUT, raftkv_rpc::connect_with(&self.addr, self.link.tls.as_ref())).await {
+            Ok(Ok(client)) => {
+                tracing::info!(peer = self.id, addr = %self.addr, "connected to peer");
+                self.conn = Some(client);
+                self.backoff = MIN_BACKOFF;
+                *healthy = true;
+                Some(first)
+            }
+            Ok(Err(e)) => {
+                self.connect_failed(first, &e.to_string(), healthy).await;
+                None
+            }
+            Err(_) => {
+                self.connect_failed(first, "connection attempt timed out", healthy).await;
+                None
+            }
+        }
+    }
+
+    /// `first` and what else is queued, within the batch bounds (a message that would
+    /// exceed them is carried to the next batch), with the traces they carry.
+    fn collect_batch(&mut self, first: Outbound, carry: &mut Option<Outbound>) -> (Vec<Message>, Vec<SpanContext>) {
+        let mut bytes = message_bytes(&first.msg);
+        let mut traces = first.traces;
+        let mut batch = vec![first.msg];
+        while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+            let Ok(m) = self.rx.try_recv() else { break };
+            let size = message_bytes(&m.msg);
+            if bytes + size > MAX_BATCH_BYTES {
+                *carry = Some(m);
+                break;
+            }
+            bytes += size;
+            for t in m.traces {
+                if !traces.iter().any(|have| have.span_id() == t.span_id()) {
+                    traces.push(t);
                 }
-            };
-            match result {
-                Ok(Ok(responses)) => {
-                    self.stats.sent.fetch_add(n, Ordering::Relaxed);
-                    wrong_cluster_logged = false;
-                    self.deliver_responses(responses);
+            }
+            batch.push(m.msg);
+        }
+        (batch, traces)
+    }
+
+    async fn send_batch(&self, batch: Vec<Message>, traces: Vec<SpanContext>) -> BatchResult {
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = std::time::Instant::now() + RPC_TIMEOUT;
+        let client = self.conn.as_ref().expect("connected before sending");
+        // Why a span only for traced batches: tarpc's client span (and so the trace
+        // context the peer receives) exists only inside one of ours, and heartbeats
+        // must not open traces.
+        let cluster_id = self.link.cluster_id;
+        match traces.split_first() {
+            None => client.raft(ctx, cluster_id, batch, Vec::new()).await,
+            Some((parent, others)) => {
+                let span = self.replicate_span(&batch, parent, others);
+                let links = others.iter().map(crate::trace::to_link).collect();
+                async { client.raft(ctx, cluster_id, batch, links).await }.instrument(span).await
+            }
+        }
+    }
+
+    /// Counts, logs and backs off as the answer to a batch of `n` messages says.
+    async fn handle_result(&mut self, result: BatchResult, n: u64, wrong_cluster_logged: &mut bool) {
+        if !matches!(result, Ok(Ok(_))) {
+            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+        match result {
+            Ok(Ok(responses)) => {
+                self.stats.sent.fetch_add(n, Ordering::Relaxed);
+                *wrong_cluster_logged = false;
+                self.deliver_responses(responses);
+            }
+            Ok(Err(PeerError::WrongCluster { expected, got })) => {
+                if !std::mem::replace(wrong_cluster_logged, true) {
+                    tracing::error!(
+                        peer = self.id,
+                        addr = %self.addr,
+                        peer_cluster = format!("{expected:016x}"),
+                        our_cluster = format!("{got:016x}"),
+                        "the peer belongs to another cluster and refuses our messages: is {} the \
+                         address of another cluster's node?",
+                        self.addr
+                    );
                 }
-                Ok(Err(PeerError::WrongCluster { expected, got })) => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    if !std::mem::replace(&mut wrong_cluster_logged, true) {
-                        tracing::error!(
-                            peer = self.id,
-                            addr = %self.addr,
-                            peer_cluster = format!("{expected:016x}"),
-                            our_cluster = format!("{got:016x}"),
-                            "the peer belongs to another cluster and refuses our messages: is {} the \
-                             address of another cluster's node?",
-                            self.addr
-                        );
-                    }
-                    tokio::time::sleep(MAX_BACKOFF).await;
+                tokio::time::sleep(MAX_BACKOFF).await;
+            }
+            Ok(Err(PeerError::Removed { id })) if id == self.link.node => {
+                tracing::error!(peer = self.id, id, "the peer says this node was removed from the cluster");
+                let _ = self.link.removed_tx.try_send(self.id);
+                tokio::time::sleep(MAX_BACKOFF).await;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = self.id, error = %e, messages = n, "peer refused a batch");
+                if e == PeerError::Busy {
+                    // Let its Raft loop catch up instead of hammering it.
+                    tokio::time::sleep(MIN_BACKOFF).await;
                 }
-                Ok(Err(PeerError::Removed { id })) if id == self.link.node => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(peer = self.id, id, "the peer says this node was removed from the cluster");
-                    let _ = self.link.removed_tx.try_send(self.id);
-                    tokio::time::sleep(MAX_BACKOFF).await;
-                }
-                Ok(Err(e)) => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::debug!(peer = self.id, error = %e, messages = n, "peer refused a batch");
-                    if e == PeerError::Busy {
-                        // Let its Raft loop catch up instead of hammering it.
-                        tokio::time::sleep(MIN_BACKOFF).await;
-                    }
-                }
-                Err(tarpc::client::RpcError::DeadlineExceeded) => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::debug!(peer = self.id, messages = n, "raft RPC to peer timed out");
-                }
-                Err(e) => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(peer = self.id, addr = %self.addr, error = %e, "lost connection to peer");
-                    self.conn = None;
-                }
+            }
+            Err(tarpc::client::RpcError::DeadlineExceeded) => {
+                tracing::debug!(peer = self.id, messages = n, "raft RPC to peer timed out");
+            }
+            Err(e) => {
+                tracing::warn!(peer = self.id, addr = %self.addr, error = %e, "lost connection to peer");
+                self.conn = None;
             }
         }
     }

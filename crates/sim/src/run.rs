@@ -92,48 +92,8 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
         }
     }
 
-    cluster.heal();
-    cluster.opts.drop_percent = 0;
-    for id in cluster.node_ids() {
-        cluster.resume(id);
-        cluster.restart(id);
-    }
-    let acked = cluster.acked_commands();
-    let live = cluster.run_until(LIVENESS_UNITS, |c| {
-        !c.violations().is_empty() || (c.leader().is_some() && c.acked_commands() > acked)
-    });
-    if let Some(v) = cluster.violations().first() {
-        return Err(fail(&cluster, format!("safety: {v}")));
-    }
-    if !live {
-        let statuses = cluster.describe();
-        return Err(fail(
-            &cluster,
-            format!("liveness: no command committed within {LIVENESS_UNITS} units after healing:\n{statuses}"),
-        ));
-    }
-    cluster.clients_active = false;
-    let converged = cluster.run_until(CONVERGENCE_UNITS, |c| !c.violations().is_empty() || converged(c));
-    if let Some(v) = cluster.violations().first() {
-        return Err(fail(&cluster, format!("safety: {v}")));
-    }
-    if !converged {
-        let statuses = cluster.describe();
-        return Err(fail(
-            &cluster,
-            format!("liveness: nodes did not converge within {CONVERGENCE_UNITS} units:\n{statuses}"),
-        ));
-    }
-    let members = cluster.members();
-    let digests: std::collections::BTreeMap<_, _> =
-        cluster.digests().into_iter().filter(|(id, _)| members.contains(id)).collect();
-    let first = digests.values().next().copied();
-    if digests.values().any(|d| Some(*d) != first) {
-        return Err(fail(&cluster, format!("state machines differ at the same applied index: {digests:?}")));
-    }
-    cluster.check_nothing_lost();
-    if let Some(v) = cluster.violations().first() {
-        return Err(fail(&cluster, format!("safety: {v}")));
+    if let Err(reason) = settle(&mut cluster) {
+        return Err(fail(&cluster, reason));
     }
     let conf_changes = cluster.conf_changes.len();
     let leader_removals = cluster.conf_changes.iter().filter(|c| c.2).count();
@@ -146,6 +106,51 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
         conf_changes,
         leader_removals,
     })
+}
+
+/// Heals every fault and restarts every node, then requires liveness (a leader commits
+/// a new command), convergence (every member applies the commit index, to the same
+/// state) and that nothing committed was lost. Returns the first failure.
+fn settle(cluster: &mut Cluster) -> Result<(), String> {
+    cluster.heal();
+    cluster.opts.drop_percent = 0;
+    for id in cluster.node_ids() {
+        cluster.resume(id);
+        cluster.restart(id);
+    }
+    let acked = cluster.acked_commands();
+    let live = cluster.run_until(LIVENESS_UNITS, |c| {
+        !c.violations().is_empty() || (c.leader().is_some() && c.acked_commands() > acked)
+    });
+    safe(cluster)?;
+    if !live {
+        let statuses = cluster.describe();
+        return Err(format!("liveness: no command committed within {LIVENESS_UNITS} units after healing:\n{statuses}"));
+    }
+    cluster.clients_active = false;
+    let converged = cluster.run_until(CONVERGENCE_UNITS, |c| !c.violations().is_empty() || converged(c));
+    safe(cluster)?;
+    if !converged {
+        let statuses = cluster.describe();
+        return Err(format!("liveness: nodes did not converge within {CONVERGENCE_UNITS} units:\n{statuses}"));
+    }
+    let members = cluster.members();
+    let digests: std::collections::BTreeMap<_, _> =
+        cluster.digests().into_iter().filter(|(id, _)| members.contains(id)).collect();
+    let first = digests.values().next().copied();
+    if digests.values().any(|d| Some(*d) != first) {
+        return Err(format!("state machines differ at the same applied index: {digests:?}"));
+    }
+    cluster.check_nothing_lost();
+    safe(cluster)
+}
+
+/// The first safety violation, if any.
+fn safe(cluster: &Cluster) -> Result<(), String> {
+    match cluster.violations().first() {
+        Some(v) => Err(format!("safety: {v}")),
+        None => Ok(()),
+    }
 }
 
 /// Every member of the leader's configuration is up and has applied its commit index.

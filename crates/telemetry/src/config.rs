@@ -99,25 +99,7 @@ impl TelemetryConfig {
     pub fn from_lookup(default_service_name: &str, get: impl Fn(&str) -> Option<String>) -> TelemetryConfig {
         let get = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let mut warnings = Vec::new();
-
-        let protocol = match get(TRACES_PROTOCOL).or_else(|| get(PROTOCOL)) {
-            None => Protocol::Grpc,
-            Some(p) => match p.to_ascii_lowercase().as_str() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
-                "http/json" => {
-                    warnings.push(format!(
-                        "{PROTOCOL}=http/json is not supported; sending http/protobuf to the same endpoint"
-                    ));
-                    Protocol::HttpProtobuf
-                }
-                other => {
-                    warnings.push(format!("{PROTOCOL}={other} is not one of grpc, http/protobuf; using grpc"));
-                    Protocol::Grpc
-                }
-            },
-        };
-
+        let protocol = protocol_of(get(TRACES_PROTOCOL).or_else(|| get(PROTOCOL)), &mut warnings);
         let endpoint = match (get(TRACES_ENDPOINT), get(ENDPOINT)) {
             (Some(traces), _) => Some(with_scheme(&traces, TRACES_ENDPOINT, &mut warnings)),
             (None, Some(base)) => {
@@ -137,60 +119,10 @@ impl TelemetryConfig {
             warnings.push(format!("{TRACES_EXPORTER}={exporter} is not supported; using otlp"));
         }
         let endpoint = endpoint.filter(|_| !disabled);
-
-        let mut resource_attributes = Vec::new();
-        let mut resource_service_name = None;
-        if let Some(attrs) = get(RESOURCE_ATTRIBUTES) {
-            for pair in attrs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let Some((k, v)) = pair.split_once('=') else {
-                    warnings.push(format!("{RESOURCE_ATTRIBUTES}: '{pair}' is not key=value; ignored"));
-                    continue;
-                };
-                let (k, v) = (percent_decode(k.trim()), percent_decode(v.trim()));
-                if k.is_empty() {
-                    warnings.push(format!("{RESOURCE_ATTRIBUTES}: '{pair}' has an empty key; ignored"));
-                } else if k == "service.name" {
-                    resource_service_name = Some(v);
-                } else if let Some(existing) = resource_attributes.iter_mut().find(|(key, _)| *key == k) {
-                    existing.1 = v;
-                } else {
-                    resource_attributes.push((k, v));
-                }
-            }
-        }
+        let (resource_attributes, resource_service_name) =
+            resource_attributes_of(get(RESOURCE_ATTRIBUTES).as_deref(), &mut warnings);
         let service_name = get(SERVICE_NAME).or(resource_service_name).unwrap_or_else(|| default_service_name.into());
-
-        let arg = get(SAMPLER_ARG);
-        let ratio = |warnings: &mut Vec<String>| -> f64 {
-            match &arg {
-                None => 1.0,
-                Some(a) => match a.parse::<f64>() {
-                    Ok(r) if (0.0..=1.0).contains(&r) => r,
-                    _ => {
-                        warnings.push(format!("{SAMPLER_ARG}={a} is not a probability from 0 to 1; using 1.0"));
-                        1.0
-                    }
-                },
-            }
-        };
-        let sampler = match get(SAMPLER).map(|s| s.to_ascii_lowercase()) {
-            None => SamplerConfig::ParentBased(RootSampler::AlwaysOn),
-            Some(s) => match s.as_str() {
-                "always_on" => SamplerConfig::AlwaysOn,
-                "always_off" => SamplerConfig::AlwaysOff,
-                "traceidratio" => SamplerConfig::TraceIdRatio(ratio(&mut warnings)),
-                "parentbased_always_on" => SamplerConfig::ParentBased(RootSampler::AlwaysOn),
-                "parentbased_always_off" => SamplerConfig::ParentBased(RootSampler::AlwaysOff),
-                "parentbased_traceidratio" => {
-                    SamplerConfig::ParentBased(RootSampler::TraceIdRatio(ratio(&mut warnings)))
-                }
-                other => {
-                    warnings.push(format!("{SAMPLER}={other} is not supported; using parentbased_always_on"));
-                    SamplerConfig::ParentBased(RootSampler::AlwaysOn)
-                }
-            },
-        };
-
+        let sampler = sampler_of(get(SAMPLER), get(SAMPLER_ARG), &mut warnings);
         TelemetryConfig { endpoint, protocol, service_name, resource_attributes, sampler, warnings }
     }
 
@@ -234,6 +166,78 @@ fn percent_decode(s: &str) -> String {
 
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`: grpc (the default) or http/protobuf.
+fn protocol_of(value: Option<String>, warnings: &mut Vec<String>) -> Protocol {
+    let Some(p) = value else { return Protocol::Grpc };
+    match p.to_ascii_lowercase().as_str() {
+        "grpc" => Protocol::Grpc,
+        "http/protobuf" => Protocol::HttpProtobuf,
+        "http/json" => {
+            warnings.push(format!("{PROTOCOL}=http/json is not supported; sending http/protobuf to the same endpoint"));
+            Protocol::HttpProtobuf
+        }
+        other => {
+            warnings.push(format!("{PROTOCOL}={other} is not one of grpc, http/protobuf; using grpc"));
+            Protocol::Grpc
+        }
+    }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,...`, percent-decoded): the attributes other than
+/// `service.name`, and that one.
+fn resource_attributes_of(value: Option<&str>, warnings: &mut Vec<String>) -> (Vec<(String, String)>, Option<String>) {
+    let mut attributes: Vec<(String, String)> = Vec::new();
+    let mut service_name = None;
+    for pair in value.unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            warnings.push(format!("{RESOURCE_ATTRIBUTES}: '{pair}' is not key=value; ignored"));
+            continue;
+        };
+        let (k, v) = (percent_decode(k.trim()), percent_decode(v.trim()));
+        if k.is_empty() {
+            warnings.push(format!("{RESOURCE_ATTRIBUTES}: '{pair}' has an empty key; ignored"));
+        } else if k == "service.name" {
+            service_name = Some(v);
+        } else if let Some(existing) = attributes.iter_mut().find(|(key, _)| *key == k) {
+            existing.1 = v;
+        } else {
+            attributes.push((k, v));
+        }
+    }
+    (attributes, service_name)
+}
+
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+fn sampler_of(sampler: Option<String>, arg: Option<String>, warnings: &mut Vec<String>) -> SamplerConfig {
+    let ratio = |warnings: &mut Vec<String>| -> f64 {
+        match &arg {
+            None => 1.0,
+            Some(a) => match a.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    warnings.push(format!("{SAMPLER_ARG}={a} is not a probability from 0 to 1; using 1.0"));
+                    1.0
+                }
+            },
+        }
+    };
+    let Some(s) = sampler.map(|s| s.to_ascii_lowercase()) else {
+        return SamplerConfig::ParentBased(RootSampler::AlwaysOn);
+    };
+    match s.as_str() {
+        "always_on" => SamplerConfig::AlwaysOn,
+        "always_off" => SamplerConfig::AlwaysOff,
+        "traceidratio" => SamplerConfig::TraceIdRatio(ratio(warnings)),
+        "parentbased_always_on" => SamplerConfig::ParentBased(RootSampler::AlwaysOn),
+        "parentbased_always_off" => SamplerConfig::ParentBased(RootSampler::AlwaysOff),
+        "parentbased_traceidratio" => SamplerConfig::ParentBased(RootSampler::TraceIdRatio(ratio(warnings))),
+        other => {
+            warnings.push(format!("{SAMPLER}={other} is not supported; using parentbased_always_on"));
+            SamplerConfig::ParentBased(RootSampler::AlwaysOn)
+        }
+    }
 }
 
 #[cfg(test)]
