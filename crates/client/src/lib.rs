@@ -32,13 +32,17 @@
 mod backoff;
 mod client;
 mod error;
+mod hashkv;
 pub mod local;
+mod paging;
 
 pub use client::{Client, ClientOptions, WriteOutcome};
 pub use error::ClientError;
+pub use hashkv::{HASH_KV_ROUNDS, HashKvRound};
+pub use paging::ScanPages;
 pub use raftkv_kv::{WriteOp, WriteResult};
 pub use raftkv_raft::NodeId;
 pub use raftkv_rpc::{
-    GetReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus, ReadConsistency,
-    ScanReply,
+    GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
+    ReadConsistency, ScanReply, ScanStart, ServerInfo,
 };
