@@ -31,10 +31,12 @@
 
 mod backoff;
 mod client;
+pub mod duration;
 mod error;
 mod hashkv;
 pub mod local;
 mod paging;
+pub mod table;
 
 pub use client::{Client, ClientOptions, WriteOutcome};
 pub use error::ClientError;
