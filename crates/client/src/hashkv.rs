@@ -36,7 +36,8 @@ impl HashKvRound {
                         self.index, self.rounds
                     ));
                 }
-                Err(e) => return Err(format!("{endpoint}: {e}")),
+                // (The error names the endpoint.)
+                Err(e) => return Err(e.to_string()),
             }
         }
         let Some(&(first_endpoint, first)) = digests.first() else {

@@ -114,7 +114,7 @@ pub struct ServerInfo {
 }
 
 /// One node's view of the cluster, for `raftkv status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: NodeId,
     pub role: String,
