@@ -345,6 +345,25 @@ mod tests {
     }
 
     #[test]
+    fn every_command_and_argument_is_described() {
+        fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != " raftkv" {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set() && a.get_help().is_none()) {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                check(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&cli_command(), "", &mut missing);
+        assert!(missing.is_empty(), "without a description: {missing:?}");
+    }
+
+    #[test]
     fn global_options_parse_anywhere_and_keep_the_servers_own() {
         let parse = |args: &[&str]| {
             let matches = cli_command().try_get_matches_from(args).map_err(|e| e.to_string())?;
