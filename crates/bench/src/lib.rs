@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
+use raftkv_client::duration::parse_duration;
+use rand::rngs::SmallRng;
+use rand::{RngExt as _, SeedableRng as _};
 
 pub use report::{LatencySummary, OpStats, Report, Workload};
 
@@ -343,7 +346,7 @@ async fn client_loop<B: Backend>(
     measure_to: Instant,
 ) -> Tally {
     let mut tally = Tally::new();
-    let mut rng = SplitMix64(rand::random());
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
     loop {
         // When this operation starts (or, in the open loop, was scheduled to).
         let began = match args.rate {
@@ -358,8 +361,8 @@ async fn client_loop<B: Backend>(
         if began >= measure_to {
             break;
         }
-        let k = key(rng.next() % args.keys, args.key_size);
-        let read = args.reads >= 1.0 || (args.reads > 0.0 && rng.unit() < args.reads);
+        let k = key(rng.random_range(0..args.keys), args.key_size);
+        let read = args.reads >= 1.0 || (args.reads > 0.0 && rng.random_bool(args.reads));
         let result = if read {
             backend.get(&conn, &mut session, k, args.stale, args.op_timeout).await
         } else {
@@ -386,57 +389,6 @@ async fn client_loop<B: Backend>(
         }
     }
     tally
-}
-
-/// A small, fast, `Send` random number generator for choosing keys and operations.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Parses a duration: one or more `<number><unit>` parts, unit `ms`, `s`, `m` or `h`
-/// (a bare number means seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let text = s.trim();
-    let bad = || format!("invalid duration '{s}'; use e.g. 5s, 500ms or 2m");
-    if let Ok(secs) = text.parse::<f64>() {
-        return secs_to_duration(secs).ok_or_else(bad);
-    }
-    let (mut total, mut rest) = (0f64, text);
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let unit_len = rest[num_len..].find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len() - num_len);
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        let scale = match rest[num_len..num_len + unit_len].trim() {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = &rest[num_len + unit_len..];
-    }
-    secs_to_duration(total).ok_or_else(bad)
-}
-
-fn secs_to_duration(secs: f64) -> Option<Duration> {
-    (secs.is_finite() && (0.0..=1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -494,6 +446,16 @@ mod tests {
         assert!((0..1000).all(|i| counts.get(&key(i, 16)) == Some(&1)), "some key was not written exactly once");
         assert_eq!((report.writes.ops, report.reads.ops, report.errors), (1000, 0, 0));
         assert!(report.workload.fill);
+        // The table: a header, then the write and total rows, numbers right-aligned
+        // under their titles.
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("op  ") && lines[1].ends_with("errors"), "{table}");
+        for (line, op) in lines[2..4].iter().zip(["write", "total"]) {
+            assert!(line.starts_with(op) && line.ends_with(" 0"), "{table}");
+            assert_eq!(line.len(), lines[1].len(), "{table}");
+            assert_eq!(line.split_whitespace().nth(1), Some("1000"), "{table}");
+        }
     }
 
     #[test]
@@ -510,12 +472,18 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
+    fn duration_flags_take_the_tools_forms_and_refuse_garbage_at_parse_time() {
+        let args = parse(&["--warmup", "1.5s", "--duration", "1m30s", "--op-timeout", "3"]);
+        assert_eq!(args.warmup, Duration::from_millis(1500));
+        assert_eq!(args.duration, Duration::from_secs(90));
+        assert_eq!(args.op_timeout, Duration::from_secs(3));
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let err = Cli::try_parse_from(["bench", "--duration", "5x"]).err().expect("5x is refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
+use raftkv_client::table::Table;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchArgs;
@@ -156,22 +157,28 @@ impl Report {
             w.duration_s,
             w.warmup_s
         );
-        let _ = writeln!(
-            out,
-            "{:<6} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
-            "op", "ops", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
-        );
+        let mut table =
+            Table::new(&["op", "ops", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"])
+                .right(&[1, 2, 3, 4, 5, 6, 7, 8]);
         for (name, s) in [("write", &self.writes), ("read", &self.reads), ("total", &self.total)] {
             if name != "total" && s.ops == 0 && s.errors == 0 {
                 continue;
             }
             let l = &s.latency_ms;
-            let _ = writeln!(
-                out,
-                "{name:<6} {:>10} {:>12.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7}",
-                s.ops, s.throughput, l.p50, l.p90, l.p99, l.p999, l.max, s.errors
-            );
+            let ms = |v: f64| format!("{v:.3}");
+            table.row([
+                name.to_string(),
+                s.ops.to_string(),
+                format!("{:.1}", s.throughput),
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max),
+                s.errors.to_string(),
+            ]);
         }
+        out.push_str(&table.render());
         let _ = writeln!(out, "errors (preload, warmup and measured): {}", self.errors);
         for e in &self.error_samples {
             let _ = writeln!(out, "  {e}");

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use raftkv_client::local::{LocalCluster, LocalClusterOptions, ServerCommand};
+use raftkv_client::table::Table;
 use raftkv_client::{Client, ClientOptions, NodeId, NodeStatus};
 
-use crate::duration::parse_duration;
 use crate::up::{STOP_GRACE, shutdown_signal};
 use crate::validate::{self, ValidateArgs};
 use crate::{CliError, CliResult, Global};
+use raftkv_client::duration::parse_duration;
 
 const NODES: usize = 3;
 const STEPS: usize = 6;
@@ -156,15 +157,22 @@ pub async fn command(global: &Global, args: DemoArgs) -> CliResult {
 }
 
 fn print_table(rows: &[Row], total: Duration) {
-    println!();
-    let w_step = rows.iter().map(|r| r.step.len()).max().unwrap_or(4).max(4);
-    let w_res = rows.iter().map(|r| r.result.len()).max().unwrap_or(6).clamp(6, 100);
-    println!("{:<w_step$}  {:<w_res$}  DURATION", "STEP", "RESULT");
+    let mut t = Table::new(&["STEP", "RESULT", "DURATION"]).right(&[2]);
     for r in rows {
-        let result = if r.result.len() > w_res { format!("{}...", &r.result[..w_res - 3]) } else { r.result.clone() };
-        println!("{:<w_step$}  {:<w_res$}  {:>6} ms", r.step, result, r.duration.as_millis());
+        t.row([r.step.clone(), truncate(&r.result, 100), format!("{} ms", r.duration.as_millis())]);
     }
-    println!("{:<w_step$}  {:<w_res$}  {:>6} ms", "total", "", total.as_millis());
+    t.row(["total".to_string(), String::new(), format!("{} ms", total.as_millis())]);
+    println!();
+    print!("{}", t.render());
+}
+
+/// At most `max` characters, the cut marked with `...`.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        s.chars().take(max.saturating_sub(3)).collect::<String>() + "..."
+    }
 }
 
 fn ms(d: Duration) -> u128 {
@@ -378,4 +386,16 @@ fn command_text(c: &ServerCommand) -> String {
         .chain(c.args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_results_are_cut_at_a_character() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééééé", 4), "é...");
+        assert_eq!(truncate("abcdefghij", 10), "abcdefghij");
+    }
 }

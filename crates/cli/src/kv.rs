@@ -1,68 +1,75 @@
-//! The single-operation commands: put, get, delete, cas, scan, status, transfer-leader.
-//! (`member` is in `member.rs`.)
+//! The key/value commands: put, get, delete, cas, scan, transfer-leader.
 
-use std::io::{Read, Write};
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use raftkv_client::{Client, ClientError, NodeStatus, WriteOutcome, WriteResult};
+use clap::Args;
+use raftkv_client::table::Table;
+use raftkv_client::{Client, ScanPages, ScanReply, ScanStart, WriteOutcome, WriteResult};
 use serde_json::json;
 
-use crate::{CliError, CliResult, Global};
+use crate::global::{CliError, CliResult, Global, Output};
+use crate::output::{Codec, print_json, write_out};
 
 /// A client for the global endpoints and timeout.
 pub fn client(global: &Global) -> Result<Client, CliError> {
     Client::new(global.endpoints.clone(), global.client_options()?).map_err(CliError::from)
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Writes raw bytes and a newline to stdout (values need not be UTF-8).
-fn print_bytes(b: &[u8]) -> CliResult {
-    let mut out = std::io::stdout().lock();
-    out.write_all(b).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(write_error)
-}
-
-fn write_error(e: std::io::Error) -> CliError {
-    CliError::failed(format!("error: cannot write output: {e}"))
-}
-
-fn outcome_json(o: &WriteOutcome) -> serde_json::Value {
+fn outcome_json(o: &WriteOutcome, codec: Codec) -> serde_json::Value {
     let result = match &o.result {
         WriteResult::Put { existed } => json!({"op": "put", "existed": existed}),
         WriteResult::Delete { existed } => json!({"op": "delete", "existed": existed}),
-        WriteResult::Cas { swapped, current } => {
-            json!({"op": "cas", "swapped": swapped, "current": current.as_deref().map(text)})
-        }
+        WriteResult::Cas { swapped, current } => json!({
+            "op": "cas",
+            "swapped": swapped,
+            "current": current.as_deref().map(|c| codec.json(c)),
+            "encoding": codec.name(),
+        }),
     };
-    json!({
-        "index": o.index,
-        "term": o.term,
-        "leader": o.leader,
-        "duplicate": o.duplicate,
-        "result": result,
-    })
+    json!({"index": o.index, "term": o.term, "leader": o.leader, "duplicate": o.duplicate, "result": result})
 }
 
-fn print_outcome(global: &Global, o: &WriteOutcome) {
-    if global.json {
-        println!("{}", outcome_json(o));
-    } else {
-        println!("index={} term={} leader={}", o.index, o.term, o.leader);
+/// What a write did, in a few words (the table's RESULT column).
+fn outcome_words(result: &WriteResult) -> &'static str {
+    match result {
+        WriteResult::Put { existed: true } => "put (replaced)",
+        WriteResult::Put { existed: false } => "put (new key)",
+        WriteResult::Delete { existed: true } => "deleted",
+        WriteResult::Delete { existed: false } => "delete (no such key)",
+        WriteResult::Cas { swapped: true, .. } => "cas (swapped)",
+        WriteResult::Cas { swapped: false, .. } => "cas (not swapped)",
     }
 }
 
-pub async fn put(global: &Global, key: String, value: Option<String>, file: Option<PathBuf>) -> CliResult {
+fn print_outcome(global: &Global, o: &WriteOutcome) -> CliResult {
+    match global.output(Output::Simple) {
+        Output::Simple => write_out(format!("index={} term={} leader={}\n", o.index, o.term, o.leader).as_bytes()),
+        Output::Json => print_json(&outcome_json(o, Codec::of(global))),
+        Output::Table => {
+            let mut t = Table::new(&["INDEX", "TERM", "LEADER", "DUPLICATE", "RESULT"]);
+            let duplicate = if o.duplicate { "yes" } else { "no" };
+            t.row([
+                o.index.to_string(),
+                o.term.to_string(),
+                o.leader.to_string(),
+                duplicate.into(),
+                outcome_words(&o.result).into(),
+            ]);
+            write_out(t.render().as_bytes())
+        }
+    }
+}
+
+pub async fn put(global: &Global, key: Bytes, value: Option<Bytes>, file: Option<PathBuf>) -> CliResult {
     let value = match (value, file) {
-        (Some(v), _) => Bytes::from(v),
+        (Some(v), _) => v,
         (None, Some(path)) => read_value(&path)?,
-        (None, None) => return Err(CliError { code: 2, message: "error: put takes VALUE or --value-file".into() }),
+        (None, None) => return Err(CliError::usage("put takes VALUE or --value-file")),
     };
     let o = client(global)?.put(key, value).await?;
-    print_outcome(global, &o);
-    Ok(())
+    print_outcome(global, &o)
 }
 
 /// Reads a value file (`-`: stdin), never more than one byte over
@@ -85,188 +92,181 @@ fn read_value(path: &Path) -> Result<Bytes, CliError> {
     Ok(Bytes::from(buf))
 }
 
-pub async fn delete(global: &Global, key: String) -> CliResult {
+pub async fn delete(global: &Global, key: Bytes) -> CliResult {
     let o = client(global)?.delete(key).await?;
-    print_outcome(global, &o);
-    Ok(())
+    print_outcome(global, &o)
 }
 
-pub async fn cas(global: &Global, key: String, expected: Option<String>, new: String) -> CliResult {
-    let o = client(global)?.cas(key, expected.map(Bytes::from), new).await?;
-    print_outcome(global, &o);
+pub async fn cas(global: &Global, key: Bytes, expected: Option<Bytes>, new: Bytes) -> CliResult {
+    let o = client(global)?.cas(key, expected, new).await?;
+    print_outcome(global, &o)?;
     match o.cas_result() {
         Some((true, _)) => Ok(()),
+        // What was found instead, on stderr as it is (the outcome went to stdout).
         Some((false, current)) => {
-            let mut err = std::io::stderr().lock();
-            let _ = match current {
-                Some(v) => err.write_all(&v).and_then(|()| err.write_all(b"\n")),
-                None => err.write_all(b"not found\n"),
-            };
+            let mut found = current.map_or_else(|| b"not found".to_vec(), |v| Codec::of(global).raw(&v));
+            found.push(b'\n');
+            let _ = std::io::stderr().write_all(&found);
             Err(CliError { code: 1, message: String::new() })
         }
         None => Err(CliError::failed("error: the server answered a cas with a non-cas result")),
     }
 }
 
-pub async fn get(global: &Global, key: String, stale: bool) -> CliResult {
+pub async fn get(global: &Global, key: Bytes, stale: bool) -> CliResult {
     let reply = client(global)?.get_meta(key.clone(), stale).await?;
-    if global.json {
-        println!(
-            "{}",
-            json!({
-                "key": key,
-                "value": reply.value.as_deref().map(text),
-                "found": reply.value.is_some(),
-                "index": reply.index,
-                "node": reply.node,
-                "leader": reply.leader,
-            })
-        );
+    let codec = Codec::of(global);
+    match global.output(Output::Simple) {
+        Output::Json => print_json(&json!({
+            "key": codec.json(&key),
+            "value": reply.value.as_deref().map(|v| codec.json(v)),
+            "encoding": codec.name(),
+            "found": reply.value.is_some(),
+            "index": reply.index,
+            "node": reply.node,
+            "leader": reply.leader,
+        }))?,
+        Output::Table if reply.value.is_some() => {
+            let mut t = Table::new(&["KEY", "VALUE", "INDEX", "NODE"]);
+            let value = reply.value.as_deref().map(|v| codec.cell(v)).unwrap_or_default();
+            t.row([codec.cell(&key), value, reply.index.to_string(), reply.node.to_string()]);
+            write_out(t.render().as_bytes())?;
+        }
+        Output::Simple | Output::Table => {
+            if let Some(v) = &reply.value {
+                let mut line = codec.raw(v);
+                line.push(b'\n');
+                write_out(&line)?;
+            }
+        }
     }
-    match reply.value {
-        Some(v) if !global.json => print_bytes(&v),
-        Some(_) => Ok(()),
-        None => Err(CliError::failed("not found")),
+    if reply.value.is_some() { Ok(()) } else { Err(CliError::failed("not found")) }
+}
+
+/// `raftkv scan` flags.
+#[derive(Args, Debug, Clone)]
+pub struct ScanArgs {
+    /// Only keys that start with PREFIX (default: every key).
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// Start at this key, or the first one after it (with PREFIX: among its keys).
+    /// Continues a scan that stopped at --limit: it prints the key to go on from.
+    #[arg(long, value_name = "KEY")]
+    pub from: Option<String>,
+    /// At most this many pairs in all (read in pages of up to 10000).
+    #[arg(long, default_value_t = 1000, value_parser = parse_limit, conflicts_with = "all")]
+    pub limit: u64,
+    /// Every pair, however many (pages of up to 10000 pairs, each one linearizable
+    /// read; together they are not one snapshot).
+    #[arg(long)]
+    pub all: bool,
+    /// Read any node's local state, which may be stale.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// `--limit`: a whole number of pairs, at least 1.
+fn parse_limit(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("the limit is at least 1 pair (--all reads every pair)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number of pairs")),
     }
 }
 
-pub async fn scan(global: &Global, prefix: String, limit: u32, stale: bool) -> CliResult {
-    let reply = client(global)?.scan(prefix, limit, stale).await?;
-    if global.json {
-        let items: Vec<_> = reply.items.iter().map(|(k, v)| json!({"key": text(k), "value": text(v)})).collect();
-        println!("{}", json!({"items": items, "more": reply.more, "index": reply.index, "node": reply.node}));
-        return Ok(());
+/// Where a scan's pairs go, page by page: simple and JSON stream, a table waits for
+/// the last page.
+struct ScanPrinter {
+    format: Output,
+    codec: Codec,
+    table: Table,
+    count: u64,
+    pages: Vec<serde_json::Value>,
+}
+
+impl ScanPrinter {
+    fn new(format: Output, codec: Codec) -> ScanPrinter {
+        ScanPrinter { format, codec, table: Table::new(&["KEY", "VALUE"]), count: 0, pages: Vec::new() }
     }
-    let mut out = std::io::stdout().lock();
-    for (k, v) in &reply.items {
-        out.write_all(k)
-            .and_then(|()| out.write_all(b"\t"))
-            .and_then(|()| out.write_all(v))
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(write_error)?;
+
+    fn page(&mut self, page: &ScanReply) -> CliResult {
+        let codec = self.codec;
+        let mut out = Vec::new();
+        if self.format == Output::Json && self.pages.is_empty() {
+            out.extend(format!("{{\"encoding\":\"{}\",\"items\":[", codec.name()).bytes());
+        }
+        for (k, v) in &page.items {
+            match self.format {
+                Output::Simple => {
+                    out.extend(codec.raw(k));
+                    out.push(b'\t');
+                    out.extend(codec.raw(v));
+                    out.push(b'\n');
+                }
+                Output::Json => {
+                    if self.count > 0 {
+                        out.push(b',');
+                    }
+                    out.extend(json!({"key": codec.json(k), "value": codec.json(v)}).to_string().bytes());
+                }
+                Output::Table => self.table.row([codec.cell(k), codec.cell(v)]),
+            }
+            self.count += 1;
+        }
+        self.pages.push(json!({"index": page.index, "node": page.node, "count": page.items.len()}));
+        write_out(&out)
     }
-    out.flush().map_err(write_error)?;
-    if reply.more {
-        eprintln!(
-            "(more pairs follow: a page stops at --limit pairs or once its keys and values reach {} MiB; \
-             raise --limit or narrow the prefix)",
-            raftkv_kv::MAX_SCAN_BYTES >> 20
-        );
+
+    fn finish(&mut self, scan: &ScanPages) -> CliResult {
+        match self.format {
+            Output::Simple => Ok(()),
+            Output::Table => write_out(self.table.render().as_bytes()),
+            Output::Json => {
+                let next = scan.next_key().map(|k| self.codec.json(k));
+                let first = self.pages.first().cloned().unwrap_or_default();
+                let tail = format!(
+                    "],\"count\":{},\"more\":{},\"next\":{},\"index\":{},\"node\":{},\"pages\":{}}}\n",
+                    self.count,
+                    scan.stopped_by_limit(),
+                    next.unwrap_or_default(),
+                    first["index"],
+                    first["node"],
+                    serde_json::Value::Array(std::mem::take(&mut self.pages))
+                );
+                write_out(tail.as_bytes())
+            }
+        }
+    }
+}
+
+pub async fn scan(global: &Global, args: ScanArgs) -> CliResult {
+    let codec = Codec::of(global);
+    let prefix = codec.arg("PREFIX", &args.prefix)?;
+    let start = match &args.from {
+        Some(from) => ScanStart::AtOrAfter(codec.arg("--from", from)?),
+        None => ScanStart::First,
+    };
+    let client = client(global)?;
+    let mut pages = ScanPages::new(prefix, start, (!args.all).then_some(args.limit), args.stale);
+    let mut printer = ScanPrinter::new(global.output(Output::Simple), codec);
+    while let Some(page) = pages.next(&client).await? {
+        printer.page(&page)?;
+    }
+    printer.finish(&pages)?;
+    if pages.stopped_by_limit() {
+        let how = match pages.next_key() {
+            Some(next) => format!("continue with --from '{}', ", codec.cell(next)),
+            None => String::new(),
+        };
+        eprintln!("(more pairs follow --limit {}: {how}raise --limit, or give --all)", args.limit);
     }
     Ok(())
 }
 
 pub async fn transfer_leader(global: &Global, target: Option<u64>) -> CliResult {
     let id = client(global)?.transfer_leader(target).await?;
-    println!("leadership transferring to node {id}");
-    Ok(())
-}
-
-pub async fn status(global: &Global) -> CliResult {
-    let statuses = client(global)?.status_all().await;
-    if global.json {
-        let rows: Vec<_> = statuses.iter().map(|(e, s)| status_json(e, s)).collect();
-        println!("{}", serde_json::Value::Array(rows));
-    } else {
-        print!("{}", status_table(&statuses));
-    }
-    if statuses.iter().any(|(_, s)| s.is_ok()) { Ok(()) } else { Err(CliError::failed("error: no endpoint answered")) }
-}
-
-fn status_json(endpoint: &str, s: &Result<NodeStatus, ClientError>) -> serde_json::Value {
-    match s {
-        Ok(s) => json!({
-            "endpoint": endpoint,
-            "reachable": true,
-            "id": s.id,
-            "role": s.role,
-            "term": s.term,
-            "leader": s.leader,
-            "commit_index": s.commit_index,
-            "applied_index": s.applied_index,
-            "last_index": s.last_index,
-            "snapshot_index": s.snapshot_index,
-            "cluster_id": s.cluster_id,
-        }),
-        Err(e) => json!({"endpoint": endpoint, "reachable": false, "error": e.to_string()}),
-    }
-}
-
-/// An aligned table, one row per endpoint.
-pub fn status_table(statuses: &[(String, Result<NodeStatus, ClientError>)]) -> String {
-    let header = ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "CLUSTER", "REACHABLE"];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for (endpoint, s) in statuses {
-        rows.push(match s {
-            Ok(s) => vec![
-                endpoint.clone(),
-                s.id.to_string(),
-                s.role.to_lowercase(),
-                s.term.to_string(),
-                s.leader.map_or("-".into(), |l| l.to_string()),
-                s.commit_index.to_string(),
-                s.applied_index.to_string(),
-                // Hex, as the servers log it; 0: a joining node that has no cluster yet.
-                if s.cluster_id == 0 { "-".into() } else { format!("{:016x}", s.cluster_id) },
-                "yes".into(),
-            ],
-            Err(e) => {
-                let mut row = vec![endpoint.clone()];
-                row.extend(std::iter::repeat_n("-".to_string(), header.len() - 2));
-                row.push(format!("no ({})", e.to_string().trim_start_matches("unreachable: ")));
-                row
-            }
-        });
-    }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_table_is_aligned_and_shows_unreachable_nodes() {
-        let up = NodeStatus {
-            id: 1,
-            role: "Leader".into(),
-            term: 12,
-            leader: Some(1),
-            commit_index: 100,
-            applied_index: 99,
-            last_index: 100,
-            snapshot_index: 0,
-            peers: vec![],
-            cluster_id: 7,
-            recovering: false,
-        };
-        let rows = vec![
-            ("127.0.0.1:7001".to_string(), Ok(up)),
-            ("127.0.0.1:7002".to_string(), Err(ClientError::Unreachable("127.0.0.1:7002: refused".into()))),
-        ];
-        let table = status_table(&rows);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(
-            lines[0]
-                .starts_with("ENDPOINT        ID  ROLE    TERM  LEADER  COMMIT  APPLIED  CLUSTER           REACHABLE"),
-            "{table}"
-        );
-        assert!(
-            lines[1].starts_with("127.0.0.1:7001  1   leader  12    1       100     99       0000000000000007  yes"),
-            "{table}"
-        );
-        assert!(lines[2].contains("no (127.0.0.1:7002: refused)"), "{table}");
-        let col = |l: &str| l.find("REACHABLE").or_else(|| l.find("yes")).or_else(|| l.find("no ("));
-        assert_eq!(col(lines[0]), col(lines[1]));
-        assert_eq!(col(lines[0]), col(lines[2]));
+    match global.output(Output::Simple) {
+        Output::Json => print_json(&json!({ "leader": id })),
+        Output::Simple | Output::Table => write_out(format!("leadership transferring to node {id}\n").as_bytes()),
     }
 }

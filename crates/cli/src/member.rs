@@ -1,22 +1,30 @@
 //! `raftkv member list|add|promote|remove`: the cluster's configuration.
 
 use clap::Subcommand;
+use raftkv_client::table::Table;
 use raftkv_client::{MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeId};
+use serde_json::json;
 
+use crate::global::{CliError, CliResult, Global, Output, parse_host_port};
 use crate::kv::client;
-use crate::{CliError, CliResult, Global};
+use crate::output::{print_json, write_out};
 
 #[derive(Subcommand, Debug)]
 pub enum MemberCmd {
     /// Show the configuration as the leader sees it: ID, ADDRESS, ROLE, MATCH (the
     /// leader's replication index of each member), the cluster id, the leader and the
-    /// configuration's log index. --json prints it as JSON.
+    /// configuration's log index.
     List,
     /// Add node ID at HOST:PORT as a learner. The leader promotes it to voter once it
     /// has caught up, unless --learner is given.
+    #[command(
+        after_help = "Examples:\n  raftkv member add 4 10.0.0.4:6000\n  raftkv member add 5 10.0.0.5:6000 --learner"
+    )]
     Add {
+        /// The new node's id: a number never used in this cluster before.
         #[arg(value_parser = parse_id)]
         id: NodeId,
+        /// The address its peers and clients reach it at.
         #[arg(value_name = "HOST:PORT", value_parser = parse_host_port)]
         addr: String,
         /// Keep it a learner (no vote) until `raftkv member promote ID`.
@@ -25,36 +33,25 @@ pub enum MemberCmd {
     },
     /// Make learner ID a voter (once it has caught up).
     Promote {
+        /// The learner's id.
         #[arg(value_parser = parse_id)]
         id: NodeId,
     },
     /// Remove node ID from the configuration (the leader hands leadership off first if
     /// it is the one removed). The removed node stops; its id is never reused.
     Remove {
+        /// The member's id.
         #[arg(value_parser = parse_id)]
         id: NodeId,
     },
 }
 
 /// A node id: a non-zero number.
-fn parse_id(s: &str) -> Result<NodeId, String> {
+pub fn parse_id(s: &str) -> Result<NodeId, String> {
     match s.trim().parse::<NodeId>() {
         Ok(0) => Err("node ids are non-zero".into()),
         Ok(id) => Ok(id),
         Err(_) => Err("a node id is a positive number, e.g. 4".into()),
-    }
-}
-
-/// `HOST:PORT` (the host is not resolved: the node may not exist yet).
-fn parse_host_port(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let (host, port) = s.rsplit_once(':').ok_or("expected HOST:PORT, e.g. 10.0.0.4:6000 (no :PORT)")?;
-    if host.is_empty() {
-        return Err("expected HOST:PORT, e.g. 10.0.0.4:6000 (no host)".into());
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(s.to_string()),
-        _ => Err(format!("the port '{port}' is not a number in 1..=65535")),
     }
 }
 
@@ -89,32 +86,63 @@ pub async fn command(global: &Global, cmd: MemberCmd) -> CliResult {
 
 async fn list(global: &Global) -> CliResult {
     let list = client(global)?.members().await?;
-    if global.json {
-        println!("{}", to_json(&list)?);
-    } else {
-        print!("{}", member_table(&list));
+    match global.output(Output::Table) {
+        Output::Json => print_json(&list_json(&list)),
+        Output::Table => write_out(member_table(&list).as_bytes()),
+        Output::Simple => write_out(member_rows(&list).render_simple().as_bytes()),
     }
-    Ok(())
 }
 
-/// Sends `change`; with --json prints the reply (the caller prints a line otherwise).
+/// Sends `change`; prints the reply unless the format is simple (the caller prints
+/// its line then).
 async fn change_member(global: &Global, change: MemberChange) -> Result<MemberChangeReply, CliError> {
     let reply = client(global)?.change_member(change).await?;
-    if global.json {
-        println!("{}", to_json(&reply)?);
+    match global.output(Output::Simple) {
+        Output::Json => print_json(&json!({"id": reply.id, "members": list_json(&reply.members)}))?,
+        Output::Table => write_out(member_table(&reply.members).as_bytes())?,
+        Output::Simple => {}
     }
     Ok(reply)
 }
 
-/// The outcome of a change, in text mode.
+/// The outcome of a change, in simple output.
 fn text_line(global: &Global, reply: &MemberChangeReply, line: String) {
-    if !global.json {
+    if global.output(Output::Simple) == Output::Simple {
         println!("{line} (conf index {})", reply.members.conf_index);
     }
 }
 
-fn to_json(v: &impl serde::Serialize) -> Result<String, CliError> {
-    serde_json::to_string(v).map_err(|e| CliError::failed(format!("error: cannot print JSON: {e}")))
+/// The member list as JSON: roles in lower case, as everywhere in the CLI's output.
+fn list_json(list: &MemberList) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = list
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "addr": m.addr,
+                "role": role_name(m.role),
+                "auto_promote": m.auto_promote,
+                "match_index": m.match_index,
+            })
+        })
+        .collect();
+    json!({
+        "cluster_id": list.cluster_id,
+        "node": list.node,
+        "leader": list.leader,
+        "conf_index": list.conf_index,
+        "committed": list.committed,
+        "members": members,
+        "removed": list.removed,
+    })
+}
+
+fn role_name(role: MemberRole) -> &'static str {
+    match role {
+        MemberRole::Voter => "voter",
+        MemberRole::Learner => "learner",
+    }
 }
 
 /// Member `id` in the configuration a change committed.
@@ -126,13 +154,27 @@ fn member(reply: &MemberChangeReply, id: NodeId) -> Result<&MemberInfo, CliError
 
 fn role(m: &MemberInfo) -> &'static str {
     match (m.role, m.auto_promote) {
-        (MemberRole::Voter, _) => "voter",
         (MemberRole::Learner, true) => "learner (auto-promote)",
-        (MemberRole::Learner, false) => "learner",
+        (role, _) => role_name(role),
     }
 }
 
-/// A summary line (the cluster id in hex, as the servers log it), then an aligned table, one row per member, then removed ids.
+/// One row per member: ID, ADDRESS, ROLE, MATCH.
+fn member_rows(list: &MemberList) -> Table {
+    let mut t = Table::new(&["ID", "ADDRESS", "ROLE", "MATCH"]);
+    for m in &list.members {
+        t.row([
+            m.id.to_string(),
+            m.addr.clone(),
+            role(m).to_string(),
+            m.match_index.map_or("-".into(), |i| i.to_string()),
+        ]);
+    }
+    t
+}
+
+/// A summary line (the cluster id in hex, as the servers log it), then an aligned
+/// table, one row per member, then removed ids.
 pub fn member_table(list: &MemberList) -> String {
     let mut out = format!(
         "cluster {:016x}  leader {}  conf index {} ({})  answered by node {}\n",
@@ -142,21 +184,7 @@ pub fn member_table(list: &MemberList) -> String {
         if list.committed { "committed" } else { "not committed yet" },
         list.node
     );
-    let mut rows: Vec<[String; 4]> = vec![["ID", "ADDRESS", "ROLE", "MATCH"].map(String::from)];
-    for m in &list.members {
-        rows.push([
-            m.id.to_string(),
-            m.addr.clone(),
-            role(m).to_string(),
-            m.match_index.map_or("-".into(), |i| i.to_string()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&member_rows(list).render());
     if !list.removed.is_empty() {
         let removed: Vec<String> = list.removed.iter().map(|id| id.to_string()).collect();
         out.push_str(&format!("removed (ids never reused): {}\n", removed.join(", ")));
@@ -169,15 +197,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_and_addresses_are_checked() {
+    fn ids_are_checked() {
         assert_eq!(parse_id("4"), Ok(4));
         assert!(parse_id("0").unwrap_err().contains("non-zero"));
         assert!(parse_id("x").is_err() && parse_id("-1").is_err());
-        assert_eq!(parse_host_port("raft-3.raft-service:6000").as_deref(), Ok("raft-3.raft-service:6000"));
-        assert_eq!(parse_host_port("[::1]:6000").as_deref(), Ok("[::1]:6000"));
-        for bad in ["10.0.0.4", ":6000", "h:0", "h:port", "h:70000"] {
-            assert!(parse_host_port(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

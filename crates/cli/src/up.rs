@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use raftkv_client::local::{LocalCluster, LocalClusterOptions, ServerCommand};
 
-use crate::duration::parse_duration;
 use crate::{CliError, CliResult, Global};
+use raftkv_client::duration::parse_duration;
 
 /// How long nodes get to exit after SIGTERM before they are killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use clap::Args;
 use raftkv_client::{Client, ClientError, ClientOptions, GetReply, NodeId, WriteOp, WriteOutcome};
 
-use crate::duration::parse_duration;
 use crate::{CliError, CliResult, Global};
+use raftkv_client::duration::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct ValidateArgs {

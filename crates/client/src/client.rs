@@ -12,8 +12,8 @@ use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::client::RpcError;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::{
-    ClientError as RpcClientError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, RaftKvClient,
-    ReadConsistency, ScanReply,
+    ClientError as RpcClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus,
+    RaftKvClient, ReadConsistency, ScanReply, ScanStart, ServerInfo,
 };
 use tracing::{Instrument as _, debug};
 
@@ -326,14 +326,34 @@ impl Client {
 
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
     pub async fn scan(&self, prefix: impl Into<Bytes>, limit: u32, stale: bool) -> Result<ScanReply, ClientError> {
+        self.scan_page(prefix, ScanStart::First, limit, stale).await
+    }
+
+    /// One page of the pairs whose key starts with `prefix`, from `start` on, in key
+    /// order: at most `limit` pairs (1 to [`raftkv_kv::MAX_SCAN_LIMIT`]), fewer once
+    /// their bytes reach [`raftkv_kv::MAX_SCAN_BYTES`]. One read, linearizable unless
+    /// `stale`. [`ScanPages`](crate::ScanPages) pages through a prefix of any size.
+    pub async fn scan_page(
+        &self,
+        prefix: impl Into<Bytes>,
+        start: ScanStart,
+        limit: u32,
+        stale: bool,
+    ) -> Result<ScanReply, ClientError> {
         let prefix = prefix.into();
         raftkv_kv::validate_scan(&prefix, limit as usize).map_err(|e| ClientError::Rejected(e.to_string()))?;
+        if let ScanStart::AtOrAfter(key) | ScanStart::After(key) = &start
+            && key.len() > raftkv_kv::MAX_KEY_LEN
+        {
+            return Err(ClientError::Rejected(raftkv_kv::KvError::KeyTooLong { len: key.len() }.to_string()));
+        }
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.scan",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             prefix = %key_text(&prefix),
+            start = %start_text(&start),
             limit,
             stale,
             items = tracing::field::Empty,
@@ -343,8 +363,14 @@ impl Client {
         let (consistency, route) = consistency(stale);
         let (reply, _) = self
             .call("scan", false, route, |c, ctx| {
-                let prefix = prefix.clone();
-                async move { c.scan(ctx, prefix, limit, consistency).await }
+                let (prefix, start) = (prefix.clone(), start.clone());
+                async move {
+                    match start {
+                        // The first page through `scan`, which servers of every version serve.
+                        ScanStart::First => c.scan(ctx, prefix, limit, consistency).await,
+                        start => c.scan_page(ctx, prefix, start, limit, consistency).await,
+                    }
+                }
             })
             .instrument(span.clone())
             .await
@@ -460,20 +486,55 @@ impl Client {
 
     /// One endpoint's status, within [`ClientOptions::status_timeout`].
     pub async fn status(&self, endpoint: &str) -> Result<NodeStatus, ClientError> {
-        let deadline = Instant::now() + self.opts.status_timeout;
+        self.ask(endpoint, self.opts.status_timeout, |c, ctx| async move { c.status(ctx).await }).await
+    }
+
+    /// One endpoint's version and git commit, within [`ClientOptions::status_timeout`].
+    pub async fn server_info(&self, endpoint: &str) -> Result<ServerInfo, ClientError> {
+        self.ask(endpoint, self.opts.status_timeout, |c, ctx| async move { c.server_info(ctx).await }).await
+    }
+
+    /// One endpoint's state machine digest once it has applied exactly `index` (it
+    /// waits to get there, within [`ClientOptions::timeout`]); see
+    /// [`RaftKvClient::hash_kv`] and [`Client::hash_kv_all`].
+    pub async fn hash_kv(&self, endpoint: &str, index: u64) -> Result<HashKvReply, ClientError> {
+        self.hash_kv_within(endpoint, index, self.opts.timeout).await
+    }
+
+    pub(crate) async fn hash_kv_within(
+        &self,
+        endpoint: &str,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<HashKvReply, ClientError> {
+        let reply = self.ask(endpoint, timeout, |c, ctx| async move { c.hash_kv(ctx, index).await }).await?;
+        reply.map_err(|e| match e {
+            RpcClientError::Invalid(m) => ClientError::Rejected(format!("{endpoint}: {m}")),
+            RpcClientError::Timeout => {
+                ClientError::Unreachable(format!("{endpoint}: did not reach applied index {index} within {timeout:?}"))
+            }
+            e => ClientError::Unreachable(format!("{endpoint}: {e}")),
+        })
+    }
+
+    /// One request to `endpoint` itself (no leader finding, no retry), within `timeout`.
+    async fn ask<T, F, Fut>(&self, endpoint: &str, timeout: Duration, request: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(RaftKvClient, Context) -> Fut,
+        Fut: Future<Output = Result<T, RpcError>>,
+    {
+        let deadline = Instant::now() + timeout;
         let conn = self.connection(endpoint, deadline).await.map_err(ClientError::Unreachable)?;
         let mut ctx = context::current();
         ctx.deadline = deadline;
         let left = deadline.saturating_duration_since(Instant::now()) + LOCAL_TIMEOUT_SLACK;
-        match tokio::time::timeout(left, conn.status(ctx)).await {
+        match tokio::time::timeout(left, request(conn, ctx)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
                 self.drop_connection(endpoint, &e);
                 Err(ClientError::Unreachable(self.describe(endpoint, &e)))
             }
-            Err(_) => {
-                Err(ClientError::Unreachable(format!("{endpoint}: no answer within {:?}", self.opts.status_timeout)))
-            }
+            Err(_) => Err(ClientError::Unreachable(format!("{endpoint}: no answer within {timeout:?}"))),
         }
     }
 
@@ -758,6 +819,15 @@ fn record_write(span: &tracing::Span, o: &WriteOutcome) {
 fn record_error(span: &tracing::Span, e: &ClientError) {
     span.record("otel.status_code", "ERROR");
     span.record("error", tracing::field::display(e));
+}
+
+/// Where a scan page starts, as span attribute.
+fn start_text(start: &ScanStart) -> String {
+    match start {
+        ScanStart::First => "first".into(),
+        ScanStart::AtOrAfter(key) => format!(">= {}", key_text(key)),
+        ScanStart::After(key) => format!("> {}", key_text(key)),
+    }
 }
 
 /// A key as span attribute: UTF-8 (lossy), at most 64 characters.

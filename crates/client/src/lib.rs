@@ -31,14 +31,20 @@
 
 mod backoff;
 mod client;
+pub mod duration;
 mod error;
+mod hashkv;
 pub mod local;
+mod paging;
+pub mod table;
 
 pub use client::{Client, ClientOptions, WriteOutcome};
 pub use error::ClientError;
+pub use hashkv::{HASH_KV_ROUNDS, HashKvRound};
+pub use paging::ScanPages;
 pub use raftkv_kv::{WriteOp, WriteResult};
 pub use raftkv_raft::NodeId;
 pub use raftkv_rpc::{
-    GetReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus, ReadConsistency,
-    ScanReply,
+    GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
+    ReadConsistency, ScanReply, ScanStart, ServerInfo,
 };

@@ -479,6 +479,9 @@ impl Serialize for Data {
 mod tests {
     use std::collections::BTreeMap;
 
+    use rand::rngs::SmallRng;
+    use rand::{RngExt as _, SeedableRng as _};
+
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> Data {
@@ -578,18 +581,6 @@ mod tests {
         assert!(Data::decode(&Bytes::from_static(&[0]), 2).is_err());
     }
 
-    /// xorshift64*: a fixed pseudo-random sequence without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-        }
-    }
-
     type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
     /// Keys from a small space, so that puts and deletes keep hitting the same keys.
@@ -660,14 +651,15 @@ mod tests {
     /// a `BTreeMap` after every step (one key, a range) and in full every few steps.
     #[test]
     fn matches_a_btreemap_model_through_rebases() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // A fixed seed: the same sequence on every run and platform.
+        let mut rng = SmallRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         let (mut d, mut model) = (Data::default(), Model::new());
         let (mut removed, mut reinserted, mut starts) = (BTreeMap::new(), 0, BTreeMap::new());
         for step in 0..4000 {
-            let k = key(rng.below(KEYS));
+            let k = key(rng.random_range(0..KEYS));
             let before = place(&d, &k);
-            if rng.below(10) < 6 {
-                let value = vec![b'a' + rng.below(26) as u8; rng.below(12) as usize];
+            if rng.random_range(0..10) < 6 {
+                let value = vec![b'a' + rng.random_range(0..26u8); rng.random_range(0..12)];
                 reinserted += usize::from(before == Place::Tombstone);
                 assert_eq!(d.insert(&k, &value), model.insert(k.clone(), value).is_some(), "insert {k:?}");
             } else {
@@ -675,15 +667,15 @@ mod tests {
                 assert_eq!(d.remove(&k), model.remove(&k).is_some(), "remove {k:?}");
             }
             assert_eq!((d.len(), d.get(&k).as_deref()), (model.len(), model.get(&k).map(Vec::as_slice)));
-            let start = key(rng.below(KEYS));
+            let start = key(rng.random_range(0..KEYS));
             assert_eq!(d.range_from(Bound::Excluded(&start)).take(3).collect::<Vec<_>>(), {
                 model_range(&model, Bound::Excluded(&start), 3)
             });
             if step % 20 == 0 {
                 check_all(&d, &model, &mut starts);
             }
-            if rng.below(150) == 0 {
-                if rng.below(2) == 0 {
+            if rng.random_range(0..150) == 0 {
+                if rng.random_bool(0.5) {
                     let buf = write_and_rebase(&mut d);
                     assert_rebased_onto(&d, &buf);
                 } else {

@@ -230,10 +230,23 @@ impl KvStateMachine {
     /// Like [`scan`](Self::scan) but starting after key `after` (the last key
     /// of the previous page), to continue when `more` was set.
     pub fn scan_after(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<ScanPage, KvError> {
+        self.scan_range(prefix, after.map_or(Bound::Unbounded, Bound::Excluded), limit)
+    }
+
+    /// Like [`scan`](Self::scan) but from `start` on: `Included(key)` starts at `key`
+    /// (or the first key after it), `Excluded(key)` after it (the last key of the
+    /// previous page), `Unbounded` at the prefix. A start before the prefix starts at
+    /// the prefix; one after every key with the prefix gives an empty page. A start key
+    /// longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) is an error.
+    pub fn scan_range(&self, prefix: &[u8], start: Bound<&[u8]>, limit: usize) -> Result<ScanPage, KvError> {
         validate_scan(prefix, limit)?;
-        let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
+        let start = match start {
+            Bound::Included(key) | Bound::Excluded(key) if key.len() > crate::MAX_KEY_LEN => {
+                return Err(KvError::KeyTooLong { len: key.len() });
+            }
+            Bound::Included(key) | Bound::Excluded(key) if key < prefix => Bound::Included(prefix),
+            Bound::Unbounded => Bound::Included(prefix),
+            bound => bound,
         };
         let mut matching = self.data.range_from(start).take_while(|(k, _)| k.starts_with(prefix)).peekable();
         let mut items = Vec::new();

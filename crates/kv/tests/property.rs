@@ -6,24 +6,23 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use raftkv_kv::{Applied, Command, CommandError, KvStateMachine, WriteOp, WriteResult};
+use rand::rngs::SmallRng;
+use rand::{RngExt as _, SeedableRng as _};
 
-/// A tiny LCG (Knuth's MMIX constants); quality is irrelevant here.
-struct Lcg(u64);
+/// Draws below `n`: the workload's choices are all small ranges.
+trait Below {
+    fn below(&mut self, n: u64) -> u64;
+}
 
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
+impl Below for SmallRng {
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.random_range(0..n)
     }
 }
 
-fn random_op(rng: &mut Lcg) -> WriteOp {
+fn random_op(rng: &mut SmallRng) -> WriteOp {
     let key = Bytes::from(format!("k{}", rng.below(8)));
-    let value = |rng: &mut Lcg| Bytes::from(format!("v{}", rng.below(4)));
+    let value = |rng: &mut SmallRng| Bytes::from(format!("v{}", rng.below(4)));
     match rng.below(3) {
         0 => WriteOp::Put { key, value: value(rng) },
         1 => WriteOp::Delete { key },
@@ -35,7 +34,7 @@ fn random_op(rng: &mut Lcg) -> WriteOp {
 }
 
 /// Picks a sequence number: mostly new, sometimes a retry or a stale one.
-fn random_seq(rng: &mut Lcg, last: u64) -> u64 {
+fn random_seq(rng: &mut SmallRng, last: u64) -> u64 {
     match rng.below(10) {
         0..=6 => last + 1,
         7 | 8 => last.max(1),
@@ -43,7 +42,7 @@ fn random_seq(rng: &mut Lcg, last: u64) -> u64 {
     }
 }
 
-fn random_entry(rng: &mut Lcg, last_seq: &mut BTreeMap<u64, u64>) -> Bytes {
+fn random_entry(rng: &mut SmallRng, last_seq: &mut BTreeMap<u64, u64>) -> Bytes {
     if rng.below(25) == 0 {
         return Bytes::from(vec![0xff; rng.below(4) as usize]);
     }
@@ -92,7 +91,7 @@ fn model_apply(model: &mut BTreeMap<Bytes, Bytes>, data: &[u8]) {
 }
 
 fn run_seed(seed: u64, seen: &mut Seen) {
-    let mut rng = Lcg(seed);
+    let mut rng = SmallRng::seed_from_u64(seed);
     let mut a = KvStateMachine::new().with_max_sessions(4);
     let mut b = KvStateMachine::new().with_max_sessions(4);
     let mut model = BTreeMap::new();

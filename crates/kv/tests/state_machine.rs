@@ -136,6 +136,29 @@ fn scan_after_continues_a_page() {
 }
 
 #[test]
+fn scan_range_starts_at_or_after_a_key() {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let mut sm = KvStateMachine::new();
+    for (i, k) in ["a1", "a2", "a3", "b1"].into_iter().enumerate() {
+        run(&mut sm, 1, i as u64 + 1, put(k, "v"));
+    }
+    let scan = |start, limit| sm.scan_range(b"a", start, limit).unwrap();
+    assert_eq!(keys(&scan(Included(&b"a2"[..]), 10)), [&b"a2"[..], b"a3"]);
+    assert_eq!(keys(&scan(Excluded(&b"a2"[..]), 10)), [&b"a3"[..]]);
+    // A start between keys, before the prefix, and after every key with it.
+    assert_eq!(keys(&scan(Included(&b"a15"[..]), 10)), [&b"a2"[..], b"a3"]);
+    assert_eq!(keys(&scan(Excluded(&b"0"[..]), 1)), [&b"a1"[..]]);
+    assert!(scan(Included(&b"a4"[..]), 10).items.is_empty());
+    let page = scan(Unbounded, 2);
+    assert_eq!((keys(&page), page.more), (vec![&b"a1"[..], b"a2"], true));
+    let long = vec![b'a'; MAX_KEY_LEN + 1];
+    for start in [Included(&long[..]), Excluded(&long[..])] {
+        let err = sm.scan_range(b"a", start, 1).unwrap_err();
+        assert_eq!(err, KvError::KeyTooLong { len: MAX_KEY_LEN + 1 });
+    }
+}
+
+#[test]
 fn scan_limit_out_of_range_is_an_error_naming_the_limit() {
     let sm = KvStateMachine::new();
     for limit in [0, MAX_SCAN_LIMIT + 1] {

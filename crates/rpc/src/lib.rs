@@ -66,8 +66,55 @@ pub struct ScanReply {
     pub node: NodeId,
 }
 
-/// One node's view of the cluster, for `raftkv status`.
+/// Where a page of [`RaftKv::scan_page`] starts, among the keys with its prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScanStart {
+    /// At the first key with the prefix (what [`RaftKv::scan`] does).
+    First,
+    /// At this key, or the first key after it (`raftkv scan --from KEY`).
+    AtOrAfter(Bytes),
+    /// After this key: the last key of the previous page, to continue when `more` was
+    /// set.
+    After(Bytes),
+}
+
+impl ScanStart {
+    /// The start as a bound, for `raftkv_kv::KvStateMachine::scan_range`.
+    pub fn bound(&self) -> std::ops::Bound<&[u8]> {
+        match self {
+            ScanStart::First => std::ops::Bound::Unbounded,
+            ScanStart::AtOrAfter(key) => std::ops::Bound::Included(key),
+            ScanStart::After(key) => std::ops::Bound::Excluded(key),
+        }
+    }
+}
+
+/// A node's state machine digest at one applied index ([`RaftKv::hash_kv`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashKvReply {
+    /// The node that answered.
+    pub node: NodeId,
+    /// Its applied index when it computed the digest (the index asked for), or when it
+    /// found it had already applied past that index.
+    pub applied_index: u64,
+    /// `raftkv_kv::KvStateMachine::digest` once the node had applied exactly the index
+    /// asked for; `None` when it had already applied past it (ask again at a later
+    /// index).
+    pub digest: Option<u64>,
+}
+
+/// What a server was built from (`raftkv endpoint status` shows it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: NodeId,
+    /// The package version, e.g. `0.1.0`.
+    pub version: String,
+    /// The git commit it was built from (`unknown` when built outside a checkout).
+    pub commit: String,
+}
+
+/// One node's view of the cluster, for `raftkv status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: NodeId,
     pub role: String,
@@ -218,4 +265,21 @@ pub trait RaftKv {
     async fn members() -> Result<MemberList, ClientError>;
     /// Asks the leader to change the configuration; answered once the change commits.
     async fn change_member(change: MemberChange) -> Result<MemberChangeReply, ClientError>;
+    /// Like `scan`, from `start` on (see [`ScanStart`]): one page of a scan that pages
+    /// past [`raftkv_kv::MAX_SCAN_LIMIT`] keys. Each page is one read (linearizable
+    /// unless `Stale`); `more` says whether keys with the prefix follow its last one.
+    async fn scan_page(
+        prefix: Bytes,
+        start: ScanStart,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<ScanReply, ClientError>;
+    /// This node's state machine digest once it has applied exactly `index`: a node
+    /// below it waits (within the request's deadline; `Timeout` if it does not get
+    /// there) and computes the digest after applying entry `index` and before any later
+    /// one; a node already past it answers at once with `digest: None`. Equal digests
+    /// at one index mean equal replicas (`raftkv endpoint hashkv`).
+    async fn hash_kv(index: u64) -> Result<HashKvReply, ClientError>;
+    /// The server's version and git commit.
+    async fn server_info() -> ServerInfo;
 }

@@ -9,8 +9,8 @@ use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, RaftKv, RaftKvRequest,
-    ReadConsistency, ScanReply, TraceLink, WriteReply,
+    ClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, RaftKv,
+    RaftKvRequest, ReadConsistency, ScanReply, ScanStart, ServerInfo, TraceLink, WriteReply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -65,6 +65,22 @@ impl RaftKv for Stub {
     }
     async fn change_member(self, _: Context, _: MemberChange) -> Result<MemberChangeReply, ClientError> {
         no()
+    }
+    async fn scan_page(
+        self,
+        _: Context,
+        _: bytes::Bytes,
+        _: ScanStart,
+        _: u32,
+        _: ReadConsistency,
+    ) -> Result<ScanReply, ClientError> {
+        no()
+    }
+    async fn hash_kv(self, _: Context, _: u64) -> Result<HashKvReply, ClientError> {
+        no()
+    }
+    async fn server_info(self, _: Context) -> ServerInfo {
+        ServerInfo { id: 7, version: "stub".into(), commit: "stub".into() }
     }
 }
 

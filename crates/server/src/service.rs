@@ -10,8 +10,8 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
-    ClientError, GetReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, PeerIdentity, RaftKv,
-    ReadConsistency, ScanReply, TraceLink, WriteReply,
+    ClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError,
+    PeerIdentity, RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo, TraceLink, WriteReply,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -125,6 +125,11 @@ fn root_if_untraced(span: &tracing::Span, ctx: &Context) {
     if ctx.trace_context.trace_id.is_none() {
         let _ = span.set_parent(raftkv_telemetry::opentelemetry::Context::new());
     }
+}
+
+/// A request this server does not serve yet (a definite refusal: nothing was done).
+fn not_served_yet(what: &str) -> ClientError {
+    ClientError::Invalid(format!("{what} is not served by this server (raftkv-server {})", env!("CARGO_PKG_VERSION")))
 }
 
 fn record_error(span: &tracing::Span, e: &ClientError) {
@@ -350,6 +355,36 @@ impl RaftKv for Service {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Members(reply))?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+    }
+
+    async fn scan_page(
+        self,
+        ctx: Context,
+        prefix: Bytes,
+        start: ScanStart,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<ScanReply, ClientError> {
+        match start {
+            ScanStart::First => self.scan(ctx, prefix, limit, consistency).await,
+            // TODO(issue 22, server side): serve AtOrAfter/After in the Raft loop with
+            // `KvStateMachine::scan_range(prefix, start.bound(), limit)`.
+            ScanStart::AtOrAfter(_) | ScanStart::After(_) => Err(not_served_yet("scan_page from a key")),
+        }
+    }
+
+    async fn hash_kv(self, _: Context, _index: u64) -> Result<HashKvReply, ClientError> {
+        // TODO(issue 22, server side): the digest at exactly `index`, from the Raft loop.
+        Err(not_served_yet("hash_kv"))
+    }
+
+    async fn server_info(self, _: Context) -> ServerInfo {
+        ServerInfo {
+            id: self.id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            // Set by a build script (`git rev-parse`), as the CLI's is.
+            commit: option_env!("RAFTKV_GIT_COMMIT").unwrap_or("unknown").to_string(),
+        }
     }
 
     async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
