@@ -554,7 +554,7 @@ voters_are() {
 import json, sys
 v = json.load(sys.stdin)
 roles = [m["role"] for m in v["members"]]
-sys.exit(0 if v["committed"] and roles.count("Voter") == len(roles) == int(sys.argv[1]) else 1)' "$1"
+sys.exit(0 if v["committed"] and roles.count("voter") == len(roles) == int(sys.argv[1]) else 1)' "$1"
 }
 
 # exited_0 CONTAINER: it has stopped by itself with exit code 0.

@@ -247,7 +247,7 @@ pass "zero lost acknowledged writes across the faults ($(cat "$tmp"/run{1,2,3}.t
 # ---- 8. scale 3 -> 5 -> 3 under a write load ----
 members_json() { client_pod member list --json --timeout=3s | grep '^{'; }
 voters_are() {
-  members_json | jq -e --argjson n "$1" '.committed and ([.members[] | select(.role == "Voter")] | length) == $n'
+  members_json | jq -e --argjson n "$1" '.committed and ([.members[] | select(.role == "voter")] | length) == $n'
 }
 member_id() {
   members_json | jq -r --arg addr "$1.raft-service:6000" '.members[] | select(.addr == $addr) | .id'

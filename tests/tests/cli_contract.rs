@@ -144,7 +144,7 @@ async fn member_commands(eps: &str, cluster_hex: &str) {
     assert_eq!(v["cluster_id"].as_u64().map(|c| format!("{c:016x}")).as_deref(), Some(cluster_hex), "{v}");
     assert_eq!(v["committed"], true, "{v}");
     assert_eq!(v["leader"], v["node"], "answered by the leader: {v}");
-    let voters = |ids: &[u64]| ids.iter().map(|id| (*id, "Voter".to_string(), false)).collect::<Vec<_>>();
+    let voters = |ids: &[u64]| ids.iter().map(|id| (*id, "voter".to_string(), false)).collect::<Vec<_>>();
     assert_eq!(members, voters(&[1, 2, 3]), "{v}");
     assert!(removed.is_empty(), "{v}");
 
@@ -154,7 +154,7 @@ async fn member_commands(eps: &str, cluster_hex: &str) {
     let want = format!("added node 9 at {nowhere} as a learner; promote it with `raftkv member promote 9`");
     assert!(out.stdout.starts_with(&want), "{}", out.show());
     let (_, members, _) = members_json(eps).await;
-    assert!(members.contains(&(9, "Learner".into(), false)), "{members:?}");
+    assert!(members.contains(&(9, "learner".into(), false)), "{members:?}");
     let out = cli(eps, &["member", "promote", "9"]).await.expect_code(1);
     assert!(out.stderr.contains("rejected"), "{}", out.show());
 
@@ -162,7 +162,7 @@ async fn member_commands(eps: &str, cluster_hex: &str) {
     let out = cli(eps, &["member", "add", "10", &dead_endpoint()]).await.expect_code(0);
     assert!(out.stdout.contains("the leader promotes it to voter once it has caught up"), "{}", out.show());
     let (_, members, _) = members_json(eps).await;
-    assert!(members.contains(&(10, "Learner".into(), true)), "{members:?}");
+    assert!(members.contains(&(10, "learner".into(), true)), "{members:?}");
     for id in ["9", "10"] {
         let out = cli(eps, &["member", "remove", id]).await.expect_code(0);
         assert!(out.stdout.starts_with(&format!("removed node {id} (conf index ")), "{}", out.show());

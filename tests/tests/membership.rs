@@ -61,8 +61,8 @@ fn list_from_json(v: &serde_json::Value) -> Option<MemberList> {
                 id: m["id"].as_u64()?,
                 addr: m["addr"].as_str()?.to_string(),
                 role: match m["role"].as_str()? {
-                    "Voter" => MemberRole::Voter,
-                    "Learner" => MemberRole::Learner,
+                    "voter" => MemberRole::Voter,
+                    "learner" => MemberRole::Learner,
                     _ => return None,
                 },
                 auto_promote: m["auto_promote"].as_bool()?,

@@ -221,7 +221,6 @@ fn rows_with(table: &str, cell: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server side of hash_kv (issue 22: the Raft loop answers it; see the lead note)"]
 async fn endpoint_hashkv_agrees_on_a_healthy_cluster() {
     let c = Cluster::start().await;
     for i in 0..20 {
@@ -238,7 +237,6 @@ async fn endpoint_hashkv_agrees_on_a_healthy_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server side of scan_page (issue 22: the Raft loop scans from a key; see the lead note)"]
 async fn scan_all_pages_over_25000_keys() {
     const KEYS: usize = 25_000;
     let c = Cluster::start().await;

@@ -361,6 +361,12 @@ impl RawNode {
         self.raft.self_persisted();
     }
 
+    /// The hard state as of the last Ready taken (at start, the one recovered): what a
+    /// runtime that persisted every Ready has on disk, or is writing.
+    pub fn handed_out_hard_state(&self) -> HardState {
+        self.last_hard_state
+    }
+
     pub fn status(&self) -> Status {
         let r = &self.raft;
         let progress = if r.role == Role::Leader {

@@ -121,14 +121,15 @@ pub enum ApplyOutcome {
 pub trait ApplyHooks {
     /// `entry` is about to be applied.
     fn applying(&mut self, _entry: &Entry) {}
-    /// `entry` was applied.
-    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome);
+    /// `entry` was applied; `kv` is the state machine right after it (to read it at
+    /// exactly that index).
+    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome, kv: &KvStateMachine);
     /// Reads confirmed at these indexes, and reads that can no longer be (leadership
     /// lost): serve the first once the state machine has applied their index.
     fn reads(&mut self, released: Vec<ReadState>, dropped: Vec<u64>);
-    /// The leader's snapshot replaced the state machine: what waited at or below its
-    /// index cannot be told apart any more.
-    fn snapshot_installed(&mut self, _meta: &SnapshotMeta) {}
+    /// The leader's snapshot replaced the state machine (now `kv`): what waited at or
+    /// below its index cannot be told apart any more.
+    fn snapshot_installed(&mut self, _meta: &SnapshotMeta, _kv: &KvStateMachine) {}
 }
 
 /// What a finished Ready leaves for the runtime.
@@ -157,6 +158,7 @@ impl Replica {
         if !self.has_ready() {
             return Ok(None);
         }
+        assert!(!self.in_ready, "a Ready is taken while another is carried out");
         let rd = self.raw.ready();
         let mut links_changed = rd.events.iter().any(|e| matches!(e, Event::ConfChanged { .. }));
         for e in &rd.entries {
@@ -251,7 +253,7 @@ impl Replica {
             }
             hooks.applying(&entry);
             let outcome = self.apply_entry(&entry, &mut run.links_changed);
-            hooks.applied(&entry, outcome);
+            hooks.applied(&entry, outcome, &self.kv);
         }
         let released = std::mem::take(&mut run.rd.read_states);
         let dropped = std::mem::take(&mut run.rd.dropped_reads);
@@ -306,7 +308,7 @@ impl Replica {
         }
         self.kv = kv;
         self.snapshot_index = meta.index;
-        hooks.snapshot_installed(&meta);
+        hooks.snapshot_installed(&meta, &self.kv);
         run.installed = Some(meta);
         Ok(())
     }

@@ -35,19 +35,21 @@ enum Round {
     AllNew,
     /// This founder is past term 1: the cluster has run.
     Established { founder: NodeId, term: u64 },
-    /// These founders did not answer (or answered for another cluster).
+    /// These founders did not answer.
     Waiting(Vec<NodeId>),
 }
 
 /// The founders' answers: `Some((cluster id, term))`, or `None` where there was none.
+/// A founder that answers for another cluster was never part of this one (its votes
+/// and entries carry its own cluster id, which this one refuses): it holds no past of
+/// this node's, so it counts as new.
 fn judge(cluster_id: u64, answers: &BTreeMap<NodeId, Option<(u64, u64)>>) -> Round {
     if let Some((&founder, &Some((_, term)))) =
         answers.iter().find(|(_, a)| a.is_some_and(|(c, t)| c == cluster_id && t > 1))
     {
         return Round::Established { founder, term };
     }
-    let absent: Vec<NodeId> =
-        answers.iter().filter(|(_, a)| !a.is_some_and(|(c, _)| c == cluster_id)).map(|(id, _)| *id).collect();
+    let absent: Vec<NodeId> = answers.iter().filter(|(_, a)| a.is_none()).map(|(id, _)| *id).collect();
     if absent.is_empty() { Round::AllNew } else { Round::Waiting(absent) }
 }
 
@@ -141,11 +143,11 @@ mod tests {
         let answers = |list: &[(NodeId, Option<(u64, u64)>)]| list.iter().copied().collect::<BTreeMap<_, _>>();
         assert_eq!(judge(7, &answers(&[(2, Some((7, 1))), (3, Some((7, 0)))])), Round::AllNew);
         assert_eq!(judge(7, &answers(&[(2, Some((7, 1))), (3, None)])), Round::Waiting(vec![3]));
-        // Another cluster's node is no answer.
-        assert_eq!(judge(7, &answers(&[(2, Some((8, 1))), (3, Some((7, 1)))])), Round::Waiting(vec![2]));
+        // Another cluster's node never took part in this one, whatever its term.
+        assert_eq!(judge(7, &answers(&[(2, Some((8, 9))), (3, Some((7, 1)))])), Round::AllNew);
         // One founder past term 1 settles it, whoever else is missing.
         assert_eq!(judge(7, &answers(&[(2, None), (3, Some((7, 4)))])), Round::Established { founder: 3, term: 4 });
-        assert_eq!(judge(7, &answers(&[(2, Some((8, 9))), (3, None)])), Round::Waiting(vec![2, 3]));
+        assert_eq!(judge(7, &answers(&[(2, Some((8, 9))), (3, None)])), Round::Waiting(vec![3]));
         assert_eq!(judge(7, &BTreeMap::new()), Round::AllNew, "a single founder is a new cluster by itself");
     }
 }

@@ -127,11 +127,6 @@ fn root_if_untraced(span: &tracing::Span, ctx: &Context) {
     }
 }
 
-/// A request this server does not serve yet (a definite refusal: nothing was done).
-fn not_served_yet(what: &str) -> ClientError {
-    ClientError::Invalid(format!("{what} is not served by this server (raftkv-server {})", env!("CARGO_PKG_VERSION")))
-}
-
 fn record_error(span: &tracing::Span, e: &ClientError) {
     span.record("otel.status_code", "ERROR");
     span.record("error", tracing::field::display(e));
@@ -287,6 +282,17 @@ impl RaftKv for Service {
         limit: u32,
         consistency: ReadConsistency,
     ) -> Result<ScanReply, ClientError> {
+        self.scan_page(ctx, prefix, ScanStart::First, limit, consistency).await
+    }
+
+    async fn scan_page(
+        self,
+        ctx: Context,
+        prefix: Bytes,
+        start: ScanStart,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<ScanReply, ClientError> {
         let limit = limit as usize;
         raftkv_kv::validate_scan(&prefix, limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let span = tracing::info_span!(
@@ -303,7 +309,7 @@ impl RaftKv for Service {
         );
         root_if_untraced(&span, &ctx);
         let result = async {
-            match self.read(ctx, ReadOp::Scan { prefix, limit }, consistency).await? {
+            match self.read(ctx, ReadOp::Scan { prefix, start, limit }, consistency).await? {
                 ReadOutput::Scan(reply) => Ok(reply),
                 ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
             }
@@ -357,25 +363,10 @@ impl RaftKv for Service {
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
-    async fn scan_page(
-        self,
-        ctx: Context,
-        prefix: Bytes,
-        start: ScanStart,
-        limit: u32,
-        consistency: ReadConsistency,
-    ) -> Result<ScanReply, ClientError> {
-        match start {
-            ScanStart::First => self.scan(ctx, prefix, limit, consistency).await,
-            // TODO(issue 22, server side): serve AtOrAfter/After in the Raft loop with
-            // `KvStateMachine::scan_range(prefix, start.bound(), limit)`.
-            ScanStart::AtOrAfter(_) | ScanStart::After(_) => Err(not_served_yet("scan_page from a key")),
-        }
-    }
-
-    async fn hash_kv(self, _: Context, _index: u64) -> Result<HashKvReply, ClientError> {
-        // TODO(issue 22, server side): the digest at exactly `index`, from the Raft loop.
-        Err(not_served_yet("hash_kv"))
+    async fn hash_kv(self, ctx: Context, index: u64) -> Result<HashKvReply, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::HashKv { index, reply })?;
+        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
     async fn server_info(self, _: Context) -> ServerInfo {

@@ -155,6 +155,8 @@ pub(crate) fn recover(cfg: &NodeConfig, opened: &mut Opened, identity: &mut Iden
 
 /// A running node: its tasks and how to stop them.
 pub(crate) struct Spawned {
+    /// The data dir stays locked until the node has stopped.
+    _lock: DataDirLock,
     loop_task: JoinHandle<anyhow::Result<Stop>>,
     stop_loop: oneshot::Sender<()>,
     server: JoinHandle<()>,
@@ -173,8 +175,9 @@ pub(crate) fn spawn(
     admin: Arc<AdminState>,
 ) -> anyhow::Result<Spawned> {
     let id = identity.id;
-    let writer = GroupCommitWriter::spawn(opened.storage, GroupCommitOptions::default())
-        .context("cannot start the storage writer")?;
+    let Opened { _lock: lock, storage, .. } = opened;
+    let writer =
+        GroupCommitWriter::spawn(storage, GroupCommitOptions::default()).context("cannot start the storage writer")?;
     let shared = Arc::new(service::Shared::new(identity.cluster_id));
     let (removed_tx, removed_rx) = mpsc::channel(16);
     let (raft_tx, raft_rx) = mpsc::channel::<RaftBatch>(RAFT_QUEUE);
@@ -210,7 +213,7 @@ pub(crate) fn spawn(
         let _ = loop_stopping.await;
     };
     let loop_task = tokio::spawn(raft_loop.run(raft_rx, client_rx, removed_rx, loop_shutdown));
-    Ok(Spawned { loop_task, stop_loop, server, stop_serving, confirming })
+    Ok(Spawned { _lock: lock, loop_task, stop_loop, server, stop_serving, confirming })
 }
 
 /// Runs until `shutdown` resolves or the loop stops by itself (removal, failure), then

@@ -73,7 +73,7 @@ struct SimHooks<'a> {
 }
 
 impl ApplyHooks for SimHooks<'_> {
-    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome) {
+    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome, _kv: &raftkv_kv::KvStateMachine) {
         let (node, data_hash) = (self.node, fnv(&entry.data, entry.kind));
         self.checker.observe(Observation::Applied { node, index: entry.index, term: entry.term, data_hash });
         if entry.kind == EntryKind::ConfChange {

@@ -268,13 +268,14 @@ impl DiskStorage {
             return (requests.iter().map(|_| Err(e.clone())).collect(), Err(e));
         }
         let mut last = self.log.last_index();
+        let mut prev_hs = self.hard_state;
         let mut buf = std::mem::take(&mut self.write_buf);
         buf.clear();
         let mut records = 0;
         let results: Vec<Result<()>> = requests
             .iter()
             .map(|&(entries, hs)| {
-                records += self.encode(entries, hs, &mut last, &mut buf)?;
+                records += self.encode(entries, hs, (&mut last, &mut prev_hs), &mut buf)?;
                 Ok(())
             })
             .collect();
@@ -303,16 +304,23 @@ impl DiskStorage {
         self.write_buf = buf;
     }
 
-    /// Validates one request against a log ending at `last`, appends its records to
-    /// `out` and returns their count. On error neither `out` nor `last` changes.
-    fn encode(&self, entries: &[Entry], hs: Option<HardState>, last: &mut u64, out: &mut Vec<u8>) -> Result<u64> {
+    /// Validates one request against a log ending at `last` and the hard state
+    /// `prev_hs` (what the batch wrote so far), appends its records to `out` and
+    /// returns their count. On error neither `out` nor the cursors change.
+    fn encode(
+        &self,
+        entries: &[Entry],
+        hs: Option<HardState>,
+        (last, prev_hs): (&mut u64, &mut HardState),
+        out: &mut Vec<u8>,
+    ) -> Result<u64> {
         let base = self.log.base_index();
         let mut new_last = *last;
         for e in entries {
             new_last = last_after(base, new_last, e.index).map_err(StorageError::invalid)?;
         }
-        if hs.is_some_and(|hs| hs.vote == Some(0)) {
-            return Err(StorageError::invalid("a vote for node 0 (0 means no vote on disk)"));
+        if let Some(hs) = hs {
+            check_hard_state(prev_hs, &hs)?;
         }
         let start = out.len();
         let encoded = self.encode_records(entries, hs.as_ref(), out);
@@ -321,6 +329,9 @@ impl DiskStorage {
         }
         encoded?;
         *last = new_last;
+        if let Some(hs) = hs {
+            *prev_hs = hs;
+        }
         Ok(u64::from(!entries.is_empty()) + u64::from(hs.is_some()))
     }
 
@@ -564,4 +575,48 @@ fn reopen_segment(disk: &Disk, last: &Segment, torn: Option<u64>) -> Result<Box<
         );
     }
     Ok(file)
+}
+
+/// A hard state may move on, never back: its term never decreases, a vote cast in a
+/// term is never changed or forgotten in that term (Raft's one vote per term), and the
+/// commit index never decreases within a term. Writing one that breaks this after
+/// `old` is the caller's bug; refusing it keeps what is on disk true.
+fn check_hard_state(old: &HardState, hs: &HardState) -> Result<()> {
+    if hs.vote == Some(0) {
+        return Err(StorageError::invalid("a vote for node 0 (0 means no vote on disk)"));
+    }
+    if hs.term < old.term {
+        return Err(StorageError::invalid(format!("a hard state of term {} after term {}", hs.term, old.term)));
+    }
+    if hs.term == old.term && old.vote.is_some() && hs.vote != old.vote {
+        return Err(StorageError::invalid(format!(
+            "a vote for {:?} in term {}, which already has a vote for {:?}",
+            hs.vote, hs.term, old.vote
+        )));
+    }
+    debug_assert!(
+        hs.term > old.term || hs.commit >= old.commit,
+        "commit {} after {} in one term",
+        hs.commit,
+        old.commit
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_hard_state_of_a_batch_is_checked_against_the_one_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), StorageOptions::default()).unwrap();
+        let hs = |term, vote| HardState { term, vote, commit: 0, recovering: false };
+        let (results, write) = s.append_batch(&[(&[], Some(hs(4, Some(1)))), (&[], Some(hs(4, Some(3))))]);
+        write.unwrap();
+        assert!(results[0].is_ok());
+        let err = results[1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("already has a vote for Some(1)"), "{err}");
+        assert_eq!(s.hard_state(), hs(4, Some(1)), "the refused one was not applied");
+    }
 }

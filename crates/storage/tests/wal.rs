@@ -288,3 +288,24 @@ fn rollover_writes_the_hard_state_first_and_recovers_exactly() {
     assert_eq!(rec.entries, entries(1..=20, 4));
     assert_eq!(rec.hard_state, hs(4, Some(2), 0));
 }
+
+#[test]
+fn a_hard_state_that_goes_back_is_refused_without_poisoning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=2, 3), Some(&hs(3, Some(2), 1))).unwrap();
+    for (bad, says) in [
+        (hs(2, None, 1), "term 2 after term 3"),
+        (hs(3, Some(1), 1), "already has a vote for Some(2)"),
+        (hs(3, None, 1), "already has a vote for Some(2)"),
+    ] {
+        let err = s.append(&[], Some(&bad)).unwrap_err();
+        assert!(matches!(err, StorageError::Invalid { .. }) && err.to_string().contains(says), "{bad:?}: {err}");
+    }
+    // A later term, and a vote in a term that had none, are fine; nothing was poisoned.
+    s.append(&entries(3..=3, 5), Some(&hs(5, None, 2))).unwrap();
+    s.append(&[], Some(&hs(5, Some(1), 2))).unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.hard_state, hs(5, Some(1), 2));
+}

@@ -3,11 +3,11 @@
 //! [`super::replies::Pending`] until the entry is applied or the read can be served.
 
 use bytes::Bytes;
-use raftkv_raft::{Message, NodeId, ProposeError};
+use raftkv_raft::{Index, Message, NodeId, ProposeError};
 use raftkv_replica::{MemberView, Proposed, Refusal, StepRefusal};
 use raftkv_rpc::{
-    ClientError, GetReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
-    ReadConsistency, ScanReply, WriteReply,
+    ClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole,
+    NodeStatus, ReadConsistency, ScanReply, ScanStart, WriteReply,
 };
 use raftkv_telemetry::opentelemetry::Context as OtelContext;
 use tokio::sync::oneshot;
@@ -46,6 +46,11 @@ pub(crate) enum Request {
     /// Every other founding member is at term 1 or below: end this founder's recovery
     /// (see [`crate::new_cluster`]). Answers whether it ended.
     ConfirmNewCluster(oneshot::Sender<bool>),
+    /// The state machine's digest once exactly `index` is applied (`hash_kv`).
+    HashKv {
+        index: Index,
+        reply: Reply<HashKvReply>,
+    },
 }
 
 /// A batch of Raft messages from one peer, with the spans it opened here (see
@@ -69,7 +74,7 @@ pub(crate) struct BatchReply {
 
 pub(crate) enum ReadOp {
     Get(Bytes),
-    Scan { prefix: Bytes, limit: usize },
+    Scan { prefix: Bytes, start: ScanStart, limit: usize },
 }
 
 pub(crate) enum ReadOutput {
@@ -131,6 +136,7 @@ impl RaftLoop {
             Request::ConfirmNewCluster(reply) => {
                 let _ = reply.send(self.replica.confirm_new_cluster());
             }
+            Request::HashKv { index, reply } => self.pending.hash_at(index, reply, &self.replica),
         }
     }
 
@@ -144,7 +150,15 @@ impl RaftLoop {
             Ok((index, term)) => {
                 Self::count(&self.admin.metrics.proposals);
                 let trace = WriteTrace::start(self.id, trace, index, term);
-                self.pending.writes.insert(index, PendingWrite { term, reply, proposed_at: Instant::now(), trace });
+                let write = PendingWrite { term, reply, proposed_at: Instant::now(), trace };
+                if let Some(old) = self.pending.writes.insert(index, write) {
+                    // This node led an earlier term whose entry at `index` was
+                    // overwritten before it was applied: that write was not applied.
+                    assert!(old.term < term, "two writes proposed at {index} in term {term}");
+                    let _ = old.reply.send(Err(ClientError::Unavailable(
+                        "leadership changed before the write committed; it was not applied".into(),
+                    )));
+                }
             }
             Err(e) => {
                 Self::count(&self.admin.metrics.proposals_failed);

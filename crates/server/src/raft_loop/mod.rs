@@ -63,6 +63,8 @@ pub(crate) struct RaftLoop {
     /// A commit-only hard state not yet written: it needs no fsync of its own and rides
     /// along with the next write (or is flushed on the next tick).
     deferred_hs: Option<HardState>,
+    /// The hard state last written (what the disk holds).
+    durable_hs: HardState,
     flush_due: bool,
     ticks: u64,
     /// The election this node runs, from its pre-vote to its end.
@@ -85,6 +87,7 @@ impl RaftLoop {
         link: LinkContext,
         cfg: LoopConfig,
     ) -> RaftLoop {
+        let durable_hs = replica.raw().handed_out_hard_state();
         let mut raft_loop = RaftLoop {
             id: replica.id(),
             cfg,
@@ -95,6 +98,7 @@ impl RaftLoop {
             link,
             pending: replies::Pending::default(),
             deferred_hs: None,
+            durable_hs,
             flush_due: false,
             ticks: 0,
             election: None,
@@ -217,6 +221,7 @@ impl RaftLoop {
             && let Some(hs) = self.deferred_hs.take()
         {
             self.write(raftkv_storage::WriteRequest { entries: Vec::new(), hard_state: Some(hs) }).await?;
+            self.durable_hs = hs;
         }
         Ok(())
     }

@@ -160,8 +160,16 @@ impl RaftLoop {
         must_sync: bool,
     ) -> anyhow::Result<()> {
         if entries.is_empty() && !must_sync {
-            if hs.is_some() {
-                self.deferred_hs = hs;
+            if let Some(hs) = hs {
+                // Only a commit index may wait for the next write: a new term, vote or
+                // recovery state is durable before anything that depends on it leaves.
+                let durable = self.durable_hs;
+                assert_eq!(
+                    (hs.term, hs.vote, hs.recovering),
+                    (durable.term, durable.vote, durable.recovering),
+                    "a hard state other than a commit index was deferred"
+                );
+                self.deferred_hs = Some(hs);
             }
             return Ok(());
         }
@@ -174,6 +182,9 @@ impl RaftLoop {
         let n = entries.len() as u64;
         let has_hs = hard_state.is_some();
         let report = self.write(WriteRequest { entries, hard_state }).await?;
+        if let Some(hs) = hard_state {
+            self.durable_hs = hs;
+        }
         let info = trace::FsyncInfo {
             node: self.id,
             entries: n,

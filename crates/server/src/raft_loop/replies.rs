@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use raftkv_kv::CommandError;
 use raftkv_raft::{Entry, Index, NodeId, ReadState, SnapshotMeta, Term};
 use raftkv_replica::{ApplyHooks, ApplyOutcome, Replica};
-use raftkv_rpc::{ClientError, GetReply, MemberChangeReply, ScanReply, WriteReply};
+use raftkv_rpc::{ClientError, GetReply, HashKvReply, MemberChangeReply, ScanReply, WriteReply};
 use raftkv_telemetry::opentelemetry::KeyValue;
 use raftkv_telemetry::opentelemetry::trace::Span as _;
 use tokio::time::Instant;
@@ -53,6 +53,8 @@ pub(crate) struct Pending {
     pub changes_done: Vec<PendingChange>,
     /// Reads that can no longer be confirmed (leadership lost), to answer likewise.
     pub reads_dropped: Vec<PendingRead>,
+    /// `hash_kv` requests waiting for the state machine to reach their index.
+    hashes: BTreeMap<Index, Vec<Reply<HashKvReply>>>,
 }
 
 impl Pending {
@@ -76,6 +78,29 @@ impl Pending {
             reads.retain(|r| !r.reply.is_closed());
             !reads.is_empty()
         });
+        self.hashes.retain(|_, waiting| {
+            waiting.retain(|r| !r.is_closed());
+            !waiting.is_empty()
+        });
+    }
+
+    /// A `hash_kv` request for `index`: answered now if the state machine is there or
+    /// past it (then without a digest), else once it applies exactly `index`.
+    pub fn hash_at(&mut self, index: Index, reply: Reply<HashKvReply>, replica: &Replica) {
+        self.hashes.entry(index).or_default().push(reply);
+        self.answer_hashes(replica.id(), replica.kv());
+    }
+
+    /// Answers the `hash_kv` requests at `kv`'s applied index (its digest) and below it
+    /// (passed: no digest).
+    fn answer_hashes(&mut self, node: NodeId, kv: &raftkv_kv::KvStateMachine) {
+        let applied = kv.applied_index();
+        for (index, waiting) in take_through(&mut self.hashes, applied) {
+            let digest = (index == applied).then(|| kv.digest());
+            for reply in waiting {
+                let _ = reply.send(Ok(HashKvReply { node, applied_index: applied, digest }));
+            }
+        }
     }
 
     /// Reads `op` from the state machine as it stands.
@@ -87,8 +112,9 @@ impl Pending {
                 let leader = replica.status().leader;
                 Ok(ReadOutput::Get(GetReply { value: kv.get(key), index, node, leader }))
             }
-            ReadOp::Scan { prefix, limit } => {
-                let page = kv.scan(prefix, *limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            ReadOp::Scan { prefix, start, limit } => {
+                let page =
+                    kv.scan_range(prefix, start.bound(), *limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
                 Ok(ReadOutput::Scan(ScanReply { items: page.items, more: page.more, index, node }))
             }
         }
@@ -176,7 +202,7 @@ impl ApplyHooks for Hooks<'_> {
             .map(|t| trace::apply_span(self.node, &t.request, entry.index, entry.term));
     }
 
-    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome) {
+    fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome, kv: &raftkv_kv::KvStateMachine) {
         let applied = match outcome {
             ApplyOutcome::Command(a) => Some(a),
             ApplyOutcome::Other => None,
@@ -187,6 +213,9 @@ impl ApplyHooks for Hooks<'_> {
         }
         self.pending.complete_writes(self.node, entry.index, entry.term, applied);
         self.pending.complete_member_changes(entry.index, entry.term);
+        if self.pending.hashes.first_key_value().is_some_and(|(index, _)| *index <= entry.index) {
+            self.pending.answer_hashes(self.node, kv);
+        }
     }
 
     fn reads(&mut self, released: Vec<ReadState>, dropped: Vec<u64>) {
@@ -202,7 +231,8 @@ impl ApplyHooks for Hooks<'_> {
         }
     }
 
-    fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
+    fn snapshot_installed(&mut self, meta: &SnapshotMeta, kv: &raftkv_kv::KvStateMachine) {
+        self.pending.answer_hashes(self.node, kv);
         self.admin.metrics.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Writes at or below the snapshot: whether they were the entries committed
         // there cannot be told any more.
