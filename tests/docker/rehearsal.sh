@@ -457,7 +457,7 @@ start_replica 0
 [ "$admin_port_in_pod" = 9090 ] || fail "the StatefulSet exposes no admin port 9090"
 wait_until 30 "$(pod_host 0) /readyz while it is alone" is_ready 0
 url="$(admin_url 0)" || fail "no published admin port on $(pod_host 0)"
-curl -fsS --max-time 2 "$url/metrics" | grep -qx 'raftkv_leader_id 0' \
+curl -fsS --max-time 2 "$url/metrics" | grep -qE '^raftkv_leader_id\{server_id="1"\} 0$' \
   || fail "$(pod_host 0) knows a leader while alone"
 pass "/readyz answers 200 on raft-0 alone, with no leader (raftkv_leader_id 0): readiness does not wait for a quorum"
 for i in $(seq 1 $((replicas - 1))); do start_replica "$i"; done

@@ -18,8 +18,14 @@ HELPER = os.path.join(ROOT, "k8s", "raftkv")
 SELECTOR = "app.kubernetes.io/name=raftkv,app.kubernetes.io/component=server"
 
 
-def metrics(term, leader):
-    return f"# TYPE raftkv_term gauge\nraftkv_term {term}\n# TYPE raftkv_is_leader gauge\nraftkv_is_leader {int(leader)}\n"
+def metrics(term, leader, server_id=1):
+    """A server's /metrics as it writes them: every raftkv_* series labelled with server_id."""
+    label = f'{{server_id="{server_id}"}}'
+    return (
+        f"# TYPE raftkv_term gauge\nraftkv_term{label} {term}\n"
+        f"# TYPE raftkv_is_leader gauge\nraftkv_is_leader{label} {int(leader)}\n"
+        f"# TYPE raftkv_is_leader_x gauge\nraftkv_is_leader_x{label} 1\n"
+    )
 
 
 def kubectl(match, stdout="", rc=0, **kw):

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use raftkv_client::local::{LocalCluster, LocalClusterOptions, ServerCommand};
+use raftkv_client::local::{LocalCluster, LocalClusterOptions, NodeProcess, ServerCommand};
 use serde_json::Value;
 
 /// Bound on a cluster's first election.
@@ -234,6 +234,57 @@ async fn endpoint_hashkv_agrees_on_a_healthy_cluster() {
     assert!(v["index"].as_u64().is_some_and(|i| i >= 20), "every node at one index past the writes: {v}");
     let table = c.cli(&["endpoint", "hashkv"]).code(0).text();
     assert_eq!(rows(&table).iter().filter(|r| r[3] == hashes[0]).count(), 3, "{table}");
+}
+
+/// The operator's check after a fault: the leader killed (SIGKILL) while writes go
+/// on and brought back, then every replica's digest agrees. A replica whose state
+/// was changed behind Raft's back (the test-only `RAFTKV_TEST_TAMPER`, built into
+/// this test's servers by the `tamper-for-tests` feature) makes hashkv exit 1 and
+/// name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_hashkv_agrees_after_a_crash_and_catches_a_tampered_replica() {
+    let mut c = Cluster::start().await;
+    let leader = c.nodes.wait_for_leader(LEADER_WAIT).await.expect("a leader").id;
+    for i in 0..10 {
+        c.cli(&["put", &format!("fault/{i}"), "before"]).code(0);
+    }
+    c.nodes.node_mut(leader).expect("the leader").kill().await.expect("SIGKILL the leader");
+    for i in 0..10 {
+        c.cli(&["put", &format!("fault/{i}"), "during"]).code(0);
+    }
+    c.nodes.node_mut(leader).expect("the old leader").restart().await.expect("restart it");
+    c.cli(&["put", "fault/after", "x"]).code(0);
+    let v = c.cli(&["endpoint", "hashkv", "-o", "json"]).code(0).json();
+    assert_eq!(v["agreed"], true, "after the crash: {v}");
+
+    // Node 3 restarts with a key no write made (a key never written, so replaying
+    // the log after its snapshot cannot undo the change).
+    let node = c.nodes.node_mut(3).expect("node 3");
+    node.terminate(Duration::from_secs(10)).await.expect("stop node 3");
+    let tampered = ServerCommand {
+        program: env!("CARGO_BIN_EXE_raftkv").into(),
+        args: vec!["server".into()],
+        env: vec![("RAFTKV_TEST_TAMPER".into(), "tamper/extra=never-written".into())],
+    };
+    let _tampered = NodeProcess::spawn(&tampered, node.config().clone()).expect("start the tampered node 3");
+    let deadline = Instant::now() + LEADER_WAIT;
+    let v = loop {
+        // Until node 3 serves again (an unreachable node also fails the check).
+        let out = c.cli(&["endpoint", "hashkv", "-o", "json"]);
+        let v = out.json();
+        let answered = v["endpoints"].as_array().is_some_and(|e| e.iter().all(|e| e["hash"].is_string()));
+        if answered {
+            assert_eq!(out.code, Some(1), "{}", out.show());
+            break v;
+        }
+        assert!(Instant::now() < deadline, "node 3 never answered: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["agreed"], false, "{v}");
+    let hashes: Vec<&str> = v["endpoints"].as_array().unwrap().iter().map(|e| e["hash"].as_str().unwrap()).collect();
+    assert!(hashes[0] == hashes[1] && hashes[2] != hashes[0], "node 3 alone differs: {v}");
+    let table = c.cli(&["endpoint", "hashkv"]).code(1).text();
+    assert!(table.contains(hashes[2]) && table.contains(hashes[0]), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,6 +339,9 @@ pub struct NodePlacement {
     pub addr: Option<String>,
     /// Put before the server command (see [`ServerCommand::with_prefix`]).
     pub prefix: Vec<OsString>,
+    /// Appended to this node's server arguments, after the cluster's `extra_args`
+    /// (e.g. its own `--admin-listen`).
+    pub extra_args: Vec<String>,
 }
 
 /// A cluster of local server processes, with ids `1..=n` at the start.
@@ -386,8 +389,9 @@ impl LocalCluster {
             LocalCluster { nodes: Vec::new(), dir: opts.dir, command: opts.command, extra_args: opts.extra_args };
         for (i, (id, addr)) in members.iter().enumerate() {
             // On error, the nodes already started are killed as `cluster` drops.
-            let command = cluster.command.with_prefix(&place(i).prefix);
-            cluster.spawn_with(&command, *id, addr.clone(), Bootstrap::Peers(members.clone()))?;
+            let placed = place(i);
+            let command = cluster.command.with_prefix(&placed.prefix);
+            cluster.spawn_with(&command, *id, addr.clone(), Bootstrap::Peers(members.clone()), &placed.extra_args)?;
         }
         Ok(cluster)
     }
@@ -395,7 +399,7 @@ impl LocalCluster {
     /// Starts node `id` at `addr`, its data in `<dir>/node-<id>`, and adds it to the list.
     fn spawn(&mut self, id: NodeId, addr: String, bootstrap: Bootstrap) -> io::Result<&mut NodeProcess> {
         let command = self.command.clone();
-        self.spawn_with(&command, id, addr, bootstrap)
+        self.spawn_with(&command, id, addr, bootstrap, &[])
     }
 
     /// [`spawn`](Self::spawn) with another server command (e.g. one prefixed to run in
@@ -406,6 +410,7 @@ impl LocalCluster {
         id: NodeId,
         addr: String,
         bootstrap: Bootstrap,
+        node_args: &[String],
     ) -> io::Result<&mut NodeProcess> {
         let config = NodeConfig {
             id,
@@ -413,7 +418,7 @@ impl LocalCluster {
             bootstrap,
             data_dir: self.dir.join(format!("node-{id}")),
             log_path: self.dir.join(format!("node-{id}.log")),
-            extra_args: self.extra_args.clone(),
+            extra_args: self.extra_args.iter().chain(node_args).cloned().collect(),
         };
         self.nodes.push(NodeProcess::spawn(command, config)?);
         Ok(self.nodes.last_mut().expect("just pushed"))

@@ -385,6 +385,14 @@ impl KvStateMachine {
         Self::from_snapshot(snap)
     }
 
+    /// Sets `key` to `value` without a log entry or a new applied index: a diverged
+    /// replica, for tests that show the digest comparison catching one. Exists only
+    /// with the `tamper-for-tests` feature, which release builds never turn on.
+    #[cfg(feature = "tamper-for-tests")]
+    pub fn tamper_for_tests(&mut self, key: &[u8], value: &[u8]) {
+        self.data.insert(key, value);
+    }
+
     /// FNV-1a of the snapshot encoding (without the version byte): equal
     /// digests mean equal state, including sessions, with overwhelming
     /// probability. Streams, so it allocates nothing.

@@ -12,9 +12,8 @@
 //! The server is plain HTTP/1.1 on its own port, apart from the tarpc port, so a probe
 //! never competes with Raft traffic for a connection slot.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,8 +23,9 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use raftkv_raft::Role;
 use tokio::net::TcpListener;
+
+use crate::metrics::NodeMetrics;
 
 /// `/livez` fails when the Raft loop has not ticked for this long.
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
@@ -33,64 +33,25 @@ pub const STALL_AFTER: Duration = Duration::from_secs(30);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the admin port reports, shared by the node (which updates it) and the HTTP
-/// server (which reads it). All updates are single relaxed atomic stores.
+/// server (which reads it). All updates are relaxed atomic stores.
 #[derive(Debug)]
 pub struct AdminState {
     started: Instant,
-    id: AtomicU64,
     ready: AtomicBool,
     draining: AtomicBool,
     /// Milliseconds since `started` of the last tick, plus one (0: the loop has not run).
     last_tick_ms: AtomicU64,
-    pub(crate) metrics: Metrics,
-}
-
-/// The node's gauges and counters.
-#[derive(Debug, Default)]
-pub(crate) struct Metrics {
-    pub term: AtomicU64,
-    /// [`role_code`] of the current role.
-    pub role: AtomicU8,
-    /// 0 when no leader is known.
-    pub leader: AtomicU64,
-    pub commit_index: AtomicU64,
-    pub applied_index: AtomicU64,
-    pub last_index: AtomicU64,
-    pub snapshot_index: AtomicU64,
-    pub pending_writes: AtomicU64,
-    pub proposals: AtomicU64,
-    pub proposals_failed: AtomicU64,
-    pub reads: AtomicU64,
-    pub elections_started: AtomicU64,
-    pub became_leader: AtomicU64,
-    pub snapshots_saved: AtomicU64,
-    pub snapshots_installed: AtomicU64,
-    /// Snapshots a follower refused as larger than its limit (leader side).
-    pub snapshots_refused: AtomicU64,
-    /// 1 while this node recovers from lost state.
-    pub recovering: AtomicU64,
-}
-
-const ROLES: [&str; 4] = ["follower", "pre-candidate", "candidate", "leader"];
-
-pub(crate) fn role_code(role: Role) -> u8 {
-    match role {
-        Role::Follower => 0,
-        Role::PreCandidate => 1,
-        Role::Candidate => 2,
-        Role::Leader => 3,
-    }
+    pub(crate) metrics: Arc<NodeMetrics>,
 }
 
 impl Default for AdminState {
     fn default() -> Self {
         AdminState {
             started: Instant::now(),
-            id: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_tick_ms: AtomicU64::new(0),
-            metrics: Metrics::default(),
+            metrics: Arc::new(NodeMetrics::default()),
         }
     }
 }
@@ -113,18 +74,21 @@ impl AdminState {
         }
     }
 
+    /// The node knows its id: the metrics are exposed from now on, labelled with it.
     pub(crate) fn set_id(&self, id: u64) {
-        self.id.store(id, Ordering::Relaxed);
+        self.metrics.register(id);
     }
 
     /// Storage is recovered and the RPC port listens.
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+        self.metrics.ready.set(i64::from(self.is_ready()));
     }
 
     /// Shutdown began: no longer ready.
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.metrics.ready.set(0);
     }
 
     pub(crate) fn ticked(&self) {
@@ -137,83 +101,7 @@ impl AdminState {
 
     /// The Prometheus text exposition of the current values.
     pub fn render_metrics(&self) -> String {
-        let m = &self.metrics;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(2048);
-        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        one("raftkv_node_id", "gauge", "This node's Raft id.", get(&self.id));
-        one("raftkv_ready", "gauge", "1 when /readyz answers 200.", u64::from(self.is_ready()));
-        one("raftkv_term", "gauge", "The current Raft term.", get(&m.term));
-        one("raftkv_leader_id", "gauge", "The id of the leader this node knows of (0: none).", get(&m.leader));
-        one(
-            "raftkv_is_leader",
-            "gauge",
-            "1 when this node is the leader.",
-            u64::from(m.role.load(Ordering::Relaxed) == role_code(Role::Leader)),
-        );
-        one("raftkv_commit_index", "gauge", "The highest log index known committed.", get(&m.commit_index));
-        one(
-            "raftkv_applied_index",
-            "gauge",
-            "The highest log index applied to the state machine.",
-            get(&m.applied_index),
-        );
-        one("raftkv_last_index", "gauge", "The last index of this node's log.", get(&m.last_index));
-        one("raftkv_snapshot_index", "gauge", "The index of the latest snapshot.", get(&m.snapshot_index));
-        one("raftkv_pending_writes", "gauge", "Proposed writes waiting to commit.", get(&m.pending_writes));
-        one("raftkv_proposals_total", "counter", "Writes proposed to the Raft log by this node.", get(&m.proposals));
-        one(
-            "raftkv_proposals_failed_total",
-            "counter",
-            "Writes refused before reaching the log (not the leader, overloaded, draining).",
-            get(&m.proposals_failed),
-        );
-        one("raftkv_reads_total", "counter", "Read requests handled by this node.", get(&m.reads));
-        one(
-            "raftkv_elections_started_total",
-            "counter",
-            "Elections (and pre-votes) this node started.",
-            get(&m.elections_started),
-        );
-        one("raftkv_became_leader_total", "counter", "Times this node became the leader.", get(&m.became_leader));
-        one(
-            "raftkv_snapshots_saved_total",
-            "counter",
-            "Snapshots this node took of its state machine.",
-            get(&m.snapshots_saved),
-        );
-        one(
-            "raftkv_snapshots_installed_total",
-            "counter",
-            "Snapshots received from a leader and installed.",
-            get(&m.snapshots_installed),
-        );
-        one(
-            "raftkv_snapshots_refused_total",
-            "counter",
-            "Snapshots a follower refused as larger than its --max-snapshot-bytes (this node leading).",
-            get(&m.snapshots_refused),
-        );
-        one(
-            "raftkv_recovering",
-            "gauge",
-            "1 while this node recovers from lost state: it neither votes nor counts toward a quorum.",
-            get(&m.recovering),
-        );
-        one(
-            "raftkv_uptime_seconds",
-            "gauge",
-            "Seconds since the process started serving the admin port.",
-            self.started.elapsed().as_secs(),
-        );
-        let role = m.role.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP raftkv_role 1 for this node's current Raft role.\n# TYPE raftkv_role gauge");
-        for (code, name) in ROLES.iter().enumerate() {
-            let _ = writeln!(out, "raftkv_role{{role=\"{name}\"}} {}", u8::from(code as u8 == role));
-        }
-        out
+        self.metrics.render()
     }
 }
 
@@ -316,23 +204,35 @@ mod tests {
         assert_eq!(get(addr, "/readyz").await.0, 503);
         assert_eq!(get(addr, "/nope").await.0, 404);
 
+        let (code, early) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(!early.contains("raftkv_term"), "no node metrics before the node knows its id:\n{early}");
         state.set_id(2);
-        state.metrics.term.store(7, Ordering::Relaxed);
-        state.metrics.role.store(role_code(Role::Leader), Ordering::Relaxed);
-        state.metrics.proposals.store(3, Ordering::Relaxed);
+        state.metrics.term.set(7);
+        state.metrics.set_role(raftkv_raft::Role::Leader);
+        state.metrics.proposals.inc_by(3);
         let (code, body) = get(addr, "/metrics").await;
         assert_eq!(code, 200);
-        for line in ["raftkv_node_id 2", "raftkv_term 7", "raftkv_is_leader 1", "raftkv_proposals_total 3"] {
+        for line in [
+            "raftkv_term{server_id=\"2\"} 7",
+            "raftkv_is_leader{server_id=\"2\"} 1",
+            "raftkv_proposals_total{server_id=\"2\"} 3",
+        ] {
             assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
         }
-        assert!(body.contains("raftkv_role{role=\"leader\"} 1"));
-        assert!(body.contains("raftkv_role{role=\"follower\"} 0"));
+        assert!(body.contains("raftkv_role{server_id=\"2\",role=\"leader\"} 1"), "{body}");
+        assert!(body.contains("raftkv_role{server_id=\"2\",role=\"follower\"} 0"), "{body}");
+        assert!(body.contains("raftkv_build_info{server_id=\"2\",version=\""), "{body}");
         // Every sample line is `name[{labels}] value` with a declared TYPE.
-        for l in body.lines().filter(|l| !l.starts_with('#')) {
+        for l in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let (name, value) = l.rsplit_once(' ').unwrap();
-            value.parse::<f64>().unwrap();
+            value.parse::<f64>().unwrap_or_else(|e| panic!("{l}: {e}"));
             let base = name.split('{').next().unwrap();
-            assert!(body.contains(&format!("# TYPE {base} ")), "{base} has no TYPE");
+            let family = ["_bucket", "_sum", "_count"].iter().fold(base, |b, s| b.strip_suffix(s).unwrap_or(b));
+            assert!(
+                body.contains(&format!("# TYPE {base} ")) || body.contains(&format!("# TYPE {family} ")),
+                "{base} has no TYPE"
+            );
         }
         server.abort();
     }

@@ -11,14 +11,22 @@ use raftkv_replica::check_addr;
 use raftkv_rpc::{TlsConfig, TlsFiles};
 use raftkv_storage::{FsyncPolicy, StorageOptions};
 
-/// The flags of `raftkv-server` (and of `raftkv server` in the CLI).
+/// A raftkv node: one replica of a key/value store replicated with Raft. Clients
+/// (`raftkv`) and the other nodes reach it on `--listen`; `--admin-listen` serves
+/// /livez, /readyz and /metrics.
 ///
 /// Two ways to name the cluster: static (`--id`, `--listen`, `--peers` to found a
 /// cluster, or `--join` to join one) or Kubernetes (`--pod-name`, `--service`,
 /// `--replicas`, derived from a StatefulSet's stable names: the first `--replicas` pods
 /// found the cluster, later ones join it).
+///
+/// These are the flags of `raftkv-server` and of `raftkv server`.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
-#[command(name = "raftkv-server", version, about = "A raftkv node: a replicated key/value store on Raft")]
+#[command(
+    name = "raftkv-server",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RAFTKV_GIT_COMMIT"), ")"),
+    about = "A raftkv node: one replica of a key/value store replicated with Raft"
+)]
 pub struct ServerArgs {
     /// This node's id (non-zero). Static mode.
     #[arg(long, env = "RAFTKV_ID", conflicts_with = "pod_name")]

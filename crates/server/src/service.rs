@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::log_limit::LogLimit;
+use crate::metrics::{NodeMetrics, RpcMethod};
 use crate::raft_loop::{RaftBatch, ReadOp, ReadOutput, Request};
 
 /// No request waits longer than this, whatever deadline its client set.
@@ -54,11 +55,14 @@ pub(crate) struct Shared {
     wrong_cluster_log: LogLimit,
     /// Refused connections (a failed TLS handshake; a full table evicts instead).
     pub refused_log: LogLimit,
+    /// The node's metrics (RPC latencies are observed here).
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl Shared {
-    pub fn new(cluster_id: u64) -> Shared {
+    pub fn new(cluster_id: u64, metrics: Arc<NodeMetrics>) -> Shared {
         Shared {
+            metrics,
             cluster_id,
             removed: RwLock::default(),
             addrs: RwLock::default(),
@@ -156,6 +160,7 @@ impl RaftKv for Service {
         messages: Vec<Message>,
         links: Vec<TraceLink>,
     ) -> Result<Vec<Message>, PeerError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::raft);
         if !self.peer.is_node() {
             let common_name = match &self.peer {
                 PeerIdentity::Certificate { common_name } => common_name.clone(),
@@ -202,6 +207,7 @@ impl RaftKv for Service {
     }
 
     async fn write(self, ctx: Context, command: Command) -> Result<WriteReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::write);
         let name = match &command.op {
             WriteOp::Put { .. } => "kv.put",
             WriteOp::Delete { .. } => "kv.delete",
@@ -244,6 +250,7 @@ impl RaftKv for Service {
     }
 
     async fn get(self, ctx: Context, key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::get);
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.get",
@@ -293,6 +300,7 @@ impl RaftKv for Service {
         limit: u32,
         consistency: ReadConsistency,
     ) -> Result<ScanReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::scan_page);
         let limit = limit as usize;
         raftkv_kv::validate_scan(&prefix, limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let span = tracing::info_span!(
@@ -327,6 +335,7 @@ impl RaftKv for Service {
     }
 
     async fn status(self, ctx: Context) -> NodeStatus {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::status);
         let unavailable = NodeStatus {
             id: self.id,
             role: "unavailable".into(),
@@ -352,24 +361,28 @@ impl RaftKv for Service {
     }
 
     async fn transfer_leader(self, ctx: Context, target: Option<NodeId>) -> Result<NodeId, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::transfer_leader);
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Transfer { target, reply })?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
     async fn members(self, ctx: Context) -> Result<MemberList, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::members);
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Members(reply))?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
     async fn hash_kv(self, ctx: Context, index: u64) -> Result<HashKvReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::hash_kv);
         let (reply, rx) = oneshot::channel();
         self.submit(Request::HashKv { index, reply })?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
     }
 
     async fn server_info(self, _: Context) -> ServerInfo {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::server_info);
         ServerInfo {
             id: self.id,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -379,6 +392,7 @@ impl RaftKv for Service {
     }
 
     async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::change_member);
         tracing::info!(node = self.id, ?change, "membership change requested");
         let (reply, rx) = oneshot::channel();
         self.submit(Request::ChangeMember { change, reply })?;

@@ -109,8 +109,12 @@ impl Opened {
 pub(crate) fn recover(cfg: &NodeConfig, opened: &mut Opened, identity: &mut Identity) -> anyhow::Result<Replica> {
     let id = identity.id;
     let recovered = std::mem::take(&mut opened.recovered);
-    let (kv, membership) = Replica::restore_state(recovered.snapshot.as_ref(), &recovered.entries, cfg.peers.clone())
-        .context("the state on disk cannot be restored")?;
+    #[allow(unused_mut)] // changed only by the tests' tampering
+    let (mut kv, membership) =
+        Replica::restore_state(recovered.snapshot.as_ref(), &recovered.entries, cfg.peers.clone())
+            .context("the state on disk cannot be restored")?;
+    #[cfg(feature = "tamper-for-tests")]
+    tamper_for_tests(&mut kv);
     tracing::info!(
         id,
         cluster_id = format!("{:016x}", identity.cluster_id),
@@ -178,7 +182,7 @@ pub(crate) fn spawn(
     let Opened { _lock: lock, storage, .. } = opened;
     let writer =
         GroupCommitWriter::spawn(storage, GroupCommitOptions::default()).context("cannot start the storage writer")?;
-    let shared = Arc::new(service::Shared::new(identity.cluster_id));
+    let shared = Arc::new(service::Shared::new(identity.cluster_id, admin.metrics.clone()));
     let (removed_tx, removed_rx) = mpsc::channel(16);
     let (raft_tx, raft_rx) = mpsc::channel::<RaftBatch>(RAFT_QUEUE);
     let link = peer::LinkContext {
@@ -289,4 +293,19 @@ fn random_seed(id: u64) -> u64 {
     h.write_u64(id);
     h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.finish()
+}
+
+/// `RAFTKV_TEST_TAMPER=KEY=VALUE`: this replica's state machine says VALUE for KEY
+/// without any log entry, so the tests can show `raftkv endpoint hashkv` catching a
+/// diverged replica. Built only with the `tamper-for-tests` feature, which only the
+/// CLI's tests turn on.
+#[cfg(feature = "tamper-for-tests")]
+fn tamper_for_tests(kv: &mut raftkv_kv::KvStateMachine) {
+    let Ok(spec) = std::env::var("RAFTKV_TEST_TAMPER") else { return };
+    let Some((key, value)) = spec.split_once('=') else {
+        tracing::error!(spec, "RAFTKV_TEST_TAMPER is not KEY=VALUE; ignored");
+        return;
+    };
+    tracing::warn!(key, value, "tampering with the state machine (RAFTKV_TEST_TAMPER, a test build)");
+    kv.tamper_for_tests(key.as_bytes(), value.as_bytes());
 }

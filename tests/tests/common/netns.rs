@@ -141,6 +141,7 @@ impl Net {
             .map(|id| NodePlacement {
                 addr: Some(format!("{}:{NODE_PORT}", self.node_ip(id))),
                 prefix: ["ip", "netns", "exec", &self.node_ns(id)].iter().map(Into::into).collect(),
+                ..NodePlacement::default()
             })
             .collect()
     }

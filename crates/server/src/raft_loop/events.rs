@@ -109,11 +109,14 @@ impl RaftLoop {
     /// Logs a finished Ready's events and counts them.
     pub(super) fn log_events(&mut self, events: Vec<Event>) {
         for event in events {
-            match event {
-                Event::ElectionStarted { .. } => Self::count(&self.admin.metrics.elections_started),
-                Event::BecameLeader { .. } => Self::count(&self.admin.metrics.became_leader),
-                Event::SnapshotRefused { .. } => Self::count(&self.admin.metrics.snapshots_refused),
-                _ => {}
+            let counter = match event {
+                Event::ElectionStarted { .. } => Some(&self.admin.metrics.elections_started),
+                Event::BecameLeader { .. } => Some(&self.admin.metrics.became_leader),
+                Event::SnapshotRefused { .. } => Some(&self.admin.metrics.snapshots_refused),
+                _ => None,
+            };
+            if let Some(counter) = counter {
+                counter.inc();
             }
             log_event(self.id, &event);
         }

@@ -104,15 +104,15 @@ impl RaftLoop {
         match request {
             Request::Write { data, reply, trace } => self.write_request(data, reply, &trace),
             Request::Read { op, consistency: ReadConsistency::Stale, reply } => {
-                Self::count(&self.admin.metrics.reads);
+                self.admin.metrics.reads.inc();
                 let _ = reply.send(self.pending.serve_read(&self.replica, &op));
             }
             Request::Read { op, consistency: ReadConsistency::Linearizable, reply } => {
-                Self::count(&self.admin.metrics.reads);
+                self.admin.metrics.reads.inc();
                 let ctx = self.pending.next_read_ctx();
                 match self.replica.read_index(ctx) {
                     Ok(()) => {
-                        self.pending.reads.insert(ctx, PendingRead { op, reply });
+                        self.pending.reads.insert(ctx, PendingRead { op, reply, asked_at: Instant::now() });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(self.refusal(e)));
@@ -148,7 +148,7 @@ impl RaftLoop {
         };
         match result {
             Ok((index, term)) => {
-                Self::count(&self.admin.metrics.proposals);
+                self.admin.metrics.proposals.inc();
                 let trace = WriteTrace::start(self.id, trace, index, term);
                 let write = PendingWrite { term, reply, proposed_at: Instant::now(), trace };
                 if let Some(old) = self.pending.writes.insert(index, write) {
@@ -161,7 +161,7 @@ impl RaftLoop {
                 }
             }
             Err(e) => {
-                Self::count(&self.admin.metrics.proposals_failed);
+                self.admin.metrics.proposals_failed.inc();
                 let _ = reply.send(Err(e));
             }
         }

@@ -29,7 +29,8 @@ use raftkv_storage::GroupCommitWriter;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::admin::{AdminState, role_code};
+use crate::admin::AdminState;
+use crate::metrics::gauge_value;
 use crate::peer::LinkContext;
 use crate::service::Shared;
 use crate::trace::ElectionTrace;
@@ -76,6 +77,8 @@ pub(crate) struct RaftLoop {
     batch_replies: Vec<intake::BatchReply>,
     /// What the admin port reports (probes and metrics).
     admin: Arc<AdminState>,
+    /// The leader last published (to count changes).
+    known_leader: Option<NodeId>,
 }
 
 impl RaftLoop {
@@ -105,6 +108,7 @@ impl RaftLoop {
             inbound_spans: Vec::new(),
             batch_replies: Vec::new(),
             admin: AdminState::new(),
+            known_leader: None,
         };
         raft_loop.sync_links();
         raft_loop
@@ -117,24 +121,25 @@ impl RaftLoop {
         self
     }
 
-    /// Copies the replica's gauges to the admin port's metrics.
-    fn publish_status(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// Copies the replica's gauges to the admin port's metrics; counts a change of the
+    /// known leader.
+    fn publish_status(&mut self) {
         let st = self.replica.status();
         let m = &self.admin.metrics;
-        m.term.store(st.term, Relaxed);
-        m.role.store(role_code(st.role), Relaxed);
-        m.leader.store(st.leader.unwrap_or(0), Relaxed);
-        m.commit_index.store(st.commit_index, Relaxed);
-        m.applied_index.store(self.replica.applied_index(), Relaxed);
-        m.last_index.store(st.last_index, Relaxed);
-        m.snapshot_index.store(self.replica.snapshot_index(), Relaxed);
-        m.pending_writes.store(self.pending.writes.len() as u64, Relaxed);
-        m.recovering.store(u64::from(st.recovering), Relaxed);
-    }
-
-    fn count(counter: &std::sync::atomic::AtomicU64) {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.term.set(gauge_value(st.term));
+        m.set_role(st.role);
+        m.leader_id.set(gauge_value(st.leader.unwrap_or(0)));
+        m.has_leader.set(i64::from(st.leader.is_some()));
+        m.commit_index.set(gauge_value(st.commit_index));
+        m.applied_index.set(gauge_value(self.replica.applied_index()));
+        m.last_index.set(gauge_value(st.last_index));
+        m.snapshot_index.set(gauge_value(self.replica.snapshot_index()));
+        m.pending_writes.set(gauge_value(self.pending.writes.len() as u64));
+        m.recovering.set(i64::from(st.recovering));
+        if st.leader.is_some() && st.leader != self.known_leader {
+            m.leader_changes.inc();
+        }
+        self.known_leader = st.leader;
     }
 
     /// Runs until `shutdown` resolves (then hands off leadership, bounded), this node is

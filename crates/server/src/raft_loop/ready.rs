@@ -80,7 +80,7 @@ impl RaftLoop {
         for r in std::mem::take(&mut self.pending.reads_dropped) {
             let _ = r.reply.send(Err(self.not_leader_hint(self.replica.status().leader)));
         }
-        self.pending.serve_parked(&self.replica);
+        self.pending.serve_parked(&self.replica, &self.admin.metrics);
     }
 
     /// Sends `messages` (persisted ones), each response to a node that waits for an
@@ -110,11 +110,26 @@ impl RaftLoop {
 
     pub(super) fn send(&self, messages: Vec<Message>) {
         for m in messages {
+            self.count_replication(&m);
             let traces = self.traces_carried(&m);
             match self.peers.get(&m.to) {
                 Some(peer) => peer.sender.send(m, traces),
                 None => tracing::debug!(to = m.to, "no link to a message's recipient"),
             }
+        }
+    }
+
+    /// Counts what a leader sends: entry bytes, and snapshots started.
+    fn count_replication(&self, m: &Message) {
+        let metrics = &self.admin.metrics;
+        match &m.body {
+            MessageBody::AppendEntries { entries, .. } if !entries.is_empty() => {
+                metrics.bytes_replicated.inc_by(entries.iter().map(|e| e.data.len() as u64).sum());
+            }
+            MessageBody::InstallSnapshot { offset: 0, .. } => {
+                metrics.snapshots_sent.inc();
+            }
+            _ => {}
         }
     }
 
@@ -182,6 +197,7 @@ impl RaftLoop {
         let n = entries.len() as u64;
         let has_hs = hard_state.is_some();
         let report = self.write(WriteRequest { entries, hard_state }).await?;
+        self.admin.metrics.fsync_seconds.observe(report.fsync_duration.as_secs_f64());
         if let Some(hs) = hard_state {
             self.durable_hs = hs;
         }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::intake::{ReadOp, ReadOutput, Reply};
 use super::take_through;
 use crate::admin::AdminState;
+use crate::metrics::NodeMetrics;
 use crate::trace::{self, BoxedSpan, WriteTrace};
 
 pub(crate) struct PendingWrite {
@@ -37,6 +38,8 @@ pub(crate) struct PendingChange {
 pub(crate) struct PendingRead {
     pub op: ReadOp,
     pub reply: Reply<ReadOutput>,
+    /// When it arrived (for the ReadIndex wait histogram).
+    pub asked_at: Instant,
 }
 
 /// Everything clients wait for.
@@ -121,17 +124,28 @@ impl Pending {
     }
 
     /// Serves the confirmed reads whose index the state machine has reached.
-    pub fn serve_parked(&mut self, replica: &Replica) {
+    pub fn serve_parked(&mut self, replica: &Replica, metrics: &NodeMetrics) {
         for (_, reads) in take_through(&mut self.parked, replica.applied_index()) {
             for read in reads {
+                metrics.read_index_seconds.observe(read.asked_at.elapsed().as_secs_f64());
                 let _ = read.reply.send(self.serve_read(replica, &read.op));
             }
         }
     }
 
     /// Answers the write waiting at `index` (and any skipped below it).
-    fn complete_writes(&mut self, node: NodeId, index: Index, term: Term, mut applied: Option<raftkv_kv::Applied>) {
+    fn complete_writes(
+        &mut self,
+        node: NodeId,
+        (index, term): (Index, Term),
+        mut applied: Option<raftkv_kv::Applied>,
+        metrics: &NodeMetrics,
+    ) {
         for (at, mut w) in take_through(&mut self.writes, index) {
+            if at == index && w.term == term {
+                metrics.proposals_committed.inc();
+                metrics.commit_seconds.observe(w.proposed_at.elapsed().as_secs_f64());
+            }
             if let Some(t) = &mut w.trace {
                 t.end_propose(at == index && w.term == term);
             }
@@ -183,16 +197,19 @@ pub(crate) struct Hooks<'a> {
     pub admin: &'a AdminState,
     /// The `raft.apply` span of the traced write being applied.
     span: Option<BoxedSpan>,
+    /// When the entry being applied started.
+    applying_since: Option<std::time::Instant>,
 }
 
 impl<'a> Hooks<'a> {
     pub fn new(node: NodeId, pending: &'a mut Pending, admin: &'a AdminState) -> Hooks<'a> {
-        Hooks { node, pending, admin, span: None }
+        Hooks { node, pending, admin, span: None, applying_since: None }
     }
 }
 
 impl ApplyHooks for Hooks<'_> {
     fn applying(&mut self, entry: &Entry) {
+        self.applying_since = Some(std::time::Instant::now());
         self.span = self
             .pending
             .writes
@@ -203,6 +220,9 @@ impl ApplyHooks for Hooks<'_> {
     }
 
     fn applied(&mut self, entry: &Entry, outcome: ApplyOutcome, kv: &raftkv_kv::KvStateMachine) {
+        if let Some(since) = self.applying_since.take() {
+            self.admin.metrics.apply_seconds.observe(since.elapsed().as_secs_f64());
+        }
         let applied = match outcome {
             ApplyOutcome::Command(a) => Some(a),
             ApplyOutcome::Other => None,
@@ -211,7 +231,7 @@ impl ApplyHooks for Hooks<'_> {
             span.set_attribute(KeyValue::new("duplicate", applied.as_ref().is_some_and(|a| a.duplicate)));
             span.end();
         }
-        self.pending.complete_writes(self.node, entry.index, entry.term, applied);
+        self.pending.complete_writes(self.node, (entry.index, entry.term), applied, &self.admin.metrics);
         self.pending.complete_member_changes(entry.index, entry.term);
         if self.pending.hashes.first_key_value().is_some_and(|(index, _)| *index <= entry.index) {
             self.pending.answer_hashes(self.node, kv);
@@ -233,7 +253,7 @@ impl ApplyHooks for Hooks<'_> {
 
     fn snapshot_installed(&mut self, meta: &SnapshotMeta, kv: &raftkv_kv::KvStateMachine) {
         self.pending.answer_hashes(self.node, kv);
-        self.admin.metrics.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.admin.metrics.snapshots_installed.inc();
         // Writes at or below the snapshot: whether they were the entries committed
         // there cannot be told any more.
         for (_, mut w) in take_through(&mut self.pending.writes, meta.index) {

@@ -47,7 +47,7 @@ impl RaftLoop {
             tracing::error!(id = self.id, index, error = %e, "the state machine keeps its own copy of the pairs");
         }
         self.replica.snapshot_saved(snapshot);
-        Self::count(&self.admin.metrics.snapshots_saved);
+        self.admin.metrics.snapshots_saved.inc();
         tracing::info!(id = self.id, index, bytes, "saved a snapshot and compacted the log");
         Ok(())
     }
