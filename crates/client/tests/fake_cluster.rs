@@ -13,8 +13,9 @@ use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError as RpcError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError,
-    RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo, TraceLink, WriteReply,
+    ClientError as RpcError, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply,
+    MemberList, MemberStatus, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    TraceLink, WriteReply,
 };
 
 #[derive(Default)]
@@ -67,7 +68,7 @@ impl Fake {
             page.items.truncate(FAKE_PAGE);
             page.more = true;
         }
-        Ok(ScanReply { items: page.items, more: page.more, index: 1, node: self.id })
+        Ok(ScanReply { items: page.items, more: page.more, index: 1, node: self.id, forwarded: None })
     }
 }
 
@@ -88,14 +89,15 @@ impl RaftKv for Fake {
             return Err(RpcError::Timeout);
         }
         let index = s.writes.len() as u64;
-        Ok(WriteReply { index, term: 1, leader: self.id, result: WriteResult::Put { existed: false }, duplicate })
+        let result = WriteResult::Put { existed: false };
+        Ok(WriteReply { index, term: 1, leader: self.id, result, duplicate, forwarded: None })
     }
 
     async fn get(self, _: Context, key: Bytes, _: ReadConsistency) -> Result<GetReply, RpcError> {
         if self.leader_addr.is_some() {
             return Err(RpcError::NotLeader { leader: None, leader_addr: None });
         }
-        Ok(GetReply { value: Some(key), index: 1, node: self.id, leader: Some(self.id) })
+        Ok(GetReply { value: Some(key), index: 1, node: self.id, leader: Some(self.id), forwarded: None })
     }
 
     async fn scan(self, _: Context, prefix: Bytes, limit: u32, _: ReadConsistency) -> Result<ScanReply, RpcError> {
@@ -127,6 +129,14 @@ impl RaftKv for Fake {
 
     async fn server_info(self, _: Context) -> ServerInfo {
         ServerInfo { id: self.id, version: "fake".into(), commit: "fake".into() }
+    }
+
+    async fn forward(self, _: Context, _: u64, _: ForwardRequest) -> Result<ForwardReply, RpcError> {
+        Err(RpcError::Invalid("the fake does not forward".into()))
+    }
+
+    async fn cluster_status(self, _: Context) -> Vec<MemberStatus> {
+        Vec::new()
     }
 
     async fn status(self, _: Context) -> NodeStatus {

@@ -47,6 +47,19 @@ pub struct WriteReply {
     pub result: WriteResult,
     /// The command had already been applied; this is the cached original outcome.
     pub duplicate: bool,
+    /// Set when a follower forwarded the write to the leader that committed it.
+    pub forwarded: Option<Forwarded>,
+}
+
+/// How a request reached the leader that served it: through `via`, a follower that
+/// passed it on over its own connection to the leader at `leader_addr`. A client that
+/// can reach `leader_addr` may go there directly next time; one that cannot keeps
+/// sending to `via`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub via: NodeId,
+    pub leader: NodeId,
+    pub leader_addr: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +69,8 @@ pub struct GetReply {
     pub index: u64,
     pub node: NodeId,
     pub leader: Option<NodeId>,
+    /// Set when a follower forwarded the read to the leader (`node`) that served it.
+    pub forwarded: Option<Forwarded>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +79,8 @@ pub struct ScanReply {
     pub more: bool,
     pub index: u64,
     pub node: NodeId,
+    /// Set when a follower forwarded the scan to the leader (`node`) that served it.
+    pub forwarded: Option<Forwarded>,
 }
 
 /// Where a page of [`RaftKv::scan_page`] starts, among the keys with its prefix.
@@ -87,6 +104,52 @@ impl ScanStart {
             ScanStart::After(key) => std::ops::Bound::Excluded(key),
         }
     }
+}
+
+/// A client request a follower passes on to its leader ([`RaftKv::forward`]). Reads
+/// are linearizable (a follower serves stale reads itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Command),
+    Get { key: Bytes },
+    ScanPage { prefix: Bytes, start: ScanStart, limit: u32 },
+    Members,
+    ChangeMember(MemberChange),
+    TransferLeader(Option<NodeId>),
+}
+
+/// The leader's answer to a [`ForwardRequest`], variant for variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Write(WriteReply),
+    Get(GetReply),
+    ScanPage(ScanReply),
+    Members(MemberList),
+    ChangeMember(MemberChangeReply),
+    TransferLeader(NodeId),
+}
+
+impl ForwardRequest {
+    /// The RPC it stands for, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ForwardRequest::Write(_) => "write",
+            ForwardRequest::Get { .. } => "get",
+            ForwardRequest::ScanPage { .. } => "scan",
+            ForwardRequest::Members => "members",
+            ForwardRequest::ChangeMember(_) => "change_member",
+            ForwardRequest::TransferLeader(_) => "transfer_leader",
+        }
+    }
+}
+
+/// One member as the node answering [`RaftKv::cluster_status`] reached it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    /// Its status and build, or why it could not be asked.
+    pub status: Result<(NodeStatus, ServerInfo), String>,
 }
 
 /// A node's state machine digest at one applied index ([`RaftKv::hash_kv`]).
@@ -282,4 +345,12 @@ pub trait RaftKv {
     async fn hash_kv(index: u64) -> Result<HashKvReply, ClientError>;
     /// The server's version and git commit.
     async fn server_info() -> ServerInfo;
+    /// Serves `request` if this node leads, else answers `NotLeader` (never passing it
+    /// on again, so a forwarded request takes at most one hop). Followers send it to
+    /// their leader on a client's behalf; `cluster_id` guards against a leader of
+    /// another cluster.
+    async fn forward(cluster_id: u64, request: ForwardRequest) -> Result<ForwardReply, ClientError>;
+    /// Every member's status and build as this node reaches them (itself included):
+    /// the whole cluster through one endpoint (`raftkv status`).
+    async fn cluster_status() -> Vec<MemberStatus>;
 }

@@ -9,8 +9,9 @@ use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError, RaftKv,
-    RaftKvRequest, ReadConsistency, ScanReply, ScanStart, ServerInfo, TraceLink, WriteReply,
+    ClientError, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList,
+    MemberStatus, NodeStatus, PeerError, RaftKv, RaftKvRequest, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    TraceLink, WriteReply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -81,6 +82,12 @@ impl RaftKv for Stub {
     }
     async fn server_info(self, _: Context) -> ServerInfo {
         ServerInfo { id: 7, version: "stub".into(), commit: "stub".into() }
+    }
+    async fn forward(self, _: Context, _: u64, _: ForwardRequest) -> Result<ForwardReply, ClientError> {
+        no()
+    }
+    async fn cluster_status(self, _: Context) -> Vec<MemberStatus> {
+        Vec::new()
     }
 }
 

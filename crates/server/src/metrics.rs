@@ -45,6 +45,8 @@ pub enum RpcMethod {
     change_member,
     hash_kv,
     server_info,
+    forward,
+    cluster_status,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +95,7 @@ pub struct NodeMetrics {
     pub snapshots_sent: Counter,
     pub snapshots_refused: Counter,
     pub bytes_replicated: Counter,
+    pub forwarded: Counter,
     pub commit_seconds: Histogram,
     pub fsync_seconds: Histogram,
     pub apply_seconds: Histogram,
@@ -129,6 +132,7 @@ impl Default for NodeMetrics {
             snapshots_sent: Counter::default(),
             snapshots_refused: Counter::default(),
             bytes_replicated: Counter::default(),
+            forwarded: Counter::default(),
             commit_seconds: latency_histogram(),
             fsync_seconds: latency_histogram(),
             apply_seconds: latency_histogram(),
@@ -215,6 +219,11 @@ impl NodeMetrics {
             "snapshots_refused",
             "Snapshots a follower refused as larger than its --max-snapshot-bytes (this node leading)",
             self.snapshots_refused.clone(),
+        );
+        r.register(
+            "forwarded_requests",
+            "Client requests this node (following) passed to the leader and answered",
+            self.forwarded.clone(),
         );
         r.register(
             "replicated_bytes",

@@ -10,20 +10,22 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
-    ClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, PeerError,
-    PeerIdentity, RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo, TraceLink, WriteReply,
+    ClientError, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList,
+    MemberStatus, NodeStatus, PeerError, PeerIdentity, RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    TraceLink, WriteReply,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::forward::Forwarder;
 use crate::log_limit::LogLimit;
 use crate::metrics::{NodeMetrics, RpcMethod};
 use crate::raft_loop::{RaftBatch, ReadOp, ReadOutput, Request};
 
 /// No request waits longer than this, whatever deadline its client set.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The longest a `raft` RPC waits for the loop's responses to its batch.
 const MAX_BATCH_REPLY_WAIT: Duration = Duration::from_secs(1);
@@ -40,6 +42,8 @@ pub(crate) struct Service {
     pub shared: Arc<Shared>,
     pub raft_tx: mpsc::Sender<RaftBatch>,
     pub client_tx: mpsc::Sender<Request>,
+    /// Passes what this node cannot serve to the leader.
+    pub forwarder: Arc<Forwarder>,
     /// Who is on the other end of this connection: with TLS, only a node certificate
     /// may send Raft messages (without TLS, anyone may).
     pub peer: PeerIdentity,
@@ -57,6 +61,8 @@ pub(crate) struct Shared {
     pub refused_log: LogLimit,
     /// The node's metrics (RPC latencies are observed here).
     pub metrics: Arc<NodeMetrics>,
+    /// The leader this node knows of, as the Raft loop last published it.
+    leader: watch::Sender<Option<NodeId>>,
 }
 
 impl Shared {
@@ -68,7 +74,19 @@ impl Shared {
             addrs: RwLock::default(),
             wrong_cluster_log: LogLimit::new(WRONG_CLUSTER_LOG_EVERY),
             refused_log: LogLimit::new(REFUSED_LOG_EVERY),
+            leader: watch::Sender::new(None),
         }
+    }
+
+    /// The Raft loop publishes the leader it knows of (`None` during an election).
+    pub fn set_leader(&self, leader: Option<NodeId>) {
+        self.leader.send_if_modified(|known| std::mem::replace(known, leader) != leader);
+    }
+
+    /// Waits until the known leader changes or `until` passes.
+    pub async fn leader_changed(&self, until: Instant) {
+        let mut rx = self.leader.subscribe();
+        let _ = tokio::time::timeout_at(until, rx.changed()).await;
     }
 
     pub fn set_removed(&self, removed: &BTreeSet<NodeId>) {
@@ -108,14 +126,19 @@ impl Shared {
 }
 
 impl Service {
-    fn submit(&self, request: Request) -> Result<(), ClientError> {
+    pub(crate) fn submit(&self, request: Request) -> Result<(), ClientError> {
         self.client_tx.try_send(request).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ClientError::Overloaded("the node's request queue is full".into()),
             mpsc::error::TrySendError::Closed(_) => ClientError::Unavailable("the node is shutting down".into()),
         })
     }
 
-    async fn read(&self, ctx: Context, op: ReadOp, consistency: ReadConsistency) -> Result<ReadOutput, ClientError> {
+    pub(crate) async fn read(
+        &self,
+        ctx: Context,
+        op: ReadOp,
+        consistency: ReadConsistency,
+    ) -> Result<ReadOutput, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Read { op, consistency, reply })?;
         wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
@@ -138,7 +161,7 @@ fn record_error(span: &tracing::Span, e: &ClientError) {
 
 /// Waits for the Raft loop's answer until the request's deadline (capped at
 /// [`MAX_WAIT`]). Dropping `rx` on timeout tells the loop to forget the request.
-async fn wait<T>(
+pub(crate) async fn wait<T>(
     ctx: Context,
     rx: oneshot::Receiver<Result<T, ClientError>>,
     if_dropped: ClientError,
@@ -227,14 +250,12 @@ impl RaftKv for Service {
             error = tracing::field::Empty,
         );
         root_if_untraced(&span, &ctx);
-        let trace = span.context();
         let result = async {
             command.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
-            let data = command.encode();
-            let (reply, rx) = oneshot::channel();
-            self.submit(Request::Write { data, reply, trace })?;
-            // Why Timeout when the loop is gone: the write may have been proposed already.
-            wait(ctx, rx, ClientError::Timeout).await
+            match self.serve_or_forward(ctx, ForwardRequest::Write(command)).await? {
+                ForwardReply::Write(reply) => Ok(reply),
+                other => Err(mismatched("write", &other)),
+            }
         }
         .instrument(span.clone())
         .await;
@@ -265,9 +286,15 @@ impl RaftKv for Service {
         root_if_untraced(&span, &ctx);
         let result = async {
             raftkv_kv::validate_key(&key).map_err(|e| ClientError::Invalid(e.to_string()))?;
-            match self.read(ctx, ReadOp::Get(key), consistency).await? {
-                ReadOutput::Get(reply) => Ok(reply),
-                ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+            if consistency == ReadConsistency::Stale {
+                return match self.read(ctx, ReadOp::Get(key), consistency).await? {
+                    ReadOutput::Get(reply) => Ok(reply),
+                    ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+                };
+            }
+            match self.serve_or_forward(ctx, ForwardRequest::Get { key }).await? {
+                ForwardReply::Get(reply) => Ok(reply),
+                other => Err(mismatched("get", &other)),
             }
         }
         .instrument(span.clone())
@@ -317,9 +344,16 @@ impl RaftKv for Service {
         );
         root_if_untraced(&span, &ctx);
         let result = async {
-            match self.read(ctx, ReadOp::Scan { prefix, start, limit }, consistency).await? {
-                ReadOutput::Scan(reply) => Ok(reply),
-                ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+            if consistency == ReadConsistency::Stale {
+                return match self.read(ctx, ReadOp::Scan { prefix, start, limit }, consistency).await? {
+                    ReadOutput::Scan(reply) => Ok(reply),
+                    ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+                };
+            }
+            let limit = limit as u32;
+            match self.serve_or_forward(ctx, ForwardRequest::ScanPage { prefix, start, limit }).await? {
+                ForwardReply::ScanPage(reply) => Ok(reply),
+                other => Err(mismatched("scan", &other)),
             }
         }
         .instrument(span.clone())
@@ -336,6 +370,98 @@ impl RaftKv for Service {
 
     async fn status(self, ctx: Context) -> NodeStatus {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::status);
+        self.local_status(ctx).await
+    }
+
+    async fn transfer_leader(self, ctx: Context, target: Option<NodeId>) -> Result<NodeId, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::transfer_leader);
+        match self.serve_or_forward(ctx, ForwardRequest::TransferLeader(target)).await? {
+            ForwardReply::TransferLeader(id) => Ok(id),
+            other => Err(mismatched("transfer_leader", &other)),
+        }
+    }
+
+    async fn members(self, ctx: Context) -> Result<MemberList, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::members);
+        match self.serve_or_forward(ctx, ForwardRequest::Members).await? {
+            ForwardReply::Members(list) => Ok(list),
+            other => Err(mismatched("members", &other)),
+        }
+    }
+
+    async fn hash_kv(self, ctx: Context, index: u64) -> Result<HashKvReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::hash_kv);
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::HashKv { index, reply })?;
+        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+    }
+
+    async fn server_info(self, _: Context) -> ServerInfo {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::server_info);
+        self.server_info_here()
+    }
+
+    async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::change_member);
+        tracing::info!(node = self.id, ?change, "membership change requested");
+        let result = match self.serve_or_forward(ctx, ForwardRequest::ChangeMember(change)).await {
+            Ok(ForwardReply::ChangeMember(reply)) => Ok(reply),
+            Ok(other) => Err(mismatched("change_member", &other)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::info!(node = self.id, error = %e, "membership change not done");
+        }
+        result
+    }
+
+    async fn forward(
+        self,
+        ctx: Context,
+        cluster_id: u64,
+        request: ForwardRequest,
+    ) -> Result<ForwardReply, ClientError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::forward);
+        if cluster_id != self.shared.cluster_id {
+            return Err(ClientError::Invalid(format!(
+                "forwarded for cluster {cluster_id:016x}; this node is in cluster {:016x}",
+                self.shared.cluster_id
+            )));
+        }
+        let span = tracing::info_span!(
+            "kv.forwarded",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            node = self.id,
+            request = request.name(),
+            error = tracing::field::Empty,
+        );
+        let result = self.serve_here(ctx, request).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            record_error(&span, e);
+        }
+        result
+    }
+
+    async fn cluster_status(self, ctx: Context) -> Vec<MemberStatus> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::cluster_status);
+        self.member_statuses(ctx).await
+    }
+}
+
+impl Service {
+    pub(crate) fn server_info_here(&self) -> ServerInfo {
+        ServerInfo {
+            id: self.id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            // Set by a build script (`git rev-parse`), as the CLI's is.
+            commit: env!("RAFTKV_GIT_COMMIT").to_string(),
+        }
+    }
+
+    /// This node's status from its Raft loop, or marked unavailable when the loop does
+    /// not answer within the deadline.
+    pub(crate) async fn local_status(&self, ctx: Context) -> NodeStatus {
         let unavailable = NodeStatus {
             id: self.id,
             role: "unavailable".into(),
@@ -359,48 +485,9 @@ impl RaftKv for Service {
             _ => unavailable,
         }
     }
+}
 
-    async fn transfer_leader(self, ctx: Context, target: Option<NodeId>) -> Result<NodeId, ClientError> {
-        let _timer = self.shared.metrics.time_rpc(RpcMethod::transfer_leader);
-        let (reply, rx) = oneshot::channel();
-        self.submit(Request::Transfer { target, reply })?;
-        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
-    }
-
-    async fn members(self, ctx: Context) -> Result<MemberList, ClientError> {
-        let _timer = self.shared.metrics.time_rpc(RpcMethod::members);
-        let (reply, rx) = oneshot::channel();
-        self.submit(Request::Members(reply))?;
-        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
-    }
-
-    async fn hash_kv(self, ctx: Context, index: u64) -> Result<HashKvReply, ClientError> {
-        let _timer = self.shared.metrics.time_rpc(RpcMethod::hash_kv);
-        let (reply, rx) = oneshot::channel();
-        self.submit(Request::HashKv { index, reply })?;
-        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
-    }
-
-    async fn server_info(self, _: Context) -> ServerInfo {
-        let _timer = self.shared.metrics.time_rpc(RpcMethod::server_info);
-        ServerInfo {
-            id: self.id,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            // Set by a build script (`git rev-parse`), as the CLI's is.
-            commit: option_env!("RAFTKV_GIT_COMMIT").unwrap_or("unknown").to_string(),
-        }
-    }
-
-    async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
-        let _timer = self.shared.metrics.time_rpc(RpcMethod::change_member);
-        tracing::info!(node = self.id, ?change, "membership change requested");
-        let (reply, rx) = oneshot::channel();
-        self.submit(Request::ChangeMember { change, reply })?;
-        // Why Timeout when the loop is gone: the change may have been proposed already.
-        let result = wait(ctx, rx, ClientError::Timeout).await;
-        if let Err(e) = &result {
-            tracing::info!(node = self.id, error = %e, "membership change not done");
-        }
-        result
-    }
+/// A reply of the wrong kind for the request: a bug, never a client's fault.
+fn mismatched(request: &str, reply: &ForwardReply) -> ClientError {
+    ClientError::Internal(format!("a {request} request was answered with {reply:?}"))
 }

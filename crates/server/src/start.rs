@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::admin::AdminState;
 use crate::args::NodeConfig;
 use crate::dir_lock::{self, DataDirLock};
+use crate::forward::Forwarder;
 use crate::identity::{self, Identity, Start};
 use crate::raft_loop::{LoopConfig, RaftBatch, RaftLoop, Request};
 use crate::{CLIENT_QUEUE, RAFT_QUEUE, accept_loop, new_cluster, peer, service};
@@ -203,7 +204,9 @@ pub(crate) fn spawn(
     };
     let loop_cfg = LoopConfig { tick: cfg.tick, election_timeout: cfg.election_timeout() };
     let raft_loop = RaftLoop::new(replica, writer, shared.clone(), link, loop_cfg).with_admin(admin.clone());
-    let service = service::Service { id, shared, raft_tx, client_tx, peer: raftkv_rpc::PeerIdentity::Plaintext };
+    let forwarder = Arc::new(Forwarder::new(identity.cluster_id, cfg.tls.clone()));
+    let peer = raftkv_rpc::PeerIdentity::Plaintext;
+    let service = service::Service { id, shared, raft_tx, client_tx, forwarder, peer };
     let incoming = raftkv_rpc::listen_with(listener, cfg.tls.as_ref());
     let (stop_serving, serving_stopped) = oneshot::channel();
     let server = tokio::spawn(accept_loop(incoming, service, serving_stopped));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raftkv_kv::{Command, WriteOp, WriteResult};
 use raftkv_rpc::tarpc::context;
-use raftkv_rpc::{ClientError, RaftKvClient, ReadConsistency};
+use raftkv_rpc::{ClientError, Forwarded, RaftKvClient, ReadConsistency};
 use raftkv_server::{ClusterConfig, NodeConfig};
 use raftkv_storage::FsyncPolicy;
 use tokio::net::TcpListener;
@@ -146,24 +146,31 @@ async fn three_nodes_write_read_snapshot_transfer_restart() {
     assert!(retry.duplicate);
     assert_eq!(retry.index, reply.index);
 
-    // A follower refuses writes and linearizable reads, naming the leader.
+    // A follower serves writes and linearizable reads by forwarding them to the
+    // leader, and says so (a client that can reach the leader may go there next).
     let follower = *cluster.addrs.keys().find(|id| **id != leader).expect("a follower");
     let fc = cluster.client(follower).await;
-    let err = fc.write(context::current(), put(7, 2, "k", "v")).await.expect("rpc").unwrap_err();
     let leader_addr = cluster.addrs[&leader].to_string();
-    assert_eq!(err, ClientError::NotLeader { leader: Some(leader), leader_addr: Some(leader_addr.clone()) });
-    let err = fc
+    let via = Some(Forwarded { via: follower, leader, leader_addr: leader_addr.clone() });
+    let r = fc.write(context::current(), put(7, 2, "k", "v")).await.expect("rpc").expect("forwarded write");
+    assert_eq!((r.leader, &r.forwarded, r.duplicate), (leader, &via, false));
+    let again = fc.write(context::current(), put(7, 2, "k", "v")).await.expect("rpc").expect("forwarded retry");
+    assert!(again.duplicate && again.index == r.index, "a retry through the follower applies once: {again:?}");
+    let got = fc
         .get(context::current(), Bytes::from_static(b"hello"), ReadConsistency::Linearizable)
         .await
         .expect("rpc")
-        .unwrap_err();
-    assert!(matches!(err, ClientError::NotLeader { leader: Some(l), .. } if l == leader), "{err:?}");
+        .expect("forwarded read");
+    assert_eq!((got.value.as_deref(), got.node, &got.forwarded), (Some(&b"world"[..]), leader, &via));
+    // A stale read is the follower's own.
+    let stale = fc.get(context::current(), Bytes::from_static(b"hello"), ReadConsistency::Stale).await.expect("rpc");
+    assert_eq!(stale.expect("stale read").forwarded, None);
     // Invalid input is refused with the limit named.
-    let err = lc.write(context::current(), put(7, 2, "", "v")).await.expect("rpc").unwrap_err();
+    let err = lc.write(context::current(), put(7, 3, "", "v")).await.expect("rpc").unwrap_err();
     assert!(matches!(&err, ClientError::Invalid(m) if m.contains("key is empty")), "{err:?}");
 
     // Enough writes to take snapshots (every 8 entries).
-    for seq in 2..=25u64 {
+    for seq in 3..=25u64 {
         let r = lc.write(context::current(), put(7, seq, &format!("key-{seq:02}"), "v")).await.expect("rpc");
         r.expect("write");
     }
@@ -172,7 +179,7 @@ async fn three_nodes_write_read_snapshot_transfer_restart() {
         .await
         .expect("rpc")
         .expect("scan");
-    assert_eq!(page.items.len(), 24);
+    assert_eq!(page.items.len(), 23);
     let st = lc.status(context::current()).await.expect("status");
     assert!(st.snapshot_index >= 8, "{st:?}");
     assert_eq!(st.peers.len(), 3);

@@ -352,7 +352,7 @@ fn snapshot_files(dir: &Path) -> Vec<String> {
 
 fn installed_snapshots(admin: &AdminState) -> u64 {
     let metrics = admin.render_metrics();
-    let line = metrics.lines().find(|l| l.starts_with("raftkv_snapshots_installed_total ")).expect("the metric");
+    let line = metrics.lines().find(|l| l.starts_with("raftkv_snapshots_received_total{")).expect("the metric");
     line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
 }
 

@@ -140,6 +140,7 @@ impl RaftLoop {
             m.leader_changes.inc();
         }
         self.known_leader = st.leader;
+        self.shared.set_leader(st.leader);
     }
 
     /// Runs until `shutdown` resolves (then hands off leadership, bounded), this node is

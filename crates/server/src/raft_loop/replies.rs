@@ -113,12 +113,12 @@ impl Pending {
         match op {
             ReadOp::Get(key) => {
                 let leader = replica.status().leader;
-                Ok(ReadOutput::Get(GetReply { value: kv.get(key), index, node, leader }))
+                Ok(ReadOutput::Get(GetReply { value: kv.get(key), index, node, leader, forwarded: None }))
             }
             ReadOp::Scan { prefix, start, limit } => {
                 let page =
                     kv.scan_range(prefix, start.bound(), *limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
-                Ok(ReadOutput::Scan(ScanReply { items: page.items, more: page.more, index, node }))
+                Ok(ReadOutput::Scan(ScanReply { items: page.items, more: page.more, index, node, forwarded: None }))
             }
         }
     }
@@ -184,7 +184,14 @@ fn write_reply(node: NodeId, index: Index, applied: Option<raftkv_kv::Applied>) 
         return Err(ClientError::Internal(format!("entry {index} carried no command")));
     };
     match a.result {
-        Ok(result) => Ok(WriteReply { index: a.index, term: a.term, leader: node, result, duplicate: a.duplicate }),
+        Ok(result) => Ok(WriteReply {
+            index: a.index,
+            term: a.term,
+            leader: node,
+            result,
+            duplicate: a.duplicate,
+            forwarded: None,
+        }),
         Err(e @ CommandError::IndexNotAfterApplied { .. }) => Err(ClientError::Internal(e.to_string())),
         Err(e) => Err(ClientError::Invalid(e.to_string())),
     }
