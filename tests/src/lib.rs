@@ -1,8 +1,8 @@
 //! What the process-level tests under `tests/tests/` share: the executables under test
 //! ([`bins`]), a cluster of real server processes ([`cluster`]), optionally each in its
 //! own network namespace ([`netns`]), a bounded write load ([`load`]), a recorded
-//! history ([`history`]), the `raftkv` CLI run with a deadline ([`cli`]) and the
-//! Jepsen-style run ([`jepsen`]).
+//! history ([`history`]), the `raftkv` CLI run with a deadline ([`cli`]), the
+//! Jepsen-style run ([`jepsen`]), and the source-shape check ([`shape`]).
 
 pub mod bins;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod history;
 pub mod jepsen;
 pub mod load;
 pub mod netns;
+pub mod shape;
 
 pub use bins::{Binaries, NO_BUILD_ENV, binaries, workspace_root};
 pub use cli::{CliOutput, dead_endpoint, endpoints_arg, number_after, raftkv};
