@@ -3,6 +3,9 @@
 //! own network namespace ([`netns`]), a bounded write load ([`load`]), a recorded
 //! history ([`history`]), the `raftkv` CLI run with a deadline ([`cli`]), the
 //! Jepsen-style run ([`jepsen`]), and the source-shape check ([`shape`]).
+//!
+//! The long fault tests need the `fault-tier` feature (`tests/Cargo.toml`), so that a
+//! plain `cargo test --workspace` stays fast.
 
 pub mod bins;
 pub mod cli;

@@ -1,5 +1,6 @@
 //! `raftkv demo` end to end: the real CLI starts real server processes, kills the
-//! leader, restarts, stops a node, restores it and verifies the data.
+//! leader, restarts, stops a node, restores it and verifies the data. The one test of
+//! the demo; in the fault tier (it kills and restarts nodes for several seconds).
 
 use std::time::Duration;
 
