@@ -182,7 +182,7 @@ def test_tests_fast_on_save_full_on_a_click(rec):
     # feature of tests/Cargo.toml); the full suite adds the fault tier.
     assert fast["cmd"] == "cargo test --workspace" and fast["trigger_mode"] == tiltstub.TRIGGER_MODE_AUTO
     assert "tests/Cargo.toml" in fast["deps"] and "crates" in fast["deps"]
-    assert full["cmd"] == "cargo test --workspace && cargo test -p raftkv-tests --features fault-tier"
+    assert full["cmd"] == "cargo test --workspace && cargo xtask test-fault"
     assert full["trigger_mode"] == tiltstub.TRIGGER_MODE_MANUAL and full["auto_init"] is False
 
 

@@ -67,11 +67,12 @@ fn modified(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// The crate under `crates/` that neither executable is built from.
-const NOT_IN_THE_EXECUTABLES: &str = "sim";
+/// The crates under `crates/` that neither executable is built from.
+const NOT_IN_THE_EXECUTABLES: [&str; 2] = ["sim", "xtask"];
 
 /// The newest modification time of the sources the two executables are built from
-/// (every crate under `crates/` but the simulator, and the workspace manifest and lock).
+/// (every crate under `crates/` but the simulator and xtask, and the workspace manifest
+/// and lock).
 fn newest_source(root: &Path) -> Option<SystemTime> {
     fn walk(dir: &Path, newest: &mut Option<SystemTime>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -89,8 +90,7 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
     let mut newest = [root.join("Cargo.toml"), root.join("Cargo.lock")].iter().filter_map(|p| modified(p)).max();
     let Ok(crates) = std::fs::read_dir(root.join("crates")) else { return newest };
     for dir in crates.flatten().map(|e| e.path()) {
-        // The simulator is not part of either executable.
-        if dir.file_name().is_some_and(|n| n == NOT_IN_THE_EXECUTABLES) {
+        if dir.file_name().is_some_and(|n| NOT_IN_THE_EXECUTABLES.iter().any(|c| n == *c)) {
             continue;
         }
         walk(&dir.join("src"), &mut newest);

@@ -5,7 +5,7 @@
 //! Jepsen-style run ([`jepsen`]), and the source-shape check ([`shape`]).
 //!
 //! The long fault tests need the `fault-tier` feature (`tests/Cargo.toml`), so that a
-//! plain `cargo test --workspace` stays fast.
+//! plain `cargo test --workspace` stays fast; `cargo xtask` lists both tiers.
 
 pub mod bins;
 pub mod cli;
