@@ -10,7 +10,7 @@
 //! --no-partitions`:
 //!
 //! ```sh
-//! RAFTKV_JEPSEN_SECS=600 cargo test -p raftkv-tests --test jepsen -- --nocapture
+//! RAFTKV_JEPSEN_SECS=600 cargo test -p raftkv-tests --features fault-tier --test jepsen -- --nocapture
 //! ```
 //!
 //! Network partitions are in `jepsen_partition.rs` (5 nodes in network namespaces).
