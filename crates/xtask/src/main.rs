@@ -184,7 +184,8 @@ mod tests {
     fn the_listing_names_every_task_and_its_prerequisites() {
         let listing = listing();
         for task in TASKS {
-            assert!(listing.contains(&format!("\n  {} ", task.name)), "{} missing:\n{listing}", task.name);
+            let usage = format!("{} {}", task.name, task.args);
+            assert!(listing.contains(&format!("\n  {}\n", usage.trim_end())), "{usage} missing:\n{listing}");
             for need in task.needs {
                 assert!(listing.contains(&format!("{} [", need.name())), "{}", need.name());
             }
