@@ -88,7 +88,7 @@ fn run(task: &Task, args: &[String]) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Action::Script(script) => status(Command::new(root.join(script)).current_dir(&root).args(args)),
+        Action::Script(script) => status(command(root.join(script), &root).args(args)),
         Action::FaultTier => {
             let targets = fault_tier_targets(&root)?;
             let mut cmd = cargo(&root);
@@ -114,9 +114,28 @@ fn no_args(args: &[String]) -> Result<(), String> {
 
 /// `$CARGO` (the cargo that runs this), else `cargo`, in the workspace root.
 fn cargo(root: &Path) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()), root)
+}
+
+/// `program` in `root`, without the variables `cargo run` set for this crate: a build
+/// script that reads one (ring's reads CARGO_MANIFEST_DIR) would otherwise see it
+/// change between `cargo xtask` and a plain cargo, and rebuild its crate each time.
+fn command(program: impl AsRef<std::ffi::OsStr>, root: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(root);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if is_set_by_cargo_run(&name) {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     cmd
+}
+
+fn is_set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(name, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
 }
 
 /// Runs `cmd`, echoing it first; its exit code.
@@ -189,6 +208,16 @@ mod tests {
             for need in task.needs {
                 assert!(listing.contains(&format!("{} [", need.name())), "{}", need.name());
             }
+        }
+    }
+
+    #[test]
+    fn the_variables_of_cargo_run_are_not_passed_on() {
+        for name in ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_CRATE_NAME"] {
+            assert!(is_set_by_cargo_run(name), "{name}");
+        }
+        for name in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_COLOR", "PATH"] {
+            assert!(!is_set_by_cargo_run(name), "{name}");
         }
     }
 
