@@ -110,6 +110,16 @@ fn cargo_build(profile_dir: &Path) -> Result<(), String> {
     let mut target_dir = profile_dir.parent().ok_or("no target directory")?.to_path_buf();
     let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
     cmd.current_dir(workspace_root()).args(["build", "-p", "raftkv-server", "-p", "raftkv"]);
+    // Not the variables cargo test set for this test binary: a build script that reads
+    // one (ring's reads CARGO_MANIFEST_DIR) would rebuild its crate here, and again in
+    // the next plain cargo.
+    let set_for_this_test = |name: &str| name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_MANIFEST_");
+    for (name, _) in std::env::vars().filter(|(name, _)| set_for_this_test(name)) {
+        cmd.env_remove(name);
+    }
+    for name in ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"] {
+        cmd.env_remove(name);
+    }
     // `<target>/<triple>/<profile>` when built with --target.
     if !target_dir.join("CACHEDIR.TAG").exists()
         && let Some(parent) = target_dir.parent().filter(|p| p.join("CACHEDIR.TAG").exists())
