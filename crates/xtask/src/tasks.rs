@@ -56,7 +56,7 @@ pub const TASKS: &[Task] = &[
     Task {
         name: "test-fault",
         args: "[-- TEST ARGS]",
-        about: "the fault tier: the raftkv-tests targets that require its `fault-tier` feature (about 3-4 minutes)",
+        about: "the fault tier: the raftkv-tests targets that require its `fault-tier` feature (about 3 minutes)",
         needs: &[CARGO, PROTOC, NETNS_ROOT, IP, IPTABLES],
         action: Action::FaultTier,
     },
