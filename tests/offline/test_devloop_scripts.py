@@ -1,10 +1,9 @@
-"""The dev loop's cluster scripts (k8s/tilt/faults, k8s/tilt/revalidate, k8s/raftkv,
-scripts/test-fast), run against scripted stand-ins of kubectl, docker and tilt
+"""The dev loop's cluster scripts (k8s/tilt/faults, k8s/tilt/revalidate, k8s/raftkv),
+run against scripted stand-ins of kubectl, docker and tilt
 (fakecli.py): what each asks the tools, in which order, and what it prints. No
 cluster runs here; the real tools only meet these scripts on a real kind cluster."""
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -299,34 +298,6 @@ def test_negative_the_old_helper_image_is_caught(tmp_path):
                             helper_scenario("localhost:5001/raftkv-client:tilt-build-1"), source=src)
     run = next(c for c in calls if c[0] == "kubectl" and "run" in c)
     assert "--image=localhost:5001/raftkv-client:tilt-build-1" not in run
-
-
-# ---- scripts/test-fast ------------------------------------------------------------------
-
-def test_fast_tier_leaves_out_exactly_the_slow_binaries_and_runs_every_other_test():
-    out = subprocess.run([os.path.join(ROOT, "scripts", "test-fast"), "--print"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=30)
-    assert out.returncode == 0, out.stderr
-    cmds = out.stdout.splitlines()
-    assert cmds[0] == "cargo test --workspace --exclude raftkv-tests"
-    tests = re.findall(r"--test (\S+)", cmds[1])
-    every = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "tests", "tests")) if f.endswith(".rs"))
-    slow = {"jepsen", "jepsen_partition", "crash_cycles", "crash_all", "bench"}
-    assert sorted(tests) == sorted(set(every) - slow)
-    assert slow <= set(every), "a slow test named in scripts/test-fast no longer exists"
-
-
-def test_negative_fast_tier_refuses_a_slow_name_that_names_no_test(tmp_path):
-    with open(os.path.join(ROOT, "scripts", "test-fast")) as f:
-        src = f.read()
-    assert "SLOW_TESTS=(jepsen " in src
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    (scripts / "test-fast").write_text(src.replace("SLOW_TESTS=(jepsen ", "SLOW_TESTS=(jepson "))
-    os.chmod(scripts / "test-fast", 0o755)
-    shutil.copytree(os.path.join(ROOT, "tests", "tests"), tmp_path / "tests" / "tests")
-    out = subprocess.run([str(scripts / "test-fast"), "--print"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "jepson" in out.stderr
 
 
 @pytest.mark.parametrize("script,args", [(FAULTS, ["unplug-the-moon"]), (HELPER, [])], ids=["faults", "raftkv"])

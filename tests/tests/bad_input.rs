@@ -6,15 +6,15 @@
 //! client and through the `raftkv` CLI: refused with an error naming the limit, and
 //! nothing they would have written is readable.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestCluster, raftkv};
 use raftkv_client::{Client, ClientOptions};
 use raftkv_kv::{Command, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN, WriteOp};
 use raftkv_rpc::{ClientError, RaftKvRequest, ReadConsistency};
+use raftkv_tests::{TestCluster, raftkv};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,17 +41,11 @@ fn assert_all_running(cluster: &mut TestCluster) {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift).
+/// Pseudo-random bytes, the same for the same seed.
 fn garbage(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut bytes = vec![0; n];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
 }
 
 /// Connects and writes `bytes` (the server may already have closed: write errors are

@@ -2,11 +2,9 @@
 //! no errors, in JSON. Nothing is timed here: the performance targets are checked by
 //! the benchmark (bench/compare-etcd.sh), not by tests.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestCluster, endpoints_arg, raftkv};
+use raftkv_tests::{TestCluster, endpoints_arg, raftkv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_and_no_errors() {

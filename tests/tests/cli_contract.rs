@@ -2,11 +2,9 @@
 //! exit codes (0 success, 1 failure, 2 usage, 3 outcome unknown), `RAFTKV_ENDPOINTS`,
 //! and the `member` commands (their effect on a growing cluster is in membership.rs).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{CliOutput, TestCluster, dead_endpoint, endpoints_arg, raftkv};
+use raftkv_tests::{CliOutput, TestCluster, dead_endpoint, endpoints_arg, raftkv};
 
 /// Bound on one CLI run (its own --timeout is 5 s by default).
 const LIMIT: Duration = Duration::from_secs(30);

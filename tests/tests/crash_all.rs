@@ -1,12 +1,10 @@
 //! kill -9 every node during a write load, restart them all from their data
 //! directories: every acknowledged write survives with its value.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{LEADER_TIMEOUT, Load, TestCluster, scan_map};
 use raftkv_client::ClientOptions;
+use raftkv_tests::{LEADER_TIMEOUT, Load, TestCluster, scan_map};
 
 const PREFIX: &str = "crash";
 

@@ -10,15 +10,13 @@
 //!
 //! 20 cycles by default (about a minute); `RAFTKV_CRASH_CYCLES` sets another number.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{LEADER_TIMEOUT, Load, LoadResult, Recorder, TestCluster, eventually, scan_map, text};
 use raftkv_client::{Client, ClientError, ClientOptions};
 use raftkv_linearizability::{Call, History, Options, Outcome, Ret, check};
+use raftkv_tests::{LEADER_TIMEOUT, Load, LoadResult, Recorder, TestCluster, eventually, scan_map, text};
 
 const PREFIX: &str = "cycles";
 const COUNTER: &str = "counter";

@@ -2,12 +2,10 @@
 //! non-zero at once, naming the dir and the pid holding it, and the first one goes on
 //! serving untouched.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestCluster, binaries};
 use raftkv_client::local::{Bootstrap, NodeConfig, NodeProcess, ServerCommand, free_port};
+use raftkv_tests::{TestCluster, binaries};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_a_data_dir_in_use_exits_naming_the_dir_and_the_holder() {

@@ -6,12 +6,10 @@
 //! first": several fresh clients are used, and for the address that never answers
 //! (whose cost is visible: one attempt deadline) the test checks it was hit.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, dead_endpoint, endpoints_arg, raftkv};
 use raftkv_client::{Client, ClientOptions};
+use raftkv_tests::{TestCluster, dead_endpoint, endpoints_arg, raftkv};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many fresh clients per kind of dead endpoint.

@@ -1,11 +1,10 @@
 //! `raftkv demo` end to end: the real CLI starts real server processes, kills the
-//! leader, restarts, stops a node, restores it and verifies the data.
-
-mod common;
+//! leader, restarts, stops a node, restores it and verifies the data. The one test of
+//! the demo; in the fault tier (it kills and restarts nodes for several seconds).
 
 use std::time::Duration;
 
-use common::{number_after, raftkv};
+use raftkv_tests::{number_after, raftkv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_passes_and_reports_the_failover_time() {

@@ -3,23 +3,20 @@
 //! (`kill -9`) and restarts the leader or a random node, pauses one (SIGSTOP for longer
 //! than an election timeout, then SIGCONT), and restarts a follower with an empty data
 //! directory. The history must be linearizable and every acknowledged unique-key put
-//! present at the end (the run and its checks: `jepsen_common`).
+//! present at the end (the run and its checks: `raftkv_tests::jepsen`).
 //!
 //! The workload runs for `RAFTKV_JEPSEN_SECS` seconds (default 40; the whole test takes
 //! about 45-60 s). Set it higher for a long run, or use `scripts/jepsen --long 10m
 //! --no-partitions`:
 //!
 //! ```sh
-//! RAFTKV_JEPSEN_SECS=600 cargo test -p raftkv-tests --test jepsen -- --nocapture
+//! RAFTKV_JEPSEN_SECS=600 cargo test -p raftkv-tests --features fault-tier --test jepsen -- --nocapture
 //! ```
 //!
 //! Network partitions are in `jepsen_partition.rs` (5 nodes in network namespaces).
 
-mod common;
-mod jepsen_common;
-
-use common::TestCluster;
-use jepsen_common::{PROCESS_FAULTS, Setup, run, secs_and_seed};
+use raftkv_tests::TestCluster;
+use raftkv_tests::jepsen::{PROCESS_FAULTS, Setup, run, secs_and_seed};
 
 const DEFAULT_SECS: u64 = 40;
 

@@ -1,5 +1,5 @@
 //! The Jepsen-style fault test with network partitions: 5 real server processes, each
-//! in its own network namespace (`common::netns`), while concurrent clients run get /
+//! in its own network namespace (`raftkv_tests::netns`), while concurrent clients run get /
 //! put / cas and a unique-key writer puts, and a nemesis cycles through
 //!
 //! - the leader isolated from every other node,
@@ -9,7 +9,7 @@
 //! each held for 3 s (several election timeouts) then healed, and the process faults
 //! of `jepsen.rs` (kill -9 of the leader or a random node, SIGSTOP, a follower wiped).
 //! The history must be linearizable and every acknowledged unique-key put present at
-//! the end (`jepsen_common`).
+//! the end (`raftkv_tests::jepsen`).
 //!
 //! Needs root (network namespaces, iptables). Without it the test prints SKIPPED and
 //! passes, except under `CI=true` or `RAFTKV_REQUIRE_NETNS=1`, where it fails.
@@ -17,15 +17,12 @@
 //! The workload runs for `RAFTKV_JEPSEN_SECS` seconds (default 60; the whole test about
 //! 70-80 s). Long runs: `scripts/jepsen --long 10m`.
 
-mod common;
-mod jepsen_common;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::TestCluster;
-use common::netns::{self, Net};
-use jepsen_common::{ALL_FAULTS, Setup, run, secs_and_seed};
+use raftkv_tests::TestCluster;
+use raftkv_tests::jepsen::{ALL_FAULTS, Setup, run, secs_and_seed};
+use raftkv_tests::netns::{self, Net};
 
 const DEFAULT_SECS: u64 = 60;
 const NODES: usize = 5;

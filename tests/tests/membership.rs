@@ -9,18 +9,16 @@
 //! Membership is driven and observed through the `raftkv member` command line, the way
 //! an operator would.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
+use raftkv_client::local::{Bootstrap, free_ports, wait_for_leader};
+use raftkv_client::{Client, ClientOptions, MemberList, MemberRole, NodeId};
+use raftkv_tests::{
     EXIT_TIMEOUT, LEADER_TIMEOUT, Load, LoadResult, TestCluster, eventually, print_log_tail, raftkv, scan_map,
     spawn_node,
 };
-use raftkv_client::local::{Bootstrap, free_ports, wait_for_leader};
-use raftkv_client::{Client, ClientOptions, MemberList, MemberRole, NodeId};
 
 /// Bound on a membership change: a joining node catching up and being promoted, a
 /// removal committing, on a loaded 2-core machine.
@@ -33,7 +31,7 @@ const REMOVED_REFUSAL: &str = "which was removed from cluster";
 const WRONG_CLUSTER: &str = "refusing raft messages of another cluster";
 
 /// Runs `raftkv --endpoints EPS --timeout 20s ARGS`.
-async fn cli(endpoints: &[String], args: &[&str]) -> common::CliOutput {
+async fn cli(endpoints: &[String], args: &[&str]) -> raftkv_tests::CliOutput {
     let eps = endpoints.join(",");
     let mut all = vec!["--endpoints", &eps, "--timeout", "20s"];
     all.extend_from_slice(args);

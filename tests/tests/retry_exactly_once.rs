@@ -1,16 +1,14 @@
 //! A write re-sent with its original client id and seq after leadership changed (by
 //! transfer, then by kill -9) is answered as a duplicate and not applied again.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{LEADER_TIMEOUT, TestCluster, eventually};
 use raftkv_client::{NodeId, WriteOp};
 use raftkv_kv::Command;
 use raftkv_rpc::WriteReply;
 use raftkv_rpc::tarpc::context;
+use raftkv_tests::{LEADER_TIMEOUT, TestCluster, eventually};
 
 const KEY: &str = "exactly-once/k";
 

@@ -1,15 +1,13 @@
 //! SIGTERM to the leader: it hands leadership to a follower and exits 0; the cluster
 //! keeps serving; the node restarts and catches up.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, eventually};
 use raftkv_client::local::is_leader;
 use raftkv_client::{Client, ClientOptions};
+use raftkv_tests::{TestCluster, eventually};
 
 /// The server waits at most two election timeouts (2 x 10 ticks x 50 ms) for the
 /// handoff, then flushes and exits; this bound is generous for a loaded machine.

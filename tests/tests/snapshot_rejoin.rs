@@ -1,13 +1,11 @@
 //! A follower whose data directory is wiped rejoins empty and catches up through a
 //! snapshot from the leader (whose log no longer starts at index 1).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Load, OP_TIMEOUT, TestCluster};
 use raftkv_client::ClientOptions;
+use raftkv_tests::{Load, OP_TIMEOUT, TestCluster};
 
 const PREFIX: &str = "snap";
 const INSTALLED: &str = "installed a snapshot from the leader";

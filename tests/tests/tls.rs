@@ -6,18 +6,16 @@
 //! certificate sending a forged RequestVote at a high term and an AppendEntries gets
 //! `PeerError::NotANode`; the cluster's term does not move.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{CliOutput, binaries, eventually, print_log_tail, raftkv, spawn_node};
 use raftkv_client::local::{Bootstrap, NodeProcess, free_ports};
 use raftkv_client::{Client, ClientOptions, NodeStatus};
 use raftkv_raft::{Message, MessageBody};
 use raftkv_rpc::tarpc::context;
 use raftkv_rpc::{PeerError, RaftKvClient, TlsConfig, TlsFiles};
+use raftkv_tests::{CliOutput, binaries, eventually, print_log_tail, raftkv, spawn_node};
 
 const NODES: u64 = 3;
 /// Every refused operation must fail within this (no hang).

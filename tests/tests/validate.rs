@@ -1,11 +1,9 @@
 //! `raftkv validate`: passes on a healthy cluster and records its data; a second run
 //! verifies it; and it fails when the expected data is wrong (the checker can fail).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{CliOutput, TestCluster, endpoints_arg, raftkv};
+use raftkv_tests::{CliOutput, TestCluster, endpoints_arg, raftkv};
 
 async fn validate(endpoints: &str, args: &[&str]) -> CliOutput {
     let mut all = vec!["--endpoints", endpoints, "validate", "--duration", "1s", "--clients", "3"];
