@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raftkv_client::{Client, ClientOptions};
 use raftkv_kv::{Command, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN, WriteOp};
-use raftkv_rpc::{ClientError, RaftKvRequest, ReadConsistency};
+use raftkv_rpc::{RaftKvRequest, ReadConsistency, RequestError};
 use raftkv_tests::{TestCluster, raftkv};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -243,7 +243,7 @@ async fn oversized_raw(cluster: &TestCluster) {
     ];
     for (i, (reply, limit)) in cases.into_iter().enumerate() {
         match reply.unwrap_or_else(|e| panic!("case {i}: rpc failed: {e}")) {
-            Err(ClientError::Invalid(m)) => assert!(m.contains(&limit.to_string()), "case {i}: {m}"),
+            Err(RequestError::Invalid(m)) => assert!(m.contains(&limit.to_string()), "case {i}: {m}"),
             other => panic!("case {i}: expected Invalid naming {limit}, got {other:?}"),
         }
     }

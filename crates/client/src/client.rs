@@ -12,8 +12,8 @@ use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::client::RpcError;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::{
-    ClientError as RpcClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus,
-    RaftKvClient, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, NodeStatus, RaftKvClient, ReadConsistency,
+    RequestError, ScanReply, ScanStart, ServerInfo,
 };
 use tracing::{Instrument as _, debug};
 
@@ -509,8 +509,8 @@ impl Client {
     ) -> Result<HashKvReply, ClientError> {
         let reply = self.ask(endpoint, timeout, |c, ctx| async move { c.hash_kv(ctx, index).await }).await?;
         reply.map_err(|e| match e {
-            RpcClientError::Invalid(m) => ClientError::Rejected(format!("{endpoint}: {m}")),
-            RpcClientError::Timeout => {
+            RequestError::Invalid(m) => ClientError::Rejected(format!("{endpoint}: {m}")),
+            RequestError::Timeout => {
                 ClientError::Unreachable(format!("{endpoint}: did not reach applied index {index} within {timeout:?}"))
             }
             e => ClientError::Unreachable(format!("{endpoint}: {e}")),
@@ -627,7 +627,7 @@ impl Client {
     ) -> Result<(T, String), ClientError>
     where
         F: FnMut(RaftKvClient, Context) -> Fut,
-        Fut: Future<Output = Result<Result<T, RpcClientError>, RpcError>>,
+        Fut: Future<Output = Result<Result<T, RequestError>, RpcError>>,
     {
         let start = Instant::now();
         let deadline = start + self.opts.timeout;
@@ -708,12 +708,12 @@ impl Client {
 
 /// A follower's member list, turned into the `NotLeader` redirect the retry loop
 /// follows (to the leader's address in that list, if it knows one).
-fn leaders_view(list: MemberList) -> Result<MemberList, RpcClientError> {
+fn leaders_view(list: MemberList) -> Result<MemberList, RequestError> {
     if list.leader == Some(list.node) {
         return Ok(list);
     }
     let leader_addr = list.leader.and_then(|l| list.members.iter().find(|m| m.id == l)).map(|m| m.addr.clone());
-    Err(RpcClientError::NotLeader { leader: list.leader, leader_addr })
+    Err(RequestError::NotLeader { leader: list.leader, leader_addr })
 }
 
 /// The member `change` is about, if `list` shows it done: an added address is a
@@ -751,8 +751,8 @@ impl Doubt {
     /// The attempt's answer. `NotLeader`, `Unavailable`, `Overloaded` and `Invalid`
     /// say the change was not applied (the protocol's contract); `Timeout`, a transport
     /// error or no answer leave it in doubt.
-    fn settle<T>(&self, reply: &Result<Result<T, RpcClientError>, RpcError>) {
-        use RpcClientError::{Invalid, NotLeader, Overloaded, Unavailable};
+    fn settle<T>(&self, reply: &Result<Result<T, RequestError>, RpcError>) {
+        use RequestError::{Invalid, NotLeader, Overloaded, Unavailable};
         if matches!(reply, Ok(Err(NotLeader { .. } | Unavailable(_) | Overloaded(_) | Invalid(_)))) {
             self.any.store(self.before_last.load(Ordering::SeqCst), Ordering::SeqCst);
         }
@@ -767,16 +767,16 @@ fn consistency(stale: bool) -> (ReadConsistency, Route) {
     if stale { (ReadConsistency::Stale, Route::Any) } else { (ReadConsistency::Linearizable, Route::Leader) }
 }
 
-fn classify(op: &str, is_write: bool, endpoint: &str, e: RpcClientError) -> Failure {
+fn classify(op: &str, is_write: bool, endpoint: &str, e: RequestError) -> Failure {
     match e {
-        RpcClientError::NotLeader { leader_addr, .. } => Failure::NotLeader(leader_addr),
-        RpcClientError::Timeout => Failure::Elsewhere(format!("{endpoint}: {op} timed out on the server")),
-        RpcClientError::Unavailable(m) => Failure::Elsewhere(format!("{endpoint}: unavailable: {m}")),
-        RpcClientError::Overloaded(m) => Failure::Same(format!("{endpoint}: overloaded: {m}")),
-        RpcClientError::Invalid(m) => Failure::Fatal(ClientError::Rejected(m)),
+        RequestError::NotLeader { leader_addr, .. } => Failure::NotLeader(leader_addr),
+        RequestError::Timeout => Failure::Elsewhere(format!("{endpoint}: {op} timed out on the server")),
+        RequestError::Unavailable(m) => Failure::Elsewhere(format!("{endpoint}: unavailable: {m}")),
+        RequestError::Overloaded(m) => Failure::Same(format!("{endpoint}: overloaded: {m}")),
+        RequestError::Invalid(m) => Failure::Fatal(ClientError::Rejected(m)),
         // Retrying a write with the same seq is safe, and its outcome is not known.
-        RpcClientError::Internal(m) if is_write => Failure::Elsewhere(format!("{endpoint}: server error: {m}")),
-        RpcClientError::Internal(m) => Failure::Fatal(ClientError::Server(format!("{endpoint}: {m}"))),
+        RequestError::Internal(m) if is_write => Failure::Elsewhere(format!("{endpoint}: server error: {m}")),
+        RequestError::Internal(m) => Failure::Fatal(ClientError::Server(format!("{endpoint}: {m}"))),
     }
 }
 
@@ -896,7 +896,7 @@ mod tests {
     fn a_followers_member_list_redirects_to_its_leader() {
         assert_eq!(leaders_view(list(1, Some(1))), Ok(list(1, Some(1))));
         let hint = |e| match e {
-            Err(RpcClientError::NotLeader { leader, leader_addr }) => (leader, leader_addr),
+            Err(RequestError::NotLeader { leader, leader_addr }) => (leader, leader_addr),
             other => panic!("not a redirect: {other:?}"),
         };
         assert_eq!(hint(leaders_view(list(2, Some(1)))), (Some(1), Some("10.0.0.1:6000".into())));
@@ -930,11 +930,11 @@ mod tests {
 
     #[test]
     fn a_change_is_in_doubt_once_an_attempt_may_have_been_applied() {
-        type Reply = Result<Result<(), RpcClientError>, RpcError>;
-        let not_leader: Reply = Ok(Err(RpcClientError::NotLeader { leader: None, leader_addr: None }));
-        let timeout: Reply = Ok(Err(RpcClientError::Timeout));
-        let invalid: Reply = Ok(Err(RpcClientError::Invalid("already a member".into())));
-        let unavailable: Reply = Ok(Err(RpcClientError::Unavailable("conf change pending".into())));
+        type Reply = Result<Result<(), RequestError>, RpcError>;
+        let not_leader: Reply = Ok(Err(RequestError::NotLeader { leader: None, leader_addr: None }));
+        let timeout: Reply = Ok(Err(RequestError::Timeout));
+        let invalid: Reply = Ok(Err(RequestError::Invalid("already a member".into())));
+        let unavailable: Reply = Ok(Err(RequestError::Unavailable("conf change pending".into())));
 
         // Definite refusals leave no doubt.
         let d = Doubt::default();

@@ -13,8 +13,8 @@ use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError as RpcError, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply,
-    MemberList, MemberStatus, NodeStatus, PeerError, RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, MemberStatus,
+    NodeStatus, PeerError, RaftKv, ReadConsistency, RequestError as RpcError, ScanReply, ScanStart, ServerInfo,
     TraceLink, WriteReply,
 };
 

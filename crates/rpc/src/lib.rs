@@ -262,7 +262,7 @@ pub struct MemberChangeReply {
 /// Why a client request did not succeed. `NotLeader` and `Unavailable` are safe to
 /// retry elsewhere; after `Timeout` a write may or may not have been applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ClientError {
+pub enum RequestError {
     #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
     NotLeader { leader: Option<NodeId>, leader_addr: Option<String> },
     #[error("timed out; the outcome is unknown")]
@@ -318,16 +318,16 @@ pub trait RaftKv {
     /// usually empty.
     async fn raft(cluster_id: u64, messages: Vec<Message>, links: Vec<TraceLink>) -> Result<Vec<Message>, PeerError>;
     /// A put, delete or cas; answered once committed and applied.
-    async fn write(command: Command) -> Result<WriteReply, ClientError>;
-    async fn get(key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError>;
-    async fn scan(prefix: Bytes, limit: u32, consistency: ReadConsistency) -> Result<ScanReply, ClientError>;
+    async fn write(command: Command) -> Result<WriteReply, RequestError>;
+    async fn get(key: Bytes, consistency: ReadConsistency) -> Result<GetReply, RequestError>;
+    async fn scan(prefix: Bytes, limit: u32, consistency: ReadConsistency) -> Result<ScanReply, RequestError>;
     async fn status() -> NodeStatus;
     /// Asks the leader to hand leadership to `target` (or to the most caught-up peer).
-    async fn transfer_leader(target: Option<NodeId>) -> Result<NodeId, ClientError>;
+    async fn transfer_leader(target: Option<NodeId>) -> Result<NodeId, RequestError>;
     /// This node's view of the configuration (ask the leader for the authoritative one).
-    async fn members() -> Result<MemberList, ClientError>;
+    async fn members() -> Result<MemberList, RequestError>;
     /// Asks the leader to change the configuration; answered once the change commits.
-    async fn change_member(change: MemberChange) -> Result<MemberChangeReply, ClientError>;
+    async fn change_member(change: MemberChange) -> Result<MemberChangeReply, RequestError>;
     /// Like `scan`, from `start` on (see [`ScanStart`]): one page of a scan that pages
     /// past [`raftkv_kv::MAX_SCAN_LIMIT`] keys. Each page is one read (linearizable
     /// unless `Stale`); `more` says whether keys with the prefix follow its last one.
@@ -336,20 +336,20 @@ pub trait RaftKv {
         start: ScanStart,
         limit: u32,
         consistency: ReadConsistency,
-    ) -> Result<ScanReply, ClientError>;
+    ) -> Result<ScanReply, RequestError>;
     /// This node's state machine digest once it has applied exactly `index`: a node
     /// below it waits (within the request's deadline; `Timeout` if it does not get
     /// there) and computes the digest after applying entry `index` and before any later
     /// one; a node already past it answers at once with `digest: None`. Equal digests
     /// at one index mean equal replicas (`raftkv endpoint hashkv`).
-    async fn hash_kv(index: u64) -> Result<HashKvReply, ClientError>;
+    async fn hash_kv(index: u64) -> Result<HashKvReply, RequestError>;
     /// The server's version and git commit.
     async fn server_info() -> ServerInfo;
     /// Serves `request` if this node leads, else answers `NotLeader` (never passing it
     /// on again, so a forwarded request takes at most one hop). Followers send it to
     /// their leader on a client's behalf; `cluster_id` guards against a leader of
     /// another cluster.
-    async fn forward(cluster_id: u64, request: ForwardRequest) -> Result<ForwardReply, ClientError>;
+    async fn forward(cluster_id: u64, request: ForwardRequest) -> Result<ForwardReply, RequestError>;
     /// Every member's status and build as this node reaches them (itself included):
     /// the whole cluster through one endpoint (`raftkv status`).
     async fn cluster_status() -> Vec<MemberStatus>;

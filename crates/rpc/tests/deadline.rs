@@ -9,8 +9,8 @@ use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ClientError, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList,
-    MemberStatus, NodeStatus, PeerError, RaftKv, RaftKvRequest, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, MemberStatus,
+    NodeStatus, PeerError, RaftKv, RaftKvRequest, ReadConsistency, RequestError, ScanReply, ScanStart, ServerInfo,
     TraceLink, WriteReply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Clone)]
 struct Stub;
 
-fn no<T>() -> Result<T, ClientError> {
-    Err(ClientError::Unavailable("stub".into()))
+fn no<T>() -> Result<T, RequestError> {
+    Err(RequestError::Unavailable("stub".into()))
 }
 
 impl RaftKv for Stub {
@@ -34,13 +34,13 @@ impl RaftKv for Stub {
     ) -> Result<Vec<raftkv_raft::Message>, PeerError> {
         Err(PeerError::Busy)
     }
-    async fn write(self, _: Context, _: raftkv_kv::Command) -> Result<WriteReply, ClientError> {
+    async fn write(self, _: Context, _: raftkv_kv::Command) -> Result<WriteReply, RequestError> {
         no()
     }
-    async fn get(self, _: Context, _: bytes::Bytes, _: ReadConsistency) -> Result<GetReply, ClientError> {
+    async fn get(self, _: Context, _: bytes::Bytes, _: ReadConsistency) -> Result<GetReply, RequestError> {
         no()
     }
-    async fn scan(self, _: Context, _: bytes::Bytes, _: u32, _: ReadConsistency) -> Result<ScanReply, ClientError> {
+    async fn scan(self, _: Context, _: bytes::Bytes, _: u32, _: ReadConsistency) -> Result<ScanReply, RequestError> {
         no()
     }
     async fn status(self, _: Context) -> NodeStatus {
@@ -58,13 +58,13 @@ impl RaftKv for Stub {
             recovering: false,
         }
     }
-    async fn transfer_leader(self, _: Context, _: Option<NodeId>) -> Result<NodeId, ClientError> {
+    async fn transfer_leader(self, _: Context, _: Option<NodeId>) -> Result<NodeId, RequestError> {
         no()
     }
-    async fn members(self, _: Context) -> Result<MemberList, ClientError> {
+    async fn members(self, _: Context) -> Result<MemberList, RequestError> {
         no()
     }
-    async fn change_member(self, _: Context, _: MemberChange) -> Result<MemberChangeReply, ClientError> {
+    async fn change_member(self, _: Context, _: MemberChange) -> Result<MemberChangeReply, RequestError> {
         no()
     }
     async fn scan_page(
@@ -74,16 +74,16 @@ impl RaftKv for Stub {
         _: ScanStart,
         _: u32,
         _: ReadConsistency,
-    ) -> Result<ScanReply, ClientError> {
+    ) -> Result<ScanReply, RequestError> {
         no()
     }
-    async fn hash_kv(self, _: Context, _: u64) -> Result<HashKvReply, ClientError> {
+    async fn hash_kv(self, _: Context, _: u64) -> Result<HashKvReply, RequestError> {
         no()
     }
     async fn server_info(self, _: Context) -> ServerInfo {
         ServerInfo { id: 7, version: "stub".into(), commit: "stub".into() }
     }
-    async fn forward(self, _: Context, _: u64, _: ForwardRequest) -> Result<ForwardReply, ClientError> {
+    async fn forward(self, _: Context, _: u64, _: ForwardRequest) -> Result<ForwardReply, RequestError> {
         no()
     }
     async fn cluster_status(self, _: Context) -> Vec<MemberStatus> {

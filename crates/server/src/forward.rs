@@ -21,7 +21,7 @@ use std::time::Duration;
 use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::context::{self, Context};
 use raftkv_rpc::{
-    ClientError, ForwardReply, ForwardRequest, Forwarded, MemberStatus, RaftKvClient, ReadConsistency, TlsConfig,
+    ForwardReply, ForwardRequest, Forwarded, MemberStatus, RaftKvClient, ReadConsistency, RequestError, TlsConfig,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -53,9 +53,9 @@ impl Forwarder {
         Forwarder { cluster_id, tls, conns: Mutex::default(), permits: Arc::new(Semaphore::new(MAX_FORWARDED)) }
     }
 
-    fn permit(&self, node: NodeId) -> Result<OwnedSemaphorePermit, ClientError> {
+    fn permit(&self, node: NodeId) -> Result<OwnedSemaphorePermit, RequestError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
-            ClientError::Overloaded(format!(
+            RequestError::Overloaded(format!(
                 "node {node} is already forwarding {MAX_FORWARDED} requests to the leader (the limit); retry later"
             ))
         })
@@ -95,8 +95,8 @@ impl Forwarder {
         match conn.forward(ctx, self.cluster_id, request).await {
             Ok(Ok(reply)) => Attempt::Done(Ok(reply)),
             // The leader changed under us: ask the local node who leads now.
-            Ok(Err(ClientError::NotLeader { .. })) => Attempt::Retry(format!("{addr} no longer leads")),
-            Ok(Err(ClientError::Unavailable(m))) => Attempt::Retry(format!("{addr}: unavailable: {m}")),
+            Ok(Err(RequestError::NotLeader { .. })) => Attempt::Retry(format!("{addr} no longer leads")),
+            Ok(Err(RequestError::Unavailable(m))) => Attempt::Retry(format!("{addr}: unavailable: {m}")),
             Ok(Err(e)) => Attempt::Done(Err(e)),
             Err(e) => {
                 self.drop_connection(addr);
@@ -108,7 +108,7 @@ impl Forwarder {
 
 /// What one forwarding attempt came to.
 enum Attempt {
-    Done(Result<ForwardReply, ClientError>),
+    Done(Result<ForwardReply, RequestError>),
     /// Worth another try (the leader changed or could not be reached): why.
     Retry(String),
 }
@@ -126,7 +126,7 @@ impl Service {
         &self,
         ctx: Context,
         request: ForwardRequest,
-    ) -> Result<ForwardReply, ClientError> {
+    ) -> Result<ForwardReply, RequestError> {
         if matches!(request, ForwardRequest::Members) {
             return self.members_view(ctx).await;
         }
@@ -136,7 +136,7 @@ impl Service {
         loop {
             let here = self.serve_here(ctx, request.clone()).await;
             let (leader, leader_addr) = match here {
-                Err(ClientError::NotLeader { leader, leader_addr }) => (leader, leader_addr),
+                Err(RequestError::NotLeader { leader, leader_addr }) => (leader, leader_addr),
                 other => return other,
             };
             if permit.is_none() {
@@ -156,7 +156,7 @@ impl Service {
             };
             if Instant::now() + backoff >= deadline {
                 tracing::debug!(node = self.id, request = request.name(), last, "forwarding ran out of time");
-                return Err(ClientError::Timeout);
+                return Err(RequestError::Timeout);
             }
             // Wakes early when this node learns of a (new) leader.
             self.shared.leader_changed(Instant::now() + backoff).await;
@@ -166,7 +166,7 @@ impl Service {
 
     /// The leader's member list (authoritative) when this node follows a leader that
     /// answers in time, else this node's own view.
-    async fn members_view(&self, ctx: Context) -> Result<ForwardReply, ClientError> {
+    async fn members_view(&self, ctx: Context) -> Result<ForwardReply, RequestError> {
         let here = self.serve_here(ctx, ForwardRequest::Members).await?;
         let ForwardReply::Members(list) = &here else { return Ok(here) };
         if list.leader.is_none_or(|l| l == self.id) {
@@ -188,8 +188,8 @@ impl Service {
 
     /// Serves `request` on this node, never forwarding: `NotLeader` if it needs a
     /// leader and this node is not it.
-    pub(crate) async fn serve_here(&self, ctx: Context, request: ForwardRequest) -> Result<ForwardReply, ClientError> {
-        let gone = || ClientError::Unavailable("the node is shutting down".into());
+    pub(crate) async fn serve_here(&self, ctx: Context, request: ForwardRequest) -> Result<ForwardReply, RequestError> {
+        let gone = || RequestError::Unavailable("the node is shutting down".into());
         match request {
             ForwardRequest::Write(command) => {
                 let data = command.encode();
@@ -197,18 +197,18 @@ impl Service {
                 let (reply, rx) = oneshot::channel();
                 self.submit(Request::Write { data, reply, trace })?;
                 // Why Timeout when the loop is gone: the write may have been proposed already.
-                wait(ctx, rx, ClientError::Timeout).await.map(ForwardReply::Write)
+                wait(ctx, rx, RequestError::Timeout).await.map(ForwardReply::Write)
             }
             ForwardRequest::Get { key } => match self.read(ctx, ReadOp::Get(key), ReadConsistency::Linearizable).await?
             {
                 ReadOutput::Get(reply) => Ok(ForwardReply::Get(reply)),
-                ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+                ReadOutput::Scan(_) => Err(RequestError::Internal("a get was answered with a scan".into())),
             },
             ForwardRequest::ScanPage { prefix, start, limit } => {
                 let op = ReadOp::Scan { prefix, start, limit: limit as usize };
                 match self.read(ctx, op, ReadConsistency::Linearizable).await? {
                     ReadOutput::Scan(reply) => Ok(ForwardReply::ScanPage(reply)),
-                    ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+                    ReadOutput::Get(_) => Err(RequestError::Internal("a scan was answered with a get".into())),
                 }
             }
             ForwardRequest::Members => {
@@ -220,7 +220,7 @@ impl Service {
                 let (reply, rx) = oneshot::channel();
                 self.submit(Request::ChangeMember { change, reply })?;
                 // Why Timeout when the loop is gone: the change may have been proposed already.
-                wait(ctx, rx, ClientError::Timeout).await.map(ForwardReply::ChangeMember)
+                wait(ctx, rx, RequestError::Timeout).await.map(ForwardReply::ChangeMember)
             }
             ForwardRequest::TransferLeader(target) => {
                 let (reply, rx) = oneshot::channel();

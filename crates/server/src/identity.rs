@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use raftkv_raft::{ConfChange, ConfChangeKind, NodeId};
-use raftkv_rpc::{ClientError, MemberChange, MemberChangeReply, tarpc};
+use raftkv_rpc::{MemberChange, MemberChangeReply, RequestError, tarpc};
 use raftkv_storage::{FileSystem, NodeMeta, Tombstone};
 use tokio::time::Instant;
 
@@ -283,8 +283,8 @@ async fn attempt(
     ctx.deadline = std::time::Instant::now() + JOIN_ATTEMPT;
     match client.change_member(ctx, change.clone()).await {
         Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(ClientError::NotLeader { leader_addr: Some(leader), .. })) => Err(Attempt::Redirect(leader)),
-        Ok(Err(ClientError::Invalid(msg))) => Err(Attempt::Refused(msg)),
+        Ok(Err(RequestError::NotLeader { leader_addr: Some(leader), .. })) => Err(Attempt::Redirect(leader)),
+        Ok(Err(RequestError::Invalid(msg))) => Err(Attempt::Refused(msg)),
         Ok(Err(e)) => Err(Attempt::Failed(e.to_string())),
         Err(e) => Err(Attempt::Failed(format!("the request to {addr} failed: {e}"))),
     }

@@ -10,8 +10,8 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
-    ClientError, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList,
-    MemberStatus, NodeStatus, PeerError, PeerIdentity, RaftKv, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, MemberStatus,
+    NodeStatus, PeerError, PeerIdentity, RaftKv, ReadConsistency, RequestError, ScanReply, ScanStart, ServerInfo,
     TraceLink, WriteReply,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
@@ -126,10 +126,10 @@ impl Shared {
 }
 
 impl Service {
-    pub(crate) fn submit(&self, request: Request) -> Result<(), ClientError> {
+    pub(crate) fn submit(&self, request: Request) -> Result<(), RequestError> {
         self.client_tx.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ClientError::Overloaded("the node's request queue is full".into()),
-            mpsc::error::TrySendError::Closed(_) => ClientError::Unavailable("the node is shutting down".into()),
+            mpsc::error::TrySendError::Full(_) => RequestError::Overloaded("the node's request queue is full".into()),
+            mpsc::error::TrySendError::Closed(_) => RequestError::Unavailable("the node is shutting down".into()),
         })
     }
 
@@ -138,10 +138,10 @@ impl Service {
         ctx: Context,
         op: ReadOp,
         consistency: ReadConsistency,
-    ) -> Result<ReadOutput, ClientError> {
+    ) -> Result<ReadOutput, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Read { op, consistency, reply })?;
-        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+        wait(ctx, rx, RequestError::Unavailable("the node is shutting down".into())).await
     }
 }
 
@@ -154,7 +154,7 @@ fn root_if_untraced(span: &tracing::Span, ctx: &Context) {
     }
 }
 
-fn record_error(span: &tracing::Span, e: &ClientError) {
+fn record_error(span: &tracing::Span, e: &RequestError) {
     span.record("otel.status_code", "ERROR");
     span.record("error", tracing::field::display(e));
 }
@@ -163,15 +163,15 @@ fn record_error(span: &tracing::Span, e: &ClientError) {
 /// [`MAX_WAIT`]). Dropping `rx` on timeout tells the loop to forget the request.
 pub(crate) async fn wait<T>(
     ctx: Context,
-    rx: oneshot::Receiver<Result<T, ClientError>>,
-    if_dropped: ClientError,
-) -> Result<T, ClientError> {
+    rx: oneshot::Receiver<Result<T, RequestError>>,
+    if_dropped: RequestError,
+) -> Result<T, RequestError> {
     let now = Instant::now();
     let deadline = Instant::from_std(ctx.deadline).min(now + MAX_WAIT);
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(if_dropped),
-        Err(_) => Err(ClientError::Timeout),
+        Err(_) => Err(RequestError::Timeout),
     }
 }
 
@@ -229,7 +229,7 @@ impl RaftKv for Service {
         }
     }
 
-    async fn write(self, ctx: Context, command: Command) -> Result<WriteReply, ClientError> {
+    async fn write(self, ctx: Context, command: Command) -> Result<WriteReply, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::write);
         let name = match &command.op {
             WriteOp::Put { .. } => "kv.put",
@@ -251,7 +251,7 @@ impl RaftKv for Service {
         );
         root_if_untraced(&span, &ctx);
         let result = async {
-            command.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
+            command.validate().map_err(|e| RequestError::Invalid(e.to_string()))?;
             match self.serve_or_forward(ctx, ForwardRequest::Write(command)).await? {
                 ForwardReply::Write(reply) => Ok(reply),
                 other => Err(mismatched("write", &other)),
@@ -270,7 +270,7 @@ impl RaftKv for Service {
         result
     }
 
-    async fn get(self, ctx: Context, key: Bytes, consistency: ReadConsistency) -> Result<GetReply, ClientError> {
+    async fn get(self, ctx: Context, key: Bytes, consistency: ReadConsistency) -> Result<GetReply, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::get);
         let span = tracing::info_span!(
             "kv.request",
@@ -285,11 +285,11 @@ impl RaftKv for Service {
         );
         root_if_untraced(&span, &ctx);
         let result = async {
-            raftkv_kv::validate_key(&key).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            raftkv_kv::validate_key(&key).map_err(|e| RequestError::Invalid(e.to_string()))?;
             if consistency == ReadConsistency::Stale {
                 return match self.read(ctx, ReadOp::Get(key), consistency).await? {
                     ReadOutput::Get(reply) => Ok(reply),
-                    ReadOutput::Scan(_) => Err(ClientError::Internal("a get was answered with a scan".into())),
+                    ReadOutput::Scan(_) => Err(RequestError::Internal("a get was answered with a scan".into())),
                 };
             }
             match self.serve_or_forward(ctx, ForwardRequest::Get { key }).await? {
@@ -315,7 +315,7 @@ impl RaftKv for Service {
         prefix: Bytes,
         limit: u32,
         consistency: ReadConsistency,
-    ) -> Result<ScanReply, ClientError> {
+    ) -> Result<ScanReply, RequestError> {
         self.scan_page(ctx, prefix, ScanStart::First, limit, consistency).await
     }
 
@@ -326,10 +326,10 @@ impl RaftKv for Service {
         start: ScanStart,
         limit: u32,
         consistency: ReadConsistency,
-    ) -> Result<ScanReply, ClientError> {
+    ) -> Result<ScanReply, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::scan_page);
         let limit = limit as usize;
-        raftkv_kv::validate_scan(&prefix, limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        raftkv_kv::validate_scan(&prefix, limit).map_err(|e| RequestError::Invalid(e.to_string()))?;
         let span = tracing::info_span!(
             "kv.request",
             otel.name = "kv.scan",
@@ -347,7 +347,7 @@ impl RaftKv for Service {
             if consistency == ReadConsistency::Stale {
                 return match self.read(ctx, ReadOp::Scan { prefix, start, limit }, consistency).await? {
                     ReadOutput::Scan(reply) => Ok(reply),
-                    ReadOutput::Get(_) => Err(ClientError::Internal("a scan was answered with a get".into())),
+                    ReadOutput::Get(_) => Err(RequestError::Internal("a scan was answered with a get".into())),
                 };
             }
             let limit = limit as u32;
@@ -373,7 +373,7 @@ impl RaftKv for Service {
         self.local_status(ctx).await
     }
 
-    async fn transfer_leader(self, ctx: Context, target: Option<NodeId>) -> Result<NodeId, ClientError> {
+    async fn transfer_leader(self, ctx: Context, target: Option<NodeId>) -> Result<NodeId, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::transfer_leader);
         match self.serve_or_forward(ctx, ForwardRequest::TransferLeader(target)).await? {
             ForwardReply::TransferLeader(id) => Ok(id),
@@ -381,7 +381,7 @@ impl RaftKv for Service {
         }
     }
 
-    async fn members(self, ctx: Context) -> Result<MemberList, ClientError> {
+    async fn members(self, ctx: Context) -> Result<MemberList, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::members);
         match self.serve_or_forward(ctx, ForwardRequest::Members).await? {
             ForwardReply::Members(list) => Ok(list),
@@ -389,11 +389,11 @@ impl RaftKv for Service {
         }
     }
 
-    async fn hash_kv(self, ctx: Context, index: u64) -> Result<HashKvReply, ClientError> {
+    async fn hash_kv(self, ctx: Context, index: u64) -> Result<HashKvReply, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::hash_kv);
         let (reply, rx) = oneshot::channel();
         self.submit(Request::HashKv { index, reply })?;
-        wait(ctx, rx, ClientError::Unavailable("the node is shutting down".into())).await
+        wait(ctx, rx, RequestError::Unavailable("the node is shutting down".into())).await
     }
 
     async fn server_info(self, _: Context) -> ServerInfo {
@@ -401,7 +401,7 @@ impl RaftKv for Service {
         self.server_info_here()
     }
 
-    async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
+    async fn change_member(self, ctx: Context, change: MemberChange) -> Result<MemberChangeReply, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::change_member);
         tracing::info!(node = self.id, ?change, "membership change requested");
         let result = match self.serve_or_forward(ctx, ForwardRequest::ChangeMember(change)).await {
@@ -420,10 +420,10 @@ impl RaftKv for Service {
         ctx: Context,
         cluster_id: u64,
         request: ForwardRequest,
-    ) -> Result<ForwardReply, ClientError> {
+    ) -> Result<ForwardReply, RequestError> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::forward);
         if cluster_id != self.shared.cluster_id {
-            return Err(ClientError::Invalid(format!(
+            return Err(RequestError::Invalid(format!(
                 "forwarded for cluster {cluster_id:016x}; this node is in cluster {:016x}",
                 self.shared.cluster_id
             )));
@@ -488,6 +488,6 @@ impl Service {
 }
 
 /// A reply of the wrong kind for the request: a bug, never a client's fault.
-fn mismatched(request: &str, reply: &ForwardReply) -> ClientError {
-    ClientError::Internal(format!("a {request} request was answered with {reply:?}"))
+fn mismatched(request: &str, reply: &ForwardReply) -> RequestError {
+    RequestError::Internal(format!("a {request} request was answered with {reply:?}"))
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raftkv_kv::{Command, WriteOp, WriteResult};
 use raftkv_rpc::tarpc::context;
-use raftkv_rpc::{ClientError, Forwarded, RaftKvClient, ReadConsistency};
+use raftkv_rpc::{Forwarded, RaftKvClient, ReadConsistency, RequestError};
 use raftkv_server::{ClusterConfig, NodeConfig};
 use raftkv_storage::FsyncPolicy;
 use tokio::net::TcpListener;
@@ -167,7 +167,7 @@ async fn three_nodes_write_read_snapshot_transfer_restart() {
     assert_eq!(stale.expect("stale read").forwarded, None);
     // Invalid input is refused with the limit named.
     let err = lc.write(context::current(), put(7, 3, "", "v")).await.expect("rpc").unwrap_err();
-    assert!(matches!(&err, ClientError::Invalid(m) if m.contains("key is empty")), "{err:?}");
+    assert!(matches!(&err, RequestError::Invalid(m) if m.contains("key is empty")), "{err:?}");
 
     // Enough writes to take snapshots (every 8 entries).
     for seq in 3..=25u64 {
@@ -225,7 +225,7 @@ async fn single_node_cluster_serves_and_shuts_down() {
     assert_eq!(get(&c, "a", ReadConsistency::Linearizable).await.as_deref(), Some(&b"b"[..]));
     assert_eq!(get(&c, "a", ReadConsistency::Stale).await.as_deref(), Some(&b"b"[..]));
     let err = c.transfer_leader(context::current(), None).await.expect("rpc").unwrap_err();
-    assert!(matches!(err, ClientError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, RequestError::Unavailable(_)), "{err:?}");
     cluster.stop().await;
 }
 

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use raftkv_client::local::poll_until;
 use raftkv_kv::{Command, WriteOp};
 use raftkv_rpc::tarpc::context;
-use raftkv_rpc::{ClientError, RaftKvClient, ReadConsistency, WriteReply};
+use raftkv_rpc::{RaftKvClient, ReadConsistency, RequestError, WriteReply};
 use raftkv_server::{AdminState, ClusterConfig, NodeConfig};
 use raftkv_storage::fault::FaultyFs;
 use raftkv_storage::{FsyncPolicy, StorageOptions};
@@ -271,7 +271,7 @@ async fn leader_disk_fault(fault: impl FnOnce(&FaultyFs), expected_error: &str) 
     for attempt in attempts {
         match attempt.await.expect("no panic") {
             Ok(Ok(reply)) => panic!("a write was acknowledged by a leader whose disk failed: {reply:?}"),
-            Ok(Err(e)) => assert!(!matches!(e, ClientError::Invalid(_)), "{e:?}"),
+            Ok(Err(e)) => assert!(!matches!(e, RequestError::Invalid(_)), "{e:?}"),
             Err(_rpc) => {} // the node closed the connection when it stopped
         }
     }

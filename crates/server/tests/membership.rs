@@ -13,7 +13,7 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, MessageBody};
 use raftkv_rpc::tarpc::context;
 use raftkv_rpc::{
-    ClientError, MemberChange, MemberChangeReply, MemberList, MemberRole, PeerError, RaftKvClient, ReadConsistency,
+    MemberChange, MemberChangeReply, MemberList, MemberRole, PeerError, RaftKvClient, ReadConsistency, RequestError,
 };
 use raftkv_server::{ClusterConfig, NodeConfig};
 use raftkv_storage::FsyncPolicy;
@@ -135,19 +135,19 @@ impl Cluster {
     }
 
     /// Asks the leader, retrying while it is busy with another change.
-    async fn change(&self, change: MemberChange) -> Result<MemberChangeReply, ClientError> {
+    async fn change(&self, change: MemberChange) -> Result<MemberChangeReply, RequestError> {
         let mut last = None;
         for _ in 0..100 {
             let (leader, _) = self.leader_members().await;
             let c = client(self.addrs[&leader]).await;
             match c.change_member(context::current(), change.clone()).await.expect("rpc") {
-                Err(ClientError::Unavailable(e)) => last = Some(ClientError::Unavailable(e)),
-                Err(ClientError::NotLeader { .. }) => {}
+                Err(RequestError::Unavailable(e)) => last = Some(RequestError::Unavailable(e)),
+                Err(RequestError::NotLeader { .. }) => {}
                 other => return other,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(last.unwrap_or(ClientError::Timeout))
+        Err(last.unwrap_or(RequestError::Timeout))
     }
 
     async fn stop(mut self) {
@@ -214,7 +214,7 @@ async fn joining_nodes_are_added_as_learners_and_promoted() {
     let again =
         MemberChange::Add { id: Some(4), addr: "10.9.9.9:1".into(), auto_promote: true, allocate_if_taken: false };
     let err = cluster.change(again).await.unwrap_err();
-    assert!(matches!(&err, ClientError::Invalid(m) if m.contains("node 4") && m.contains("never reused")), "{err:?}");
+    assert!(matches!(&err, RequestError::Invalid(m) if m.contains("node 4") && m.contains("never reused")), "{err:?}");
 
     // The operator promotes it.
     let reply = cluster.change(MemberChange::Promote { id: 4 }).await.expect("promote");
@@ -269,7 +269,7 @@ async fn removed_nodes_stop_leave_a_tombstone_and_their_id_is_never_reused() {
     let add =
         MemberChange::Add { id: Some(follower), addr: a.to_string(), auto_promote: true, allocate_if_taken: false };
     let err = cluster.change(add.clone()).await.unwrap_err();
-    assert!(matches!(&err, ClientError::Invalid(m) if m.contains("was removed")), "{err:?}");
+    assert!(matches!(&err, RequestError::Invalid(m) if m.contains("was removed")), "{err:?}");
     let allocate =
         MemberChange::Add { id: Some(follower), addr: a.to_string(), auto_promote: false, allocate_if_taken: true };
     assert_eq!(cluster.change(allocate).await.expect("allocated").id, 4);

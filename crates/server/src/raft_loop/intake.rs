@@ -6,8 +6,8 @@ use bytes::Bytes;
 use raftkv_raft::{Index, Message, NodeId, ProposeError};
 use raftkv_replica::{MemberView, Proposed, Refusal, StepRefusal};
 use raftkv_rpc::{
-    ClientError, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole,
-    NodeStatus, ReadConsistency, ScanReply, ScanStart, WriteReply,
+    GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
+    ReadConsistency, RequestError, ScanReply, ScanStart, WriteReply,
 };
 use raftkv_telemetry::opentelemetry::Context as OtelContext;
 use tokio::sync::oneshot;
@@ -17,7 +17,7 @@ use super::replies::{PendingChange, PendingRead, PendingWrite};
 use super::{MAX_PENDING_WRITES, RaftLoop};
 use crate::trace::WriteTrace;
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
 
 /// A client request, from the RPC service to the Raft loop.
 pub(crate) enum Request {
@@ -142,7 +142,7 @@ impl RaftLoop {
 
     fn write_request(&mut self, data: Bytes, reply: Reply<WriteReply>, trace: &OtelContext) {
         let result = if self.pending.writes.len() >= MAX_PENDING_WRITES {
-            Err(ClientError::Overloaded(format!("{MAX_PENDING_WRITES} writes are already waiting to commit")))
+            Err(RequestError::Overloaded(format!("{MAX_PENDING_WRITES} writes are already waiting to commit")))
         } else {
             self.replica.propose(data).map_err(|e| self.refusal(e))
         };
@@ -155,7 +155,7 @@ impl RaftLoop {
                     // This node led an earlier term whose entry at `index` was
                     // overwritten before it was applied: that write was not applied.
                     assert!(old.term < term, "two writes proposed at {index} in term {term}");
-                    let _ = old.reply.send(Err(ClientError::Unavailable(
+                    let _ = old.reply.send(Err(RequestError::Unavailable(
                         "leadership changed before the write committed; it was not applied".into(),
                     )));
                 }
@@ -190,47 +190,47 @@ impl RaftLoop {
     }
 
     /// The client-facing error for a refused request.
-    pub(super) fn refusal(&self, e: Refusal) -> ClientError {
+    pub(super) fn refusal(&self, e: Refusal) -> RequestError {
         match e {
             Refusal::ShuttingDown => shutting_down(),
             Refusal::Core(e) => self.propose_error(e),
-            Refusal::Member(e) => ClientError::Invalid(e.to_string()),
-            Refusal::AlreadyRemoved(_) => ClientError::Invalid(e.to_string()),
-            Refusal::BeingAdded { .. } => ClientError::Unavailable(e.to_string()),
+            Refusal::Member(e) => RequestError::Invalid(e.to_string()),
+            Refusal::AlreadyRemoved(_) => RequestError::Invalid(e.to_string()),
+            Refusal::BeingAdded { .. } => RequestError::Unavailable(e.to_string()),
         }
     }
 
-    fn transfer_refusal(&self, e: Refusal) -> ClientError {
+    fn transfer_refusal(&self, e: Refusal) -> RequestError {
         match e {
             // No target named and none to pick.
             Refusal::Core(ProposeError::NotAVoter(0)) if self.replica.is_leader() => {
-                ClientError::Unavailable("no other voter to hand leadership to".into())
+                RequestError::Unavailable("no other voter to hand leadership to".into())
             }
             e => self.refusal(e),
         }
     }
 
-    fn propose_error(&self, e: ProposeError) -> ClientError {
+    fn propose_error(&self, e: ProposeError) -> RequestError {
         match e {
             ProposeError::NotLeader { leader } => self.not_leader_hint(leader),
-            ProposeError::TransferInProgress => ClientError::Unavailable("leadership transfer in progress".into()),
+            ProposeError::TransferInProgress => RequestError::Unavailable("leadership transfer in progress".into()),
             ProposeError::Backpressure { .. } | ProposeError::TooManyReads { .. } => {
-                ClientError::Overloaded(e.to_string())
+                RequestError::Overloaded(e.to_string())
             }
             ProposeError::ConfChangePending { .. } | ProposeError::NoCommitInTerm => {
-                ClientError::Unavailable(e.to_string())
+                RequestError::Unavailable(e.to_string())
             }
             ProposeError::NotAVoter(_) | ProposeError::InvalidConfChange(_) | ProposeError::NotCaughtUp { .. } => {
-                ClientError::Invalid(e.to_string())
+                RequestError::Invalid(e.to_string())
             }
-            ProposeError::Recovering(_) | ProposeError::WouldStall { .. } => ClientError::Unavailable(e.to_string()),
+            ProposeError::Recovering(_) | ProposeError::WouldStall { .. } => RequestError::Unavailable(e.to_string()),
         }
     }
 
-    pub(super) fn not_leader_hint(&self, leader: Option<NodeId>) -> ClientError {
+    pub(super) fn not_leader_hint(&self, leader: Option<NodeId>) -> RequestError {
         let leader = leader.filter(|l| *l != self.id);
         let leader_addr = leader.and_then(|l| self.replica.membership().addr(l).map(str::to_string));
-        ClientError::NotLeader { leader, leader_addr }
+        RequestError::NotLeader { leader, leader_addr }
     }
 
     fn status(&self) -> NodeStatus {
@@ -279,6 +279,6 @@ fn member_list(node: NodeId, cluster_id: u64, view: MemberView) -> MemberList {
     }
 }
 
-pub(super) fn shutting_down() -> ClientError {
-    ClientError::Unavailable("the node is shutting down".into())
+pub(super) fn shutting_down() -> RequestError {
+    RequestError::Unavailable("the node is shutting down".into())
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use raftkv_kv::CommandError;
 use raftkv_raft::{Entry, Index, NodeId, ReadState, SnapshotMeta, Term};
 use raftkv_replica::{ApplyHooks, ApplyOutcome, Replica};
-use raftkv_rpc::{ClientError, GetReply, HashKvReply, MemberChangeReply, ScanReply, WriteReply};
+use raftkv_rpc::{GetReply, HashKvReply, MemberChangeReply, RequestError, ScanReply, WriteReply};
 use raftkv_telemetry::opentelemetry::KeyValue;
 use raftkv_telemetry::opentelemetry::trace::Span as _;
 use tokio::time::Instant;
@@ -107,7 +107,7 @@ impl Pending {
     }
 
     /// Reads `op` from the state machine as it stands.
-    pub fn serve_read(&self, replica: &Replica, op: &ReadOp) -> Result<ReadOutput, ClientError> {
+    pub fn serve_read(&self, replica: &Replica, op: &ReadOp) -> Result<ReadOutput, RequestError> {
         let kv = replica.kv();
         let (index, node) = (kv.applied_index(), replica.id());
         match op {
@@ -117,7 +117,7 @@ impl Pending {
             }
             ReadOp::Scan { prefix, start, limit } => {
                 let page =
-                    kv.scan_range(prefix, start.bound(), *limit).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                    kv.scan_range(prefix, start.bound(), *limit).map_err(|e| RequestError::Invalid(e.to_string()))?;
                 Ok(ReadOutput::Scan(ScanReply { items: page.items, more: page.more, index, node, forwarded: None }))
             }
         }
@@ -150,9 +150,9 @@ impl Pending {
                 t.end_propose(at == index && w.term == term);
             }
             let result = if at < index {
-                Err(ClientError::Timeout)
+                Err(RequestError::Timeout)
             } else if w.term != term {
-                Err(ClientError::Unavailable(
+                Err(RequestError::Unavailable(
                     "leadership changed before the write committed; it was not applied".into(),
                 ))
             } else {
@@ -167,9 +167,9 @@ impl Pending {
     fn complete_member_changes(&mut self, index: Index, term: Term) {
         for (at, c) in take_through(&mut self.member_changes, index) {
             if at < index {
-                let _ = c.reply.send(Err(ClientError::Timeout));
+                let _ = c.reply.send(Err(RequestError::Timeout));
             } else if c.term != term {
-                let _ = c.reply.send(Err(ClientError::Unavailable(
+                let _ = c.reply.send(Err(RequestError::Unavailable(
                     "leadership changed before the membership change committed; it was not applied".into(),
                 )));
             } else {
@@ -179,9 +179,9 @@ impl Pending {
     }
 }
 
-fn write_reply(node: NodeId, index: Index, applied: Option<raftkv_kv::Applied>) -> Result<WriteReply, ClientError> {
+fn write_reply(node: NodeId, index: Index, applied: Option<raftkv_kv::Applied>) -> Result<WriteReply, RequestError> {
     let Some(a) = applied else {
-        return Err(ClientError::Internal(format!("entry {index} carried no command")));
+        return Err(RequestError::Internal(format!("entry {index} carried no command")));
     };
     match a.result {
         Ok(result) => Ok(WriteReply {
@@ -192,8 +192,8 @@ fn write_reply(node: NodeId, index: Index, applied: Option<raftkv_kv::Applied>) 
             duplicate: a.duplicate,
             forwarded: None,
         }),
-        Err(e @ CommandError::IndexNotAfterApplied { .. }) => Err(ClientError::Internal(e.to_string())),
-        Err(e) => Err(ClientError::Invalid(e.to_string())),
+        Err(e @ CommandError::IndexNotAfterApplied { .. }) => Err(RequestError::Internal(e.to_string())),
+        Err(e) => Err(RequestError::Invalid(e.to_string())),
     }
 }
 
@@ -267,10 +267,10 @@ impl ApplyHooks for Hooks<'_> {
             if let Some(t) = &mut w.trace {
                 t.end_propose(false);
             }
-            let _ = w.reply.send(Err(ClientError::Timeout));
+            let _ = w.reply.send(Err(RequestError::Timeout));
         }
         for (_, c) in take_through(&mut self.pending.member_changes, meta.index) {
-            let _ = c.reply.send(Err(ClientError::Timeout));
+            let _ = c.reply.send(Err(RequestError::Timeout));
         }
         tracing::info!(id = self.node, index = meta.index, term = meta.term, "installed a snapshot from the leader");
     }

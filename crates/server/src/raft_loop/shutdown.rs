@@ -4,7 +4,7 @@
 
 use raftkv_raft::NodeId;
 use raftkv_replica::{DrainEnd, Stop};
-use raftkv_rpc::ClientError;
+use raftkv_rpc::RequestError;
 use raftkv_storage::WriteRequest;
 
 use super::RaftLoop;
@@ -56,10 +56,10 @@ impl RaftLoop {
             if let Some(t) = &mut w.trace {
                 t.end_propose(false);
             }
-            let _ = w.reply.send(Err(ClientError::Timeout));
+            let _ = w.reply.send(Err(RequestError::Timeout));
         }
         for (_, c) in std::mem::take(&mut pending.member_changes) {
-            let _ = c.reply.send(Err(ClientError::Timeout));
+            let _ = c.reply.send(Err(RequestError::Timeout));
         }
         for (_, r) in std::mem::take(&mut pending.reads) {
             let _ = r.reply.send(Err(shutting_down()));
