@@ -3,9 +3,11 @@
 //!
 //! Its job:
 //!
-//! - find the leader from any endpoint (following `NotLeader` hints, trying the next
-//!   endpoint with jittered exponential backoff otherwise), caching connections and
-//!   the last known leader;
+//! - reach the leader through any endpoint: a follower forwards what it cannot serve,
+//!   and its reply names the leader's address, which the client then uses directly
+//!   when it can connect to it (else it stays on the endpoint that answers); the
+//!   next endpoint is tried with jittered exponential backoff when one fails;
+//!   connections and the route to the leader are cached;
 //! - retry every operation until its overall deadline ([`ClientOptions::timeout`]),
 //!   each attempt bounded by [`ClientOptions::rpc_timeout`];
 //! - make writes exactly-once: every [`Client`] has a random non-zero `client_id`,
@@ -35,7 +37,11 @@ pub mod duration;
 mod error;
 mod hashkv;
 pub mod local;
+mod member_ops;
+mod node_queries;
 mod paging;
+mod routing;
+mod spans;
 pub mod table;
 
 pub use client::{Client, ClientOptions, WriteOutcome};
@@ -45,6 +51,6 @@ pub use paging::ScanPages;
 pub use raftkv_kv::{WriteOp, WriteResult};
 pub use raftkv_raft::NodeId;
 pub use raftkv_rpc::{
-    GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole, NodeStatus,
-    ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    Forwarded, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole,
+    MemberStatus, NodeStatus, ReadConsistency, ScanReply, ScanStart, ServerInfo,
 };

@@ -13,9 +13,9 @@ use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::tarpc::server::{BaseChannel, Channel};
 use raftkv_rpc::{
-    ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, MemberStatus,
-    NodeStatus, PeerError, RaftKv, ReadConsistency, RequestError as RpcError, ScanReply, ScanStart, ServerInfo,
-    TraceLink, WriteReply,
+    ForwardReply, ForwardRequest, Forwarded, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList,
+    MemberStatus, NodeStatus, PeerError, RaftKv, ReadConsistency, RequestError as RpcError, ScanReply, ScanStart,
+    ServerInfo, TraceLink, WriteReply,
 };
 
 #[derive(Default)]
@@ -49,13 +49,16 @@ struct NodeState {
 struct Fake {
     id: NodeId,
     leader_addr: Option<String>,
+    /// Serves writes as a follower that forwarded them to a leader at this address
+    /// (which may not be reachable from the client) would: the reply says so.
+    forwards_to: Option<String>,
     shared: Arc<Mutex<Shared>>,
     node: Arc<Mutex<NodeState>>,
 }
 
 impl Fake {
     fn new(id: NodeId, leader_addr: Option<String>, shared: &Arc<Mutex<Shared>>) -> Fake {
-        Fake { id, leader_addr, shared: shared.clone(), node: Arc::default() }
+        Fake { id, leader_addr, forwards_to: None, shared: shared.clone(), node: Arc::default() }
     }
 
     fn scan_from(&self, prefix: Bytes, start: ScanStart, limit: u32) -> Result<ScanReply, RpcError> {
@@ -90,7 +93,8 @@ impl RaftKv for Fake {
         }
         let index = s.writes.len() as u64;
         let result = WriteResult::Put { existed: false };
-        Ok(WriteReply { index, term: 1, leader: self.id, result, duplicate, forwarded: None })
+        let forwarded = self.forwards_to.map(|leader_addr| Forwarded { via: self.id, leader: 1, leader_addr });
+        Ok(WriteReply { index, term: 1, leader: self.id, result, duplicate, forwarded })
     }
 
     async fn get(self, _: Context, key: Bytes, _: ReadConsistency) -> Result<GetReply, RpcError> {
@@ -201,7 +205,7 @@ async fn follows_redirects_and_retries_with_the_same_seq() {
     assert_eq!(out.leader, 1);
     assert_eq!(out.endpoint, leader);
     assert_eq!(client.leader_endpoint().as_deref(), Some(leader.as_str()));
-    assert!(client.endpoints().contains(&leader));
+    assert!(!client.endpoints().contains(&leader), "a learned address is not an endpoint");
 
     let out2 = client.put("k", "v2").await.unwrap();
     assert!(!out2.duplicate);
@@ -216,10 +220,11 @@ async fn follows_redirects_and_retries_with_the_same_seq() {
     assert_eq!(client.get("abc", false).await.unwrap(), Some(Bytes::from("abc")));
     assert!(matches!(client.scan("p", 10, false).await, Err(ClientError::Rejected(_))));
 
+    // The given endpoints, not the learned leader.
     let statuses = client.status_all().await;
-    assert_eq!(statuses.len(), 3);
+    assert_eq!(statuses.len(), 2);
     assert!(statuses.iter().find(|(e, _)| *e == dead).unwrap().1.is_err());
-    assert!(statuses.iter().find(|(e, _)| *e == leader).unwrap().1.is_ok());
+    assert!(statuses.iter().find(|(e, _)| *e == follower).unwrap().1.is_ok());
 }
 
 #[tokio::test]
@@ -338,4 +343,31 @@ async fn differing_digests_and_unreachable_nodes_are_named() {
     let client = Client::new(vec![endpoints[0].clone(), dead.clone()], ClientOptions::default()).unwrap();
     let err = client.hash_kv_all().await.agreed().unwrap_err();
     assert!(err.contains(&dead) && err.contains("unreachable"), "{err}");
+}
+
+/// A follower that forwards: the client goes to the leader's address its replies
+/// name when it can connect to it, and stays on the follower when it cannot.
+#[tokio::test]
+async fn goes_to_a_forwarding_followers_leader_only_when_it_can_reach_it() {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let leader = serve(Fake::new(1, None, &shared)).await;
+    let reachable = Fake { forwards_to: Some(leader.clone()), ..Fake::new(2, None, &shared) };
+    let follower = serve(reachable).await;
+    let client = Client::new(vec![follower.clone()], ClientOptions::default()).unwrap();
+    assert_eq!(client.put("k", "v1").await.unwrap().endpoint, follower);
+    assert_eq!(client.put("k", "v2").await.unwrap().endpoint, leader, "straight to the leader once known");
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let unreachable = Fake { forwards_to: Some(dead.clone()), ..Fake::new(3, None, &shared) };
+    let follower = serve(unreachable).await;
+    let client = Client::new(vec![follower.clone()], ClientOptions::default()).unwrap();
+    for i in 0..3 {
+        let out = client.put("k", format!("w{i}")).await.unwrap();
+        assert_eq!(out.endpoint, follower, "write {i}");
+        // After the first write the client tried the leader's address once, failed to
+        // connect, and does not try it again.
+        if i > 0 {
+            assert_eq!(client.leader_endpoint().as_deref(), Some(follower.as_str()), "write {i}: on the follower");
+        }
+    }
 }
