@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use raftkv_client::table::Table;
-use raftkv_client::{Client, ClientError, HashKvRound, NodeStatus, ServerInfo};
+use raftkv_client::{Client, ClientError, HashKvRound, NodeId, NodeStatus, ServerInfo};
 use serde_json::json;
 
 use crate::global::{CliError, CliResult, Global, Output};
@@ -15,7 +15,8 @@ use crate::output::{print_json, write_out};
 #[derive(Subcommand, Debug)]
 pub enum EndpointCmd {
     /// Each endpoint's id, version, role, term, leader, commit and applied index, and
-    /// the id of the cluster it belongs to (same as `raftkv status`).
+    /// the id of the cluster it belongs to (`raftkv status` adds the members that are
+    /// not endpoints, asked through one that answered).
     Status,
     /// Whether each endpoint is healthy: it answers, its Raft loop and storage work (it
     /// answers status from the loop and is not recovering lost state), it knows a
@@ -36,7 +37,7 @@ pub enum EndpointCmd {
 
 pub async fn command(global: &Global, cmd: EndpointCmd) -> CliResult {
     match cmd {
-        EndpointCmd::Status => status(global).await,
+        EndpointCmd::Status => status(global, false).await,
         EndpointCmd::Health { max_lag } => health(global, max_lag).await,
         EndpointCmd::Hashkv => hashkv(global).await,
     }
@@ -45,6 +46,8 @@ pub async fn command(global: &Global, cmd: EndpointCmd) -> CliResult {
 /// One endpoint's answers.
 struct Answer {
     endpoint: String,
+    /// The node that asked this member for us, when it is not an endpoint.
+    via: Option<NodeId>,
     status: Result<NodeStatus, ClientError>,
     info: Option<ServerInfo>,
     /// How long the status request took.
@@ -61,7 +64,7 @@ async fn ask_all(client: &Client) -> Vec<Answer> {
             Ok(_) => client.server_info(&endpoint).await.ok(),
             Err(_) => None,
         };
-        Answer { endpoint, status, info, took }
+        Answer { endpoint, via: None, status, info, took }
     };
     futures::future::join_all(client.endpoints().into_iter().map(ask)).await
 }
@@ -80,8 +83,42 @@ fn version(info: Option<&ServerInfo>) -> String {
     }
 }
 
-pub async fn status(global: &Global) -> CliResult {
-    let answers = ask_all(&client(global)?).await;
+/// The members the endpoints' answers name that none of them is, asked through the
+/// first endpoint that answered.
+async fn other_members(client: &Client, answers: &[Answer]) -> Vec<Answer> {
+    let answered: Vec<&NodeStatus> = answers.iter().filter_map(|a| a.status.as_ref().ok()).collect();
+    let Some(first) = answers.iter().find(|a| a.status.is_ok()) else { return Vec::new() };
+    let known = |id: NodeId| answered.iter().any(|s| s.id == id);
+    let missing = answered.iter().flat_map(|s| s.peers.iter()).any(|(id, _)| !known(*id));
+    if !missing {
+        return Vec::new();
+    }
+    let via = first.status.as_ref().map(|s| s.id).ok();
+    let start = Instant::now();
+    let members = match client.cluster_status(&first.endpoint).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(endpoint = first.endpoint, error = %e, "cannot ask the other members through it");
+            return Vec::new();
+        }
+    };
+    let took = start.elapsed();
+    let others = members.into_iter().filter(|m| !known(m.id));
+    others
+        .map(|m| match m.status {
+            Ok((status, info)) => Answer { endpoint: m.addr, via, status: Ok(status), info: Some(info), took },
+            Err(e) => Answer { endpoint: m.addr, via, status: Err(ClientError::Unreachable(e)), info: None, took },
+        })
+        .collect()
+}
+
+pub async fn status(global: &Global, whole_cluster: bool) -> CliResult {
+    let client = client(global)?;
+    let mut answers = ask_all(&client).await;
+    if whole_cluster {
+        let others = other_members(&client, &answers).await;
+        answers.extend(others);
+    }
     match global.output(Output::Table) {
         Output::Json => print_json(&serde_json::Value::Array(answers.iter().map(status_json).collect()))?,
         Output::Table => write_out(status_table(&answers).render().as_bytes())?,
@@ -94,6 +131,7 @@ fn status_json(a: &Answer) -> serde_json::Value {
     match &a.status {
         Ok(s) => json!({
             "endpoint": a.endpoint,
+            "via": a.via,
             "reachable": true,
             "id": s.id,
             "role": s.role.to_lowercase(),
@@ -108,7 +146,7 @@ fn status_json(a: &Answer) -> serde_json::Value {
             "version": a.info.as_ref().map(|i| &i.version),
             "commit": a.info.as_ref().map(|i| &i.commit),
         }),
-        Err(e) => json!({"endpoint": a.endpoint, "reachable": false, "error": e.to_string()}),
+        Err(e) => json!({"endpoint": a.endpoint, "via": a.via, "reachable": false, "error": e.to_string()}),
     }
 }
 
@@ -125,7 +163,7 @@ fn status_table(answers: &[Answer]) -> Table {
                     s.role.to_lowercase()
                 };
                 t.row([
-                    a.endpoint.clone(),
+                    endpoint_cell(a),
                     s.id.to_string(),
                     version(a.info.as_ref()),
                     role,
@@ -138,7 +176,7 @@ fn status_table(answers: &[Answer]) -> Table {
                 ]);
             }
             Err(e) => {
-                let mut row = vec![a.endpoint.clone()];
+                let mut row = vec![endpoint_cell(a)];
                 row.extend(std::iter::repeat_n("-".to_string(), header.len() - 2));
                 row.push(format!("no ({})", e.to_string().trim_start_matches("unreachable: ")));
                 t.row(row);
@@ -146,6 +184,14 @@ fn status_table(answers: &[Answer]) -> Table {
         }
     }
     t
+}
+
+/// The endpoint, or the member's address and the node it was asked through.
+fn endpoint_cell(a: &Answer) -> String {
+    match a.via {
+        Some(via) => format!("{} (via {via})", a.endpoint),
+        None => a.endpoint.clone(),
+    }
 }
 
 /// One endpoint's health: `Ok` with what shows it, or `Err` with why not.
@@ -320,12 +366,14 @@ mod tests {
         let answers = vec![
             Answer {
                 endpoint: "127.0.0.1:7001".into(),
+                via: None,
                 status: Ok(NodeStatus { commit_index: 100, applied_index: 99, ..node(1, Some(1), 99) }),
                 info: Some(info),
                 took: Duration::ZERO,
             },
             Answer {
                 endpoint: "127.0.0.1:7002".into(),
+                via: None,
                 status: Err(ClientError::Unreachable("127.0.0.1:7002: refused".into())),
                 info: None,
                 took: Duration::ZERO,

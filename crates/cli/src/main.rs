@@ -107,8 +107,10 @@ enum Cmd {
     #[command(after_help = "Examples:\n  raftkv scan users/\n  raftkv scan users/ --from users/m --limit 50\n  \
                             raftkv scan --all -o json > dump.json")]
     Scan(kv::ScanArgs),
-    /// Show every endpoint's id, version, role, term, leader, commit and applied index,
-    /// and the id of the cluster it belongs to (same as `endpoint status`).
+    /// Show every member's id, version, role, term, leader, commit and applied index,
+    /// and the id of the cluster it belongs to: the endpoints asked directly, the
+    /// other members through an endpoint that answered (`via`), so one endpoint shows
+    /// the whole cluster. `endpoint status` asks the endpoints only.
     #[command(after_help = "Examples:\n  raftkv status\n  raftkv status -o json")]
     Status,
     /// Check each endpoint: its status, its health, its state machine digest.
@@ -275,7 +277,7 @@ async fn run(global: Global, command: Cmd) -> CliResult {
             kv::cas(&global, codec.arg("KEY", &key)?, expected, new).await
         }
         Cmd::Scan(args) => kv::scan(&global, args).await,
-        Cmd::Status => endpoint::status(&global).await,
+        Cmd::Status => endpoint::status(&global, true).await,
         Cmd::Endpoint(cmd) => endpoint::command(&global, cmd).await,
         Cmd::TransferLeader { target } => kv::transfer_leader(&global, target).await,
         Cmd::Member(cmd) => member::command(&global, cmd).await,
@@ -293,8 +295,9 @@ async fn run(global: Global, command: Cmd) -> CliResult {
 async fn bench(global: &Global, args: raftkv_bench::BenchArgs) -> CliResult {
     args.validate().map_err(CliError::usage)?;
     let failed = |e: anyhow::Error| CliError::failed(format!("error: {e:#}"));
-    let backend =
-        raftkv_bench::raftkv::RaftKvBackend::new(global.endpoints.clone(), global.tls()?).await.map_err(failed)?;
+    let backend = raftkv_bench::raftkv::RaftKvBackend::new(global.endpoints.clone(), global.tls()?, args.via_follower)
+        .await
+        .map_err(failed)?;
     let report = raftkv_bench::run(backend, &args).await.map_err(failed)?;
     let text = match global.output(global::Output::Table) {
         global::Output::Json => report.to_json() + "\n",
