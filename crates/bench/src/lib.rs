@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// (no warmup, no `--duration`): loads a data set of a known size.
     #[arg(long)]
     pub fill: bool,
+    /// raftkv only: send every request to one follower, which forwards it to the
+    /// leader (what a client with one endpoint gets), instead of to the leader.
+    #[arg(long)]
+    pub via_follower: bool,
 }
 
 impl BenchArgs {

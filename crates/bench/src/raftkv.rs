@@ -1,5 +1,6 @@
 //! The raftkv backend: raw RPC connections to the leader (found once, before the run),
-//! and one exactly-once session (client id, sequence numbers) per benchmark client.
+//! or with `--via-follower` to one follower that forwards to it, and one exactly-once
+//! session (client id, sequence numbers) per benchmark client.
 //!
 //! It uses the wire protocol directly rather than [`raftkv_client::Client`]: a `Client`
 //! owns its connections and serializes its writes, whereas here many clients share
@@ -23,13 +24,20 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RaftKvBackend {
     endpoints: Vec<String>,
     leader: String,
+    /// Where writes and linearizable reads go: the leader, or a follower.
+    target: String,
     tls: Option<raftkv_rpc::TlsConfig>,
 }
 
 impl RaftKvBackend {
-    /// Finds the leader among `endpoints` (waiting up to 20 s for one). `tls`: mutual
-    /// TLS to the servers, if they use it.
-    pub async fn new(endpoints: Vec<String>, tls: Option<raftkv_rpc::TlsConfig>) -> anyhow::Result<RaftKvBackend> {
+    /// Finds the leader among `endpoints` (waiting up to 20 s for one), and with
+    /// `via_follower` a follower among them to send to instead. `tls`: mutual TLS to
+    /// the servers, if they use it.
+    pub async fn new(
+        endpoints: Vec<String>,
+        tls: Option<raftkv_rpc::TlsConfig>,
+        via_follower: bool,
+    ) -> anyhow::Result<RaftKvBackend> {
         let opts = ClientOptions { tls: tls.clone(), ..ClientOptions::with_timeout(Duration::from_secs(2)) };
         let client = Client::new(endpoints.clone(), opts)?;
         let deadline = Instant::now() + LEADER_TIMEOUT;
@@ -40,8 +48,16 @@ impl RaftKvBackend {
                 .filter_map(|(ep, s)| s.as_ref().ok().map(|s| (ep, s)))
                 .filter(|(_, s)| raftkv_client::local::is_leader(s))
                 .max_by_key(|(_, s)| s.term);
-            if let Some((ep, _)) = leader {
-                return Ok(RaftKvBackend { endpoints: client.endpoints(), leader: ep.clone(), tls });
+            if let Some((ep, status)) = leader {
+                let follower = statuses
+                    .iter()
+                    .find(|(_, s)| s.as_ref().is_ok_and(|s| s.leader == Some(status.id) && s.id != status.id));
+                let target = match (via_follower, follower) {
+                    (false, _) => ep.clone(),
+                    (true, Some((f, _))) => f.clone(),
+                    (true, None) => bail!("--via-follower: no follower among {endpoints:?} follows the leader {ep}"),
+                };
+                return Ok(RaftKvBackend { endpoints: client.endpoints(), leader: ep.clone(), target, tls });
             }
             if Instant::now() >= deadline {
                 bail!("no leader among {endpoints:?} within {LEADER_TIMEOUT:?}: {statuses:?}");
@@ -53,6 +69,11 @@ impl RaftKvBackend {
     pub fn leader(&self) -> &str {
         &self.leader
     }
+
+    /// Where writes and linearizable reads go.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
 }
 
 /// One benchmark client's exactly-once session.
@@ -61,10 +82,11 @@ pub struct Session {
     seq: u64,
 }
 
-/// A connection to the leader, and (for stale reads) one to some node.
+/// A connection to the target (the leader, or a follower that forwards), and (for
+/// stale reads) one to some node.
 #[derive(Clone)]
 pub struct Conn {
-    leader: RaftKvClient,
+    target: RaftKvClient,
     reads: RaftKvClient,
 }
 
@@ -79,20 +101,20 @@ impl Backend for RaftKvBackend {
     type Session = Session;
 
     fn name(&self) -> &'static str {
-        "raftkv"
+        if self.target == self.leader { "raftkv" } else { "raftkv via a follower" }
     }
 
     async fn connect(&self, index: usize, _count: usize, stale_reads: bool) -> anyhow::Result<Conn> {
-        let leader = raftkv_rpc::connect_with(&self.leader, self.tls.as_ref())
+        let target = raftkv_rpc::connect_with(&self.target, self.tls.as_ref())
             .await
-            .with_context(|| format!("connect to {}", self.leader))?;
+            .with_context(|| format!("connect to {}", self.target))?;
         let reads = if stale_reads {
             let ep = &self.endpoints[index % self.endpoints.len()];
             raftkv_rpc::connect_with(ep, self.tls.as_ref()).await.with_context(|| format!("connect to {ep}"))?
         } else {
-            leader.clone()
+            target.clone()
         };
-        Ok(Conn { leader, reads })
+        Ok(Conn { target, reads })
     }
 
     fn session(&self, _index: usize) -> Session {
@@ -115,7 +137,7 @@ impl Backend for RaftKvBackend {
     ) -> Result<(), String> {
         session.seq += 1;
         let cmd = Command { client_id: session.client_id, seq: session.seq, op: WriteOp::Put { key, value } };
-        match conn.leader.write(ctx(timeout), cmd).await {
+        match conn.target.write(ctx(timeout), cmd).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("rpc: {e}")),
@@ -131,7 +153,7 @@ impl Backend for RaftKvBackend {
         timeout: Duration,
     ) -> Result<(), String> {
         let (c, consistency) =
-            if stale { (&conn.reads, ReadConsistency::Stale) } else { (&conn.leader, ReadConsistency::Linearizable) };
+            if stale { (&conn.reads, ReadConsistency::Stale) } else { (&conn.target, ReadConsistency::Linearizable) };
         match c.get(ctx(timeout), key, consistency).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
