@@ -170,6 +170,19 @@ impl Net {
         Ok(())
     }
 
+    /// Drops every packet between the test's own (root) namespace and the nodes
+    /// `ids`, both ways: the test's clients can no longer reach them (they still reach
+    /// each other and the other nodes). What a client outside a cluster sees of the
+    /// members it has no route to.
+    pub async fn hide_from_host(&self, ids: &[NodeId]) -> Result<(), String> {
+        let host = self.host_ip();
+        for id in ids {
+            let rules = format!("*filter\n-A INPUT -s {host}/32 -j DROP\n-A OUTPUT -d {host}/32 -j DROP\nCOMMIT\n");
+            self.iptables_restore(*id, &["--noflush"], rules).await?;
+        }
+        Ok(())
+    }
+
     /// Removes every rule: all nodes reach each other again.
     pub async fn heal(&self) -> Result<(), String> {
         for id in self.ids() {

@@ -34,6 +34,10 @@ pub use report::{Figures, Report};
 const PREFIX: &str = "jepsen/k";
 const KEYS: u64 = 5;
 const CLIENTS: u64 = 5;
+/// Clients that each talk to one node only, a follower when the run starts: what
+/// they do is forwarded to the leader (they never learn its address, as a client
+/// behind a port-forward cannot).
+const FOLLOWER_CLIENTS: u64 = 2;
 /// The unique-key writer's keys: `jepsen-acked/w0/<n:07>`.
 pub(crate) const ACKED_PREFIX: &str = "jepsen-acked";
 /// Its puts are bounded (and its keys keep 7 digits, so that blocks of 1,000 can be
@@ -73,8 +77,7 @@ fn client_options(p: u64) -> ClientOptions {
 /// One client: get (40%), put (30%), cas (30%) on random keys until `until`. A cas
 /// expects the value this client last saw on that key. Every put and cas value is
 /// unique. Returns the definite failures it saw (there must be none).
-async fn run_client(p: u64, endpoints: Vec<String>, rec: Arc<Recorder>, until: Instant, seed: u64) -> Vec<String> {
-    let client = Client::new(endpoints, client_options(p)).expect("client");
+async fn run_client(p: u64, client: Client, rec: Arc<Recorder>, until: Instant, seed: u64) -> Vec<String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut failures = Vec::new();
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
@@ -152,7 +155,9 @@ pub struct Setup<'a> {
 /// everything, reads every key and checks the history.
 pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let Setup { title, net, faults: cycle, secs, seed } = setup;
-    eprintln!("jepsen: {title}; {secs} s of load, seed {seed}");
+    eprintln!(
+        "jepsen: {title}; {secs} s of load, seed {seed}; {CLIENTS} clients of every node, {FOLLOWER_CLIENTS} of one follower each"
+    );
     let started = Instant::now();
     cluster.leader().await;
 
@@ -160,7 +165,16 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut clients = tokio::task::JoinSet::new();
     for p in 0..CLIENTS {
-        clients.spawn(run_client(p, cluster.endpoints(), rec.clone(), until, seed.wrapping_add(p)));
+        let client = Client::new(cluster.endpoints(), client_options(p)).expect("client");
+        clients.spawn(run_client(p, client, rec.clone(), until, seed.wrapping_add(p)));
+    }
+    let leader = cluster.leader().await.id;
+    let followers: Vec<String> =
+        cluster.ids().into_iter().filter(|id| *id != leader).map(|id| cluster.addr(id)).collect();
+    for (p, endpoint) in (CLIENTS..).zip(followers.into_iter().cycle().take(FOLLOWER_CLIENTS as usize)) {
+        let opts = ClientOptions { stay_on_endpoints: true, ..client_options(p) };
+        let client = Client::new(vec![endpoint], opts).expect("client");
+        clients.spawn(run_client(p, client, rec.clone(), until, seed.wrapping_add(p)));
     }
     let writer =
         Load::start(cluster.endpoints(), ACKED_PREFIX, 1, ACKED_MAX, client_options(2), Duration::from_secs(secs));
@@ -213,7 +227,7 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let reader = cluster.client();
     for k in 0..KEYS {
         let key = format!("{PREFIX}{k}");
-        let id = rec.invoke(CLIENTS, &key, Call::Get);
+        let id = rec.invoke(CLIENTS + FOLLOWER_CLIENTS, &key, Call::Get);
         let v = reader.get(key.clone(), false).await.unwrap_or_else(|e| panic!("final get {key}: {e}"));
         rec.complete(id, Ret::Value(v.map(|b| text(&b))));
     }
