@@ -61,28 +61,7 @@ pub fn command(args: CertsArgs) -> CliResult {
 
 /// Writes the files; returns their paths. Errors name the file or the bad value.
 pub fn generate(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
-    for n in args.nodes.iter().chain([&args.client]) {
-        check_name(n)?;
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    if let Some(dup) = args.nodes.iter().find(|n| !seen.insert(n.as_str())) {
-        return Err(format!("error: --node {dup} is given twice"));
-    }
-    let mut files = vec![("ca.pem".to_string(), false), ("ca-key.pem".to_string(), true)];
-    for n in &args.nodes {
-        files.push((format!("node-{n}.pem"), false));
-        files.push((format!("node-{n}-key.pem"), true));
-    }
-    files.push(("client.pem".into(), false));
-    files.push(("client-key.pem".into(), true));
-    if !args.force
-        && let Some((f, _)) = files.iter().find(|(f, _)| args.out.join(f).exists())
-    {
-        return Err(format!("error: {} exists; use --force to overwrite", args.out.join(f).display()));
-    }
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("error: cannot create --out {}: {e}", args.out.display()))?;
-
+    check_args_and_out_dir(args)?;
     let fail = |what: &str, e: rcgen::Error| format!("error: cannot make the {what}: {e}");
     let ((y0, m0, d0), (y1, m1, d1)) = validity_days();
     let (not_before, not_after) = (rcgen::date_time_ymd(y0, m0, d0), rcgen::date_time_ymd(y1, m1, d1));
@@ -107,12 +86,7 @@ pub fn generate(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
     write("ca.pem".into(), ca_cert.pem(), false)?;
     write("ca-key.pem".into(), ca_key.serialize_pem(), true)?;
 
-    let mut sans: Vec<String> = args.hosts.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
-    for default in ["localhost", "127.0.0.1"] {
-        if !sans.iter().any(|h| h == default) {
-            sans.push(default.into());
-        }
-    }
+    let sans = subject_alt_names(args);
     for n in &args.nodes {
         let key = KeyPair::generate().map_err(|e| fail("node key", e))?;
         let mut p = CertificateParams::new(sans.clone()).map_err(|e| fail(&format!("certificate of node {n}"), e))?;
@@ -139,6 +113,43 @@ pub fn generate(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
     write("client.pem".into(), cert.pem(), false)?;
     write("client-key.pem".into(), key.serialize_pem(), true)?;
     Ok(out)
+}
+
+/// The hosts the node certificates are valid for: `--host`s, plus localhost and
+/// 127.0.0.1 (for `raftkv up` and port-forwards).
+fn subject_alt_names(args: &CertsArgs) -> Vec<String> {
+    let mut sans: Vec<String> = args.hosts.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    for default in ["localhost", "127.0.0.1"] {
+        if !sans.iter().any(|h| h == default) {
+            sans.push(default.into());
+        }
+    }
+    sans
+}
+
+/// Checks the names, that no file would be overwritten without `--force`, and
+/// creates the output directory.
+fn check_args_and_out_dir(args: &CertsArgs) -> Result<(), String> {
+    for n in args.nodes.iter().chain([&args.client]) {
+        check_name(n)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = args.nodes.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(format!("error: --node {dup} is given twice"));
+    }
+    let mut files = vec![("ca.pem".to_string(), false), ("ca-key.pem".to_string(), true)];
+    for n in &args.nodes {
+        files.push((format!("node-{n}.pem"), false));
+        files.push((format!("node-{n}-key.pem"), true));
+    }
+    files.push(("client.pem".into(), false));
+    files.push(("client-key.pem".into(), true));
+    if !args.force
+        && let Some((f, _)) = files.iter().find(|(f, _)| args.out.join(f).exists())
+    {
+        return Err(format!("error: {} exists; use --force to overwrite", args.out.join(f).display()));
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("error: cannot create --out {}: {e}", args.out.display()))
 }
 
 /// Node and client names become file names and common names: letters, digits, `-`,

@@ -193,7 +193,15 @@ impl Demo {
     }
 
     async fn run(&mut self, steps: &mut Steps) -> Result<(), String> {
-        // 1.
+        self.start_and_validate(steps).await?;
+        let killed = self.kill_the_leader(steps).await?;
+        self.restart_and_catch_up(steps, killed).await?;
+        let victim = self.stop_a_follower(steps, killed).await?;
+        self.restore_and_verify(steps, victim).await
+    }
+
+    /// Step 1.
+    async fn start_and_validate(&mut self, steps: &mut Steps) -> Result<(), String> {
         steps.begin(1, "start a 3-node cluster and validate");
         let command = ServerCommand::locate().map_err(|e| format!("no server to run: {e}"))?;
         println!("   server: {}", command_text(&command));
@@ -220,8 +228,11 @@ impl Demo {
         );
         let report = self.validate(1).await?;
         steps.done(format!("leader node {}; {} writes, {} reads validated", leader.id, report.writes, report.reads));
+        Ok(())
+    }
 
-        // 2.
+    /// Step 2; returns the killed node.
+    async fn kill_the_leader(&mut self, steps: &mut Steps) -> Result<NodeId, String> {
         steps.begin(2, "kill -9 the leader, time the failover, validate with the node down");
         let leader = self.wait_for_leader().await?;
         let killed = leader.id;
@@ -252,8 +263,11 @@ impl Demo {
             ms(failover),
             report.writes
         ));
+        Ok(killed)
+    }
 
-        // 3.
+    /// Step 3.
+    async fn restart_and_catch_up(&mut self, steps: &mut Steps, killed: NodeId) -> Result<(), String> {
         steps.begin(3, &format!("restart node {killed} and watch it catch up"));
         self.cluster_mut()?
             .node_mut(killed)
@@ -272,8 +286,11 @@ impl Demo {
             ms(caught.elapsed())
         );
         steps.done(format!("node {killed} applied {} >= leader commit {target}", s.applied_index));
+        Ok(())
+    }
 
-        // 4.
+    /// Step 4; returns the stopped node.
+    async fn stop_a_follower(&mut self, steps: &mut Steps, killed: NodeId) -> Result<NodeId, String> {
         let leader = self.wait_for_leader().await?;
         let victim = (1..=NODES as NodeId)
             .find(|id| *id != killed && *id != leader.id)
@@ -291,8 +308,11 @@ impl Demo {
         );
         let report = self.validate(4).await?;
         steps.done(format!("node {victim} down; {} writes, {} reads validated", report.writes, report.reads));
+        Ok(victim)
+    }
 
-        // 5.
+    /// Step 5.
+    async fn restore_and_verify(&mut self, steps: &mut Steps, victim: NodeId) -> Result<(), String> {
         steps.begin(5, &format!("restore node {victim}, verify all data, wait for every node to catch up"));
         self.cluster_mut()?
             .node_mut(victim)
