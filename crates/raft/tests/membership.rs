@@ -69,12 +69,7 @@ fn a_brand_new_cluster_bootstraps_its_configuration_into_the_log() {
     assert!(rd.events.iter().any(|e| matches!(e, Event::ConfChanged { index: 3, .. })));
     node.advance();
     // A restart recovers the configuration from the log, not from the flags.
-    let recovered = Recovered {
-        hard_state: HardState { term: 1, vote: None, commit: 3, recovering: false },
-        snapshot: None,
-        entries: rd.entries,
-        lost_state: false,
-    };
+    let recovered = bootstrap_log_recovered(rd.entries);
     let restarted = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3, 4, 5]), recovered).unwrap();
     assert_eq!(restarted.conf(), &ConfState::with_voters([1, 2, 3]));
 }
@@ -96,12 +91,7 @@ fn bootstrap_with_puts_each_members_context_into_the_log() {
     assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: None, commit: 3, recovering: false }));
     node.advance();
     // Recovery ignores the bootstrap changes: the log already holds them.
-    let recovered = Recovered {
-        hard_state: HardState { term: 1, vote: None, commit: 3, recovering: false },
-        snapshot: None,
-        entries: rd.entries,
-        lost_state: false,
-    };
+    let recovered = bootstrap_log_recovered(rd.entries);
     let other = vec![ConfChange::new(K::AddVoter, 9, Bytes::new())];
     let restarted = RawNode::bootstrap_with(Config::new(1), other, recovered).unwrap();
     assert_eq!(restarted.conf(), &expected);
@@ -231,4 +221,15 @@ fn the_leader_enforces_the_single_change_rules() {
     );
     // The learner never acknowledged anything: it is not caught up.
     assert!(matches!(node.propose_conf_change(cc(K::PromoteVoter, 2)), Err(ProposeError::NotCaughtUp { node: 2, .. })));
+}
+
+/// What a restart recovers after a bootstrap that committed its three configuration
+/// entries and nothing else.
+fn bootstrap_log_recovered(entries: Vec<Entry>) -> Recovered {
+    Recovered {
+        hard_state: HardState { term: 1, vote: None, commit: 3, recovering: false },
+        snapshot: None,
+        entries,
+        lost_state: false,
+    }
 }
