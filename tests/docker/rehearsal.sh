@@ -329,7 +329,11 @@ start_replica() {
     case "$kind" in
       env) opts+=(--env "$value") ;;
       arg) args+=("$value") ;;
-      port) [ "$value" = 9090 ] && admin_port_in_pod=9090 && opts+=(--publish "127.0.0.1::$value") ;;
+      port)
+        # Each container port on an ephemeral host port, as a port-forward would give.
+        opts+=(--publish "127.0.0.1::$value")
+        [ "$value" != 9090 ] || admin_port_in_pod=9090
+        ;;
       claim) opts+=(--mount "type=volume,source=$prefix-data-$pod,target=$value") ;;
       tmpfs) opts+=(--tmpfs "$value:rw,mode=1777,size=16m") ;;
       user) opts+=(--user "$value") ;;
@@ -474,6 +478,27 @@ echo "$metrics" | grep -qx 'raftkv_is_leader 1' || fail "the leader's /metrics d
 echo "$metrics" | grep -qx "raftkv_node_id $leader" || fail "the leader's /metrics has the wrong raftkv_node_id"
 curl -fsS --max-time 2 "$url/livez" >/dev/null || fail "$url/livez did not answer 200"
 pass "leader node $leader found via status --json; its /metrics and /livez agree"
+
+# ---- one endpoint is enough ----
+# As through a port-forward: the host's raftkv gets one follower's published client
+# port and nothing else; the names the servers advertise (raft-N.raft-service) do not
+# resolve on the host. Every command must still work: the follower forwards.
+one=$((leader % replicas))
+one_ep="$(docker port "$(pod_container "$one")" 6000/tcp 2>/dev/null | head -1)" \
+  || fail "no published client port on $(pod_host "$one")"
+host_cli() { OTEL_SDK_DISABLED=true timeout 60 "$bin_dir/raftkv" --endpoints "$one_ep" --timeout 10s "$@"; }
+host_cli put rehearsal/one-endpoint through-a-follower >/dev/null \
+  || fail "put through $(pod_host "$one")'s published port ($one_ep) failed"
+[ "$(host_cli get rehearsal/one-endpoint)" = through-a-follower ] \
+  || fail "get through $one_ep did not read the value back"
+host_cli status --json | "$py" -c '
+import json, sys
+rows = json.load(sys.stdin)
+ok = sorted(r["id"] for r in rows if r.get("reachable")) == list(range(1, int(sys.argv[1]) + 1))
+ok = ok and any(r.get("role") == "leader" for r in rows) and any(r.get("via") for r in rows)
+sys.exit(0 if ok else 1)' "$replicas" || fail "status through $one_ep does not show every member"
+host_cli member list --json >/dev/null || fail "member list through $one_ep failed"
+pass "one endpoint: put, get, status (every member, the others via it) and member list through follower $(pod_host "$one")'s published port $one_ep only"
 
 # ---- 3. the seed's scenario ----
 validate "1: healthy cluster" --write-data=/rehearsal/run1.tsv
