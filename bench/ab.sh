@@ -4,7 +4,10 @@
 #
 #   bench/ab.sh BIN_DIR_A BIN_DIR_B [ROUNDS]     # each dir holds raftkv and raftkv-server
 #
-# Environment: CLIENTS (64), READS (0), VALUE (100), DURATION (5s), WARMUP (1s).
+# Environment: CLIENTS (64), READS (0), VALUE (100), DURATION (5s), WARMUP (1s);
+# A_ARGS, B_ARGS: more `raftkv bench` arguments for one side, e.g. the same build twice
+# with B_ARGS=--via-follower compares requests sent to the leader with requests sent
+# to a follower that forwards them.
 # Prints one line per run and the median writes/s and p99 of each build.
 set -euo pipefail
 A=${1:?usage: bench/ab.sh BIN_DIR_A BIN_DIR_B [ROUNDS]}; B=${2:?BIN_DIR_B}; ROUNDS=${3:-3}
@@ -15,11 +18,11 @@ stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for 
 trap 'stop_all; rm -rf "$DATA"' EXIT INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-one_run() { # bin_dir label
-  local bin=$1 label=$2 ports=() peers="" eps
+one_run() { # bin_dir label extra_bench_args
+  local bin=$1 label=$2 extra=$3 ports=() peers="" eps
   for i in 1 2 3; do ports+=("$(free_port)"); done
   for i in 0 1 2; do peers+="${peers:+,}$((i+1))=127.0.0.1:${ports[$i]}"; done
-  rm -rf "$DATA/$label"
+  rm -rf "${DATA:?}/$label"
   for i in 0 1 2; do
     mkdir -p "$DATA/$label/$((i+1))"
     "$bin/raftkv-server" --id $((i+1)) --listen "127.0.0.1:${ports[$i]}" --peers "$peers" \
@@ -28,8 +31,9 @@ one_run() { # bin_dir label
   done
   eps=$(printf '127.0.0.1:%s,' "${ports[@]}"); eps=${eps%,}
   # The bench waits for a leader itself (bounded by its own timeouts).
+  # shellcheck disable=SC2086 # $extra is a list of arguments
   "$bin/raftkv" --endpoints "$eps" bench --json --clients "$CLIENTS" --reads "$READS" \
-    --value-size "$VALUE" --warmup "$WARMUP" --duration "$DURATION" >"$DATA/$label.json"
+    --value-size "$VALUE" --warmup "$WARMUP" --duration "$DURATION" $extra >"$DATA/$label.json"
   # CPU time of the three servers over the whole run (utime + stime, in clock ticks):
   # unlike throughput, barely moved by other load on the machine.
   local ticks=0
@@ -46,10 +50,10 @@ print(f"{sys.argv[2]}\t{t['throughput']:.0f}\tp50={l['p50']}\tp99={l['p99']}\tse
 PY
 }
 
-echo "# $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $CLIENTS clients, reads $READS, ${VALUE} B, $DURATION"
+echo "# $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $CLIENTS clients, reads $READS, ${VALUE} B, $DURATION; A: $A ${A_ARGS:-}; B: $B ${B_ARGS:-}"
 for r in $(seq 1 "$ROUNDS"); do
-  one_run "$A" "A$r" | tee -a "$DATA/results.tsv"
-  one_run "$B" "B$r" | tee -a "$DATA/results.tsv"
+  one_run "$A" "A$r" "${A_ARGS:-}" | tee -a "$DATA/results.tsv"
+  one_run "$B" "B$r" "${B_ARGS:-}" | tee -a "$DATA/results.tsv"
 done
 python3 - "$DATA/results.tsv" <<'PY'
 import statistics, sys
