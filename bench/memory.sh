@@ -120,8 +120,8 @@ stop_node() {
   unset 'PID[$id]'
 }
 
-metric() { # node name → value (empty if the node does not answer)
-  curl -sf --max-time 2 "http://127.0.0.1:${ADMIN[$1]}/metrics" | awk -v n="$2" '$1 == n { print $2 }' || true
+metric() { # node name → value, labels ignored (empty if the node does not answer)
+  curl -sf --max-time 2 "http://127.0.0.1:${ADMIN[$1]}/metrics" | awk -v n="$2" '{ k = $1; sub(/[{].*/, "", k) } k == n { print $2 }' || true
 }
 
 # Polls /readyz of the given nodes (each every ~10 ms) until all answer 200; sets

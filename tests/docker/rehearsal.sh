@@ -474,8 +474,9 @@ leader="$(find_leader)" || fail "no leader within 30s"
 log "leader: node $leader ($(pod_host $((leader - 1))))"
 url="$(admin_url $((leader - 1)))" || fail "no published admin port on the leader"
 metrics="$(curl -fsS --max-time 2 "$url/metrics")" || fail "cannot scrape $url/metrics"
-echo "$metrics" | grep -qx 'raftkv_is_leader 1' || fail "the leader's /metrics does not say raftkv_is_leader 1"
-echo "$metrics" | grep -qx "raftkv_node_id $leader" || fail "the leader's /metrics has the wrong raftkv_node_id"
+# Every raftkv_* series carries the server's id as the label server_id.
+echo "$metrics" | grep -qx "raftkv_is_leader{server_id=\"$leader\"} 1" \
+  || fail "the leader's /metrics does not say raftkv_is_leader{server_id=\"$leader\"} 1"
 curl -fsS --max-time 2 "$url/livez" >/dev/null || fail "$url/livez did not answer 200"
 pass "leader node $leader found via status --json; its /metrics and /livez agree"
 
