@@ -100,6 +100,7 @@ golden_tests!(
     confchange_remove_leader,
     wiped_member,
     lagging_follower_new_leader,
+    vote_stale_log,
 );
 
 /// A scenario file that no test runs would silently stop guarding anything.
