@@ -2,8 +2,9 @@
 # Benchmarks raftkv and etcd side by side on this machine, each at its best client
 # setting, with the same durability (3 members, fsync on every commit) and workload.
 #
-#   bench/compare-etcd.sh            # 1/16/64/256 clients; write, read, 50/50; 100 B and 1 KiB (~22 min)
-#   bench/compare-etcd.sh --quick    # 1 and 64 clients; write and read; 100 B (~2.5 min)
+#   bench/compare-etcd.sh            # 1/16/64/256 clients; write, read, 50/50; 100 B and 1 KiB (~20 min)
+#   bench/compare-etcd.sh --quick    # 1 and 64 clients; write and read; 100 B (~1.5 min)
+# (times after the release build)
 #
 # 1. Sweep: for each store, workload and client count, one short run per connection
 #    count (1, 4, 16, 64, at most the client count), raftkv and etcd alternately.
@@ -16,8 +17,8 @@
 #
 # Environment: DURATION / WARMUP (repetitions; default 4s / 1s, --quick 2s / 500ms),
 # SWEEP_DURATION / SWEEP_WARMUP (default 2s / 500ms, --quick 1s / 500ms), REPS (3),
-# RESULTS (the output directory), DATA_ROOT (where both stores keep their data; one
-# filesystem for both; default a fresh directory under /var/tmp).
+# RESULTS (the output directory), DATA_ROOT (both stores keep their data in a fresh
+# directory under it, on one filesystem, removed at the end; default /var/tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -27,7 +28,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -68,9 +69,11 @@ cargo build --release -q -p raftkv-server -p raftkv-bench-etcd
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BIN=$TARGET_DIR/release
 BENCH=$BIN/raftkv-bench
+BUILT=$(date +%s) # the time limits of --quick and the full run are from here
 
 # ---- clusters ---------------------------------------------------------------------------
-DATA_ROOT=${DATA_ROOT:-$(mktemp -d /var/tmp/raftkv-vs-etcd.XXXXXX)}
+# A fresh directory of its own, removed at the end (never the given DATA_ROOT itself).
+DATA_ROOT=$(mktemp -d "${DATA_ROOT:-/var/tmp}/raftkv-vs-etcd.XXXXXX")
 PIDS=(); ETCD_PIDS=(); RK_PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -183,7 +186,7 @@ for r in $(seq 1 "$REPS"); do
     done
   done
 done
-echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg); took $(( $(date +%s) - START ))s" >>"$RESULTS/machine.txt"
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg); took $(( $(date +%s) - BUILT ))s after $(( BUILT - START ))s of build" >>"$RESULTS/machine.txt"
 
 # ---- tables -----------------------------------------------------------------------------
 {
