@@ -1,34 +1,48 @@
 #!/usr/bin/env bash
-# Benchmarks raftkv and etcd side by side on this machine, with the same durability
-# (3 members, fsync on every commit) and the same workload, and prints a markdown
-# table with raftkv/etcd ratios. Raw JSON goes to bench/results/<date>/.
+# Benchmarks raftkv and etcd side by side on this machine, each at its best client
+# setting, with the same durability (3 members, fsync on every commit) and workload.
 #
-#   bench/compare-etcd.sh            # 1/16/64/256 clients; write, read, 50/50; 100 B and 1 KiB values
-#   bench/compare-etcd.sh --quick    # a subset that finishes in about a minute
+#   bench/compare-etcd.sh            # 1/16/64/256 clients; write, read, 50/50; 100 B and 1 KiB (~20 min)
+#   bench/compare-etcd.sh --quick    # 1 and 64 clients; write and read; 100 B (~1.5 min)
+# (times after the release build)
 #
-# Environment: DURATION (default 10s; --quick 3s), WARMUP (default 2s; --quick 1s),
-# RESULTS (the output directory), DATA_ROOT (where both stores keep their data; one
-# filesystem for both; default a fresh directory under /var/tmp).
+# 1. Sweep: for each store, workload and client count, one short run per connection
+#    count (1, 4, 16, 64, at most the client count), raftkv and etcd alternately.
+# 2. Repetitions: each store's best configuration of the sweep, REPS times, in rounds
+#    over the whole matrix (raftkv, etcd, raftkv, etcd, ...), so drifting machine load
+#    falls on both alike; the table gives the median with min and max, and each
+#    store's server and load-generator CPU per operation in the measured window.
+# The sweep and the repetitions are separate runs: the reported figures are not the
+# luckiest of the runs that chose the configuration.
+#
+# Environment: DURATION / WARMUP (repetitions; default 4s / 1s, --quick 2s / 500ms),
+# SWEEP_DURATION / SWEEP_WARMUP (default 2s / 500ms, --quick 1s / 500ms), REPS (3),
+# RESULTS (the output directory), DATA_ROOT (both stores keep their data in a fresh
+# directory under it, on one filesystem, removed at the end; default /var/tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+START=$(date +%s)
 
 QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 
 if [ "$QUICK" = 1 ]; then
-  DURATION=${DURATION:-3s}; WARMUP=${WARMUP:-1s}
-  CLIENTS=(1 64); VALUES=(100); WORKLOADS=(write read mixed)
+  DURATION=${DURATION:-2s}; WARMUP=${WARMUP:-500ms}; SWEEP_DURATION=${SWEEP_DURATION:-1s}
+  CLIENTS=(1 64); VALUES=(100); WORKLOADS=(write read)
 else
-  DURATION=${DURATION:-10s}; WARMUP=${WARMUP:-2s}
+  DURATION=${DURATION:-4s}; WARMUP=${WARMUP:-1s}; SWEEP_DURATION=${SWEEP_DURATION:-2s}
   CLIENTS=(1 16 64 256); VALUES=(100 1024); WORKLOADS=(write read mixed)
 fi
+SWEEP_WARMUP=${SWEEP_WARMUP:-500ms}; REPS=${REPS:-3}
+CONNECTIONS=(1 4 16 64)
+RUN_LIMIT=120 # seconds: a bound on one load-generator run (its own deadlines come first)
 STAMP=$(date -u +%Y-%m-%d)
 SUFFIX=""
 if [ "$QUICK" = 1 ]; then SUFFIX=-quick; fi
@@ -37,28 +51,30 @@ if [ -z "${RESULTS:-}" ]; then
   RESULTS=$ROOT/bench/results/$STAMP$SUFFIX; n=2
   while [ -e "$RESULTS" ]; do RESULTS=$ROOT/bench/results/$STAMP$SUFFIX-$n; n=$((n + 1)); done
 fi
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS/sweep" "$RESULTS/runs"
+AGG=(python3 "$ROOT/bench/compare_etcd.py")
 
 # ---- tools ------------------------------------------------------------------------------
-if ! command -v etcd >/dev/null; then
-  echo "installing etcd-server (apt)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq etcd-server
-  else sudo apt-get update -qq && sudo apt-get install -y -qq etcd-server; fi
-fi
-command -v protoc >/dev/null || {
-  echo "installing protobuf-compiler (apt; etcd-client needs protoc)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq protobuf-compiler; else sudo apt-get install -y -qq protobuf-compiler; fi
+apt_install() {
+  echo "installing $* (apt)" >&2
+  local sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" \
+    || { "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@"; }
 }
+command -v etcd >/dev/null || apt_install etcd-server
+command -v etcdctl >/dev/null || apt_install etcd-client # compaction between runs
+command -v protoc >/dev/null || apt_install protobuf-compiler # etcd-client (the crate) needs it
 echo "building (release)" >&2
-cargo build --release -q -p raftkv-server -p raftkv -p raftkv-bench-etcd
+cargo build --release -q -p raftkv-server -p raftkv-bench-etcd
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BIN=$TARGET_DIR/release
 BENCH=$BIN/raftkv-bench
+BUILT=$(date +%s) # the time limits of --quick and the full run are from here
 
 # ---- clusters ---------------------------------------------------------------------------
-DATA_ROOT=${DATA_ROOT:-$(mktemp -d /var/tmp/raftkv-vs-etcd.XXXXXX)}
-PIDS=()
+# A fresh directory of its own, removed at the end (never the given DATA_ROOT itself).
+DATA_ROOT=$(mktemp -d "${DATA_ROOT:-/var/tmp}/raftkv-vs-etcd.XXXXXX")
+PIDS=(); ETCD_PIDS=(); RK_PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -69,6 +85,8 @@ trap cleanup EXIT INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # etcd 3.4: 3 members on loopback; fsync is always on (3.4 has no --unsafe-no-fsync).
+# The quota is raised from 2 GiB to 8 GiB: the full run writes a few million
+# revisions, compacted between runs (etcd_compact) but not defragmented.
 ETCD_CLIENT=(); ETCD_PEER=()
 for i in 1 2 3; do ETCD_CLIENT+=("$(free_port)"); ETCD_PEER+=("$(free_port)"); done
 CLUSTER=""
@@ -79,8 +97,8 @@ for i in 0 1 2; do
     --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" \
     --listen-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" \
     --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
-    --logger zap --log-level error >"$DATA_ROOT/etcd-$name.log" 2>&1 &
-  PIDS+=($!)
+    --quota-backend-bytes $((8 << 30)) --logger zap --log-level error >"$DATA_ROOT/etcd-$name.log" 2>&1 &
+  PIDS+=($!); ETCD_PIDS+=($!)
 done
 ETCD_EPS=$(printf '127.0.0.1:%s,' "${ETCD_CLIENT[@]}"); ETCD_EPS=${ETCD_EPS%,}
 
@@ -91,64 +109,93 @@ for i in 0 1 2; do
   id=$((i+1)); dir=$DATA_ROOT/raftkv/$id; mkdir -p "$dir"
   "$BIN/raftkv-server" --id "$id" --listen "127.0.0.1:${RK_PORTS[$i]}" --peers "$PEERS" --data-dir "$dir" --fsync always \
     >"$DATA_ROOT/raftkv-$id.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); RK_PIDS+=($!)
 done
 RK_EPS=$(printf '127.0.0.1:%s,' "${RK_PORTS[@]}"); RK_EPS=${RK_EPS%,}
+if [ "$(stat -f -c %i "$DATA_ROOT/etcd")" != "$(stat -f -c %i "$DATA_ROOT/raftkv")" ]; then
+  echo "the two stores' data directories are on different filesystems" >&2; exit 1
+fi
 
 # ---- runs -------------------------------------------------------------------------------
 reads_of() { case "$1" in write) echo 0 ;; read) echo 1 ;; mixed) echo 0.5 ;; esac; }
-run() { # target workload clients value
-  local target=$1 w=$2 c=$3 v=$4 eps
+pids_of() { local IFS=,; if [ "$1" = raftkv ]; then echo "${RK_PIDS[*]}"; else echo "${ETCD_PIDS[*]}"; fi; }
+conns_for() { local n; for n in "${CONNECTIONS[@]}"; do [ "$n" -le "$1" ] && echo "$n"; done; }
+
+# etcd keeps every revision until compacted; compact (and wait for it) between runs so
+# that no run pays for its predecessors' history, as a deployment's auto-compaction does.
+etcd_compact() {
+  local rev
+  rev=$(ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint status -w json 2>/dev/null \
+    | python3 -c 'import json,sys; print(max(s["Status"]["header"]["revision"] for s in json.load(sys.stdin)))') || return 0
+  if [ "$rev" -gt 1 ]; then
+    ETCDCTL_API=3 timeout 60 etcdctl --endpoints "$ETCD_EPS" compaction --physical "$rev" >/dev/null 2>&1 || true
+  fi
+}
+
+run() { # target workload clients value connections out warmup duration
+  local target=$1 w=$2 c=$3 v=$4 n=$5 out=$6 eps
   [ "$target" = raftkv ] && eps=$RK_EPS || eps=$ETCD_EPS
-  local out=$RESULTS/$target-$w-c$c-v$v.json
-  if ! "$BENCH" --target "$target" --endpoints "$eps" --json --clients "$c" --reads "$(reads_of "$w")" \
-      --keys 1000 --key-size 16 --value-size "$v" --warmup "$WARMUP" --duration "$DURATION" >"$out" 2>"$out.err"; then
-    echo "$target $w c=$c v=$v failed: $(cat "$out.err")" >&2
+  if ! timeout -k 5 "$RUN_LIMIT" "$BENCH" --target "$target" --endpoints "$eps" --json --clients "$c" --connections "$n" \
+      --reads "$(reads_of "$w")" --keys 1000 --key-size 16 --value-size "$v" --warmup "$7" --duration "$8" \
+      --cpu-pids "$(pids_of "$target")" >"$out" 2>"$out.err"; then
+    echo "$target $w c=$c v=$v n=$n failed: $(tail -3 "$out.err")" >&2
     rm -f "$out"
   fi
   [ -s "$out.err" ] || rm -f "$out.err"
+  if [ "$target" = etcd ]; then etcd_compact; fi
 }
 
 {
-  echo "# raftkv vs etcd, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "# raftkv vs etcd, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "# $(nproc) cores; $(uname -srm); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "# data on: $(df -P "$DATA_ROOT" | awk 'NR==2{print $1" ("$6")"}'); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "# command: bench/compare-etcd.sh $*; duration $DURATION, warmup $WARMUP"
+  echo "# data of both on: $(df -P "$DATA_ROOT" | awk 'NR==2{print $1" ("$6")"}'); etcd $(etcd --version | head -1 | awk '{print $3}')"
+  echo "# command: bench/compare-etcd.sh $*; sweep $SWEEP_DURATION after $SWEEP_WARMUP warmup; $REPS repetitions of $DURATION after $WARMUP warmup"
 } >"$RESULTS/machine.txt"
 
-for v in "${VALUES[@]}"; do
-  for w in "${WORKLOADS[@]}"; do
-    for c in "${CLIENTS[@]}"; do
-      echo "run: $w, $c clients, $v B values" >&2
-      run raftkv "$w" "$c" "$v"
-      run etcd "$w" "$c" "$v"
+KEYS=()
+for v in "${VALUES[@]}"; do for w in "${WORKLOADS[@]}"; do for c in "${CLIENTS[@]}"; do KEYS+=("$w $c $v"); done; done; done
+
+# 1. the sweep (a client count with a single configuration needs none)
+for key in "${KEYS[@]}"; do
+  read -r w c v <<<"$key"
+  mapfile -t ns < <(conns_for "$c")
+  [ "${#ns[@]}" -gt 1 ] || continue
+  echo "sweep: $w, $c clients, $v B values, connections ${ns[*]} ($(( $(date +%s) - START ))s)" >&2
+  for n in "${ns[@]}"; do
+    for t in raftkv etcd; do run "$t" "$w" "$c" "$v" "$n" "$RESULTS/sweep/$t-$w-c$c-v$v-n$n.json" "$SWEEP_WARMUP" "$SWEEP_DURATION"; done
+  done
+done
+
+# 2. the repetitions of each store's best configuration
+declare -A BEST
+for key in "${KEYS[@]}"; do
+  read -r w c v <<<"$key"
+  mapfile -t ns < <(conns_for "$c")
+  for t in raftkv etcd; do
+    bk="$t $key"
+    BEST[$bk]=$("${AGG[@]}" best "$RESULTS" "$t" "$w" "$c" "$v" "${ns[@]}") || BEST[$bk]=""
+  done
+done
+for r in $(seq 1 "$REPS"); do
+  echo "repetition $r of $REPS ($(( $(date +%s) - START ))s)" >&2
+  for key in "${KEYS[@]}"; do
+    read -r w c v <<<"$key"
+    for t in raftkv etcd; do
+      bk="$t $key"; n=${BEST[$bk]}
+      if [ -n "$n" ]; then run "$t" "$w" "$c" "$v" "$n" "$RESULTS/runs/$t-$w-c$c-v$v-n$n-r$r.json" "$WARMUP" "$DURATION"; fi
     done
   done
 done
-echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg); took $(( $(date +%s) - BUILT ))s after $(( BUILT - START ))s of build" >>"$RESULTS/machine.txt"
 
-# ---- table ------------------------------------------------------------------------------
-python3 - "$RESULTS" <<'PY' | tee "$RESULTS/table.md"
-import json, os, sys
-d = sys.argv[1]
-def load(name):
-    p = os.path.join(d, name)
-    return json.load(open(p)) if os.path.exists(p) else None
-keys = sorted({tuple(f[len(t)+1:-5].split("-")) for f in os.listdir(d) for t in ("raftkv", "etcd")
-               if f.startswith(t + "-") and f.endswith(".json")},
-              key=lambda k: (int(k[2][1:]), ["write", "read", "mixed"].index(k[0]), int(k[1][1:])))
-print(open(os.path.join(d, "machine.txt")).read().replace("# ", "").replace("\n", "  \n"))
-print("| workload | value | clients | raftkv ops/s | etcd ops/s | ratio | raftkv p50 / p99 ms | etcd p50 / p99 ms | p99 ratio | errors r/e |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for w, c, v in keys:
-    r, e = load(f"raftkv-{w}-{c}-{v}.json"), load(f"etcd-{w}-{c}-{v}.json")
-    def f(x, k): return x["total"][k] if x else None
-    rt, et = f(r, "throughput"), f(e, "throughput")
-    ratio = f"{rt/et:.2f}x" if rt and et else "-"
-    lat = lambda x: f'{x["total"]["latency_ms"]["p50"]:.2f} / {x["total"]["latency_ms"]["p99"]:.2f}' if x else "-"
-    p99r = f'{r["total"]["latency_ms"]["p99"]/e["total"]["latency_ms"]["p99"]:.2f}' if r and e and e["total"]["latency_ms"]["p99"] else "-"
-    name = {"write": "write-only", "read": "linearizable read", "mixed": "50/50"}[w]
-    errs = f'{r["errors"] if r else "-"} / {e["errors"] if e else "-"}'
-    print(f"| {name} | {v[1:]} B | {c[1:]} | {rt or 0:,.0f} | {et or 0:,.0f} | {ratio} | {lat(r)} | {lat(e)} | {p99r} | {errs} |")
-PY
+# ---- tables -----------------------------------------------------------------------------
+{
+  sed 's/^# //; s/$/  /' "$RESULTS/machine.txt"
+  echo
+  "${AGG[@]}" table "$RESULTS"
+  echo
+  echo "Sweep (one run per configuration, ops/s by number of connections):"
+  echo
+  "${AGG[@]}" sweep "$RESULTS"
+} | tee "$RESULTS/table.md"
 echo "raw JSON: $RESULTS" >&2

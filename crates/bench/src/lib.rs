@@ -23,6 +23,7 @@
 //! A [`Backend`] is the store: how to open connections and do one put or get.
 //! [`raftkv::RaftKvBackend`] is raftkv's; the etcd one lives in its own crate.
 
+mod cpu;
 pub mod raftkv;
 mod report;
 
@@ -38,6 +39,7 @@ use raftkv_client::duration::parse_duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 
+pub use cpu::CpuUse;
 pub use report::{LatencySummary, OpStats, Report, Workload};
 
 /// The workload and how to run it (the flags of `raftkv bench` and `raftkv-bench`).
@@ -90,6 +92,11 @@ pub struct BenchArgs {
     /// leader (what a client with one endpoint gets), instead of to the leader.
     #[arg(long)]
     pub via_follower: bool,
+    /// Linux: also report the CPU time these processes (the store's servers,
+    /// PID,PID,...) and this load generator use in the measured window, per operation
+    /// (utime + stime from /proc/PID/stat at the window's start and end).
+    #[arg(long = "cpu-pids", value_delimiter = ',')]
+    pub cpu_pids: Vec<u32>,
 }
 
 impl BenchArgs {
@@ -124,6 +131,9 @@ impl BenchArgs {
         }
         if self.fill && (self.reads > 0.0 || self.rate.is_some()) {
             return Err("--fill writes each key once; it takes neither --reads nor --rate".into());
+        }
+        if self.fill && !self.cpu_pids.is_empty() {
+            return Err("--cpu-pids measures the timed window, which --fill does not have".into());
         }
         Ok(())
     }
@@ -260,6 +270,8 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
     let measure_from = start + args.warmup;
     let measure_to = measure_from + args.duration;
     let slot = Arc::new(AtomicU64::new(0));
+    let cpu = (!args.cpu_pids.is_empty())
+        .then(|| tokio::spawn(cpu::measure(args.cpu_pids.clone(), measure_from, measure_to)));
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..args.clients {
         let (backend, conn, slot, value) = (backend.clone(), conns[c % n_conns].clone(), slot.clone(), value.clone());
@@ -274,7 +286,7 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
     let elapsed = args.duration.as_secs_f64();
     samples.extend(tally.samples.iter().cloned());
     samples.truncate(ERROR_SAMPLES);
-    Ok(Report::new(
+    let mut report = Report::new(
         backend.name(),
         args,
         elapsed,
@@ -284,7 +296,12 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
         tally.read_errors,
         tally.early_errors + preload_errors,
         samples,
-    ))
+    );
+    if let Some(cpu) = cpu {
+        let (pids, server_s, client_s) = cpu.await?.map_err(anyhow::Error::msg)?;
+        report.cpu = Some(CpuUse::new(pids, server_s, client_s, report.total.ops));
+    }
+    Ok(report)
 }
 
 /// Writes keys `0..args.keys` once each, in ascending order, shared by `workers`

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use raftkv_client::table::Table;
 use serde::{Deserialize, Serialize};
 
-use crate::BenchArgs;
+use crate::{BenchArgs, CpuUse};
 
 /// The workload a report measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +89,9 @@ pub struct Report {
     pub errors: u64,
     /// The first few errors' messages.
     pub error_samples: Vec<String>,
+    /// CPU time in the measured window (`--cpu-pids`); absent when not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuUse>,
 }
 
 impl Report {
@@ -128,6 +131,7 @@ impl Report {
             reads: OpStats::of(reads, read_errors, secs),
             errors: write_errors + read_errors + other_errors,
             error_samples,
+            cpu: None,
         }
     }
 
@@ -179,6 +183,13 @@ impl Report {
             ]);
         }
         out.push_str(&table.render());
+        if let Some(c) = &self.cpu {
+            let _ = writeln!(
+                out,
+                "CPU in the window: servers {:?} {:.1} µs/op ({:.2} s), this load generator {:.1} µs/op ({:.2} s)",
+                c.server_pids, c.server_us_per_op, c.server_s, c.client_us_per_op, c.client_s
+            );
+        }
         let _ = writeln!(out, "errors (preload, warmup and measured): {}", self.errors);
         for e in &self.error_samples {
             let _ = writeln!(out, "  {e}");

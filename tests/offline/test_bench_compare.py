@@ -1,0 +1,106 @@
+"""bench/compare_etcd.py, the bookkeeping of bench/compare-etcd.sh: the sweep's choice
+of each store's best connection count, the median/min/max table of the repetitions,
+and its refusal of reports that do not match their file names."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import compare_etcd as ce  # noqa: E402
+
+READS = {"write": 0.0, "read": 1.0, "mixed": 0.5}
+
+
+def report(target, w, c, v, n, ops_s, p50=1.0, p99=2.0, errors=0, server_us=None, client_us=None):
+    r = {"target": target,
+         "workload": {"clients": c, "connections": n, "value_size": v, "reads": READS[w]},
+         "total": {"throughput": ops_s, "ops": int(ops_s * 2), "latency_ms": {"p50": p50, "p99": p99}},
+         "errors": errors}
+    if server_us is not None:
+        r["cpu"] = {"server_us_per_op": server_us, "client_us_per_op": client_us}
+    return r
+
+
+def put(d, sub, name, r):
+    os.makedirs(os.path.join(d, sub), exist_ok=True)
+    with open(os.path.join(d, sub, name), "w") as f:
+        json.dump(r, f)
+
+
+def test_best_is_the_fastest_error_free_configuration_and_ties_go_to_fewer_connections(tmp_path):
+    d = str(tmp_path)
+    for n, ops, errs in [(1, 5000, 0), (4, 9000, 0), (16, 12000, 3), (64, 9000, 0)]:
+        put(d, "sweep", f"etcd-write-c64-v100-n{n}.json", report("etcd", "write", 64, 100, n, ops, errors=errs))
+    # 16 was fastest but had errors; 4 and 64 tie: fewer connections win.
+    assert ce.best(d, "etcd", "write", 64, 100, [1, 4, 16, 64]) == 4
+    assert ce.best(d, "raftkv", "write", 1, 100, [1]) == 1  # nothing to sweep
+
+
+def test_best_without_any_usable_sweep_run_is_an_error(tmp_path):
+    d = str(tmp_path)
+    put(d, "sweep", "etcd-read-c16-v100-n4.json", report("etcd", "read", 16, 100, 4, 100, errors=1))
+    with pytest.raises(ce.BadReport, match="no error-free sweep run"):
+        ce.best(d, "etcd", "read", 16, 100, [1, 4, 16])
+
+
+def test_table_gives_median_min_max_and_names_each_sides_configuration(tmp_path):
+    d = str(tmp_path)
+    for r, (rk, et) in enumerate([(20000, 9000), (30000, 8000), (22000, 13000)], start=1):
+        put(d, "runs", f"raftkv-write-c64-v100-n4-r{r}.json",
+            report("raftkv", "write", 64, 100, 4, rk, p99=r * 1.0, server_us=60 + r, client_us=20))
+        put(d, "runs", f"etcd-write-c64-v100-n16-r{r}.json",
+            report("etcd", "write", 64, 100, 16, et, p99=10.0, server_us=400, client_us=100 + r))
+    lines = ce.table(d).splitlines()
+    assert len(lines) == 3
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = dict(zip(header, cells))
+    assert row["raftkv conns"] == "4" and row["etcd conns"] == "16"
+    assert row["raftkv ops/s median (min–max)"] == "22,000 (20,000–30,000)"  # the median, not the mean
+    assert row["etcd ops/s median (min–max)"] == "9,000 (8,000–13,000)"
+    assert row["ratio"] == f"{22000 / 9000:.2f}x"
+    assert row["raftkv p50 / p99 ms"] == "1.00 / 2.00"  # median p99 of 1, 2, 3
+    assert row["p99 ratio"] == "0.20"
+    assert row["server CPU µs/op r / e"] == "62 / 400"
+    assert row["load-gen CPU µs/op r / e"] == "20 / 102"
+    assert row["runs r / e"] == "3 / 3"
+
+
+def test_a_store_with_no_runs_shows_dashes_not_a_ratio(tmp_path):
+    d = str(tmp_path)
+    put(d, "runs", "raftkv-read-c1-v100-n1-r1.json", report("raftkv", "read", 1, 100, 1, 3000))
+    row = ce.table(d).splitlines()[2]
+    assert "| - | - |" in row and "x |" not in row
+
+
+def test_a_report_that_does_not_match_its_name_is_refused(tmp_path):
+    d = str(tmp_path)
+    # Named 16 connections, but measured with 64: the table would credit the wrong setting.
+    put(d, "runs", "etcd-write-c64-v100-n16-r1.json", report("etcd", "write", 64, 100, 64, 9000))
+    with pytest.raises(ce.BadReport, match="its name says"):
+        ce.table(d)
+
+
+def test_one_store_with_two_configurations_in_its_repetitions_is_refused(tmp_path):
+    d = str(tmp_path)
+    put(d, "runs", "etcd-write-c64-v100-n16-r1.json", report("etcd", "write", 64, 100, 16, 9000))
+    put(d, "runs", "etcd-write-c64-v100-n4-r2.json", report("etcd", "write", 64, 100, 4, 9000))
+    with pytest.raises(ce.BadReport, match="16 and 4 connections|4 and 16 connections"):
+        ce.table(d)
+
+
+def test_the_command_line_exits_non_zero_on_a_bad_report(tmp_path):
+    d = str(tmp_path)
+    put(d, "sweep", "raftkv-write-c64-v100-n4.json", report("raftkv", "read", 64, 100, 4, 1))
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "compare_etcd.py"), "best", d, "raftkv", "write", "64",
+           "100", "1", "4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "its name says" in r.stderr
+    put(d, "sweep", "raftkv-write-c64-v100-n4.json", report("raftkv", "write", 64, 100, 4, 1))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (0, "4\n")
