@@ -13,4 +13,4 @@ mod run;
 
 pub use checker::{Checker, Observation, Violation};
 pub use cluster::{Cluster, MAX_NODES, MAX_PROMOTION_LAG, SimOptions, TICK};
-pub use run::{Failure, RunReport, run_seed};
+pub use run::{Failure, RunReport, run_seed, run_seed_with};

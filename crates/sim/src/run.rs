@@ -10,10 +10,11 @@
 use std::fmt;
 
 use bytes::Bytes;
-use raftkv_raft::{ConfChange, ConfChangeKind, NodeId};
+use raftkv_raft::{ConfChange, ConfChangeKind, NodeId, PlantedBug};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
+use crate::checker::Violation;
 use crate::cluster::{Cluster, MAX_NODES, SimOptions};
 
 /// Time units of random faults.
@@ -48,6 +49,9 @@ pub struct Failure {
     pub nodes: usize,
     pub reason: String,
     pub recent: Vec<String>,
+    /// What the invariant checker itself reported, from the nodes' observations (a
+    /// failure may also come from the harness's own checks, or from liveness).
+    pub checker_violations: Vec<Violation>,
 }
 
 impl fmt::Display for Failure {
@@ -68,6 +72,11 @@ impl fmt::Display for Failure {
 
 /// Runs one seed on a cluster of `nodes`.
 pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
+    run_seed_with(seed, nodes, None)
+}
+
+/// [`run_seed`] with a bug planted in every node's core (tests of the checker only).
+pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -> Result<RunReport, Failure> {
     let mut knobs = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5eed);
     let mut opts = SimOptions::new(nodes);
     opts.drop_percent = knobs.next_u64() % 10;
@@ -77,8 +86,15 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
     opts.max_append_bytes = [64, 512, 4096][(knobs.next_u64() % 3) as usize];
     let fault_every = FAULT_EVERY[(knobs.next_u64() % FAULT_EVERY.len() as u64) as usize];
     opts.async_persist = knobs.next_u64().is_multiple_of(2);
+    opts.planted_bug = planted_bug;
     let mut cluster = Cluster::new(seed, opts);
-    let fail = |c: &Cluster, reason: String| Failure { seed, nodes, reason, recent: c.recent_history().to_vec() };
+    let fail = |c: &Cluster, reason: String| Failure {
+        seed,
+        nodes,
+        reason,
+        recent: c.recent_history().to_vec(),
+        checker_violations: c.checker_violations().to_vec(),
+    };
 
     let mut faults = 0;
     for _ in 0..FAULT_UNITS {
