@@ -47,7 +47,7 @@ pub const MAX_NODES: NodeId = 7;
 pub const MAX_PROMOTION_LAG: u64 = 20;
 
 /// Ticks of an election timeout (the core's default).
-const ELECTION_TICKS: u32 = 10;
+pub(crate) const ELECTION_TICKS: u32 = 10;
 
 /// Knobs of a simulated cluster.
 #[derive(Clone, Debug)]
@@ -59,6 +59,9 @@ pub struct SimOptions {
     pub duplicate_percent: u64,
     /// Messages take 1..=max_delay units; different delays reorder them.
     pub max_delay: u64,
+    /// Percent of messages held beyond the longest election timeout (see
+    /// `network::LATE_DELAY`): they arrive after a new term may have begun.
+    pub late_percent: u64,
     /// A Ready becomes durable 0..=max_fsync units after it is taken.
     pub max_fsync: u64,
     /// Nodes write Readies without a new term, vote or snapshot in the background
@@ -89,6 +92,7 @@ impl SimOptions {
             drop_percent: 0,
             duplicate_percent: 0,
             max_delay: 3,
+            late_percent: 0,
             max_fsync: 2,
             async_persist: false,
             snapshot_every: 40,

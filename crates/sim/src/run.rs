@@ -40,6 +40,10 @@ pub struct RunReport {
     /// Configuration changes accepted by leaders, and how many removed their proposer.
     pub conf_changes: usize,
     pub leader_removals: usize,
+    /// Messages delivered beyond an election timeout, and those of an older term than
+    /// their recipient's by then.
+    pub late_messages: u64,
+    pub stale_late_messages: u64,
 }
 
 /// A failed run, with what is needed to replay it.
@@ -86,6 +90,8 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
     opts.max_append_bytes = [64, 512, 4096][(knobs.next_u64() % 3) as usize];
     let fault_every = FAULT_EVERY[(knobs.next_u64() % FAULT_EVERY.len() as u64) as usize];
     opts.async_persist = knobs.next_u64().is_multiple_of(2);
+    // Drawn last, so the knobs above are what they were before late messages existed.
+    opts.late_percent = [0, 1, 3][(knobs.next_u64() % 3) as usize];
     opts.planted_bug = planted_bug;
     let mut cluster = Cluster::new(seed, opts);
     let fail = |c: &Cluster, reason: String| Failure {
@@ -121,6 +127,8 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
         time: cluster.now,
         conf_changes,
         leader_removals,
+        late_messages: cluster.net.late_delivered,
+        stale_late_messages: cluster.net.stale_late_delivered,
     })
 }
 
@@ -130,6 +138,7 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
 fn settle(cluster: &mut Cluster) -> Result<(), String> {
     cluster.heal();
     cluster.opts.drop_percent = 0;
+    cluster.opts.late_percent = 0;
     for id in cluster.node_ids() {
         cluster.resume(id);
         cluster.restart(id);

@@ -87,6 +87,18 @@ fn the_nemesis_changes_membership() {
     assert!(leader_removals > 0, "leaders were removed: {leader_removals}");
 }
 
+/// The network is not polite: some messages are held past the longest election
+/// timeout, and some of those reach a node that has moved to a newer term meanwhile.
+#[test]
+fn late_messages_arrive_after_a_new_term_began() {
+    let reports: Vec<_> = (0..40).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let late: u64 = reports.iter().map(|r| r.late_messages).sum();
+    let stale: u64 = reports.iter().map(|r| r.stale_late_messages).sum();
+    let seeds = reports.iter().filter(|r| r.stale_late_messages > 0).count();
+    eprintln!("40 seeds: {late} late messages delivered, {stale} of an older term, in {seeds} seeds");
+    assert!(stale > 0 && seeds > 5, "late messages of an older term: {stale} in {seeds} of 40 seeds");
+}
+
 #[test]
 #[ignore]
 fn membership_stats() {
