@@ -184,6 +184,7 @@ pub struct Cluster {
     pub(crate) pending_reads: BTreeMap<(NodeId, u64), Index>,
     pub(crate) released: Vec<(u64, NodeId, u64, Index)>,
     pub(crate) next_read_ctx: u64,
+    pub(crate) value_reads: crate::reads::ValueReads,
     /// (node, client, seq) → index of the one non-duplicate application.
     pub(crate) applied_commands: BTreeMap<(NodeId, u64, u64), Index>,
     pub(crate) harness_violations: Vec<String>,
@@ -217,6 +218,7 @@ impl Cluster {
             acked_commands: 0,
             pending_reads: BTreeMap::new(),
             released: Vec::new(),
+            value_reads: Default::default(),
             next_read_ctx: 1,
             applied_commands: BTreeMap::new(),
             harness_violations: Vec::new(),
@@ -376,6 +378,7 @@ impl Cluster {
         node.in_flight = None; // not yet fsynced: lost
         node.writes.clear();
         self.pending_reads.retain(|(n, _), _| *n != id);
+        self.value_reads.forget(id);
         self.note(format!("crash {id}"));
     }
 
@@ -576,6 +579,8 @@ impl Cluster {
         self.next_read_ctx += 1;
         self.raw_mut(node)?.read_index(ctx).ok()?;
         self.pending_reads.insert((node, ctx), self.acked_max_index);
+        // A key of the clients' (`k0`..`k4`), checked by value once served.
+        self.value_reads.issued(node, ctx, Bytes::from(format!("k{}", ctx % 5)));
         Some(ctx)
     }
 

@@ -67,6 +67,7 @@ struct SimHooks<'a> {
     harness_violations: &'a mut Vec<String>,
     pending_reads: &'a mut std::collections::BTreeMap<(NodeId, u64), Index>,
     released: &'a mut Vec<(u64, NodeId, u64, Index)>,
+    value_reads: &'a mut crate::reads::ValueReads,
     /// ConfChange entries applied: their configuration is observed once the replica is
     /// free to be asked.
     conf_applied: Vec<Index>,
@@ -84,6 +85,7 @@ impl ApplyHooks for SimHooks<'_> {
             && applied.result.is_ok()
         {
             let key = (node, applied.client_id, applied.seq);
+            self.value_reads.applied(entry.index, &entry.data);
             let first = *self.applied_commands.entry(key).or_insert(entry.index);
             if first != entry.index {
                 let v =
@@ -100,6 +102,7 @@ impl ApplyHooks for SimHooks<'_> {
                 let node = self.node;
                 self.checker.observe(Observation::ReadReleased { node, read_index: read.index, acked_before });
                 self.released.push((self.now, node, read.ctx, read.index));
+                self.value_reads.released(node, read.ctx, read.index);
             }
         }
         for ctx in dropped {
@@ -120,6 +123,7 @@ impl SimHooks<'_> {
                 client.outstanding = None;
                 *self.acked_max_index = (*self.acked_max_index).max(index);
                 *self.acked_commands += 1;
+                self.value_reads.acknowledged(index, &entry.data);
             } else {
                 out.at = None; // replaced by another leader's entry: retry
             }
@@ -152,6 +156,7 @@ impl Cluster {
             self.process_node(id);
             self.maybe_stop(id);
         }
+        self.serve_reads();
     }
 
     pub fn run_until(&mut self, max_units: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
@@ -229,6 +234,7 @@ impl Cluster {
             harness_violations: &mut self.harness_violations,
             pending_reads: &mut self.pending_reads,
             released: &mut self.released,
+            value_reads: &mut self.value_reads,
             conf_applied: Vec::new(),
         };
         (replica, hooks)

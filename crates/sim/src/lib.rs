@@ -9,6 +9,7 @@ mod checker;
 mod cluster;
 mod driving;
 mod network;
+mod reads;
 mod run;
 
 pub use checker::{Checker, Observation, Violation};

@@ -44,6 +44,8 @@ pub struct RunReport {
     /// their recipient's by then.
     pub late_messages: u64,
     pub stale_late_messages: u64,
+    /// ReadIndex reads whose value was checked once their node applied their index.
+    pub value_reads: u64,
 }
 
 /// A failed run, with what is needed to replay it.
@@ -129,6 +131,7 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
         leader_removals,
         late_messages: cluster.net.late_delivered,
         stale_late_messages: cluster.net.stale_late_delivered,
+        value_reads: cluster.value_reads.served,
     })
 }
 

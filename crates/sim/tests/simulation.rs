@@ -99,6 +99,17 @@ fn late_messages_arrive_after_a_new_term_began() {
     assert!(stale > 0 && seeds > 5, "late messages of an older term: {stale} in {seeds} of 40 seeds");
 }
 
+/// Reads are checked by the value they return (crates/sim/src/reads.rs), and the runs
+/// make many of them.
+#[test]
+fn reads_are_checked_by_value() {
+    let reports: Vec<_> = (0..20).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let reads: u64 = reports.iter().map(|r| r.value_reads).sum();
+    let seeds = reports.iter().filter(|r| r.value_reads > 0).count();
+    eprintln!("20 seeds: {reads} reads checked by value, in {seeds} seeds");
+    assert!(seeds == 20 && reads > 1_000, "{reads} reads checked by value in {seeds} of 20 seeds");
+}
+
 #[test]
 #[ignore]
 fn membership_stats() {
