@@ -185,13 +185,14 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let writer =
         Load::start(cluster.endpoints(), ACKED_PREFIX, 1, ACKED_MAX, client_options(2), Duration::from_secs(secs));
 
-    // The nemesis: one fault at a time, then a healthy spell; no new fault in the last
-    // 3 s (the loop is bounded by `until` and by the number of faults).
+    // The nemesis: one fault at a time, then a healthy spell; every fault healed 3 s
+    // before the load ends, so the last one too has a window in which writes must be
+    // acknowledged again (the loop is bounded by `until` and by the number of faults).
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xFA17);
     let mut faults: Vec<Injected> = Vec::new();
     tokio::time::sleep(QUIET).await;
     for fault in cycle.iter().cycle().take(100_000) {
-        if Instant::now() + Duration::from_secs(3) >= until {
+        if Instant::now() + Duration::from_secs(3) + nemesis::LONGEST_FAULT >= until {
             break;
         }
         let (at, started) = (rec.secs(), rec.nanos());

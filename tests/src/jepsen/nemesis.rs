@@ -19,6 +19,9 @@ const PAUSE: Duration = Duration::from_secs(2);
 const DOWN: Duration = Duration::from_secs(1);
 /// How long a partition holds: several election timeouts.
 pub(crate) const PARTITION: Duration = Duration::from_secs(3);
+/// The longest a fault lasts from injection to heal (a partition; a pause, a kill are
+/// shorter), leader waits apart.
+pub(crate) const LONGEST_FAULT: Duration = PARTITION;
 
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
