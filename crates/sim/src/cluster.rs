@@ -62,6 +62,8 @@ pub struct SimOptions {
     /// Percent of messages held beyond the longest election timeout (see
     /// `network::LATE_DELAY`): they arrive after a new term may have begun.
     pub late_percent: u64,
+    /// A crash may tear the first write not yet durable (see `Cluster::tear`).
+    pub torn_writes: bool,
     /// A Ready becomes durable 0..=max_fsync units after it is taken.
     pub max_fsync: u64,
     /// Nodes write Readies without a new term, vote or snapshot in the background
@@ -93,6 +95,7 @@ impl SimOptions {
             duplicate_percent: 0,
             max_delay: 3,
             late_percent: 0,
+            torn_writes: false,
             max_fsync: 2,
             async_persist: false,
             snapshot_every: 40,
@@ -198,6 +201,8 @@ pub struct Cluster {
     pub conf_changes: Vec<(ConfChangeKind, NodeId, bool)>,
     /// Readies advanced before their write was durable (`async_persist`).
     pub background_writes: u64,
+    /// Crashes that left a torn write: some, not all, of its entries on disk.
+    pub torn_writes: u64,
     /// Messages handed to the network, by recipient and kind (dropped ones included).
     pub sent_by_kind: BTreeMap<(NodeId, &'static str), u64>,
     /// Graceful stops (drain, hand-off) that ended, and how.
@@ -227,6 +232,7 @@ impl Cluster {
             clients_active: true,
             conf_changes: Vec::new(),
             background_writes: 0,
+            torn_writes: 0,
             sent_by_kind: BTreeMap::new(),
             stops: Vec::new(),
             opts,
@@ -371,6 +377,7 @@ impl Cluster {
     }
 
     pub fn crash(&mut self, id: NodeId) {
+        self.tear(id);
         let node = self.nodes.get_mut(&id).expect("known node");
         node.paused = false;
         node.backlog.clear();

@@ -338,6 +338,37 @@ impl Cluster {
         self.complete_writes(id);
     }
 
+    /// Whether `id` has a write of entries not yet durable (a crash now may tear it).
+    pub(crate) fn mid_write(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| {
+            n.writes.front().is_some_and(|w| !w.write.entries.is_empty())
+                || n.in_flight.as_ref().is_some_and(|f| !f.write.entries.is_empty())
+        })
+    }
+
+    /// When `torn_writes` is on, a crash keeps a random non-empty prefix of the entries
+    /// of the first write not yet durable, as the real WAL does after a torn write: its entry
+    /// records come before its hard state record (which is lost), and the torn tail is
+    /// cut at the next start. Writes after it are lost whole. None was acknowledged.
+    pub(crate) fn tear(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !self.opts.torn_writes || node.replica.is_none() {
+            return;
+        }
+        let first = match node.writes.front() {
+            Some(w) => Some(&w.write),
+            // A Ready that installs a snapshot writes its file first: not torn here.
+            None => node.in_flight.as_ref().filter(|f| f.snapshot.is_none()).map(|f| &f.write),
+        };
+        let Some(entries) = first.map(|w| &w.entries).filter(|e| !e.is_empty()) else { return };
+        // All of them is a torn write too: the hard state record after them is lost.
+        let kept = 1 + (self.rng.next_u64() % entries.len() as u64) as usize;
+        let (torn, of) = (entries[..kept].to_vec(), entries.len());
+        node.disk.write_entries(&torn);
+        self.torn_writes += 1;
+        self.note(format!("node {id}: torn write keeps {kept} of {of} entries"));
+    }
+
     /// Makes the background writes that are due durable, oldest first.
     fn complete_writes(&mut self, id: NodeId) {
         loop {

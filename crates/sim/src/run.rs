@@ -27,6 +27,8 @@ const CONVERGENCE_UNITS: u64 = 4_000;
 /// calm cluster to one in constant turmoil (short leaderships are what expose commit
 /// rule bugs such as Raft's Figure 8).
 const FAULT_EVERY: [u64; 4] = [300, 150, 60, 25];
+/// How long a crash may wait for a node in the middle of a write (torn writes on).
+const TORN_WAIT_UNITS: u64 = 100;
 /// The nemesis never promotes beyond this many voters, to keep runs fast.
 const MAX_VOTERS: usize = 5;
 
@@ -46,6 +48,8 @@ pub struct RunReport {
     pub stale_late_messages: u64,
     /// ReadIndex reads whose value was checked once their node applied their index.
     pub value_reads: u64,
+    /// Crashes that tore a write (kept part of its entries).
+    pub torn_writes: u64,
 }
 
 /// A failed run, with what is needed to replay it.
@@ -94,6 +98,7 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
     opts.async_persist = knobs.next_u64().is_multiple_of(2);
     // Drawn last, so the knobs above are what they were before late messages existed.
     opts.late_percent = [0, 1, 3][(knobs.next_u64() % 3) as usize];
+    opts.torn_writes = knobs.next_u64().is_multiple_of(2);
     opts.planted_bug = planted_bug;
     let mut cluster = Cluster::new(seed, opts);
     let fail = |c: &Cluster, reason: String| Failure {
@@ -132,6 +137,7 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
         late_messages: cluster.net.late_delivered,
         stale_late_messages: cluster.net.stale_late_delivered,
         value_reads: cluster.value_reads.served,
+        torn_writes: cluster.torn_writes,
     })
 }
 
@@ -251,13 +257,7 @@ fn inject_fault(c: &mut Cluster) {
     let ids = c.node_ids();
     let pick = |c: &mut Cluster, from: &[NodeId]| from[(c.rng().next_u64() % from.len() as u64) as usize];
     match c.rng().next_u64() % 12 {
-        0 => {
-            let up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
-            if !up.is_empty() {
-                let id = pick(c, &up);
-                c.crash(id);
-            }
-        }
+        0 => crash_one(c, &ids),
         1 => {
             let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
             if !down.is_empty() {
@@ -311,6 +311,26 @@ fn inject_fault(c: &mut Cluster) {
                 c.resume(id);
             }
         }
+    }
+}
+
+/// Crashes a random live node (with torn writes on, preferably one in the middle of a
+/// write, waited for a little).
+fn crash_one(c: &mut Cluster, ids: &[NodeId]) {
+    // With torn writes on, the crash waits (a little) for a node in the middle
+    // of a write, and takes it.
+    let mid_write = |c: &Cluster| ids.iter().any(|&id| c.is_up(id) && c.mid_write(id));
+    if c.opts.torn_writes {
+        c.run_until(TORN_WAIT_UNITS, mid_write);
+    }
+    let mut up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
+    let writing: Vec<NodeId> = up.iter().copied().filter(|&id| c.mid_write(id)).collect();
+    if c.opts.torn_writes && !writing.is_empty() {
+        up = writing;
+    }
+    if !up.is_empty() {
+        let id = up[(c.rng().next_u64() % up.len() as u64) as usize];
+        c.crash(id);
     }
 }
 

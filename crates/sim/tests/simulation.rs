@@ -99,6 +99,16 @@ fn late_messages_arrive_after_a_new_term_began() {
     assert!(stale > 0 && seeds > 5, "late messages of an older term: {stale} in {seeds} of 40 seeds");
 }
 
+/// Crashes tear writes: part of the entries of a write not yet durable survive.
+#[test]
+fn crashes_tear_writes() {
+    let reports: Vec<_> = (0..40).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let torn: u64 = reports.iter().map(|r| r.torn_writes).sum();
+    let seeds = reports.iter().filter(|r| r.torn_writes > 0).count();
+    eprintln!("40 seeds: {torn} torn writes, in {seeds} seeds");
+    assert!(torn > 10 && seeds > 5, "{torn} torn writes in {seeds} of 40 seeds");
+}
+
 /// Reads are checked by the value they return (crates/sim/src/reads.rs), and the runs
 /// make many of them.
 #[test]
