@@ -18,6 +18,10 @@ impl Recorder {
     fn now(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
+    /// Nanoseconds since the history began (the time of its operations).
+    pub fn nanos(&self) -> u64 {
+        self.now()
+    }
     pub fn lock(&self) -> MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -54,6 +54,14 @@ pub struct Config {
 pub enum PlantedBug {
     /// A leader counts a recovering node's acknowledgements toward commits.
     CountRecoveringAcks,
+    /// A node grants (pre-)votes without checking that the candidate's log is at least
+    /// as up to date as its own (§5.4.1): a candidate missing committed entries can win.
+    #[cfg(feature = "planted-bug")]
+    VoteForStaleLog,
+    /// A leader commits every entry of its term it has appended, without waiting for a
+    /// quorum to store it.
+    #[cfg(feature = "planted-bug")]
+    CommitWithoutQuorum,
 }
 
 impl Config {

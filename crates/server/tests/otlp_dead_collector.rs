@@ -2,17 +2,38 @@
 //! `raftkv-server` processes without an endpoint, then three pointed at a closed port,
 //! each taking the same sequential writes; the median write latency may not grow
 //! beyond 3× + 20 ms, and every node must still run. Also: without an endpoint the
-//! nodes print nothing about exporting; with a dead one, each reports it once.
+//! nodes print nothing about exporting; with a dead one, each reports it once after
+//! at least three failed exports (waited for in the log, not slept for).
 
 use std::time::{Duration, Instant};
 
 use raftkv_client::ClientOptions;
-use raftkv_client::local::{LocalCluster, LocalClusterOptions, ServerCommand};
+use raftkv_client::local::{LocalCluster, LocalClusterOptions, ServerCommand, poll_until};
 
 const WRITES: usize = 40;
 
-/// Median latency of `WRITES` sequential puts, after the nodes stayed up.
-async fn run(dir: &std::path::Path, command: ServerCommand) -> (Duration, Vec<String>) {
+/// Failed export attempts each node must log (at debug level) in the dead-collector
+/// run before its single report is checked: a report counted after one failure would
+/// prove nothing about "once".
+const FAILURES: usize = 3;
+
+/// How long the failures may take to show up: exports run every 500 ms.
+const FAILURE_WAIT: Duration = Duration::from_secs(30);
+
+fn read_logs(dir: &std::path::Path) -> Vec<String> {
+    (1..=3).map(|id| std::fs::read_to_string(dir.join(format!("node-{id}.log"))).unwrap_or_default()).collect()
+}
+
+/// Whether every node has logged at least `n` failed span exports.
+fn each_failed(dir: &std::path::Path, n: usize) -> Result<(), String> {
+    let counts: Vec<usize> = read_logs(dir).iter().map(|log| log.matches("span export failed").count()).collect();
+    if counts.iter().all(|&c| c >= n) { Ok(()) } else { Err(format!("failed exports per node: {counts:?}")) }
+}
+
+/// Median latency of `WRITES` sequential puts, after the nodes stayed up. When
+/// `failures` is set, first waits (writing, so there are spans to export) until each
+/// node has logged that many failed exports.
+async fn run(dir: &std::path::Path, command: ServerCommand, failures: Option<usize>) -> (Duration, Vec<String>) {
     let mut cluster = LocalCluster::start(LocalClusterOptions {
         nodes: 3,
         base_port: None,
@@ -30,17 +51,21 @@ async fn run(dir: &std::path::Path, command: ServerCommand) -> (Duration, Vec<St
         client.put(format!("k{i}"), "v").await.expect("write");
         latencies.push(start.elapsed());
     }
-    // Long enough for several export attempts (every 500 ms) to fail.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if let Some(n) = failures {
+        poll_until(FAILURE_WAIT, "failed span exports on every node", || async {
+            client.put("more", "x").await.map_err(|e| format!("write: {e}"))?;
+            each_failed(dir, n)
+        })
+        .await
+        .expect("every node's exports fail");
+    }
     for id in 1..=3 {
         assert!(cluster.node_mut(id).expect("node").is_running(), "node {id} stopped");
     }
     client.put("after", "x").await.expect("a write after the export failures");
     cluster.stop_all(Duration::from_secs(10)).await.expect("stop");
-    let logs =
-        (1..=3).map(|id| std::fs::read_to_string(dir.join(format!("node-{id}.log"))).unwrap_or_default()).collect();
     latencies.sort();
-    (latencies[WRITES / 2], logs)
+    (latencies[WRITES / 2], read_logs(dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +76,7 @@ async fn a_dead_collector_does_not_slow_writes() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
         .env("RUST_LOG", "info");
-    let (p50_plain, logs) = run(plain.path(), command).await;
+    let (p50_plain, logs) = run(plain.path(), command, None).await;
     for log in &logs {
         assert!(!log.contains("export"), "a node without an endpoint mentioned exporting:\n{log}");
     }
@@ -61,8 +86,8 @@ async fn a_dead_collector_does_not_slow_writes() {
     let dead = tempfile::tempdir().expect("tempdir");
     let command = ServerCommand::binary(bin)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{closed}"))
-        .env("RUST_LOG", "info");
-    let (p50_dead, logs) = run(dead.path(), command).await;
+        .env("RUST_LOG", "info,raftkv_telemetry=debug");
+    let (p50_dead, logs) = run(dead.path(), command, Some(FAILURES)).await;
     for log in &logs {
         let reports = log.matches("cannot export spans").count();
         assert_eq!(reports, 1, "each node reports the dead collector once:\n{log}");

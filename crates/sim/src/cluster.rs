@@ -47,7 +47,7 @@ pub const MAX_NODES: NodeId = 7;
 pub const MAX_PROMOTION_LAG: u64 = 20;
 
 /// Ticks of an election timeout (the core's default).
-const ELECTION_TICKS: u32 = 10;
+pub(crate) const ELECTION_TICKS: u32 = 10;
 
 /// Knobs of a simulated cluster.
 #[derive(Clone, Debug)]
@@ -59,6 +59,11 @@ pub struct SimOptions {
     pub duplicate_percent: u64,
     /// Messages take 1..=max_delay units; different delays reorder them.
     pub max_delay: u64,
+    /// Percent of messages held beyond the longest election timeout (see
+    /// `network::LATE_DELAY`): they arrive after a new term may have begun.
+    pub late_percent: u64,
+    /// A crash may tear the first write not yet durable (see `Cluster::tear`).
+    pub torn_writes: bool,
     /// A Ready becomes durable 0..=max_fsync units after it is taken.
     pub max_fsync: u64,
     /// Nodes write Readies without a new term, vote or snapshot in the background
@@ -89,6 +94,8 @@ impl SimOptions {
             drop_percent: 0,
             duplicate_percent: 0,
             max_delay: 3,
+            late_percent: 0,
+            torn_writes: false,
             max_fsync: 2,
             async_persist: false,
             snapshot_every: 40,
@@ -180,6 +187,7 @@ pub struct Cluster {
     pub(crate) pending_reads: BTreeMap<(NodeId, u64), Index>,
     pub(crate) released: Vec<(u64, NodeId, u64, Index)>,
     pub(crate) next_read_ctx: u64,
+    pub(crate) value_reads: crate::reads::ValueReads,
     /// (node, client, seq) → index of the one non-duplicate application.
     pub(crate) applied_commands: BTreeMap<(NodeId, u64, u64), Index>,
     pub(crate) harness_violations: Vec<String>,
@@ -193,6 +201,8 @@ pub struct Cluster {
     pub conf_changes: Vec<(ConfChangeKind, NodeId, bool)>,
     /// Readies advanced before their write was durable (`async_persist`).
     pub background_writes: u64,
+    /// Crashes that left a torn write: some, not all, of its entries on disk.
+    pub torn_writes: u64,
     /// Messages handed to the network, by recipient and kind (dropped ones included).
     pub sent_by_kind: BTreeMap<(NodeId, &'static str), u64>,
     /// Graceful stops (drain, hand-off) that ended, and how.
@@ -213,6 +223,7 @@ impl Cluster {
             acked_commands: 0,
             pending_reads: BTreeMap::new(),
             released: Vec::new(),
+            value_reads: Default::default(),
             next_read_ctx: 1,
             applied_commands: BTreeMap::new(),
             harness_violations: Vec::new(),
@@ -221,6 +232,7 @@ impl Cluster {
             clients_active: true,
             conf_changes: Vec::new(),
             background_writes: 0,
+            torn_writes: 0,
             sent_by_kind: BTreeMap::new(),
             stops: Vec::new(),
             opts,
@@ -365,6 +377,7 @@ impl Cluster {
     }
 
     pub fn crash(&mut self, id: NodeId) {
+        self.tear(id);
         let node = self.nodes.get_mut(&id).expect("known node");
         node.paused = false;
         node.backlog.clear();
@@ -372,6 +385,7 @@ impl Cluster {
         node.in_flight = None; // not yet fsynced: lost
         node.writes.clear();
         self.pending_reads.retain(|(n, _), _| *n != id);
+        self.value_reads.forget(id);
         self.note(format!("crash {id}"));
     }
 
@@ -572,6 +586,8 @@ impl Cluster {
         self.next_read_ctx += 1;
         self.raw_mut(node)?.read_index(ctx).ok()?;
         self.pending_reads.insert((node, ctx), self.acked_max_index);
+        // A key of the clients' (`k0`..`k4`), checked by value once served.
+        self.value_reads.issued(node, ctx, Bytes::from(format!("k{}", ctx % 5)));
         Some(ctx)
     }
 

@@ -67,6 +67,7 @@ struct SimHooks<'a> {
     harness_violations: &'a mut Vec<String>,
     pending_reads: &'a mut std::collections::BTreeMap<(NodeId, u64), Index>,
     released: &'a mut Vec<(u64, NodeId, u64, Index)>,
+    value_reads: &'a mut crate::reads::ValueReads,
     /// ConfChange entries applied: their configuration is observed once the replica is
     /// free to be asked.
     conf_applied: Vec<Index>,
@@ -84,6 +85,7 @@ impl ApplyHooks for SimHooks<'_> {
             && applied.result.is_ok()
         {
             let key = (node, applied.client_id, applied.seq);
+            self.value_reads.applied(entry.index, &entry.data);
             let first = *self.applied_commands.entry(key).or_insert(entry.index);
             if first != entry.index {
                 let v =
@@ -100,6 +102,7 @@ impl ApplyHooks for SimHooks<'_> {
                 let node = self.node;
                 self.checker.observe(Observation::ReadReleased { node, read_index: read.index, acked_before });
                 self.released.push((self.now, node, read.ctx, read.index));
+                self.value_reads.released(node, read.ctx, read.index);
             }
         }
         for ctx in dropped {
@@ -120,6 +123,7 @@ impl SimHooks<'_> {
                 client.outstanding = None;
                 *self.acked_max_index = (*self.acked_max_index).max(index);
                 *self.acked_commands += 1;
+                self.value_reads.acknowledged(index, &entry.data);
             } else {
                 out.at = None; // replaced by another leader's entry: retry
             }
@@ -152,6 +156,7 @@ impl Cluster {
             self.process_node(id);
             self.maybe_stop(id);
         }
+        self.serve_reads();
     }
 
     pub fn run_until(&mut self, max_units: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
@@ -229,6 +234,7 @@ impl Cluster {
             harness_violations: &mut self.harness_violations,
             pending_reads: &mut self.pending_reads,
             released: &mut self.released,
+            value_reads: &mut self.value_reads,
             conf_applied: Vec::new(),
         };
         (replica, hooks)
@@ -330,6 +336,37 @@ impl Cluster {
         });
         self.maybe_snapshot(id);
         self.complete_writes(id);
+    }
+
+    /// Whether `id` has a write of entries not yet durable (a crash now may tear it).
+    pub(crate) fn mid_write(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| {
+            n.writes.front().is_some_and(|w| !w.write.entries.is_empty())
+                || n.in_flight.as_ref().is_some_and(|f| !f.write.entries.is_empty())
+        })
+    }
+
+    /// When `torn_writes` is on, a crash keeps a random non-empty prefix of the entries
+    /// of the first write not yet durable, as the real WAL does after a torn write: its entry
+    /// records come before its hard state record (which is lost), and the torn tail is
+    /// cut at the next start. Writes after it are lost whole. None was acknowledged.
+    pub(crate) fn tear(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !self.opts.torn_writes || node.replica.is_none() {
+            return;
+        }
+        let first = match node.writes.front() {
+            Some(w) => Some(&w.write),
+            // A Ready that installs a snapshot writes its file first: not torn here.
+            None => node.in_flight.as_ref().filter(|f| f.snapshot.is_none()).map(|f| &f.write),
+        };
+        let Some(entries) = first.map(|w| &w.entries).filter(|e| !e.is_empty()) else { return };
+        // All of them is a torn write too: the hard state record after them is lost.
+        let kept = 1 + (self.rng.next_u64() % entries.len() as u64) as usize;
+        let (torn, of) = (entries[..kept].to_vec(), entries.len());
+        node.disk.write_entries(&torn);
+        self.torn_writes += 1;
+        self.note(format!("node {id}: torn write keeps {kept} of {of} entries"));
     }
 
     /// Makes the background writes that are due durable, oldest first.

@@ -9,8 +9,9 @@ mod checker;
 mod cluster;
 mod driving;
 mod network;
+mod reads;
 mod run;
 
 pub use checker::{Checker, Observation, Violation};
 pub use cluster::{Cluster, MAX_NODES, MAX_PROMOTION_LAG, SimOptions, TICK};
-pub use run::{Failure, RunReport, run_seed};
+pub use run::{Failure, RunReport, run_seed, run_seed_with};

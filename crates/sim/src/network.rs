@@ -8,10 +8,17 @@ use raftkv_raft::{Message, NodeId};
 use raftkv_replica::StepRefusal;
 use rand_core::Rng;
 
-use crate::cluster::{Cluster, MAX_IN_TRANSIT};
+use crate::cluster::{Cluster, ELECTION_TICKS, MAX_IN_TRANSIT, TICK};
+
+/// A late message is held at least this long, the longest randomized election timeout
+/// (twice the base), and up to twice that: whoever sent it may have been replaced by a
+/// leader of a new term before it arrives.
+pub(crate) const LATE_DELAY: u64 = 2 * ELECTION_TICKS as u64 * TICK;
 
 pub(crate) struct InTransit {
     pub deliver_at: u64,
+    /// Held for [`LATE_DELAY`] or more.
+    pub late: bool,
     /// Send order: a unique tie-breaker, so delivery order depends only on the seed.
     pub order: u64,
     pub msg: Message,
@@ -44,6 +51,10 @@ pub(crate) struct Network {
     pub sent: u64,
     /// Directed links that drop everything: (from, to).
     pub blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Late messages delivered, and those of them whose term was older than their
+    /// recipient's by then (stale: a new term began while they were held).
+    pub late_delivered: u64,
+    pub stale_late_delivered: u64,
 }
 
 impl Cluster {
@@ -62,9 +73,15 @@ impl Cluster {
             }
             let copies = if self.rng.next_u64() % 100 < self.opts.duplicate_percent { 2 } else { 1 };
             for _ in 0..copies {
-                let deliver_at = self.now + 1 + self.rng.next_u64() % self.opts.max_delay.max(1);
+                let mut deliver_at = self.now + 1 + self.rng.next_u64() % self.opts.max_delay.max(1);
+                // Drawn only when enabled, so runs without late messages stay as they were.
+                let late = self.opts.late_percent > 0 && self.rng.next_u64() % 100 < self.opts.late_percent;
+                if late {
+                    deliver_at += LATE_DELAY + self.rng.next_u64() % LATE_DELAY;
+                }
                 self.net.sent += 1;
-                self.net.in_transit.push(Reverse(InTransit { deliver_at, order: self.net.sent, msg: msg.clone() }));
+                let order = self.net.sent;
+                self.net.in_transit.push(Reverse(InTransit { deliver_at, late, order, msg: msg.clone() }));
             }
         }
     }
@@ -73,11 +90,16 @@ impl Cluster {
     /// they are lost.
     pub(crate) fn deliver_due(&mut self) {
         while self.net.in_transit.peek().is_some_and(|Reverse(m)| m.deliver_at <= self.now) {
-            let Reverse(InTransit { msg, .. }) = self.net.in_transit.pop().expect("peeked");
+            let Reverse(InTransit { msg, late, .. }) = self.net.in_transit.pop().expect("peeked");
             if self.net.blocked.contains(&(msg.from, msg.to)) {
                 continue;
             }
             let Some(node) = self.nodes.get_mut(&msg.to).filter(|n| n.replica.is_some()) else { continue };
+            if late {
+                self.net.late_delivered += 1;
+                let term = node.replica.as_ref().map_or(0, |r| r.status().term);
+                self.net.stale_late_delivered += u64::from(msg.term < term);
+            }
             if node.paused {
                 // Bounded like a socket buffer: the excess is lost.
                 if node.backlog.len() < MAX_IN_TRANSIT {

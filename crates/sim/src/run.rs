@@ -10,10 +10,11 @@
 use std::fmt;
 
 use bytes::Bytes;
-use raftkv_raft::{ConfChange, ConfChangeKind, NodeId};
+use raftkv_raft::{ConfChange, ConfChangeKind, NodeId, PlantedBug};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
+use crate::checker::Violation;
 use crate::cluster::{Cluster, MAX_NODES, SimOptions};
 
 /// Time units of random faults.
@@ -26,6 +27,8 @@ const CONVERGENCE_UNITS: u64 = 4_000;
 /// calm cluster to one in constant turmoil (short leaderships are what expose commit
 /// rule bugs such as Raft's Figure 8).
 const FAULT_EVERY: [u64; 4] = [300, 150, 60, 25];
+/// How long a crash may wait for a node in the middle of a write (torn writes on).
+const TORN_WAIT_UNITS: u64 = 100;
 /// The nemesis never promotes beyond this many voters, to keep runs fast.
 const MAX_VOTERS: usize = 5;
 
@@ -39,6 +42,14 @@ pub struct RunReport {
     /// Configuration changes accepted by leaders, and how many removed their proposer.
     pub conf_changes: usize,
     pub leader_removals: usize,
+    /// Messages delivered beyond an election timeout, and those of an older term than
+    /// their recipient's by then.
+    pub late_messages: u64,
+    pub stale_late_messages: u64,
+    /// ReadIndex reads whose value was checked once their node applied their index.
+    pub value_reads: u64,
+    /// Crashes that tore a write (kept part of its entries).
+    pub torn_writes: u64,
 }
 
 /// A failed run, with what is needed to replay it.
@@ -48,6 +59,9 @@ pub struct Failure {
     pub nodes: usize,
     pub reason: String,
     pub recent: Vec<String>,
+    /// What the invariant checker itself reported, from the nodes' observations (a
+    /// failure may also come from the harness's own checks, or from liveness).
+    pub checker_violations: Vec<Violation>,
 }
 
 impl fmt::Display for Failure {
@@ -68,6 +82,11 @@ impl fmt::Display for Failure {
 
 /// Runs one seed on a cluster of `nodes`.
 pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
+    run_seed_with(seed, nodes, None)
+}
+
+/// [`run_seed`] with a bug planted in every node's core (tests of the checker only).
+pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -> Result<RunReport, Failure> {
     let mut knobs = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5eed);
     let mut opts = SimOptions::new(nodes);
     opts.drop_percent = knobs.next_u64() % 10;
@@ -77,8 +96,18 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
     opts.max_append_bytes = [64, 512, 4096][(knobs.next_u64() % 3) as usize];
     let fault_every = FAULT_EVERY[(knobs.next_u64() % FAULT_EVERY.len() as u64) as usize];
     opts.async_persist = knobs.next_u64().is_multiple_of(2);
+    // Drawn last, so the knobs above are what they were before late messages existed.
+    opts.late_percent = [0, 1, 3][(knobs.next_u64() % 3) as usize];
+    opts.torn_writes = knobs.next_u64().is_multiple_of(2);
+    opts.planted_bug = planted_bug;
     let mut cluster = Cluster::new(seed, opts);
-    let fail = |c: &Cluster, reason: String| Failure { seed, nodes, reason, recent: c.recent_history().to_vec() };
+    let fail = |c: &Cluster, reason: String| Failure {
+        seed,
+        nodes,
+        reason,
+        recent: c.recent_history().to_vec(),
+        checker_violations: c.checker_violations().to_vec(),
+    };
 
     let mut faults = 0;
     for _ in 0..FAULT_UNITS {
@@ -105,6 +134,10 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
         time: cluster.now,
         conf_changes,
         leader_removals,
+        late_messages: cluster.net.late_delivered,
+        stale_late_messages: cluster.net.stale_late_delivered,
+        value_reads: cluster.value_reads.served,
+        torn_writes: cluster.torn_writes,
     })
 }
 
@@ -114,6 +147,7 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
 fn settle(cluster: &mut Cluster) -> Result<(), String> {
     cluster.heal();
     cluster.opts.drop_percent = 0;
+    cluster.opts.late_percent = 0;
     for id in cluster.node_ids() {
         cluster.resume(id);
         cluster.restart(id);
@@ -223,13 +257,7 @@ fn inject_fault(c: &mut Cluster) {
     let ids = c.node_ids();
     let pick = |c: &mut Cluster, from: &[NodeId]| from[(c.rng().next_u64() % from.len() as u64) as usize];
     match c.rng().next_u64() % 12 {
-        0 => {
-            let up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
-            if !up.is_empty() {
-                let id = pick(c, &up);
-                c.crash(id);
-            }
-        }
+        0 => crash_one(c, &ids),
         1 => {
             let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
             if !down.is_empty() {
@@ -283,6 +311,26 @@ fn inject_fault(c: &mut Cluster) {
                 c.resume(id);
             }
         }
+    }
+}
+
+/// Crashes a random live node (with torn writes on, preferably one in the middle of a
+/// write, waited for a little).
+fn crash_one(c: &mut Cluster, ids: &[NodeId]) {
+    // With torn writes on, the crash waits (a little) for a node in the middle
+    // of a write, and takes it.
+    let mid_write = |c: &Cluster| ids.iter().any(|&id| c.is_up(id) && c.mid_write(id));
+    if c.opts.torn_writes {
+        c.run_until(TORN_WAIT_UNITS, mid_write);
+    }
+    let mut up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
+    let writing: Vec<NodeId> = up.iter().copied().filter(|&id| c.mid_write(id)).collect();
+    if c.opts.torn_writes && !writing.is_empty() {
+        up = writing;
+    }
+    if !up.is_empty() {
+        let id = up[(c.rng().next_u64() % up.len() as u64) as usize];
+        c.crash(id);
     }
 }
 

@@ -87,6 +87,39 @@ fn the_nemesis_changes_membership() {
     assert!(leader_removals > 0, "leaders were removed: {leader_removals}");
 }
 
+/// The network is not polite: some messages are held past the longest election
+/// timeout, and some of those reach a node that has moved to a newer term meanwhile.
+#[test]
+fn late_messages_arrive_after_a_new_term_began() {
+    let reports: Vec<_> = (0..40).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let late: u64 = reports.iter().map(|r| r.late_messages).sum();
+    let stale: u64 = reports.iter().map(|r| r.stale_late_messages).sum();
+    let seeds = reports.iter().filter(|r| r.stale_late_messages > 0).count();
+    eprintln!("40 seeds: {late} late messages delivered, {stale} of an older term, in {seeds} seeds");
+    assert!(stale > 0 && seeds > 5, "late messages of an older term: {stale} in {seeds} of 40 seeds");
+}
+
+/// Crashes tear writes: part of the entries of a write not yet durable survive.
+#[test]
+fn crashes_tear_writes() {
+    let reports: Vec<_> = (0..40).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let torn: u64 = reports.iter().map(|r| r.torn_writes).sum();
+    let seeds = reports.iter().filter(|r| r.torn_writes > 0).count();
+    eprintln!("40 seeds: {torn} torn writes, in {seeds} seeds");
+    assert!(torn > 10 && seeds > 5, "{torn} torn writes in {seeds} of 40 seeds");
+}
+
+/// Reads are checked by the value they return (crates/sim/src/reads.rs), and the runs
+/// make many of them.
+#[test]
+fn reads_are_checked_by_value() {
+    let reports: Vec<_> = (0..20).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let reads: u64 = reports.iter().map(|r| r.value_reads).sum();
+    let seeds = reports.iter().filter(|r| r.value_reads > 0).count();
+    eprintln!("20 seeds: {reads} reads checked by value, in {seeds} seeds");
+    assert!(seeds == 20 && reads > 1_000, "{reads} reads checked by value in {seeds} of 20 seeds");
+}
+
 #[test]
 #[ignore]
 fn membership_stats() {

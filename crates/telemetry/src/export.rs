@@ -147,7 +147,10 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
                     }
                 }
                 Err(e) => {
-                    self.stats.failed_exports.fetch_add(1, Ordering::Relaxed);
+                    let failed = self.stats.failed_exports.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Every failure at debug level (off by default): lets a test wait
+                    // for several failures instead of sleeping and hoping.
+                    tracing::debug!(failed_exports = failed, error = %e, "span export failed");
                     if !self.failing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             endpoint = %self.endpoint,

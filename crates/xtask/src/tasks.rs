@@ -108,6 +108,13 @@ pub const TASKS: &[Task] = &[
         action: Action::SimSeeds,
     },
     Task {
+        name: "planted-bug",
+        args: "[-- TEST ARGS]",
+        about: "the random simulation catches bugs planted in the core (raftkv-raft's test-only `planted-bug` feature; seconds)",
+        needs: &[CARGO],
+        action: Action::Cargo(&["test", "-p", "raftkv-sim", "--features", "planted-bug", "--test", "planted_bug"]),
+    },
+    Task {
         name: "fuzz",
         args: "[SECONDS]",
         about: "each cargo-fuzz target for SECONDS (default 20) from its committed corpus (scripts/fuzz)",

@@ -13,6 +13,7 @@
 //! `RAFTKV_JEPSEN_SECS` sets the seconds of load and `RAFTKV_JEPSEN_SEED` the seed of
 //! the clients' and the nemesis's choices (timing still differs between runs).
 
+mod checks;
 mod nemesis;
 mod report;
 
@@ -28,6 +29,7 @@ use rand::{RngExt, SeedableRng};
 use crate::netns::Net;
 use crate::{Load, LoadResult, Recorder, TestCluster, scan_map, text};
 
+pub use checks::Wipe;
 pub use nemesis::{ALL_FAULTS, Fault, Injected, PROCESS_FAULTS};
 pub use report::{Figures, Report};
 
@@ -116,15 +118,19 @@ async fn run_client(p: u64, client: Client, rec: Arc<Recorder>, until: Instant, 
                     (id, client.cas(key.clone(), expected.map(Into::into), new).await)
                 };
                 match res {
-                    Ok(o) => match o.cas_result() {
-                        None => rec.complete(id, Ret::Ok),
-                        Some((true, _)) => rec.complete(id, Ret::Ok),
-                        Some((false, current)) => {
-                            let current = current.map(|b| text(&b));
-                            rec.complete(id, Ret::CasFailed { current: current.clone() });
-                            seen.insert(key, current);
+                    Ok(o) => {
+                        let cas = o.cas_result().map(|(swapped, current)| (swapped, current.map(|b| text(&b))));
+                        match checks::write_ret(!is_put, cas) {
+                            Ok(ret) => {
+                                if let Ret::CasFailed { current } = &ret {
+                                    seen.insert(key, current.clone());
+                                }
+                                rec.complete(id, ret);
+                            }
+                            // It stays unknown in the history: it may have been applied.
+                            Err(e) => failures.push(format!("write {key}: {e}")),
                         }
-                    },
+                    }
                     Err(ClientError::Rejected(e)) => {
                         rec.fail(id);
                         failures.push(format!("write {key}: rejected: {e}"));
@@ -179,17 +185,19 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let writer =
         Load::start(cluster.endpoints(), ACKED_PREFIX, 1, ACKED_MAX, client_options(2), Duration::from_secs(secs));
 
-    // The nemesis: one fault at a time, then a healthy spell; no new fault in the last
-    // 3 s (the loop is bounded by `until` and by the number of faults).
+    // The nemesis: one fault at a time, then a healthy spell; every fault healed 3 s
+    // before the load ends, so the last one too has a window in which writes must be
+    // acknowledged again (the loop is bounded by `until` and by the number of faults).
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xFA17);
     let mut faults: Vec<Injected> = Vec::new();
     tokio::time::sleep(QUIET).await;
     for fault in cycle.iter().cycle().take(100_000) {
-        if Instant::now() + Duration::from_secs(3) >= until {
+        if Instant::now() + Duration::from_secs(3) + nemesis::LONGEST_FAULT >= until {
             break;
         }
-        let at = rec.secs();
+        let (at, started) = (rec.secs(), rec.nanos());
         let mut injected = nemesis::inject(cluster, net, *fault, &mut rng).await;
+        (injected.started, injected.healed) = (started, rec.nanos());
         injected.what = format!("{at:8.3}s .. {:8.3}s: {}", rec.secs(), injected.what);
         eprintln!("nemesis {}", injected.what);
         faults.push(injected);
@@ -220,6 +228,8 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     })
     .await;
     assert!(joined.is_ok(), "the clients did not stop within 20 s of the end");
+    // The clients invoke nothing after `until`: the last fault window ends here.
+    let load_end = rec.nanos();
     let written = writer.join(Duration::from_secs(20)).await;
     failures.extend(written.errors.iter().cloned());
 
@@ -240,11 +250,14 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
     let check_started = Instant::now();
     let check = check(&history, &Options::default()).expect("a well-formed history");
     let check_time = check_started.elapsed();
-    let snapshots_installed = cluster
+    // Each node's log spans all its starts (wipes keep it: it is outside the data dir).
+    let installs = cluster
         .nodes()
         .iter()
-        .map(|n| std::fs::read_to_string(n.log_path()).unwrap_or_default().matches(SNAPSHOT_INSTALLED).count())
-        .sum();
+        .map(|n| {
+            (n.id(), std::fs::read_to_string(n.log_path()).unwrap_or_default().matches(SNAPSHOT_INSTALLED).count())
+        })
+        .collect();
     Report {
         title,
         secs,
@@ -254,12 +267,14 @@ pub async fn run(cluster: &mut TestCluster, setup: Setup<'_>) -> Report {
         check,
         check_time,
         faults,
+        named: cycle.to_vec(),
+        load_end,
         failures,
         written,
         lost,
         invented,
         unknown_applied,
-        snapshots_installed,
+        installs,
         total: started.elapsed(),
     }
 }

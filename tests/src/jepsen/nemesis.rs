@@ -8,6 +8,7 @@ use rand::RngExt;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 
+use super::checks::Wipe;
 use crate::TestCluster;
 use crate::netns::Net;
 
@@ -18,6 +19,9 @@ const PAUSE: Duration = Duration::from_secs(2);
 const DOWN: Duration = Duration::from_secs(1);
 /// How long a partition holds: several election timeouts.
 pub(crate) const PARTITION: Duration = Duration::from_secs(3);
+/// The longest a fault lasts from injection to heal (a partition; a pause, a kill are
+/// shorter), leader waits apart.
+pub(crate) const LONGEST_FAULT: Duration = PARTITION;
 
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +90,12 @@ pub struct Injected {
     /// For an isolated leader: whether the rest elected another leader meanwhile.
     pub new_leader: Option<bool>,
     pub what: String,
+    /// When it was injected and when it was healed, in the history's nanoseconds (set
+    /// by the run).
+    pub started: u64,
+    pub healed: u64,
+    /// For a wipe: the node, and whether it could only catch up by a snapshot.
+    pub wipe: Option<Wipe>,
 }
 
 /// Injects one fault and heals it.
@@ -93,7 +103,8 @@ pub(crate) async fn inject(cluster: &mut TestCluster, net: Option<&Net>, fault: 
     let ids = cluster.ids();
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await.ok();
     let random = ids[rng.random_range(0..ids.len())];
-    let mut injected = Injected { fault, done: true, new_leader: None, what: String::new() };
+    let mut injected =
+        Injected { fault, done: true, new_leader: None, what: String::new(), started: 0, healed: 0, wipe: None };
     if fault.is_partition() {
         let net = net.expect("partitions need a network of namespaces");
         injected.what = partition(cluster, net, fault, leader.as_ref(), rng, &mut injected.new_leader).await;
@@ -107,12 +118,16 @@ pub(crate) async fn inject(cluster: &mut TestCluster, net: Option<&Net>, fault: 
             // The fault model: a minority of voters lose their disks at a time. More is
             // a lost quorum, which no protocol survives; so a node still recovering
             // (or not answering, which may be one) counts as a lost disk already.
-            let lost = lost_disks(cluster, target).await;
+            let (lost, min_snapshot) = lost_disks(cluster, target).await;
             if lost.len() + 1 > (ids.len() - 1) / 2 {
                 injected.done = false;
                 injected.what = format!("wipe of node {target} skipped: nodes {lost:?} may still be recovering");
                 return injected;
             }
+            // Each node keeps `compaction_slack` entries behind its snapshot (the
+            // server's raft default): beyond that, entry 1 is gone from every log.
+            let slack = raftkv_raft::Config::new(target).compaction_slack;
+            injected.wipe = Some(Wipe { node: target, needs_snapshot: min_snapshot > slack });
             (target, "a follower")
         }
         (Fault::WipeFollower, None) => (random, "a random node, no leader known"),
@@ -143,17 +158,21 @@ pub(crate) async fn inject(cluster: &mut TestCluster, net: Option<&Net>, fault: 
 }
 
 /// The nodes other than `except` that are recovering from lost state, or do not answer
-/// (a node down or paused may be one).
-async fn lost_disks(cluster: &TestCluster, except: NodeId) -> Vec<NodeId> {
+/// (a node down or paused may be one); and the lowest snapshot index of the others
+/// (0 if any is lost).
+async fn lost_disks(cluster: &TestCluster, except: NodeId) -> (Vec<NodeId>, u64) {
     let mut lost = Vec::new();
+    let mut min_snapshot = u64::MAX;
     for id in cluster.ids().into_iter().filter(|id| *id != except) {
         let (client, addr) = (cluster.node_client(id), cluster.addr(id));
         let status = tokio::time::timeout(Duration::from_secs(1), client.status(&addr)).await;
-        if !matches!(status, Ok(Ok(s)) if !s.recovering) {
-            lost.push(id);
+        match status {
+            Ok(Ok(s)) if !s.recovering => min_snapshot = min_snapshot.min(s.snapshot_index),
+            _ => lost.push(id),
         }
     }
-    lost
+    let min_snapshot = if lost.is_empty() { min_snapshot } else { 0 };
+    (lost, min_snapshot)
 }
 
 /// Cuts the network as `fault` says, holds it for [`PARTITION`], heals it.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use raftkv_linearizability::{Call, History, Options, Outcome, Report as CheckReport, Ret, Verdict, check};
 
 use super::ACKED_PREFIX;
-use super::nemesis::Injected;
+use super::checks;
+use super::nemesis::{Fault, Injected};
 use crate::LoadResult;
 
 /// Figures of one history.
@@ -53,6 +54,10 @@ pub struct Report {
     pub check: CheckReport,
     pub check_time: Duration,
     pub faults: Vec<Injected>,
+    /// The fault kinds the run cycles through: each must be injected.
+    pub named: Vec<Fault>,
+    /// When the clients stopped, in the history's nanoseconds.
+    pub load_end: u64,
     /// Definite failures the clients saw.
     pub failures: Vec<String>,
     /// The unique-key writer's puts.
@@ -63,7 +68,8 @@ pub struct Report {
     pub invented: Vec<String>,
     /// Unknown-outcome unique-key puts found applied.
     pub unknown_applied: usize,
-    pub snapshots_installed: usize,
+    /// Snapshots each node installed from a leader (from its log).
+    pub installs: BTreeMap<raftkv_client::NodeId, usize>,
     pub total: Duration,
 }
 
@@ -103,13 +109,25 @@ impl Report {
             "  ops                   {} (ok {}: cas swapped {}, cas not swapped {}; failed {})",
             f.ops, f.ok, f.cas_swapped, f.cas_not_swapped, f.failed
         );
-        eprintln!("  unknown outcome       {} writes, {} timed-out reads", f.unknown_writes, f.unknown_reads);
+        eprintln!(
+            "  unknown outcome       {} writes, {} timed-out reads ({:.1}% of ops; at most {:.0}%)",
+            f.unknown_writes,
+            f.unknown_reads,
+            (f.unknown_writes + f.unknown_reads) as f64 * 100.0 / f.ops.max(1) as f64,
+            checks::MAX_UNKNOWN_SHARE * 100.0
+        );
         eprintln!("  faults injected       {injected} ({}); skipped {skipped}", kinds.join(", "));
         if !isolations.is_empty() {
             let elected = isolations.iter().filter(|e| **e).count();
             eprintln!("  isolated leaders      {elected} of {} replaced by a leader of the others", isolations.len());
         }
-        eprintln!("  snapshots installed   {}", self.snapshots_installed);
+        let wipes_needing = self.faults.iter().filter(|f| f.done && f.wipe.as_ref().is_some_and(|w| w.needs_snapshot));
+        eprintln!(
+            "  snapshots installed   {} {:?} ({} wipes past a compaction)",
+            self.installs.values().sum::<usize>(),
+            self.installs,
+            wipes_needing.count()
+        );
         eprintln!(
             "  violations            {} (verdict {:?}; checked in {:.2?}, {} steps)",
             self.violations(),
@@ -128,8 +146,10 @@ impl Report {
         eprintln!("{bar}");
     }
 
-    /// The run's verdict: linearizable, nothing lost or invented, no definite failure,
-    /// progress made, faults injected.
+    /// The run's verdict: linearizable, nothing lost or invented, no definite failure
+    /// (a write reply of the wrong kind is one); every named fault kind injected;
+    /// writes acknowledged again after every heal; few unknown outcomes; a snapshot
+    /// installed on every node wiped after the others compacted their logs.
     pub fn assert_sound(&self) {
         assert_eq!(self.check.verdict(), Verdict::Linearizable, "{}", self.check);
         assert!(self.lost.is_empty(), "{} acknowledged puts lost or changed: {:?}", self.lost.len(), self.lost);
@@ -137,8 +157,20 @@ impl Report {
         assert!(self.failures.is_empty(), "definite client failures: {:?}", self.failures);
         assert!(self.figures.ok >= 100, "too little progress: {:?}", self.figures);
         assert!(!self.written.acked.is_empty(), "the unique-key writer got no put acknowledged");
-        let injected: usize = self.faults_by_kind().values().sum();
-        assert!(injected >= 3, "too few faults: {:?}", self.faults);
+        let missing = checks::kinds_never_injected(&self.named, &self.faults);
+        assert!(
+            missing.is_empty(),
+            "fault kinds never injected: {missing:?} (is {} s of load enough for one cycle of {} faults?)",
+            self.secs,
+            self.named.len()
+        );
+        let stalled = checks::windows_without_writes(&self.history, &self.faults, self.load_end);
+        assert!(stalled.is_empty(), "no write acknowledged after these heals: {stalled:#?}");
+        if let Some(e) = checks::too_many_unknown(&self.history) {
+            panic!("{e}");
+        }
+        let missing = checks::wipes_without_snapshot(&self.faults, &self.installs);
+        assert!(missing.is_empty(), "wiped nodes caught up without a snapshot: {missing:?}");
     }
 
     /// The same pipeline catches bad histories made from this one.

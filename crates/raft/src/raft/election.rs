@@ -181,7 +181,10 @@ impl Raft {
         let can_vote = self.vote == Some(m.from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre_vote && m.term > self.term);
-        let granted = self.recovery.is_none() && can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
+        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term);
+        #[cfg(feature = "planted-bug")]
+        let up_to_date = up_to_date || self.cfg.planted_bug == Some(crate::config::PlantedBug::VoteForStaleLog);
+        let granted = self.recovery.is_none() && can_vote && up_to_date;
         if granted && !pre_vote {
             self.election_elapsed = 0;
             self.vote = Some(m.from);

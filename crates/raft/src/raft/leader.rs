@@ -231,6 +231,11 @@ impl Raft {
     /// (§5.4.2: never commit an earlier term's entry by counting replicas).
     pub(super) fn maybe_commit(&mut self) -> bool {
         let quorum_index = self.tracker.committed_index();
+        #[cfg(feature = "planted-bug")]
+        let quorum_index = match self.cfg.planted_bug {
+            Some(crate::config::PlantedBug::CommitWithoutQuorum) => self.log.last_index(),
+            _ => quorum_index,
+        };
         let old = self.log.committed;
         if quorum_index <= old || self.log.term(quorum_index) != Some(self.term) {
             return false;
