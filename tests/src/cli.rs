@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use raftkv_client::local::{LocalCluster, SERVER_BIN_ENV};
 
 use crate::bins::binaries;
-use crate::cluster::text;
+use crate::test_cluster::text;
 
 /// One run of the `raftkv` executable.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use raftkv_client::{Client, ClientError, ClientOptions};
 use tokio::task::JoinSet;
 
-use crate::cluster::eventually;
+use crate::test_cluster::eventually;
 
 /// What a [`Load`] did: every key is written once, by one put.
 #[derive(Debug, Default)]

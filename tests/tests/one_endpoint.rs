@@ -17,7 +17,7 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_rpc::tarpc::context;
 use raftkv_tests::TestCluster;
 use raftkv_tests::cli::{CliOutput, raftkv};
-use raftkv_tests::cluster::{LEADER_TIMEOUT, OP_TIMEOUT};
+use raftkv_tests::test_cluster::{LEADER_TIMEOUT, OP_TIMEOUT};
 use raftkv_tests::netns;
 use serde_json::Value;
 
