@@ -1,3 +1,6 @@
+use rand::rngs::SmallRng;
+use rand::{RngExt as _, SeedableRng as _};
+
 use super::*;
 
 const K: &str = "k";
@@ -235,15 +238,14 @@ fn malformed_histories_are_errors() {
     assert!(check(&h, &Options::default()).unwrap_err().contains("before its invocation"));
 }
 
-/// A deterministic pseudo-random generator (no dependency).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 33
+/// A seeded generator (rand's `SmallRng`), so every history replays from its seed.
+struct SeededRng(SmallRng);
+impl SeededRng {
+    fn new(seed: u64) -> Self {
+        SeededRng(SmallRng::seed_from_u64(seed))
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.random_range(0..n)
     }
 }
 
@@ -251,7 +253,7 @@ impl Lcg {
 /// takes effect at a point inside its interval, so the history is linearizable by
 /// construction. Some writes time out (unknown) after taking effect or not at all.
 fn atomic_history(seed: u64, clients: u64, ops_per_client: usize) -> History {
-    let mut rng = Lcg(seed);
+    let mut rng = SeededRng::new(seed);
     // (linearization point, client, call, whether it takes effect, invoke, complete or None)
     let mut planned = Vec::new();
     for c in 0..clients {
@@ -450,9 +452,9 @@ fn brute_force_linearizable(ops: &[Operation]) -> bool {
 /// A small random history on one key, with few distinct values so that results often
 /// agree with some order and often do not, and some outcomes unknown.
 fn small_random_history(seed: u64) -> History {
-    let mut rng = Lcg(seed);
-    let value = |rng: &mut Lcg| ["a", "b"][rng.below(2) as usize].to_string();
-    let maybe = |rng: &mut Lcg| (rng.below(3) > 0).then(|| ["a", "b"][rng.below(2) as usize].to_string());
+    let mut rng = SeededRng::new(seed);
+    let value = |rng: &mut SeededRng| ["a", "b"][rng.below(2) as usize].to_string();
+    let maybe = |rng: &mut SeededRng| (rng.below(3) > 0).then(|| ["a", "b"][rng.below(2) as usize].to_string());
     let mut h = History::new();
     for c in 0..3u64 {
         let mut t = rng.below(6);
