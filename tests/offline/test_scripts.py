@@ -11,7 +11,7 @@ from conftest import ROOT, need_tool, run
 SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "k8s/tilt/faults",
            "k8s/tilt/revalidate", "tests/e2e/kind.sh", "tests/docker/rehearsal.sh", "tests/offline/run.sh",
            "tests/offline/venv.sh", "tests/offline/nix-eval.sh", "scripts/measure-trace-size",
-           "bench/compare-etcd.sh"]
+           "bench/compare-etcd.sh", "scripts/prerequisites", "scripts/test-all", ".ci/run"]
 # The scripts that talk to a Kubernetes cluster.
 CLUSTER_SCRIPTS = ["k8s/kind/up", "k8s/kind/down", "k8s/kind/load-images", "k8s/raftkv", "k8s/tilt/faults",
                    "k8s/tilt/revalidate", "tests/e2e/kind.sh"]

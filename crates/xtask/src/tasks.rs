@@ -63,13 +63,14 @@ pub const TASKS: &[Task] = &[
     Task {
         name: "test-all",
         args: "",
-        about: "what CI runs (scripts/test-all): fmt, clippy, both tiers, fuzz, offline checks, Docker rehearsal; 20+ minutes",
+        about: "what CI runs (scripts/test-all): prerequisites, fmt, clippy, both tiers, fuzz, offline checks, Docker \
+                rehearsal; 20+ minutes",
         needs: &[
             CARGO,
             PROTOC,
             PYTHON,
-            optional_tool("cargo-fuzz", "cargo install cargo-fuzz --locked; without it fuzzing says SKIPPED"),
-            DOCKER_OR_SKIP,
+            tool("cargo-fuzz", "cargo install cargo-fuzz --locked (scripts/prerequisites installs it)"),
+            tool("docker", "a running Docker Engine (the rehearsal)"),
             NETNS_ROOT,
         ],
         action: Action::Script("scripts/test-all"),
@@ -113,6 +114,13 @@ pub const TASKS: &[Task] = &[
         about: "the random simulation catches bugs planted in the core (raftkv-raft's test-only `planted-bug` feature; seconds)",
         needs: &[CARGO],
         action: Action::Cargo(&["test", "-p", "raftkv-sim", "--features", "planted-bug", "--test", "planted_bug"]),
+    },
+    Task {
+        name: "prerequisites",
+        args: "",
+        about: "install what test-all needs where it can (root with apt, cargo-fuzz), else name every missing piece",
+        needs: &[],
+        action: Action::Script("scripts/prerequisites"),
     },
     Task {
         name: "fuzz",
