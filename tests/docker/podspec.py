@@ -8,7 +8,9 @@ prints `env NAME=VALUE` lines (downward-API `metadata.name` becomes POD_NAME and
 `metadata.namespace` `default`), then
 `arg VALUE` lines, `port N` (containerPorts), `claim PATH` (a volumeClaimTemplate's
 mount: a named volume per replica), `tmpfs PATH` (an emptyDir mount), and the
-security settings: `user UID:GID`, `readonly`, `nonewprivs`, `capdrop CAP`, and
+security settings: `user UID:GID`, `readonly`, `nonewprivs`, `capdrop CAP`,
+`probe readiness|liveness PORT PATH` (httpGet probes, a named port resolved to its
+number; a port that names no container port is an error), and
 `grace SECONDS` (terminationGracePeriodSeconds, for `docker stop -t`). `$(VAR)` in args and env values is expanded from the container's
 env the way the kubelet does (unknown references stay as they are).
 
@@ -77,8 +79,23 @@ def main():
         out.append(f"env {e['name']}={value}")
     for a in c.get("args", []):
         out.append(f"arg {expand(str(a), env)}")
+    ports = {}
     for p in c.get("ports", []):
         out.append(f"port {p['containerPort']}")
+        if "name" in p:
+            ports[p["name"]] = p["containerPort"]
+    numbers = set(ports.values()) | {p["containerPort"] for p in c.get("ports", [])}
+    for kind_, key in (("readiness", "readinessProbe"), ("liveness", "livenessProbe")):
+        probe = c.get(key)
+        if probe is None:
+            continue
+        http = probe.get("httpGet")
+        if http is None:
+            raise SystemExit(f"podspec: {kind}/{name}'s {key} is not an httpGet probe, which the rehearsal does not emulate")
+        port = ports.get(http["port"], http["port"])
+        if port not in numbers:
+            raise SystemExit(f"podspec: {kind}/{name}'s {key} port {http['port']!r} names no container port")
+        out.append(f"probe {kind_} {port} {http.get('path', '/')}")
     claims = {t["metadata"]["name"] for t in matches[0].get("spec", {}).get("volumeClaimTemplates", [])}
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for m in c.get("volumeMounts", []):
