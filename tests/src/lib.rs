@@ -9,18 +9,18 @@
 
 pub mod bins;
 pub mod cli;
-pub mod test_cluster;
 pub mod history;
 pub mod jepsen;
 pub mod load;
 pub mod netns;
 pub mod shape;
+pub mod test_cluster;
 
 pub use bins::{Binaries, NO_BUILD_ENV, binaries, workspace_root};
 pub use cli::{CliOutput, dead_endpoint, endpoints_arg, number_after, raftkv};
+pub use history::Recorder;
+pub use load::{Load, LoadResult};
 pub use test_cluster::{
     CATCH_UP_TIMEOUT, EXIT_TIMEOUT, LEADER_TIMEOUT, OP_TIMEOUT, SCAN_ALL, TestCluster, eventually, print_log_tail,
     scan_map, spawn_node, text,
 };
-pub use history::Recorder;
-pub use load::{Load, LoadResult};

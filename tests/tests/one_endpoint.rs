@@ -17,8 +17,8 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_rpc::tarpc::context;
 use raftkv_tests::TestCluster;
 use raftkv_tests::cli::{CliOutput, raftkv};
-use raftkv_tests::test_cluster::{LEADER_TIMEOUT, OP_TIMEOUT};
 use raftkv_tests::netns;
+use raftkv_tests::test_cluster::{LEADER_TIMEOUT, OP_TIMEOUT};
 use serde_json::Value;
 
 const CLI_LIMIT: Duration = Duration::from_secs(60);
