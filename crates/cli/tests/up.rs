@@ -15,6 +15,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const NODES: u16 = 3;
 
 /// A base port with `2 * NODES` free ports from it (RPC then admin), found by trying.
+/// The tests of this file run one at a time: each looks for free ports and then has
+/// `up` bind them, and two at once found the same range (one `up` then saw its port
+/// taken by the other test's probe).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_range() -> u16 {
     for base in (21_000..60_000).step_by(97) {
         let all_free = (0..2 * NODES).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
@@ -51,6 +56,7 @@ impl Drop for Up {
 
 #[test]
 fn up_prints_a_metrics_url_per_node_and_each_answers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let base = free_range();
     let admin = base + NODES;
@@ -91,6 +97,7 @@ fn up_prints_a_metrics_url_per_node_and_each_answers() {
 
 #[test]
 fn up_refuses_admin_ports_that_overlap_the_rpc_ports() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let base = free_range();
     let out = Command::new(env!("CARGO_BIN_EXE_raftkv"))
