@@ -9,37 +9,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::otlp::{Received, hex, start_receiver};
-use raftkv_client::local::{LocalCluster, LocalClusterOptions, ServerCommand, poll_until};
+use common::otlp::{Received, hex};
+use common::traced::{TracedCluster, start_traced_cluster};
+use raftkv_client::local::poll_until;
 use raftkv_client::{Client, ClientOptions, WriteOutcome};
-use raftkv_telemetry::{LogOutput, Options, TelemetryConfig};
 
 const CLIENT_SERVICE: &str = "raftkv-test-forward-client";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_a_follower_is_one_trace_with_the_followers_span_above_the_leaders() {
-    let (addr, store) = start_receiver().await;
-    let endpoint = format!("http://{addr}");
-    let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()), ("OTEL_SERVICE_NAME", CLIENT_SERVICE.to_string())];
-    let cfg = TelemetryConfig::from_lookup(CLIENT_SERVICE, |k| {
-        vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone())
-    });
-    let telemetry =
-        raftkv_telemetry::init_with(Options::new(CLIENT_SERVICE, LogOutput::TextIfRustLog).instance_id("test"), cfg);
-    assert!(telemetry.is_exporting(), "the test's own telemetry must be installed");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let command = ServerCommand::binary(env!("CARGO_BIN_EXE_raftkv-server"))
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("RUST_LOG", "info");
-    let mut cluster = LocalCluster::start(LocalClusterOptions {
-        nodes: 3,
-        base_port: None,
-        dir: dir.path().to_path_buf(),
-        command,
-        extra_args: vec!["--tick-ms".into(), "50".into()],
-    })
-    .expect("start the cluster");
+    let traced = start_traced_cluster(CLIENT_SERVICE, env!("CARGO_BIN_EXE_raftkv-server")).await;
+    let TracedCluster { store, telemetry, mut cluster, dir: _dir } = traced;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader");
     let follower = cluster.nodes().iter().find(|n| n.id() != leader.id).expect("a follower");
     let (follower_id, follower_addr) = (follower.id(), follower.addr().to_string());

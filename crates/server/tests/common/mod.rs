@@ -1,3 +1,4 @@
 //! Helpers shared by the telemetry tests.
 
 pub mod otlp;
+pub mod traced;
