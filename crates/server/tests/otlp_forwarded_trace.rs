@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::otlp::{Received, hex};
-use common::traced::{TracedCluster, start_traced_cluster};
+use common::traced::{TracedCluster, flush, span_kinds, start_traced_cluster, stop};
 use raftkv_client::local::poll_until;
 use raftkv_client::{Client, ClientOptions, WriteOutcome};
 
@@ -19,7 +19,7 @@ const CLIENT_SERVICE: &str = "raftkv-test-forward-client";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_a_follower_is_one_trace_with_the_followers_span_above_the_leaders() {
     let traced = start_traced_cluster(CLIENT_SERVICE, env!("CARGO_BIN_EXE_raftkv-server")).await;
-    let TracedCluster { store, telemetry, mut cluster, dir: _dir } = traced;
+    let TracedCluster { store, telemetry, cluster, dir: _dir } = traced;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader");
     let follower = cluster.nodes().iter().find(|n| n.id() != leader.id).expect("a follower");
     let (follower_id, follower_addr) = (follower.id(), follower.addr().to_string());
@@ -30,12 +30,7 @@ async fn a_put_through_a_follower_is_one_trace_with_the_followers_span_above_the
     let put = client.put("forwarded", "1").await.expect("a put through the follower");
     assert_eq!(put.leader, leader.id, "the leader committed it");
 
-    let telemetry = tokio::task::spawn_blocking(move || {
-        telemetry.flush();
-        telemetry
-    })
-    .await
-    .expect("flush");
+    let telemetry = flush(telemetry).await;
     let result = poll_until(Duration::from_secs(30), "the spans of the forwarded put", || {
         let spans = store.spans();
         let put = put.clone();
@@ -43,14 +38,9 @@ async fn a_put_through_a_follower_is_one_trace_with_the_followers_span_above_the
     })
     .await;
     let spans = store.spans();
-    let _ = cluster.stop_all(Duration::from_secs(10)).await;
-    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.expect("telemetry shutdown");
+    stop(cluster, telemetry).await;
     if let Err(e) = result {
-        let mut names: Vec<String> =
-            spans.iter().map(|s| format!("{}/{:?}/{}", s.service, s.instance, s.span.name)).collect();
-        names.sort();
-        names.dedup();
-        panic!("{e}\nreceived {} spans; kinds: {names:#?}", spans.len());
+        panic!("{e}\nreceived {} spans; kinds: {:#?}", spans.len(), span_kinds(&spans));
     }
 }
 

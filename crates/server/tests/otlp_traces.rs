@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::otlp::{Received, hex};
-use common::traced::{TracedCluster, start_traced_cluster};
+use common::traced::{TracedCluster, flush, span_kinds, start_traced_cluster, stop};
 use raftkv_client::local::poll_until;
 use raftkv_client::{ClientOptions, WriteOutcome};
 
@@ -41,12 +41,7 @@ async fn a_put_is_one_trace_across_client_leader_and_follower() {
     assert_eq!(put.leader, second.id);
 
     // Export this process's spans now (blocking: off the runtime's threads).
-    let telemetry = tokio::task::spawn_blocking(move || {
-        telemetry.flush();
-        telemetry
-    })
-    .await
-    .expect("flush");
+    let telemetry = flush(telemetry).await;
 
     let result = poll_until(Duration::from_secs(30), "the spans of the failover and the put", || {
         let spans = store.spans();
@@ -57,8 +52,7 @@ async fn a_put_is_one_trace_across_client_leader_and_follower() {
     .await;
 
     let spans = store.spans();
-    let _ = cluster.stop_all(Duration::from_secs(10)).await;
-    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.expect("telemetry shutdown");
+    stop(cluster, telemetry).await;
     if result.is_ok() {
         // The put's trace, for the test log.
         let index = put.index as i64;
@@ -82,11 +76,7 @@ async fn a_put_is_one_trace_across_client_leader_and_follower() {
         }
     }
     if let Err(e) = result {
-        let mut names: Vec<String> =
-            spans.iter().map(|s| format!("{}/{:?}/{}", s.service, s.instance, s.span.name)).collect();
-        names.sort();
-        names.dedup();
-        panic!("{e}\nreceived {} spans; kinds: {names:#?}", spans.len());
+        panic!("{e}\nreceived {} spans; kinds: {:#?}", spans.len(), span_kinds(&spans));
     }
 }
 

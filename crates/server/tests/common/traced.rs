@@ -42,3 +42,28 @@ pub async fn start_traced_cluster(client_service: &str, server_bin: &str) -> Tra
     .expect("start the cluster");
     TracedCluster { store, telemetry, cluster, dir }
 }
+
+/// Exports this process's spans now (blocking, so off the runtime's threads).
+pub async fn flush(telemetry: Telemetry) -> Telemetry {
+    tokio::task::spawn_blocking(move || {
+        telemetry.flush();
+        telemetry
+    })
+    .await
+    .expect("flush")
+}
+
+/// Stops the servers, then this process's telemetry.
+pub async fn stop(mut cluster: LocalCluster, telemetry: Telemetry) {
+    let _ = cluster.stop_all(std::time::Duration::from_secs(10)).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.expect("telemetry shutdown");
+}
+
+/// Every kind of span received (service/instance/name), for a failure message.
+pub fn span_kinds(spans: &[super::otlp::Received]) -> Vec<String> {
+    let mut names: Vec<String> =
+        spans.iter().map(|s| format!("{}/{:?}/{}", s.service, s.instance, s.span.name)).collect();
+    names.sort();
+    names.dedup();
+    names
+}
