@@ -63,7 +63,8 @@ fn read_stats() -> Option<ProcessStats> {
 
 /// Parses `/proc/self/stat` (fields after the command name, which may hold spaces).
 fn parse_stat(stat: &str, ticks_per_second: f64, page_size: f64, boot_time: Option<f64>) -> Option<ProcessStats> {
-    let after_name = &stat[stat.rfind(')')? + 2..];
+    // `get`, not indexing: a stat cut off right after the name is refused, not a panic.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // After the name: state is field 3 of proc(5), so field N is fields[N - 3].
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
@@ -119,6 +120,7 @@ mod tests {
         assert_eq!(s.virtual_bytes, 104_857_600.0);
         assert_eq!(s.resident_bytes, 2560.0 * 4096.0);
         assert_eq!(parse_stat("garbage", 100.0, 4096.0, None), None);
+        assert_eq!(parse_stat("4242 (raftkv)", 100.0, 4096.0, None), None);
         assert_eq!(boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000.0));
         let limits =
             "Limit Soft Hard Units\nMax open files            1024                 4096                 files\n";
