@@ -16,7 +16,7 @@ fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
 }
 
 fn messages() -> Vec<Vec<Message>> {
-    let m = |term, body| Message { from: 2, to: 1, term, body, recovery: None };
+    let m = |term, body| Message { from: 2, to: 1, term, body, recovery: None, trace: None };
     vec![
         vec![m(1, MessageBody::RequestVote { pre_vote: true, last_log_index: 0, last_log_term: 0, force: false })],
         vec![m(2, MessageBody::RequestVoteResponse { pre_vote: false, granted: true })],

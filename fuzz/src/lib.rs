@@ -34,6 +34,7 @@ pub fn leader() -> RawNode {
                     term: m.term,
                     body: MessageBody::RequestVoteResponse { pre_vote, granted: true },
                     recovery: None,
+                    trace: None,
                 }),
                 _ => None,
             })

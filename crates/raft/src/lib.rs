@@ -19,7 +19,7 @@ mod tracker;
 mod types;
 
 pub use config::{Config, ConfigError, PlantedBug};
-pub use event::{ElectionOutcome, Event, StepDownReason};
+pub use event::{CandidateRequest, ElectionOutcome, Event, StepDownReason, VoteReason};
 pub use log::LogError;
 pub use node::{PeerProgress, RawNode, Ready, Recovered, Status};
 pub use raft::{ProposeError, Role, StepError};

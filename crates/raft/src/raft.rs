@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::config::Config;
-use crate::event::{ElectionOutcome, Event, StepDownReason};
+use crate::event::{CandidateRequest, ElectionOutcome, Event, StepDownReason, VoteReason};
 use crate::log::{LogError, RaftLog};
 use crate::progress::ProgressState;
 use crate::read_only::{ReadOnly, ReadState};
@@ -165,6 +165,9 @@ pub struct Raft {
     /// term: checked by an AppendEntries of that leader, or covered by its snapshot. A
     /// recovering node lets heartbeats move its commit index no further.
     leader_verified: Index,
+    /// The trace of the message being stepped, handed back in the events it causes.
+    /// Never read to decide anything.
+    cause: Option<TraceTag>,
 }
 
 /// The log a node resumes with. The configuration lives in the log and in snapshots;
@@ -261,6 +264,7 @@ impl Raft {
             pending_conf_index: 0,
             recovery,
             leader_verified: 0,
+            cause: None,
             cfg,
         };
         raft.reset_timers();
@@ -325,7 +329,7 @@ impl Raft {
                 | MessageBody::InstallSnapshot { .. }
                 | MessageBody::TimeoutNow
         );
-        let msg = Message { from: self.id, to, term, body, recovery: self.recovery };
+        let msg = Message { from: self.id, to, term, body, recovery: self.recovery, trace: None };
         if leader_traffic {
             self.msgs.push(msg);
         } else {
@@ -345,6 +349,13 @@ impl Raft {
 
     pub fn step(&mut self, m: Message) -> Result<(), StepError> {
         self.validate(&m)?;
+        self.cause = m.trace;
+        let result = self.step_valid(m);
+        self.cause = None;
+        result
+    }
+
+    fn step_valid(&mut self, m: Message) -> Result<(), StepError> {
         if m.term > self.term {
             if !self.accept_higher_term(&m) {
                 return Ok(());
@@ -354,7 +365,7 @@ impl Raft {
             return Ok(());
         }
         if let MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, .. } = m.body {
-            self.handle_vote_request(&m, pre_vote, last_log_index, last_log_term);
+            self.handle_vote_request(&m, pre_vote, LogPosition { term: last_log_term, index: last_log_index });
             return Ok(());
         }
         match self.role {
@@ -369,6 +380,8 @@ impl Raft {
         match m.body {
             MessageBody::RequestVote { force, pre_vote, .. } => {
                 if !force && self.in_lease() {
+                    let leader = self.leader.unwrap_or(0);
+                    self.vote_decided(m, false, VoteReason::LeaderLease { leader });
                     return false;
                 }
                 if !pre_vote {
@@ -392,8 +405,11 @@ impl Raft {
             MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                 self.send(m.from, MessageBody::HeartbeatResponse { read_round: 0, missing_from: None });
             }
-            MessageBody::RequestVote { pre_vote: true, .. } => {
-                self.send(m.from, MessageBody::RequestVoteResponse { pre_vote: true, granted: false });
+            MessageBody::RequestVote { pre_vote, .. } => {
+                self.vote_decided(m, false, VoteReason::LowerTerm { own_term: self.term });
+                if pre_vote {
+                    self.send(m.from, MessageBody::RequestVoteResponse { pre_vote: true, granted: false });
+                }
             }
             _ => {}
         }

@@ -256,13 +256,33 @@ pub struct Message {
     /// rounds, check-quorum), and appends a [`RecoveryMarker`] for the nonce; the
     /// sender's recovery ends once it sees that marker committed.
     pub recovery: Option<u64>,
+    /// The trace this message belongs to (an election's span, a leadership transfer's),
+    /// stamped by the runtime on the way out. The core never reads it to decide
+    /// anything: it only hands it back in the events the message causes
+    /// ([`crate::Event::VoteDecided`], and the `cause` of an election or step-down),
+    /// so a runtime can draw one trace across nodes.
+    pub trace: Option<TraceTag>,
 }
 
 impl Message {
     /// A message of a node that is not recovering.
     pub fn new(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Message {
-        Message { from, to, term, body, recovery: None }
+        Message { from, to, term, body, recovery: None, trace: None }
     }
+}
+
+/// The W3C ids of a sampled span, opaque to the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceTag {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
+/// A log position: the last entry's term and index, as elections compare them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPosition {
+    pub term: Term,
+    pub index: Index,
 }
 
 /// The data of a no-op entry that a leader appends for a recovering node: proof,

@@ -28,7 +28,7 @@ fn leader_of_three() -> RawNode {
         node.advance();
         for (pre_vote, term) in requests {
             let body = MessageBody::RequestVoteResponse { pre_vote, granted: true };
-            node.step(Message { from: 2, to: 1, term, body, recovery: None }).unwrap();
+            node.step(Message { from: 2, to: 1, term, body, recovery: None, trace: None }).unwrap();
         }
     }
     assert_eq!(node.status().role, Role::Leader);
@@ -47,7 +47,7 @@ fn an_acknowledgement_beyond_the_leaders_log_is_refused_and_commits_nothing() {
     let last = node.status().last_index;
     let commit_before = node.status().commit_index;
     let forged = MessageBody::AppendEntriesResponse { success: true, index: last + 100, reject_hint: 0, hint_term: 0 };
-    let err = node.step(Message { from: 2, to: 1, term, body: forged, recovery: None }).unwrap_err();
+    let err = node.step(Message { from: 2, to: 1, term, body: forged, recovery: None, trace: None }).unwrap_err();
     assert!(
         matches!(&err, StepError::Malformed { kind: "AppendEntriesResponse", reason } if reason.contains("beyond")),
         "{err:?}"
@@ -55,7 +55,7 @@ fn an_acknowledgement_beyond_the_leaders_log_is_refused_and_commits_nothing() {
     assert_eq!(node.status().commit_index, commit_before, "a forged ack must not commit anything");
     // A true acknowledgement of the last index is still accepted.
     let honest = MessageBody::AppendEntriesResponse { success: true, index: last, reject_hint: 0, hint_term: 0 };
-    node.step(Message { from: 2, to: 1, term, body: honest, recovery: None }).unwrap();
+    node.step(Message { from: 2, to: 1, term, body: honest, recovery: None, trace: None }).unwrap();
     assert_eq!(node.status().commit_index, last);
 }
 
@@ -73,7 +73,7 @@ fn a_snapshot_whose_configuration_lists_a_node_twice_is_refused() {
         done: true,
     };
     let before = node.status();
-    let err = node.step(Message { from: 1, to: 2, term: 1, body, recovery: None }).unwrap_err();
+    let err = node.step(Message { from: 1, to: 2, term: 1, body, recovery: None, trace: None }).unwrap_err();
     assert!(
         matches!(&err, StepError::Malformed { kind: "InstallSnapshot", reason } if reason.contains("both voter and learner")),
         "{err:?}"
@@ -93,6 +93,7 @@ fn heartbeat_response_missing_from_zero_is_malformed() {
         term,
         body: MessageBody::HeartbeatResponse { read_round: 0, missing_from: Some(0) },
         recovery: None,
+        trace: None,
     };
     assert!(matches!(node.step(m), Err(StepError::Malformed { .. })));
     assert_eq!(node.status().role, Role::Leader);
@@ -108,6 +109,6 @@ fn append_entries_with_indexes_past_u64_max_is_malformed() {
         entries: vec![entry(0)],
         leader_commit: 0,
     };
-    let m = Message { from: 2, to: 1, term: 1, body, recovery: None };
+    let m = Message { from: 2, to: 1, term: 1, body, recovery: None, trace: None };
     assert!(matches!(node.step(m), Err(StepError::Malformed { .. })));
 }

@@ -126,6 +126,7 @@ fn a_joining_node_has_no_configuration_and_never_campaigns() {
         term: 2,
         body: MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries, leader_commit: 3 },
         recovery: None,
+        trace: None,
     };
     let mut node = RawNode::new(Config::new(4), ConfState::default(), Recovered::default()).unwrap();
     node.step(msg).unwrap();
@@ -154,6 +155,7 @@ fn truncation_takes_back_an_uncommitted_configuration() {
         term,
         body: MessageBody::AppendEntries { prev_log_index: 2, prev_log_term: 1, entries, leader_commit: 2 },
         recovery: None,
+        trace: None,
     };
     node.step(append(2, vec![conf_entry(3, 2, cc(K::AddLearner, 3))])).unwrap();
     assert!(node.conf().learners.contains(&3));
@@ -178,6 +180,7 @@ fn truncation_takes_back_an_uncommitted_configuration() {
             leader_commit: 2,
         },
         recovery: None,
+        trace: None,
     };
     node.step(msg).unwrap();
     assert_eq!(node.conf_index(), 2);

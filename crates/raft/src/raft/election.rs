@@ -25,7 +25,7 @@ impl Raft {
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         if self.role == Role::Leader {
             let reason = if term > self.term { StepDownReason::HigherTerm } else { StepDownReason::LostQuorum };
-            self.events.push(Event::SteppedDown { term: self.term, reason });
+            self.events.push(Event::SteppedDown { term: self.term, reason, cause: self.cause });
             self.dropped_reads.extend(self.read_only.drain());
         }
         let outcome =
@@ -44,7 +44,7 @@ impl Raft {
     /// A leader whose removal committed steps down.
     pub(super) fn step_down_removed(&mut self) {
         debug_assert_eq!(self.role, Role::Leader);
-        self.events.push(Event::SteppedDown { term: self.term, reason: StepDownReason::Removed });
+        self.events.push(Event::SteppedDown { term: self.term, reason: StepDownReason::Removed, cause: None });
         self.dropped_reads.extend(self.read_only.drain());
         self.role = Role::Follower;
         self.become_follower(self.term, None);
@@ -121,7 +121,7 @@ impl Raft {
             self.become_candidate();
         }
         let term = if pre_vote { self.term + 1 } else { self.term };
-        self.events.push(Event::ElectionStarted { term, pre_vote, transfer });
+        self.events.push(Event::ElectionStarted { term, pre_vote, transfer, cause: self.cause });
         self.tracker.record_vote(self.id, true);
         if self.check_votes(pre_vote, transfer) {
             return;
@@ -171,28 +171,50 @@ impl Raft {
     ///
     /// A node recovering from lost state never votes: it may have voted in this term or
     /// acknowledged entries the candidate lacks, and cannot remember.
-    pub(super) fn handle_vote_request(
-        &mut self,
-        m: &Message,
-        pre_vote: bool,
-        last_log_index: Index,
-        last_log_term: Term,
-    ) {
-        let can_vote = self.vote == Some(m.from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && m.term > self.term);
-        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term);
-        #[cfg(feature = "planted-bug")]
-        let up_to_date = up_to_date || self.cfg.planted_bug == Some(crate::config::PlantedBug::VoteForStaleLog);
-        let granted = self.recovery.is_none() && can_vote && up_to_date;
+    pub(super) fn handle_vote_request(&mut self, m: &Message, pre_vote: bool, candidate_last: LogPosition) {
+        let reason = self.vote_reason(m, pre_vote, candidate_last);
+        let granted = reason == VoteReason::Granted;
         if granted && !pre_vote {
             self.election_elapsed = 0;
             self.vote = Some(m.from);
         }
+        self.vote_decided(m, granted, reason);
         // A granted response echoes the request's term; a refusal carries ours, so a
         // stale candidate learns the current term.
         let term = if granted { m.term } else { self.term };
         self.send_with_term(m.from, term, MessageBody::RequestVoteResponse { pre_vote, granted });
+    }
+
+    /// Why this node grants or refuses `m`'s request (of this term, or a pre-vote of a
+    /// higher one).
+    fn vote_reason(&self, m: &Message, pre_vote: bool, candidate_last: LogPosition) -> VoteReason {
+        if self.recovery.is_some() {
+            return VoteReason::Recovering;
+        }
+        let free = self.vote == Some(m.from) || (pre_vote && m.term > self.term);
+        if !free && let Some(voted_for) = self.vote {
+            return VoteReason::AlreadyVoted { voted_for };
+        }
+        if !free && let Some(leader) = self.leader {
+            return VoteReason::LeaderKnown { leader };
+        }
+        let up_to_date = self.log.is_up_to_date(candidate_last.index, candidate_last.term);
+        #[cfg(feature = "planted-bug")]
+        let up_to_date = up_to_date || self.cfg.planted_bug == Some(crate::config::PlantedBug::VoteForStaleLog);
+        if up_to_date { VoteReason::Granted } else { VoteReason::StaleLog }
+    }
+
+    /// Reports a decision on `m`, a RequestVote, with both log positions.
+    pub(super) fn vote_decided(&mut self, m: &Message, granted: bool, reason: VoteReason) {
+        let MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, .. } = m.body else { return };
+        let candidate = CandidateRequest {
+            id: m.from,
+            term: m.term,
+            pre_vote,
+            last: LogPosition { term: last_log_term, index: last_log_index },
+        };
+        let own_last = LogPosition { term: self.log.last_term(), index: self.log.last_index() };
+        self.events.push(Event::VoteDecided { candidate, granted, reason, own_last, trace: m.trace });
     }
 
     pub(super) fn step_candidate(&mut self, m: Message) -> Result<(), StepError> {
@@ -203,6 +225,8 @@ impl Raft {
             }
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
                 if pre_vote == (self.role == Role::PreCandidate) {
+                    let term = self.election.as_ref().map_or(m.term, |e| e.term);
+                    self.events.push(Event::VoteReceived { from: m.from, term, pre_vote, granted });
                     self.tracker.record_vote(m.from, granted);
                     self.check_votes(pre_vote, false);
                 }

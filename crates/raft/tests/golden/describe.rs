@@ -3,7 +3,7 @@
 
 use raftkv_raft::{
     ConfChange, ConfState, Entry, EntryKind, Event, HardState, Message, MessageBody, PeerProgress, RecoveryMarker,
-    Snapshot, SnapshotMeta, Status,
+    Snapshot, SnapshotMeta, Status, VoteReason,
 };
 
 /// `(1,2,3)`
@@ -109,16 +109,33 @@ pub fn message(m: &Message) -> String {
 pub fn event(e: &Event) -> String {
     let flag = |on: bool, name: &str| if on { format!(" {name}") } else { String::new() };
     match e {
-        Event::ElectionStarted { term, pre_vote, transfer } => {
+        Event::ElectionStarted { term, pre_vote, transfer, .. } => {
             format!("ElectionStarted term={term}{}{}", flag(*pre_vote, "pre-vote"), flag(*transfer, "transfer"))
         }
+        Event::VoteDecided { candidate: c, granted, reason, own_last, .. } => format!(
+            "VoteDecided candidate={} term={}{} {} reason={} candidate-last={}/{} own-last={}/{}",
+            c.id,
+            c.term,
+            flag(c.pre_vote, "pre-vote"),
+            if *granted { "granted" } else { "rejected" },
+            vote_reason(reason),
+            c.last.index,
+            c.last.term,
+            own_last.index,
+            own_last.term
+        ),
+        Event::VoteReceived { from, term, pre_vote, granted } => format!(
+            "VoteReceived from={from} term={term}{} {}",
+            flag(*pre_vote, "pre-vote"),
+            if *granted { "granted" } else { "rejected" }
+        ),
         Event::ElectionFinished { term, pre_vote, outcome, granted, needed } => format!(
             "ElectionFinished term={term}{} {} granted={granted} needed={needed}",
             flag(*pre_vote, "pre-vote"),
             outcome.as_str()
         ),
         Event::BecameLeader { term } => format!("BecameLeader term={term}"),
-        Event::SteppedDown { term, reason } => format!("SteppedDown term={term} reason={}", reason.as_str()),
+        Event::SteppedDown { term, reason, .. } => format!("SteppedDown term={term} reason={}", reason.as_str()),
         Event::TermChanged { from, to } => format!("TermChanged {from}->{to}"),
         Event::LeaderKnown { term, leader } => format!("LeaderKnown term={term} leader={leader}"),
         Event::Committed { first, last, term, entries, bytes, acked_by } => {
@@ -138,6 +155,16 @@ pub fn event(e: &Event) -> String {
             "SnapshotRefused peer={peer} index={index} bytes={bytes} limit={limit} refusals={refusals} retry-in-ticks={retry_in_ticks}"
         ),
         Event::ConfChanged { index, conf: c } => format!("ConfChanged index={index} {}", conf(c)),
+    }
+}
+
+fn vote_reason(r: &VoteReason) -> String {
+    match *r {
+        VoteReason::AlreadyVoted { voted_for } => format!("already_voted({voted_for})"),
+        VoteReason::LeaderKnown { leader } => format!("leader_known({leader})"),
+        VoteReason::LeaderLease { leader } => format!("leader_lease({leader})"),
+        VoteReason::LowerTerm { own_term } => format!("lower_term({own_term})"),
+        other => other.as_str().to_string(),
     }
 }
 
