@@ -119,6 +119,7 @@ fn vote(term: u64, to: u64) -> Message {
         term,
         body: MessageBody::RequestVote { pre_vote: false, last_log_index: 1_000_000, last_log_term: term, force: true },
         recovery: None,
+        trace: None,
     }
 }
 
@@ -129,6 +130,7 @@ fn append(term: u64, to: u64) -> Message {
         term,
         body: MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), leader_commit: 0 },
         recovery: None,
+        trace: None,
     }
 }
 

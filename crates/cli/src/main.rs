@@ -9,6 +9,7 @@ mod certs;
 mod demo;
 mod docs;
 mod endpoint;
+mod fault;
 mod global;
 mod kv;
 mod member;
@@ -119,6 +120,11 @@ enum Cmd {
     /// Show or change the cluster's members (list, add, promote, remove).
     #[command(subcommand)]
     Member(member::MemberCmd),
+    /// Inject faults into a running cluster (partition, delay-fsync, pause), list and
+    /// heal them: for development clusters started with --enable-faults. Every fault
+    /// heals by itself after its duration.
+    #[command(subcommand)]
+    Fault(fault::FaultCmd),
     /// Ask the leader to hand leadership to TARGET (or to the most caught-up peer).
     TransferLeader {
         /// The node to hand leadership to (default: the most caught-up voter).
@@ -281,6 +287,7 @@ async fn run(global: Global, command: Cmd) -> CliResult {
         Cmd::Endpoint(cmd) => endpoint::command(&global, cmd).await,
         Cmd::TransferLeader { target } => kv::transfer_leader(&global, target).await,
         Cmd::Member(cmd) => member::command(&global, cmd).await,
+        Cmd::Fault(cmd) => fault::command(&global, cmd).await,
         Cmd::Validate(args) => validate::command(&global, args).await,
         Cmd::Up(args) => up::command(&global, args).await,
         Cmd::Demo(args) => demo::command(&global, args).await,

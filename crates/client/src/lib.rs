@@ -51,6 +51,6 @@ pub use paging::ScanPages;
 pub use raftkv_kv::{WriteOp, WriteResult};
 pub use raftkv_raft::NodeId;
 pub use raftkv_rpc::{
-    Forwarded, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberInfo, MemberList, MemberRole,
-    MemberStatus, NodeStatus, ReadConsistency, ScanReply, ScanStart, ServerInfo,
+    ActiveFault, Fault, FaultReply, FaultRequest, Forwarded, GetReply, HashKvReply, MemberChange, MemberChangeReply,
+    MemberInfo, MemberList, MemberRole, MemberStatus, NodeStatus, ReadConsistency, ScanReply, ScanStart, ServerInfo,
 };

@@ -4,9 +4,12 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use raftkv_raft::NodeId;
 use raftkv_rpc::tarpc::client::RpcError;
 use raftkv_rpc::tarpc::context::{self, Context};
-use raftkv_rpc::{HashKvReply, MemberStatus, NodeStatus, RaftKvClient, RequestError, ServerInfo};
+use raftkv_rpc::{
+    FaultReply, FaultRequest, HashKvReply, MemberStatus, NodeStatus, RaftKvClient, RequestError, ServerInfo,
+};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -80,5 +83,25 @@ impl Client {
         // The node asks each member within a second; allow for that on top.
         let timeout = self.opts.status_timeout + Duration::from_secs(1);
         self.ask(endpoint, timeout, |c, ctx| async move { c.cluster_status(ctx).await }).await
+    }
+
+    /// Injects, lists or heals the faults of node `node` (`raftkv fault`), through the
+    /// first endpoint that answers: that node passes the request on to `node`. A
+    /// refusal (faults disabled, a bound exceeded) is final; an endpoint that cannot
+    /// be reached gives way to the next.
+    pub async fn fault(&self, node: NodeId, request: FaultRequest) -> Result<FaultReply, ClientError> {
+        let mut last = ClientError::Unreachable("no endpoint given".into());
+        for endpoint in self.endpoints() {
+            let request = request.clone();
+            let answer = self
+                .ask(&endpoint, self.opts.timeout, |c, ctx| async move { c.fault(ctx, node, request, false).await });
+            match answer.await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(RequestError::Invalid(m))) => return Err(ClientError::Rejected(m)),
+                Ok(Err(e)) => last = ClientError::Unreachable(format!("{endpoint}: {e}")),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }

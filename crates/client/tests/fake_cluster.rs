@@ -143,6 +143,16 @@ impl RaftKv for Fake {
         Vec::new()
     }
 
+    async fn fault(
+        self,
+        _: Context,
+        _: NodeId,
+        _: raftkv_client::FaultRequest,
+        _: bool,
+    ) -> Result<raftkv_client::FaultReply, raftkv_rpc::RequestError> {
+        Err(raftkv_rpc::RequestError::Invalid("the fake cluster injects no faults".into()))
+    }
+
     async fn status(self, _: Context) -> NodeStatus {
         let applied = self.node.lock().unwrap().applied;
         NodeStatus {

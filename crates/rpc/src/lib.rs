@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 pub use tarpc;
 
 mod codec;
+mod fault;
 pub mod tls;
 mod transport;
 
 pub use codec::{MAX_REQUEST_DEADLINE, ServerCodec, ServerMessage, decode_client_message, encode_request};
 
+pub use fault::{ActiveFault, Fault, FaultReply, FaultRequest, MAX_FAULT_MS, MAX_FSYNC_DELAY_MS};
 pub use tls::{PeerIdentity, TlsConfig, TlsError, TlsFiles};
 pub use transport::{
     Accepted, HANDSHAKE_TIMEOUT, Listener, ServerTransport, client_on, connect, connect_with, listen_with,
@@ -353,4 +355,8 @@ pub trait RaftKv {
     /// Every member's status and build as this node reaches them (itself included):
     /// the whole cluster through one endpoint (`raftkv status`).
     async fn cluster_status() -> Vec<MemberStatus>;
+    /// Injects, lists or heals faults of node `node` (see [`FaultRequest`]): served by
+    /// that node, passed on to it by any other (`relayed` set: one hop, never passed
+    /// on again). Refused unless `node` runs with `--enable-faults`.
+    async fn fault(node: NodeId, request: FaultRequest, relayed: bool) -> Result<FaultReply, RequestError>;
 }

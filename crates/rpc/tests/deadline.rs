@@ -89,6 +89,16 @@ impl RaftKv for Stub {
     async fn cluster_status(self, _: Context) -> Vec<MemberStatus> {
         Vec::new()
     }
+
+    async fn fault(
+        self,
+        _: Context,
+        _: raftkv_raft::NodeId,
+        _: raftkv_rpc::FaultRequest,
+        _: bool,
+    ) -> Result<raftkv_rpc::FaultReply, RequestError> {
+        Err(RequestError::Invalid("the stub injects no faults".into()))
+    }
 }
 
 async fn serve_stub() -> String {

@@ -144,6 +144,12 @@ pub struct ServerArgs {
     /// The cluster CA (PEM): peers and clients must present a certificate it signed.
     #[arg(long, env = "RAFTKV_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Accept `raftkv fault` requests (partitions, slow fsyncs, pauses that heal by
+    /// themselves): for development clusters and demos only. Off: every fault request
+    /// is refused.
+    #[arg(long, env = "RAFTKV_ENABLE_FAULTS")]
+    pub enable_faults: bool,
 }
 
 /// `--fsync`.
@@ -213,6 +219,8 @@ pub struct NodeConfig {
     pub storage: Option<StorageOptions>,
     /// Mutual TLS for every connection in and out; `None`: plaintext.
     pub tls: Option<TlsConfig>,
+    /// `--enable-faults`: serve `raftkv fault` (development clusters only).
+    pub enable_faults: bool,
 }
 
 /// The membership part of a [`NodeConfig`]. All of it matters only until the data dir
@@ -277,6 +285,7 @@ impl ServerArgs {
             cluster,
             storage: None,
             tls: self.tls()?,
+            enable_faults: self.enable_faults,
         })
     }
 

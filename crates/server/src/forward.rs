@@ -265,6 +265,36 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Passes a `fault` request for another member on to it (one hop: that member
+    /// serves it or refuses it; it never passes it on again).
+    pub(crate) async fn fault_elsewhere(
+        &self,
+        ctx: Context,
+        node: NodeId,
+        request: raftkv_rpc::FaultRequest,
+    ) -> Result<raftkv_rpc::FaultReply, RequestError> {
+        let Some((_, addr)) = self.shared.addrs().into_iter().find(|(id, _)| *id == node) else {
+            let ids: Vec<String> = self.shared.addrs().iter().map(|(id, _)| id.to_string()).collect();
+            return Err(RequestError::Invalid(format!(
+                "node {node} is not a member of this cluster (members: {})",
+                ids.join(",")
+            )));
+        };
+        let deadline = deadline_of(&ctx);
+        let conn = self.forwarder.connection(&addr, deadline).await.map_err(RequestError::Unavailable)?;
+        let mut hop = context::current();
+        hop.deadline = deadline.into_std();
+        match conn.fault(hop, node, request, true).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.forwarder.drop_connection(&addr);
+                Err(RequestError::Unavailable(format!("node {node} at {addr}: {e}")))
+            }
+        }
+    }
+}
+
 /// Marks a forwarded reply with how it travelled.
 fn with_forwarded(reply: ForwardReply, via: NodeId, leader: NodeId, leader_addr: String) -> ForwardReply {
     let forwarded = Some(Forwarded { via, leader, leader_addr });

@@ -313,6 +313,7 @@ mod tests {
             },
             storage: None,
             tls: None,
+            enable_faults: false,
         }
     }
 

@@ -35,6 +35,7 @@ pub mod admin;
 mod args;
 mod conn;
 mod dir_lock;
+mod faults;
 mod forward;
 mod identity;
 mod log_limit;

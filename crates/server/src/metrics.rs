@@ -47,6 +47,7 @@ pub enum RpcMethod {
     server_info,
     forward,
     cluster_status,
+    fault,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

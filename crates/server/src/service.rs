@@ -10,15 +10,16 @@ use raftkv_kv::{Command, WriteOp};
 use raftkv_raft::{Message, NodeId};
 use raftkv_rpc::tarpc::context::Context;
 use raftkv_rpc::{
-    ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply, MemberList, MemberStatus,
-    NodeStatus, PeerError, PeerIdentity, RaftKv, ReadConsistency, RequestError, ScanReply, ScanStart, ServerInfo,
-    TraceLink, WriteReply,
+    FaultReply, FaultRequest, ForwardReply, ForwardRequest, GetReply, HashKvReply, MemberChange, MemberChangeReply,
+    MemberList, MemberStatus, NodeStatus, PeerError, PeerIdentity, RaftKv, ReadConsistency, RequestError, ScanReply,
+    ScanStart, ServerInfo, TraceLink, WriteReply,
 };
 use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::faults::Faults;
 use crate::forward::Forwarder;
 use crate::log_limit::LogLimit;
 use crate::metrics::{NodeMetrics, RpcMethod};
@@ -63,11 +64,14 @@ pub(crate) struct Shared {
     pub metrics: Arc<NodeMetrics>,
     /// The leader this node knows of, as the Raft loop last published it.
     leader: watch::Sender<Option<NodeId>>,
+    /// Faults injected into this node (`--enable-faults`).
+    pub faults: Arc<Faults>,
 }
 
 impl Shared {
-    pub fn new(cluster_id: u64, metrics: Arc<NodeMetrics>) -> Shared {
+    pub fn new(cluster_id: u64, metrics: Arc<NodeMetrics>, faults: Arc<Faults>) -> Shared {
         Shared {
+            faults,
             metrics,
             cluster_id,
             removed: RwLock::default(),
@@ -203,6 +207,9 @@ impl RaftKv for Service {
         {
             return Err(PeerError::Removed { id: m.from });
         }
+        // An injected partition drops the messages of the peers it cuts off.
+        let mut messages = messages;
+        messages.retain(|m| !self.shared.faults.partitioned(m.from));
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -446,6 +453,26 @@ impl RaftKv for Service {
     async fn cluster_status(self, ctx: Context) -> Vec<MemberStatus> {
         let _timer = self.shared.metrics.time_rpc(RpcMethod::cluster_status);
         self.member_statuses(ctx).await
+    }
+
+    async fn fault(
+        self,
+        ctx: Context,
+        node: NodeId,
+        request: FaultRequest,
+        relayed: bool,
+    ) -> Result<FaultReply, RequestError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::fault);
+        if node == self.id {
+            return self.shared.faults.handle(request);
+        }
+        if relayed {
+            return Err(RequestError::Invalid(format!(
+                "a fault request for node {node} was relayed to node {}: the members' addresses disagree",
+                self.id
+            )));
+        }
+        self.fault_elsewhere(ctx, node, request).await
     }
 }
 

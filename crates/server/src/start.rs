@@ -183,7 +183,8 @@ pub(crate) fn spawn(
     let Opened { _lock: lock, storage, .. } = opened;
     let writer =
         GroupCommitWriter::spawn(storage, GroupCommitOptions::default()).context("cannot start the storage writer")?;
-    let shared = Arc::new(service::Shared::new(identity.cluster_id, admin.metrics.clone()));
+    let faults = Arc::new(crate::faults::Faults::new(id, cfg.enable_faults));
+    let shared = Arc::new(service::Shared::new(identity.cluster_id, admin.metrics.clone(), faults));
     let (removed_tx, removed_rx) = mpsc::channel(16);
     let (raft_tx, raft_rx) = mpsc::channel::<RaftBatch>(RAFT_QUEUE);
     let link = peer::LinkContext {

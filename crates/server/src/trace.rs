@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use raftkv_raft::{Index, Message, MessageBody, NodeId, Term};
+use raftkv_raft::{CandidateRequest, Index, LogPosition, Message, MessageBody, NodeId, Term, TraceTag, VoteReason};
 use raftkv_rpc::TraceLink;
 use raftkv_rpc::tarpc::context::Context as RpcContext;
 use raftkv_rpc::tarpc::trace::SamplingDecision;
@@ -40,6 +40,23 @@ pub(crate) fn from_link(l: &TraceLink) -> SpanContext {
         true,
         TraceState::default(),
     )
+}
+
+/// The core's opaque form of a sampled span context (what rides in a Raft message).
+pub(crate) fn tag_of(sc: &SpanContext) -> TraceTag {
+    let l = to_link(sc);
+    TraceTag { trace_id: l.trace_id, span_id: l.span_id }
+}
+
+/// A span context carried by a Raft message (sampled, remote).
+pub(crate) fn from_tag(t: TraceTag) -> SpanContext {
+    from_link(&TraceLink { trace_id: t.trace_id, span_id: t.span_id })
+}
+
+/// The context of an OpenTelemetry-API span, when it is sampled.
+pub(crate) fn sampled_span(span: &BoxedSpan) -> Option<SpanContext> {
+    let sc = span.span_context();
+    (sc.is_valid() && sc.is_sampled()).then(|| sc.clone())
 }
 
 /// A context whose (only) span is `sc`: the parent to give a new span.
@@ -145,12 +162,15 @@ pub(crate) struct CommitInfo<'a> {
     pub proposed_at: Option<Instant>,
     /// The traced requests committed, by index.
     pub requests: Vec<(Index, SpanContext)>,
+    /// The election this commit is the winner's first of (linked), if traced.
+    pub election: Option<SpanContext>,
 }
 
 /// Records one `raft.commit`: from the batch's first proposal to now (the quorum),
 /// a child of the first traced request's span, linked to the others; a root span
-/// when no request of the batch is traced (the leader's no-op entry).
-pub(crate) fn commit(info: CommitInfo<'_>) {
+/// when no request of the batch is traced (the leader's no-op entry). Returns its
+/// context.
+pub(crate) fn commit(info: CommitInfo<'_>) -> SpanContext {
     let now = SystemTime::now();
     let elapsed = info.proposed_at.map(|t| t.elapsed());
     let start = elapsed.and_then(|d| now.checked_sub(d)).unwrap_or(now);
@@ -172,9 +192,86 @@ pub(crate) fn commit(info: CommitInfo<'_>) {
     if let Some(d) = elapsed {
         attributes.push(KeyValue::new("propose_to_quorum_ms", ms(d)));
     }
-    let (parent_cx, links) = parent_and_links(&info.requests);
+    let (parent_cx, mut links) = parent_and_links(&info.requests);
+    if let Some(sc) = info.election {
+        links.push(Link::new(sc, vec![KeyValue::new("election", true)], 0));
+    }
     let mut span = past_span("raft.commit", start, &parent_cx, links, attributes);
+    let sc = span.span_context().clone();
     span.end_with_timestamp(now);
+    sc
+}
+
+/// One `raft.vote_request` span: this voter's decision on a candidate's request, a
+/// child of the candidate's election span when the request carried it.
+pub(crate) fn vote_request(
+    node: NodeId,
+    c: &CandidateRequest,
+    granted: bool,
+    reason: VoteReason,
+    own_last: LogPosition,
+    tag: Option<TraceTag>,
+) {
+    let parent_cx = tag.map_or_else(Context::new, |t| parent(&from_tag(t)));
+    // A voter in a leader's lease sends no answer at all.
+    let decision = match (granted, reason) {
+        (true, _) => "granted",
+        (false, VoteReason::LeaderLease { .. }) => "ignored",
+        (false, _) => "rejected",
+    };
+    let mut attributes = vec![
+        KeyValue::new("node", i64_of(node)),
+        KeyValue::new("candidate", i64_of(c.id)),
+        KeyValue::new("term", i64_of(c.term)),
+        KeyValue::new("pre_vote", c.pre_vote),
+        KeyValue::new("granted", granted),
+        KeyValue::new("decision", decision),
+        KeyValue::new("reason", reason.as_str()),
+        KeyValue::new("candidate_last_term", i64_of(c.last.term)),
+        KeyValue::new("candidate_last_index", i64_of(c.last.index)),
+        KeyValue::new("own_last_term", i64_of(own_last.term)),
+        KeyValue::new("own_last_index", i64_of(own_last.index)),
+    ];
+    match reason {
+        VoteReason::AlreadyVoted { voted_for } => attributes.push(KeyValue::new("voted_for", i64_of(voted_for))),
+        VoteReason::LeaderKnown { leader } | VoteReason::LeaderLease { leader } => {
+            attributes.push(KeyValue::new("leader", i64_of(leader)))
+        }
+        VoteReason::LowerTerm { own_term } => attributes.push(KeyValue::new("own_term", i64_of(own_term))),
+        VoteReason::Granted | VoteReason::StaleLog | VoteReason::Recovering => {}
+    }
+    past_span("raft.vote_request", SystemTime::now(), &parent_cx, Vec::new(), attributes).end();
+}
+
+/// One `raft.step_down` span (a root), linked to its causes (`links`, each with a
+/// `cause` attribute). Returns its context, for the election it leads to.
+pub(crate) fn step_down(
+    node: NodeId,
+    term: Term,
+    reason: &'static str,
+    links: Vec<(SpanContext, &'static str)>,
+) -> SpanContext {
+    let links = links.into_iter().map(|(sc, cause)| Link::new(sc, vec![KeyValue::new("cause", cause)], 0)).collect();
+    let attributes =
+        vec![KeyValue::new("node", i64_of(node)), KeyValue::new("term", i64_of(term)), KeyValue::new("reason", reason)];
+    let mut span = past_span("raft.step_down", SystemTime::now(), &Context::new(), links, attributes);
+    let sc = span.span_context().clone();
+    span.end();
+    sc
+}
+
+/// One `raft.transfer_leader` span (a root) for a TimeoutNow this leader sends:
+/// the target's election links it. Returns the tag the message carries.
+pub(crate) fn transfer_leader(node: NodeId, target: NodeId, term: Term) -> Option<TraceTag> {
+    let attributes = vec![
+        KeyValue::new("node", i64_of(node)),
+        KeyValue::new("target", i64_of(target)),
+        KeyValue::new("term", i64_of(term)),
+    ];
+    let mut span = past_span("raft.transfer_leader", SystemTime::now(), &Context::new(), Vec::new(), attributes);
+    let sc = span.span_context().clone();
+    span.end();
+    (sc.is_valid() && sc.is_sampled()).then(|| tag_of(&sc))
 }
 
 /// The first request's context as parent, links (with their index) to the others.
@@ -318,6 +415,7 @@ impl ElectionTrace {
             needed = tracing::field::Empty,
             pre_vote_granted = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
+            first_commit_index = tracing::field::Empty,
         );
         ElectionTrace { span, started: Instant::now() }
     }

@@ -99,6 +99,7 @@ impl Cluster {
             cluster: ClusterConfig::found(self.addrs[&id].to_string()),
             storage: Some(storage),
             tls: None,
+            enable_faults: false,
         };
         let admin = AdminState::new();
         let (stop, rx) = oneshot::channel::<()>();

@@ -54,6 +54,7 @@ impl Cluster {
             cluster: ClusterConfig::found(self.addrs[&id].to_string()),
             storage: None,
             tls: None,
+            enable_faults: false,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(raftkv_server::serve(cfg, listener, async move {

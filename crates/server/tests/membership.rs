@@ -59,6 +59,7 @@ fn config(id: u64, addr: SocketAddr, dir: &Path, peers: &BTreeMap<u64, SocketAdd
         },
         storage: None,
         tls: None,
+        enable_faults: false,
     }
 }
 
@@ -311,6 +312,7 @@ async fn a_raft_answer_carries_the_receivers_responses() {
         term: 0,
         body: MessageBody::RequestVote { pre_vote: true, last_log_index: 0, last_log_term: 0, force: false },
         recovery: None,
+        trace: None,
     };
     let answer = c.raft(context::current(), list.cluster_id, vec![pre_vote], Vec::new()).await.expect("rpc");
     let responses = answer.expect("accepted");
@@ -335,6 +337,7 @@ async fn traffic_of_another_cluster_or_a_removed_node_is_refused() {
         term: 0,
         body: MessageBody::HeartbeatResponse { read_round: 0, missing_from: None },
         recovery: None,
+        trace: None,
     };
     let cid = list.cluster_id;
     for wrong in [0, cid.wrapping_add(1)] {

@@ -54,6 +54,7 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> BTreeMap<u64, Node> {
             cluster: ClusterConfig::found(addrs[&id].to_string()),
             storage: None,
             tls: None,
+            enable_faults: false,
         };
         let admin_state = AdminState::new();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");

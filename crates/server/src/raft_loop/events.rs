@@ -2,8 +2,10 @@
 //! the others as events on the election span when one is open, else on a
 //! `raft.state_change` span) and as log lines and counters.
 
-use raftkv_raft::{ElectionOutcome, Event, Index, NodeId, Term};
+use raftkv_raft::{ElectionOutcome, Event, Index, NodeId, StepDownReason, Term, TraceTag};
+use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use raftkv_telemetry::opentelemetry::KeyValue;
+use raftkv_telemetry::opentelemetry::trace::SpanContext;
 use tokio::time::Instant;
 
 use super::RaftLoop;
@@ -14,26 +16,42 @@ impl RaftLoop {
     pub(super) fn trace_events(&mut self, events: &[Event]) {
         // An election that ended in this Ready still takes the events that follow
         // (BecameLeader comes after ElectionFinished).
-        let mut ended: Option<ElectionTrace> = None;
+        let mut ended: Option<tracing::Span> = None;
         let mut state: Option<tracing::Span> = None;
         for event in events {
             match event {
-                Event::ElectionStarted { term, pre_vote, transfer } => {
+                Event::ElectionStarted { term, pre_vote, transfer, cause } => {
                     ended = None;
-                    self.election_started(*term, *pre_vote, *transfer);
+                    self.election_started(*term, *pre_vote, *transfer, *cause);
                 }
                 Event::ElectionFinished { term, pre_vote, outcome, granted, needed } => {
                     if let Some(e) = self.election_finished(*term, *pre_vote, *outcome, *granted, *needed) {
                         ended = Some(e);
                     }
                 }
+                Event::VoteDecided { candidate, granted, reason, own_last, trace: tag } => {
+                    trace::vote_request(self.id, candidate, *granted, *reason, *own_last, *tag);
+                }
+                Event::VoteReceived { from, term, pre_vote, granted } => {
+                    if let Some(e) = &self.election {
+                        let attributes = vec![
+                            trace::kv("from", *from),
+                            trace::kv("term", *term),
+                            KeyValue::new("pre_vote", *pre_vote),
+                            KeyValue::new("granted", *granted),
+                        ];
+                        trace::event(&e.span, "raft.vote_received", attributes);
+                    }
+                }
+                Event::SteppedDown { term, reason, cause } => self.stepped_down(*term, *reason, *cause),
                 Event::Committed { first, last, term, entries, bytes, acked_by } => {
                     self.trace_commit(*first, *last, *term, *entries, *bytes, acked_by);
                 }
                 other => {
                     let Some((name, attributes)) = event_span_fields(self.id, other) else { continue };
                     let span = match (&self.election, &ended) {
-                        (Some(e), _) | (None, Some(e)) => &e.span,
+                        (Some(e), _) => &e.span,
+                        (None, Some(span)) => span,
                         (None, None) => state.get_or_insert_with(|| {
                             let term = self.replica.status().term;
                             tracing::info_span!(parent: None, "raft.state_change", node = self.id, term)
@@ -45,15 +63,32 @@ impl RaftLoop {
         }
     }
 
-    fn election_started(&mut self, term: Term, pre_vote: bool, transfer: bool) {
+    /// Opens the election span (at its pre-vote), linked to what caused it: a
+    /// leadership transfer's TimeoutNow, or this node's own step-down.
+    fn election_started(&mut self, term: Term, pre_vote: bool, transfer: bool, cause: Option<TraceTag>) {
         let id = self.id;
-        let election = self.election.get_or_insert_with(|| ElectionTrace::start(id, term, pre_vote, transfer));
+        self.won_election = None;
+        if self.election.is_none() {
+            let e = ElectionTrace::start(id, term, pre_vote, transfer);
+            if let Some(tag) = cause {
+                e.span.add_link_with_attributes(trace::from_tag(tag), vec![KeyValue::new("cause", "timeout_now")]);
+            }
+            if let Some(sc) = self.last_step_down.take() {
+                e.span.add_link_with_attributes(sc, vec![KeyValue::new("cause", "step_down")]);
+            }
+            for sc in self.shared.faults.active_spans() {
+                e.span.add_link_with_attributes(sc, vec![KeyValue::new("cause", "fault")]);
+            }
+            self.election = Some(e);
+        }
+        let election = self.election.as_ref().expect("just set");
         election.span.record("term", term);
         let name = if pre_vote { "raft.pre_vote.started" } else { "raft.vote.started" };
         trace::event(&election.span, name, vec![trace::kv("term", term), KeyValue::new("transfer", transfer)]);
     }
 
-    /// Records the end of a (pre-)vote; returns the election span if it ended.
+    /// Records the end of a (pre-)vote; returns the election span if it ended. A won
+    /// election's span stays open until the new leader's first commit, which it links.
     fn election_finished(
         &mut self,
         term: Term,
@@ -61,7 +96,7 @@ impl RaftLoop {
         outcome: ElectionOutcome,
         granted: usize,
         needed: usize,
-    ) -> Option<ElectionTrace> {
+    ) -> Option<tracing::Span> {
         let election = self.election.as_ref()?;
         let name = if pre_vote { "raft.pre_vote.finished" } else { "raft.vote.finished" };
         let attributes = vec![
@@ -76,7 +111,23 @@ impl RaftLoop {
             return None;
         }
         election.finish(term, outcome.as_str(), granted, needed);
-        self.election.take()
+        let span = self.election.take()?.span;
+        if outcome == ElectionOutcome::Won {
+            self.won_election = Some((span.clone(), term));
+        }
+        Some(span)
+    }
+
+    /// A `raft.step_down` span, linked to the election that caused it (a higher-term
+    /// vote request) and to the faults active here; this node's next election links it.
+    fn stepped_down(&mut self, term: Term, reason: StepDownReason, cause: Option<TraceTag>) {
+        self.won_election = None;
+        let mut links: Vec<(SpanContext, &'static str)> = Vec::new();
+        if let Some(tag) = cause {
+            links.push((trace::from_tag(tag), "election"));
+        }
+        links.extend(self.shared.faults.active_spans().into_iter().map(|sc| (sc, "fault")));
+        self.last_step_down = Some(trace::step_down(self.id, term, reason.as_str(), links));
     }
 
     /// One `raft.commit` span per committed batch (leader only), and the end of the
@@ -93,7 +144,12 @@ impl RaftLoop {
                 }
             }
         }
-        trace::commit(trace::CommitInfo {
+        let election = match &self.won_election {
+            Some((span, won)) if *won == term => Some(span.clone()),
+            _ => None,
+        };
+        let election_sc = election.as_ref().and_then(|span| trace::sampled(&raftkv_telemetry::context_of(span)));
+        let commit_sc = trace::commit(trace::CommitInfo {
             node: self.id,
             first,
             last,
@@ -103,7 +159,14 @@ impl RaftLoop {
             acked_by,
             proposed_at: proposed_at.map(Instant::into_std),
             requests,
+            election: election_sc,
         });
+        // The election ends with its winner's first commit, which it links.
+        if let Some(span) = election {
+            span.record("first_commit_index", last);
+            span.add_link_with_attributes(commit_sc, vec![KeyValue::new("first_commit", true)]);
+            self.won_election = None;
+        }
     }
 
     /// Logs a finished Ready's events and counts them.
@@ -128,9 +191,6 @@ fn event_span_fields(id: NodeId, event: &Event) -> Option<(&'static str, Vec<Key
     let node = trace::kv("node", id);
     Some(match *event {
         Event::BecameLeader { term } => ("raft.leader_elected", vec![node, trace::kv("term", term)]),
-        Event::SteppedDown { term, reason } => {
-            ("raft.step_down", vec![node, trace::kv("term", term), KeyValue::new("reason", reason.as_str())])
-        }
         Event::TermChanged { from, to } => {
             ("raft.term_change", vec![node, trace::kv("from", from), trace::kv("to", to)])
         }
@@ -170,21 +230,37 @@ fn event_span_fields(id: NodeId, event: &Event) -> Option<(&'static str, Vec<Key
                 trace::kv("limit", limit),
             ],
         ),
-        Event::ElectionStarted { .. } | Event::ElectionFinished { .. } | Event::Committed { .. } => return None,
+        Event::ElectionStarted { .. }
+        | Event::ElectionFinished { .. }
+        | Event::Committed { .. }
+        | Event::VoteDecided { .. }
+        | Event::VoteReceived { .. }
+        | Event::SteppedDown { .. } => return None,
     })
 }
 
 /// One log line per event (debug for the frequent ones).
 fn log_event(id: NodeId, event: &Event) {
     match *event {
-        Event::ElectionStarted { term, pre_vote, transfer } => {
+        Event::ElectionStarted { term, pre_vote, transfer, .. } => {
             tracing::info!(id, term, pre_vote, transfer, "election started")
         }
+        Event::VoteDecided { candidate: c, granted, reason, own_last, .. } => tracing::debug!(
+            id,
+            candidate = c.id,
+            term = c.term,
+            pre_vote = c.pre_vote,
+            granted,
+            reason = reason.as_str(),
+            candidate_last = %format_args!("{}/{}", c.last.index, c.last.term),
+            own_last = %format_args!("{}/{}", own_last.index, own_last.term),
+            "decided on a vote request"
+        ),
         Event::ElectionFinished { term, pre_vote, outcome, granted, needed } => {
             tracing::info!(id, term, pre_vote, outcome = outcome.as_str(), granted, needed, "election finished")
         }
         Event::BecameLeader { term } => tracing::info!(id, term, "became leader"),
-        Event::SteppedDown { term, reason } => {
+        Event::SteppedDown { term, reason, .. } => {
             tracing::info!(id, term, reason = reason.as_str(), "stepped down as leader")
         }
         Event::TermChanged { from, to } => tracing::debug!(id, from, to, "term changed"),

@@ -70,6 +70,10 @@ pub(crate) struct RaftLoop {
     ticks: u64,
     /// The election this node runs, from its pre-vote to its end.
     election: Option<ElectionTrace>,
+    /// The span of the election this node won, open until its first commit (of `Term`).
+    won_election: Option<(tracing::Span, raftkv_raft::Term)>,
+    /// This node's last step-down, linked by the next election it starts.
+    last_step_down: Option<raftkv_telemetry::opentelemetry::trace::SpanContext>,
     /// Spans of received batches, ended once what they brought is persisted.
     inbound_spans: Vec<tracing::Span>,
     /// Received batches whose senders wait for this node's responses; answered once
@@ -105,6 +109,8 @@ impl RaftLoop {
             flush_due: false,
             ticks: 0,
             election: None,
+            won_election: None,
+            last_step_down: None,
             inbound_spans: Vec::new(),
             batch_replies: Vec::new(),
             admin: AdminState::new(),
@@ -159,6 +165,10 @@ impl RaftLoop {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut shutdown = std::pin::pin!(shutdown);
         let result = loop {
+            if let Some(until) = self.shared.faults.paused_until() {
+                self.stay_paused(until, &mut shutdown).await;
+                continue;
+            }
             tokio::select! {
                 () = &mut shutdown, if !self.replica.is_draining() => self.start_drain(),
                 _ = ticker.tick() => self.on_tick(),
@@ -186,6 +196,24 @@ impl RaftLoop {
             }
         };
         self.finish(result).await
+    }
+
+    /// An injected pause: no ticks, no steps, until `until`, an early heal, or a
+    /// shutdown (which heals every fault: none outlives the process).
+    async fn stay_paused(
+        &mut self,
+        until: tokio::time::Instant,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) {
+        let faults = self.shared.faults.clone();
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = faults.changed.notified() => {}
+            () = shutdown.as_mut(), if !self.replica.is_draining() => {
+                faults.heal_all();
+                self.start_drain();
+            }
+        }
     }
 
     fn on_tick(&mut self) {

@@ -95,6 +95,7 @@ impl RaftLoop {
         let mut others = Vec::new();
         for m in messages {
             match answers.iter_mut().find(|(b, _)| b.from == m.to) {
+                _ if self.shared.faults.partitioned(m.to) => {}
                 Some((_, carried)) if m.body.is_response() => carried.push(m),
                 _ => others.push(m),
             }
@@ -109,8 +110,19 @@ impl RaftLoop {
     }
 
     pub(super) fn send(&self, messages: Vec<Message>) {
-        for m in messages {
+        let election = self.election.as_ref().and_then(|e| trace::sampled(&raftkv_telemetry::context_of(&e.span)));
+        for mut m in messages {
+            if self.shared.faults.partitioned(m.to) {
+                continue;
+            }
             self.count_replication(&m);
+            // The trace an election's requests and a transfer's TimeoutNow carry, so
+            // that the voters' spans join it.
+            match m.body {
+                MessageBody::RequestVote { .. } => m.trace = election.as_ref().map(trace::tag_of),
+                MessageBody::TimeoutNow => m.trace = trace::transfer_leader(self.id, m.to, m.term),
+                _ => {}
+            }
             let traces = self.traces_carried(&m);
             match self.peers.get(&m.to) {
                 Some(peer) => peer.sender.send(m, traces),
@@ -219,6 +231,10 @@ impl RaftLoop {
     }
 
     pub(super) async fn write(&self, request: WriteRequest) -> anyhow::Result<BatchReport> {
+        // An injected slow fsync: the write waits before it reaches the disk.
+        if let Some(delay) = self.shared.faults.fsync_delay() {
+            tokio::time::sleep(delay).await;
+        }
         let (done, rx) = storage_callback();
         self.writer()?.submit(request, done);
         let result = rx.await.map_err(|_| anyhow!("the storage writer stopped"))?;
