@@ -144,6 +144,11 @@ pub struct ServerArgs {
     /// The cluster CA (PEM): peers and clients must present a certificate it signed.
     #[arg(long, env = "RAFTKV_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Parse and resolve the flags, print what they resolve to and exit (the offline
+    /// checks run the manifests' args through it); binds, loads and writes nothing.
+    #[arg(long, hide = true)]
+    pub check_args: bool,
 }
 
 /// `--fsync`.
