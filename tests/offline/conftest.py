@@ -1,4 +1,5 @@
 """Shared fixtures of the offline checks (tests/offline/run.sh runs them)."""
+import json
 import os
 import shutil
 import subprocess
@@ -31,3 +32,32 @@ def need_tool(name):
 
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="session")
+def server_bin():
+    """raftkv-server, built from this checkout (a no-op when it is up to date: scripts/
+    test-all builds it before the offline checks), for its --check-args."""
+    cargo = need_tool("cargo")
+    r = subprocess.run([cargo, "build", "-q", "-p", "raftkv-server", "--bin", "raftkv-server",
+                        "--message-format=json-render-diagnostics"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=3600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in r.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == "raftkv-server":
+            return msg["executable"]
+    pytest.fail("cargo built no raftkv-server executable")
+
+
+# The deployment mutation suite's results (test_mutations.py): name -> caught.
+MUTATION_RESULTS = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MUTATION_RESULTS:
+        caught = sum(MUTATION_RESULTS.values())
+        missed = sorted(n for n, c in MUTATION_RESULTS.items() if not c)
+        terminalreporter.write_line(f"deployment mutation suite: {len(MUTATION_RESULTS)} mutants, {caught} caught"
+                                    + (f"; missed: {', '.join(missed)}" if missed else ""))
