@@ -19,12 +19,12 @@ def root():
     return ROOT
 
 
-def need_tool(name):
+def need_tool(name, how="tests/offline/run.sh installs it as root: apt-get install nix-bin"):
     """The path of `name`; a skip with the reason, or under CI=true a failure."""
     path = shutil.which(name)
     if path:
         return path
-    msg = f"{name} is not installed (tests/offline/run.sh installs it as root: apt-get install nix-bin)"
+    msg = f"{name} is not installed ({how})"
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
@@ -36,10 +36,11 @@ def run(cmd, **kw):
 
 @pytest.fixture(scope="session")
 def server_bin():
-    """raftkv-server, built from this checkout (a no-op when it is up to date: scripts/
-    test-all builds it before the offline checks), for its --check-args."""
-    cargo = need_tool("cargo")
-    r = subprocess.run([cargo, "build", "-q", "-p", "raftkv-server", "--bin", "raftkv-server",
+    """raftkv-server, built from this checkout for its --check-args. The command is
+    scripts/test-all's (the same packages, so the same features): a no-op there, where
+    it ran before the offline checks."""
+    cargo = need_tool("cargo", "rustup: https://rustup.rs")
+    r = subprocess.run([cargo, "build", "-q", "-p", "raftkv", "-p", "raftkv-server",
                         "--message-format=json-render-diagnostics"], cwd=ROOT, capture_output=True, text=True,
                        timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]

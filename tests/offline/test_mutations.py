@@ -39,14 +39,20 @@ def evaluate(root, scratch, mutant=None):
 def reports(copy, tmp_path_factory):
     """The evaluated flake of each mutant the image check must catch, evaluated a few at
     a time (each evaluation mostly waits: a few seconds alone, about 1 s in parallel)."""
-    if not any(IMAGE in m.checks for m in MUTANTS):
-        return {}
-    nixeval.need_real_evaluation()
+    try:
+        nixeval.need_real_evaluation()
+    except pytest.skip.Exception:
+        return None  # the image mutants skip with the reason; the others run
     scratch = tmp_path_factory.mktemp("reports")
-    todo = [m for m in MUTANTS if IMAGE in m.checks and m.old in open(os.path.join(copy, m.file)).read()]
+    todo = [m for m in MUTANTS if IMAGE in m.checks and m.old in read(os.path.join(copy, m.file))]
     with ThreadPoolExecutor(max_workers=4) as pool:
         done = pool.map(lambda m: evaluate(copy, str(scratch / m.name), m), todo)
         return {m.name: r for m, r in zip(todo, done)}
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def image_check(evaluated, root):
@@ -98,6 +104,8 @@ def test_the_unmutated_copy_passes(copy, tmp_path, server_bin, check):
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
 def test_mutant_is_caught(copy, tmp_path, server_bin, reports, mutant):
+    if IMAGE in mutant.checks:
+        nixeval.need_real_evaluation()
     path = os.path.join(copy, mutant.file)
     with open(path) as f:
         original = f.read()
@@ -106,8 +114,8 @@ def test_mutant_is_caught(copy, tmp_path, server_bin, reports, mutant):
     try:
         with open(path, "w") as f:
             f.write(original.replace(mutant.old, mutant.new, 1))
-        found = {c: run_check(c, copy, str(tmp_path / c), server_bin, reports[mutant.name] if c == IMAGE else mutant.file)
-                 for c in mutant.checks}
+        found = {c: run_check(c, copy, str(tmp_path / c), server_bin,
+                              reports[mutant.name] if c == IMAGE else mutant.file) for c in mutant.checks}
     finally:
         with open(path, "w") as f:
             f.write(original)

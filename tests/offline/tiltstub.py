@@ -8,7 +8,9 @@ exist; any other name fails to resolve.
 
 `problems(rec, root)` then checks what the Tiltfile asked for against the repository:
 every deps path and YAML file exists, every image built is used by some manifest,
-every k8s_resource names a real workload, every resource_dep a real resource, every
+every k8s_resource names a real workload (its port_forwards go to ports its containers
+have; a serving workload is auto-triggered and auto_init), every local_resource
+command's repository paths exist, every resource_dep a real resource, every
 `objects=` fragment names exactly one object not already grouped, and no object is
 left for Tilt's "uncategorized" resource. The grouping follows Tilt's
 internal/tiltfile/tiltfile_state.go: each workload is a resource, a Service whose
