@@ -244,10 +244,11 @@ with tarfile.open(out, "w") as t:
 PY
 }
 mkrootfs "$tmp/rootfs.tar" || fail "cannot write the rootfs tar"
-docker import --change 'ENTRYPOINT ["/bin/raftkv-server"]' --change 'USER 65532:65532' \
+# The flake's image config (tests/offline/deploychecks.py compares the two).
+docker import --change 'ENTRYPOINT ["/bin/raftkv-server"]' --change 'USER 65532:65532' --change 'WORKDIR /data' \
   --change 'EXPOSE 6000 9090' --change "LABEL $label" "$tmp/rootfs.tar" "$server_image" >/dev/null \
   || fail "docker import of the server image failed"
-docker import --change 'ENTRYPOINT ["/bin/raftkv"]' --change 'USER 65532:65532' \
+docker import --change 'ENTRYPOINT ["/bin/raftkv"]' --change 'USER 65532:65532' --change 'WORKDIR /data' \
   --change "LABEL $label" "$tmp/rootfs.tar" "$client_image" >/dev/null \
   || fail "docker import of the client image failed"
 if docker run --rm --entrypoint /bin/sh "$server_image" -c true >/dev/null 2>&1; then

@@ -1,4 +1,5 @@
 """Shared fixtures of the offline checks (tests/offline/run.sh runs them)."""
+import json
 import os
 import shutil
 import subprocess
@@ -18,12 +19,12 @@ def root():
     return ROOT
 
 
-def need_tool(name):
+def need_tool(name, how="tests/offline/run.sh installs it as root: apt-get install nix-bin"):
     """The path of `name`; a skip with the reason, or under CI=true a failure."""
     path = shutil.which(name)
     if path:
         return path
-    msg = f"{name} is not installed (tests/offline/run.sh installs it as root: apt-get install nix-bin)"
+    msg = f"{name} is not installed ({how})"
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
@@ -31,3 +32,33 @@ def need_tool(name):
 
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="session")
+def server_bin():
+    """raftkv-server, built from this checkout for its --check-args. The command is
+    scripts/test-all's (the same packages, so the same features): a no-op there, where
+    it ran before the offline checks."""
+    cargo = need_tool("cargo", "rustup: https://rustup.rs")
+    r = subprocess.run([cargo, "build", "-q", "-p", "raftkv", "-p", "raftkv-server",
+                        "--message-format=json-render-diagnostics"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=3600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in r.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == "raftkv-server":
+            return msg["executable"]
+    pytest.fail("cargo built no raftkv-server executable")
+
+
+# The deployment mutation suite's results (test_mutations.py): name -> caught.
+MUTATION_RESULTS = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MUTATION_RESULTS:
+        caught = sum(MUTATION_RESULTS.values())
+        missed = sorted(n for n, c in MUTATION_RESULTS.items() if not c)
+        terminalreporter.write_line(f"deployment mutation suite: {len(MUTATION_RESULTS)} mutants, {caught} caught"
+                                    + (f"; missed: {', '.join(missed)}" if missed else ""))

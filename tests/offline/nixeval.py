@@ -60,13 +60,14 @@ def tracked_files():
     return [f for f in r.stdout.split("\0") if f and os.path.isfile(os.path.join(ROOT, f))]
 
 
-def make_stage(path, edits=None, rustc="1.95.0"):
-    """A stage under `path`; `edits` maps a repo file to a function of its text."""
+def make_stage(path, edits=None, rustc="1.95.0", source=ROOT):
+    """A stage under `path`; `edits` maps a repo file to a function of its text. The
+    repo's files are this checkout's tracked files, read from `source` (a copy of it)."""
     os.makedirs(path)
     repo = os.path.join(path, "repo")
     for f in tracked_files():
         os.makedirs(os.path.join(repo, os.path.dirname(f)), exist_ok=True)
-        shutil.copy2(os.path.join(ROOT, f), os.path.join(repo, f))
+        shutil.copy2(os.path.join(source, f), os.path.join(repo, f))
     for f, edit in (edits or {}).items():
         with open(os.path.join(repo, f)) as fh:
             text = fh.read()

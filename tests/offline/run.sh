@@ -13,7 +13,9 @@
 #     revalidation, k8s/raftkv) against scripted stand-ins of kubectl, docker and tilt;
 #   - where 3, 4 and 5 replicas land on the kind cluster under the scheduler's Filter
 #     rules (scheduling.py), and Jaeger's config against its components and memory limit;
-#   - negative tests showing each checker catches a broken copy.
+#   - negative tests showing each checker catches a broken copy, and the deployment
+#     mutation suite (test_mutations.py: 40 mistakes in flake.nix, the Tiltfile, k8s/
+#     and the scripts, each of which some check must catch; tests/README.md).
 # Installs what it needs: nix-bin, shellcheck and debootstrap from Debian (when root and
 # missing); once per checkout, the Nix 2.26 chroot under target/nix-chroot (about a
 # minute: debootstrap and apt-get fetch Debian 13 from the Debian mirror, as apt does;

@@ -16,6 +16,7 @@ import time
 import pytest
 import yaml
 
+import deploychecks
 import nixeval
 from conftest import ROOT, need_tool, run
 
@@ -192,6 +193,15 @@ def test_images_match_the_manifests(report, attr, kind, name):
     assert set(cfg["ExposedPorts"]) == {f"{p['containerPort']}/tcp" for p in c.get("ports", [])}
     assert "nonroot:x:65532:65532" in img["extraCommands"]
     assert "chown 65532:65532 data" in img["fakeRootCommands"] and "chmod 0700 data" in img["fakeRootCommands"]
+
+
+def test_image_configs_agree_with_the_manifests_and_the_rehearsal(report):
+    """deploychecks.image_problems: User (no uid or gid 0, the pods' runAsUser/Group),
+    WorkingDir /data, /data owned by the user with mode 0700 (as the image check and the
+    rehearsal have it), ExposedPorts an OCI map of "PORT/tcp" to {} equal to the
+    container ports and the rehearsal's EXPOSE. The mutation suite (test_mutations.py)
+    breaks each in flake.nix and evaluates it."""
+    assert deploychecks.image_problems(report, ROOT) == []
 
 
 @pytest.mark.parametrize("attr,entrypoint", [("server-image", "/bin/raftkv-server"), ("client-image", "/bin/raftkv")])

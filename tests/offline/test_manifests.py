@@ -9,6 +9,7 @@ import shutil
 import pytest
 import yaml
 
+import deploychecks
 from conftest import KUBERNETES_VERSION, ROOT, run
 from tiltstub import is_manifest_file
 
@@ -171,6 +172,45 @@ def test_restricted_security_context(m, key):
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert "add" not in sc["capabilities"]
+
+
+def test_ports_probes_services_and_users_pass_the_deployment_checks():
+    """deploychecks.manifest_problems: probes, prometheus.io/port and every Service's
+    targetPort name a container port; no pod or container runs as uid or gid 0. The
+    mutation suite (test_mutations.py) shows each failing on a broken copy."""
+    assert deploychecks.manifest_problems(ROOT) == []
+
+
+def test_server_args_pass_the_servers_own_parser(server_bin):
+    """Every raftkv-server container's args and env, through `raftkv-server
+    --check-args` (clap, then the resolution a start does): what they resolve to listens
+    on the pod's ports, not on its loopback, and keeps its data on the claim."""
+    assert deploychecks.server_args_problems(ROOT, server_bin) == []
+    (_, d, pod, c), = deploychecks.server_containers(deploychecks.load_manifests(ROOT))
+    r, got = deploychecks.check_args(server_bin, c, pod)
+    assert r.returncode == 0, r.stderr
+    assert got["advertise"] == f"raft-0.{d['spec']['serviceName']}:6000"
+    assert got["listen"] == "0.0.0.0:6000" and got["admin-listen"] == "0.0.0.0:9090" and got["tls"] == "off"
+
+
+def test_tls_patched_server_args_pass_the_servers_own_parser(server_bin):
+    """With k8s/tls/statefulset-tls.yaml applied: the RAFTKV_TLS_* variables come together."""
+    (_, _, pod, c), = deploychecks.server_containers([patched(*TLS_PATCHES[0])])
+    r, got = deploychecks.check_args(server_bin, c, pod)
+    assert r.returncode == 0, r.stderr
+    assert got["tls"] == "on" and got["advertise"] == "raft-0.raft-service.default.svc:6000"
+
+
+def test_negative_the_servers_parser_refuses_a_misspelt_flag_and_a_loopback_listener(m, server_bin):
+    sts = yaml.safe_load(yaml.safe_dump(m[("StatefulSet", "raft")]))
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    c["args"] = [a.replace("--service=", "--servce=").replace("0.0.0.0:9090", "127.0.0.1:9090") for a in c["args"]]
+    problems = deploychecks.server_args_problems(ROOT, server_bin, docs=[sts])
+    assert len(problems) == 1 and "unexpected argument '--servce'" in problems[0], problems
+    c["args"] = [a.replace("--servce=", "--service=") for a in c["args"]]
+    problems = deploychecks.server_args_problems(ROOT, server_bin, docs=[sts])
+    assert problems == ["StatefulSet raft: admin-listen 127.0.0.1:9090: 127.0.0.1 is the pod's loopback; probes, "
+                        "peers and Prometheus cannot reach it"], problems
 
 
 def test_validation_pod_runs_validate_against_every_replica(m):

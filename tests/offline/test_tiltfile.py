@@ -7,6 +7,7 @@ import re
 import pytest
 import yaml
 
+import deploychecks
 import nixeval
 import tiltstub
 from conftest import ROOT
@@ -49,6 +50,24 @@ def test_images_are_nix_builds_pushed_by_skopeo_to_the_expected_ref(rec):
             assert d in b["deps"], (b["ref"], d)
         assert not b["live_update"], "a shell-less image cannot live-update"
     assert flake_attrs == {"raftkv-server": "server-image", "raftkv-client": "client-image"}
+
+def test_image_builds_push_what_nix_built_to_the_ref_tilt_expects(rec, tmp_path):
+    """Each build command run against stand-ins of nix and skopeo (deploychecks.
+    image_build_problems): skopeo gets the archive the nix build's --out-link streams and
+    copies it to docker://$EXPECTED_REF; no ./result or temporary directory is left. The
+    mutation suite shows it failing without --out-link and with a docker-daemon: push."""
+    assert deploychecks.image_build_problems(rec, str(tmp_path)) == []
+
+
+def test_port_forwards_and_triggers_pass_the_checks(rec):
+    """tiltstub.problems: every port_forward goes to a port a container of the resource
+    has; the serving workloads (raft, jaeger) deploy on `tilt up` and on every change."""
+    by = resources_by_name(rec)
+    for name in ("raft", "jaeger"):
+        r = by[name]
+        assert r["trigger_mode"] == tiltstub.TRIGGER_MODE_AUTO and r["auto_init"] is True, name
+    assert tiltstub.problems(rec, ROOT) == []
+
 
 def untracked_guard(command):
     """The part of an image build's command before it makes the image."""

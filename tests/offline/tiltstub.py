@@ -8,7 +8,9 @@ exist; any other name fails to resolve.
 
 `problems(rec, root)` then checks what the Tiltfile asked for against the repository:
 every deps path and YAML file exists, every image built is used by some manifest,
-every k8s_resource names a real workload, every resource_dep a real resource, every
+every k8s_resource names a real workload (its port_forwards go to ports its containers
+have; a serving workload is auto-triggered and auto_init), every local_resource
+command's repository paths exist, every resource_dep a real resource, every
 `objects=` fragment names exactly one object not already grouped, and no object is
 left for Tilt's "uncategorized" resource. The grouping follows Tilt's
 internal/tiltfile/tiltfile_state.go: each workload is a resource, a Service whose
@@ -23,6 +25,7 @@ command.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import starlark as sl
@@ -272,10 +275,7 @@ def problems(rec: Recorder, root: str) -> list[str]:
         for d in r["deps"]:
             if not exists(d):
                 out.append(f"local_resource {r['name']}: deps path {d} does not exist")
-        words = str(r["cmd"]).split()
-        if words and "/" in words[0] and not words[0].startswith("/"):
-            if not os.access(os.path.join(root, words[0]), os.X_OK):
-                out.append(f"local_resource {r['name']}: cmd {words[0]} is not an executable file of the repository")
+        out += [f"local_resource {r['name']}: {p}" for p in command_path_problems(str(r["cmd"]), root)]
         # Tilt starts no other update while a local resource without allow_parallel
         # runs (internal/engine/buildcontrol/build_control.go): one that runs on the
         # images' sources would hold their rebuild for as long as it runs.
@@ -307,6 +307,8 @@ def problems(rec: Recorder, root: str) -> list[str]:
     for r in rec.resources:
         if r["workload"] not in workloads:
             out.append(f"k8s_resource {r['workload']!r} names no workload of the YAML (workloads: {sorted(workloads)})")
+        else:
+            out += resource_problems(r, workloads[r["workload"]])
         if r["new_name"]:
             names.discard(r["workload"])
             names.add(r["new_name"])
@@ -319,6 +321,53 @@ def problems(rec: Recorder, root: str) -> list[str]:
             if dep not in names:
                 out.append(f"resource {r.get('workload') or r.get('name')}: resource_deps {dep!r} is not a resource")
     out += grouping_problems(entities, rec.resources)
+    return out
+
+
+# Long-running workloads: Tilt must deploy them on `tilt up` and on every change. A
+# manual one (a Job run on a click) is a choice; a manual server never rolls out.
+SERVING_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+
+
+def resource_problems(r, workload):
+    """A k8s_resource against its workload: port forwards to ports a container has, and a
+    serving workload deployed automatically."""
+    out = []
+    name = r["new_name"] or r["workload"]
+    ports = {p["containerPort"] for c in _containers(workload) for p in c.get("ports", [])}
+    for pf in r["port_forwards"]:
+        if pf["container_port"] not in ports:
+            out.append(f"k8s_resource {name}: port_forward to {pf['container_port']}, which no container of "
+                       f"{workload['kind']} {workload['metadata']['name']} has (ports: {sorted(ports)})")
+    if workload["kind"] in SERVING_KINDS:
+        if r["trigger_mode"] != TRIGGER_MODE_AUTO:
+            out.append(f"k8s_resource {name}: trigger_mode {r['trigger_mode']}: a change to its images or YAML "
+                       "would wait for a click instead of rolling out")
+        if r["auto_init"] is not True:
+            out.append(f"k8s_resource {name}: auto_init={r['auto_init']}: `tilt up` would not deploy it")
+    return out
+
+
+# Shell words that are never paths of the repository.
+_NOT_PATHS = re.compile(r"^(-|\$|/|~|[a-z]+://)|[$*?=]")
+
+
+def command_path_problems(cmd, root):
+    """A local_resource command's repository paths: the program of each command of it (a
+    word with a slash) must be an executable file, every other word with a slash an
+    existing path."""
+    out = []
+    for segment in re.split(r"&&|\|\||[;|&]", cmd):
+        words = segment.split()
+        for i, w in enumerate(words):
+            w = w.strip("'\"")
+            if "/" not in w or _NOT_PATHS.search(w):
+                continue
+            path = os.path.join(root, w)
+            if i == 0 and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                out.append(f"cmd {w} is not an executable file of the repository")
+            elif i > 0 and not os.path.exists(path):
+                out.append(f"cmd names {w}, which does not exist in the repository")
     return out
 
 

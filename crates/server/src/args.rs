@@ -150,6 +150,11 @@ pub struct ServerArgs {
     /// is refused.
     #[arg(long, env = "RAFTKV_ENABLE_FAULTS")]
     pub enable_faults: bool,
+
+    /// Parse and resolve the flags, print what they resolve to and exit (the offline
+    /// checks run the manifests' args through it); binds, loads and writes nothing.
+    #[arg(long, hide = true)]
+    pub check_args: bool,
 }
 
 /// `--fsync`.

@@ -33,6 +33,7 @@
 
 pub mod admin;
 mod args;
+mod check_args;
 mod conn;
 mod dir_lock;
 mod faults;
@@ -61,6 +62,7 @@ use tokio::sync::oneshot;
 
 pub use admin::AdminState;
 pub use args::{ClusterConfig, FsyncMode, LogFormat, NodeConfig, Peer, ServerArgs, parse_peer, tls_files};
+pub use check_args::check_args;
 
 /// Raft message batches from peers waiting for the loop; when full, peers get `Busy`.
 pub(crate) const RAFT_QUEUE: usize = 1024;
@@ -71,8 +73,14 @@ const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
 
 /// Runs a node until SIGTERM or Ctrl-C, as `raftkv-server` does: sets up logging and
 /// OpenTelemetry export ([`init_telemetry`]), resolves the flags, binds `--listen` and
-/// calls [`serve`]; flushes the spans still queued before it returns.
+/// calls [`serve`]; flushes the spans still queued before it returns. With
+/// `--check-args` it prints what the flags resolve to ([`check_args`]) and returns.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    if args.check_args {
+        let resolved = check_args(&args).map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
+        print!("{resolved}");
+        return Ok(());
+    }
     let telemetry = init_telemetry(&args);
     let result = run_node(args).await;
     // Blocking (the last export); the exporter's connection lives on this runtime.
