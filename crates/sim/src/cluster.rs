@@ -85,6 +85,9 @@ pub struct SimOptions {
     pub planted_bug: Option<PlantedBug>,
     /// Per-node `Config::max_snapshot_bytes` overrides, applied when a node boots.
     pub max_snapshot_bytes: BTreeMap<NodeId, u64>,
+    /// Stamp every message with a trace tag, as a traced runtime does (drawn from no
+    /// RNG, so the schedule is the same): the core must decide exactly as without.
+    pub trace_tags: bool,
 }
 
 impl SimOptions {
@@ -106,6 +109,7 @@ impl SimOptions {
             clients: 3,
             planted_bug: None,
             max_snapshot_bytes: BTreeMap::new(),
+            trace_tags: false,
         }
     }
 }

@@ -14,4 +14,4 @@ mod run;
 
 pub use checker::{Checker, Observation, Violation};
 pub use cluster::{Cluster, MAX_NODES, MAX_PROMOTION_LAG, SimOptions, TICK};
-pub use run::{Failure, RunReport, run_seed, run_seed_with};
+pub use run::{Failure, RunReport, decisions_fingerprint, run_seed, run_seed_traced, run_seed_with};

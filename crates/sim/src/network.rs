@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-use raftkv_raft::{Message, NodeId};
+use raftkv_raft::{Message, NodeId, TraceTag};
 use raftkv_replica::StepRefusal;
 use rand_core::Rng;
 
@@ -81,7 +81,12 @@ impl Cluster {
                 }
                 self.net.sent += 1;
                 let order = self.net.sent;
-                self.net.in_transit.push(Reverse(InTransit { deliver_at, late, order, msg: msg.clone() }));
+                let mut msg = msg.clone();
+                if self.opts.trace_tags {
+                    msg.trace =
+                        Some(TraceTag { trace_id: (u128::from(msg.from) << 64) | u128::from(order), span_id: order });
+                }
+                self.net.in_transit.push(Reverse(InTransit { deliver_at, late, order, msg }));
             }
         }
     }

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use raftkv_raft::{ConfChange, ConfChangeKind, NodeId, PlantedBug};
+use raftkv_raft::{ConfChange, ConfChangeKind, Event, NodeId, PlantedBug, TraceTag};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -50,6 +50,11 @@ pub struct RunReport {
     pub value_reads: u64,
     /// Crashes that tore a write (kept part of its entries).
     pub torn_writes: u64,
+    /// A fingerprint of every event every node reported, in order, with trace tags
+    /// left out: what the nodes decided (see [`decisions_fingerprint`]).
+    pub decisions: u64,
+    /// Events that handed a message's trace tag back (a run with `trace_tags`).
+    pub traced_events: u64,
 }
 
 /// A failed run, with what is needed to replay it.
@@ -87,6 +92,20 @@ pub fn run_seed(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
 
 /// [`run_seed`] with a bug planted in every node's core (tests of the checker only).
 pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -> Result<RunReport, Failure> {
+    run_seed_opts(seed, nodes, planted_bug, false)
+}
+
+/// [`run_seed`] with every message stamped with a trace tag, as a traced runtime does.
+pub fn run_seed_traced(seed: u64, nodes: usize) -> Result<RunReport, Failure> {
+    run_seed_opts(seed, nodes, None, true)
+}
+
+fn run_seed_opts(
+    seed: u64,
+    nodes: usize,
+    planted_bug: Option<PlantedBug>,
+    trace_tags: bool,
+) -> Result<RunReport, Failure> {
     let mut knobs = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5eed);
     let mut opts = SimOptions::new(nodes);
     opts.drop_percent = knobs.next_u64() % 10;
@@ -100,6 +119,7 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
     opts.late_percent = [0, 1, 3][(knobs.next_u64() % 3) as usize];
     opts.torn_writes = knobs.next_u64().is_multiple_of(2);
     opts.planted_bug = planted_bug;
+    opts.trace_tags = trace_tags;
     let mut cluster = Cluster::new(seed, opts);
     let fail = |c: &Cluster, reason: String| Failure {
         seed,
@@ -138,7 +158,40 @@ pub fn run_seed_with(seed: u64, nodes: usize, planted_bug: Option<PlantedBug>) -
         stale_late_messages: cluster.net.stale_late_delivered,
         value_reads: cluster.value_reads.served,
         torn_writes: cluster.torn_writes,
+        decisions: decisions_fingerprint(&cluster.events, false),
+        traced_events: cluster.events.iter().filter(|(_, _, e)| trace_of(e).is_some()).count() as u64,
     })
+}
+
+/// A hash of `events` (time, node, event), trace tags left out unless `with_tags`.
+/// `DefaultHasher::new` has fixed keys, so equal histories hash equal in any run.
+pub fn decisions_fingerprint(events: &[(u64, NodeId, Event)], with_tags: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for (time, node, event) in events {
+        let mut event = event.clone();
+        if !with_tags {
+            strip_trace(&mut event);
+        }
+        (time, node, format!("{event:?}")).hash(&mut h);
+    }
+    h.finish()
+}
+
+fn trace_of(e: &Event) -> Option<TraceTag> {
+    match e {
+        Event::VoteDecided { trace, .. } => *trace,
+        Event::ElectionStarted { cause, .. } | Event::SteppedDown { cause, .. } => *cause,
+        _ => None,
+    }
+}
+
+fn strip_trace(e: &mut Event) {
+    match e {
+        Event::VoteDecided { trace, .. } => *trace = None,
+        Event::ElectionStarted { cause, .. } | Event::SteppedDown { cause, .. } => *cause = None,
+        _ => {}
+    }
 }
 
 /// Heals every fault and restarts every node, then requires liveness (a leader commits

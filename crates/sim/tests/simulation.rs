@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use raftkv_sim::run_seed;
+use raftkv_sim::{run_seed, run_seed_traced};
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -131,4 +131,40 @@ fn membership_stats() {
         let acked: u64 = reports.iter().map(|r| r.acked_commands).sum();
         println!("nodes={nodes}: 200 seeds, {changes} conf changes, {removals} leader self-removals, {acked} acked");
     }
+}
+
+/// Trace tags ride in every message of a traced run and come back in the events, yet
+/// the core decides exactly as without them: every event, at the same time, on the
+/// same node, on the same seeds.
+#[test]
+fn trace_tags_never_change_a_decision() {
+    for (seed, nodes) in (0..20).map(|s| (s, 3)).chain((100..110).map(|s| (s, 5))) {
+        let plain = run_seed(seed, nodes).expect("the seed passes");
+        let traced = run_seed_traced(seed, nodes).expect("the seed passes with trace tags");
+        assert_eq!(plain.traced_events, 0, "seed {seed}: no tags without tracing");
+        assert!(traced.traced_events > 0, "seed {seed}: the tags came back in events: {traced:?}");
+        assert_eq!(
+            (plain.decisions, plain.acked_commands, plain.time),
+            (traced.decisions, traced.acked_commands, traced.time),
+            "seed {seed} nodes {nodes}: the trace tags changed what the nodes decided"
+        );
+    }
+}
+
+/// The fingerprint that test compares sees a changed decision, and only the tags are
+/// left out of it.
+#[test]
+fn the_decision_fingerprint_sees_a_changed_vote_but_not_a_tag() {
+    use raftkv_raft::{CandidateRequest, Event, LogPosition, TraceTag, VoteReason};
+    use raftkv_sim::decisions_fingerprint;
+    let vote = |granted: bool, trace: Option<TraceTag>| {
+        let last = LogPosition { term: 2, index: 7 };
+        let candidate = CandidateRequest { id: 1, term: 3, pre_vote: false, last };
+        let reason = if granted { VoteReason::Granted } else { VoteReason::StaleLog };
+        vec![(5, 2, Event::VoteDecided { candidate, granted, reason, own_last: last, trace })]
+    };
+    let tag = Some(TraceTag { trace_id: 9, span_id: 9 });
+    assert_eq!(decisions_fingerprint(&vote(true, None), false), decisions_fingerprint(&vote(true, tag), false));
+    assert_ne!(decisions_fingerprint(&vote(true, None), true), decisions_fingerprint(&vote(true, tag), true));
+    assert_ne!(decisions_fingerprint(&vote(true, tag), false), decisions_fingerprint(&vote(false, tag), false));
 }
