@@ -10,6 +10,7 @@ suite (test_mutations.py) runs them on copies broken on purpose.
   script_problems(root, only)      every shell script found in the tree: bash -n, shellcheck
 """
 import glob
+import importlib.util
 import ipaddress
 import os
 import re
@@ -154,13 +155,12 @@ def manifest_problems(root):
 DOWNWARD = {"metadata.name": "{pod}", "metadata.namespace": "default"}
 
 
-def expand(value, env):
-    """$(VAR) from the container's env, $$(VAR) a literal, as the kubelet does."""
-    def sub(m):
-        if m.group(0).startswith("$$"):
-            return m.group(0)[1:]
-        return env.get(m.group(1), m.group(0))
-    return re.sub(r"\$\$\([A-Za-z_][A-Za-z0-9_]*\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, value)
+# $(VAR) expansion as the kubelet does it: the rehearsal's own (tests/docker/podspec.py).
+_PODSPEC = importlib.util.spec_from_file_location(
+    "podspec", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docker", "podspec.py"))
+_podspec = importlib.util.module_from_spec(_PODSPEC)
+_PODSPEC.loader.exec_module(_podspec)
+expand = _podspec.expand
 
 
 def container_env(c, pod_name):
