@@ -236,3 +236,28 @@ fn bootstrap_log_recovered(entries: Vec<Entry>) -> Recovered {
         lost_state: false,
     }
 }
+
+/// A founder's first write torn (some bootstrap entries on disk, the hard state after
+/// them lost) is lost state: the node bootstraps again and recovers, instead of taking
+/// the entries it kept (here `AddVoter 1` alone) for a one-voter cluster and electing
+/// itself without its peers. Found by the simulation with failed fsyncs (seed 562).
+#[test]
+fn a_torn_first_write_is_lost_state_and_never_a_smaller_cluster() {
+    let changes: Vec<ConfChange> = (1..=3).map(|id| cc(K::AddVoter, id)).collect();
+    let mut first = RawNode::bootstrap_with(Config::new(1), changes.clone(), Recovered::default()).unwrap();
+    let written = first.ready().entries;
+    for kept in 1..=written.len() {
+        let torn = Recovered { entries: written[..kept].to_vec(), ..Recovered::default() };
+        let mut node = RawNode::bootstrap_with(Config::new(1), changes.clone(), torn).unwrap();
+        assert_eq!(node.conf(), &ConfState::with_voters([1, 2, 3]), "kept {kept}: the whole configuration");
+        assert!(node.status().recovering, "kept {kept}: it lost its state and recovers");
+        for _ in 0..100 {
+            node.tick();
+        }
+        assert_ne!(node.status().role, Role::Leader, "kept {kept}: it never leads alone");
+    }
+    // A write that was not torn (its hard state is there) is state, kept as it is.
+    let whole = bootstrap_log_recovered(written);
+    let node = RawNode::bootstrap_with(Config::new(1), changes, whole).unwrap();
+    assert!(!node.status().recovering);
+}

@@ -64,6 +64,8 @@ pub struct SimOptions {
     pub late_percent: u64,
     /// A crash may tear the first write not yet durable (see `Cluster::tear`).
     pub torn_writes: bool,
+    /// Percent of fsyncs that fail: the node stops at once, its write torn or lost.
+    pub failed_fsync_percent: u64,
     /// A Ready becomes durable 0..=max_fsync units after it is taken.
     pub max_fsync: u64,
     /// Nodes write Readies without a new term, vote or snapshot in the background
@@ -99,6 +101,7 @@ impl SimOptions {
             max_delay: 3,
             late_percent: 0,
             torn_writes: false,
+            failed_fsync_percent: 0,
             max_fsync: 2,
             async_persist: false,
             snapshot_every: 40,
@@ -150,6 +153,13 @@ impl SimDisk {
 
     fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty()
+    }
+
+    /// Whether a node restarting on this disk comes back with lost state: nothing
+    /// durable but, at most, a torn first write (entries without their hard state,
+    /// which the core discards).
+    pub fn holds_no_state(&self) -> bool {
+        self.snapshot.is_none() && self.hard_state == HardState::default()
     }
 }
 
@@ -207,6 +217,8 @@ pub struct Cluster {
     pub background_writes: u64,
     /// Crashes that left a torn write: some, not all, of its entries on disk.
     pub torn_writes: u64,
+    /// Fsyncs that failed (each stopped its node).
+    pub failed_fsyncs: u64,
     /// Messages handed to the network, by recipient and kind (dropped ones included).
     pub sent_by_kind: BTreeMap<(NodeId, &'static str), u64>,
     /// Graceful stops (drain, hand-off) that ended, and how.
@@ -237,6 +249,7 @@ impl Cluster {
             conf_changes: Vec::new(),
             background_writes: 0,
             torn_writes: 0,
+            failed_fsyncs: 0,
             sent_by_kind: BTreeMap::new(),
             stops: Vec::new(),
             opts,
@@ -465,7 +478,7 @@ impl Cluster {
     /// empty disk recovers when it starts).
     pub fn is_recovering(&self, id: NodeId) -> bool {
         let node = &self.nodes[&id];
-        let on_disk = node.disk.hard_state.recovering || node.disk.is_empty();
+        let on_disk = node.disk.hard_state.recovering || node.disk.holds_no_state();
         on_disk || node.replica.as_ref().is_some_and(|r| r.status().recovering)
     }
 
@@ -565,6 +578,22 @@ impl Cluster {
     /// counted as one — are a minority of the voters that a quorum can do without.
     /// Learners count too: a leader may promote one before it hears that its disk was
     /// lost.
+    /// Whether crashing `id` now is allowed: a crash of a node whose disk holds no
+    /// state yet (its first write not durable) loses that state, and counts as a wipe
+    /// (see `run::wipe_disk`): allowed only within the bound on recoveries.
+    pub fn may_lose_state(&self, id: NodeId) -> bool {
+        if !self.nodes[&id].disk.holds_no_state() || self.is_recovering_now(id) {
+            return true;
+        }
+        let confs = self.candidate_confs();
+        confs.windows(2).all(|w| w[0].voters == w[1].voters) && self.recoveries_within_bound(Some(id), None)
+    }
+
+    /// Whether `id` is up and recovering (it has already lost its state once).
+    fn is_recovering_now(&self, id: NodeId) -> bool {
+        self.nodes[&id].replica.as_ref().is_some_and(|r| r.status().recovering)
+    }
+
     pub fn recoveries_within_bound(&self, also: Option<NodeId>, change: Option<&ConfChange>) -> bool {
         let mut confs = self.candidate_confs();
         if let Some(cc) = change {

@@ -247,11 +247,12 @@ impl Cluster {
         }
         self.complete_writes(id);
         let node = self.nodes.get_mut(&id).expect("known node");
-        if node.in_flight.as_ref().is_some_and(|f| f.durable_at <= self.now) {
+        if node.replica.is_some() && node.in_flight.as_ref().is_some_and(|f| f.durable_at <= self.now) {
             self.resume_run(id);
         }
         let node = self.nodes.get_mut(&id).expect("known node");
-        let replica = node.replica.as_mut().expect("checked");
+        // A failed fsync above stopped it.
+        let Some(replica) = node.replica.as_mut() else { return };
         if node.in_flight.is_some() || node.writes.len() >= MAX_PENDING_WRITES || !replica.has_ready() {
             return;
         }
@@ -300,6 +301,9 @@ impl Cluster {
     /// The parked Ready's write is durable: the disk takes it, the checker learns what
     /// it brought, and the run goes on.
     fn resume_run(&mut self, id: NodeId) {
+        if self.fsync_fails(id) {
+            return;
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         let InFlightRun { run, write, snapshot, observations, .. } = node.in_flight.take().expect("a run in flight");
         if let Some(snapshot) = &snapshot {
@@ -369,6 +373,25 @@ impl Cluster {
         self.note(format!("node {id}: torn write keeps {kept} of {of} entries"));
     }
 
+    /// Whether the fsync of `id`'s next write fails (`failed_fsync_percent`). A failed
+    /// fsync stops the node, as it stops raftkv-server (its data may be lost or
+    /// written only in part, so nothing after it can be trusted): it crashes with
+    /// the write torn or lost, and nothing the write would have allowed is sent.
+    fn fsync_fails(&mut self, id: NodeId) -> bool {
+        // Drawn only when enabled, so runs without failed fsyncs stay as they were.
+        if self.opts.failed_fsync_percent == 0 || self.rng.next_u64() % 100 >= self.opts.failed_fsync_percent {
+            return false;
+        }
+        // A node whose first write fails loses its state: a wipe, within its bound.
+        if !self.may_lose_state(id) {
+            return false;
+        }
+        self.failed_fsyncs += 1;
+        self.note(format!("node {id}: fsync failed; the node stops"));
+        self.crash(id);
+        true
+    }
+
     /// Makes the background writes that are due durable, oldest first.
     fn complete_writes(&mut self, id: NodeId) {
         loop {
@@ -376,6 +399,10 @@ impl Cluster {
             if node.replica.is_none() || node.writes.front().is_none_or(|w| w.durable_at > self.now) {
                 return;
             }
+            if self.fsync_fails(id) {
+                return;
+            }
+            let node = self.nodes.get_mut(&id).expect("known node");
             let write = node.writes.pop_front().expect("checked");
             node.disk.write_entries(&write.write.entries);
             if let Some(hs) = write.write.hard_state {

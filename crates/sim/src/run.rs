@@ -50,6 +50,8 @@ pub struct RunReport {
     pub value_reads: u64,
     /// Crashes that tore a write (kept part of its entries).
     pub torn_writes: u64,
+    /// Fsyncs that failed and stopped their node.
+    pub failed_fsyncs: u64,
     /// A fingerprint of every event every node reported, in order, with trace tags
     /// left out: what the nodes decided (see [`decisions_fingerprint`]).
     pub decisions: u64,
@@ -118,6 +120,8 @@ fn run_seed_opts(
     // Drawn last, so the knobs above are what they were before late messages existed.
     opts.late_percent = [0, 1, 3][(knobs.next_u64() % 3) as usize];
     opts.torn_writes = knobs.next_u64().is_multiple_of(2);
+    // Rare: each failure stops a node until the nemesis restarts it.
+    opts.failed_fsync_percent = [0, 0, 1][(knobs.next_u64() % 3) as usize];
     opts.planted_bug = planted_bug;
     opts.trace_tags = trace_tags;
     let mut cluster = Cluster::new(seed, opts);
@@ -158,6 +162,7 @@ fn run_seed_opts(
         stale_late_messages: cluster.net.stale_late_delivered,
         value_reads: cluster.value_reads.served,
         torn_writes: cluster.torn_writes,
+        failed_fsyncs: cluster.failed_fsyncs,
         decisions: decisions_fingerprint(&cluster.events, false),
         traced_events: cluster.events.iter().filter(|(_, _, e)| trace_of(e).is_some()).count() as u64,
     })
@@ -201,6 +206,7 @@ fn settle(cluster: &mut Cluster) -> Result<(), String> {
     cluster.heal();
     cluster.opts.drop_percent = 0;
     cluster.opts.late_percent = 0;
+    cluster.opts.failed_fsync_percent = 0;
     for id in cluster.node_ids() {
         cluster.resume(id);
         cluster.restart(id);
@@ -376,7 +382,7 @@ fn crash_one(c: &mut Cluster, ids: &[NodeId]) {
     if c.opts.torn_writes {
         c.run_until(TORN_WAIT_UNITS, mid_write);
     }
-    let mut up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
+    let mut up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id) && c.may_lose_state(id)).collect();
     let writing: Vec<NodeId> = up.iter().copied().filter(|&id| c.mid_write(id)).collect();
     if c.opts.torn_writes && !writing.is_empty() {
         up = writing;

@@ -109,6 +109,17 @@ fn crashes_tear_writes() {
     assert!(torn > 10 && seeds > 5, "{torn} torn writes in {seeds} of 40 seeds");
 }
 
+/// Fsyncs fail: each failure stops its node at once (its write torn or lost), and the
+/// runs stay safe and live around it.
+#[test]
+fn fsyncs_fail_and_stop_their_node() {
+    let reports: Vec<_> = (0..40).map(|seed| run_seed(seed, 3).expect("seed passes")).collect();
+    let failed: u64 = reports.iter().map(|r| r.failed_fsyncs).sum();
+    let seeds = reports.iter().filter(|r| r.failed_fsyncs > 0).count();
+    eprintln!("40 seeds: {failed} failed fsyncs, in {seeds} seeds");
+    assert!(failed > 10 && seeds > 5, "{failed} failed fsyncs in {seeds} of 40 seeds");
+}
+
 /// Reads are checked by the value they return (crates/sim/src/reads.rs), and the runs
 /// make many of them.
 #[test]
