@@ -151,15 +151,11 @@ impl SimDisk {
         self.snapshot = Some(snapshot);
     }
 
-    fn is_empty(&self) -> bool {
-        self.snapshot.is_none() && self.entries.is_empty()
-    }
-
-    /// Whether a node restarting on this disk comes back with lost state: nothing
-    /// durable but, at most, a torn first write (entries without their hard state,
-    /// which the core discards).
+    /// Whether a node restarting on this disk comes back with lost state, as
+    /// raftkv-server decides it: no snapshot and no entries, or entries without any
+    /// hard state (a torn first write, which the server discards).
     pub fn holds_no_state(&self) -> bool {
-        self.snapshot.is_none() && self.hard_state == HardState::default()
+        self.snapshot.is_none() && (self.entries.is_empty() || self.hard_state == HardState::default())
     }
 }
 
@@ -314,15 +310,12 @@ impl Cluster {
     /// to be brand new: `confirm_new_clusters`).
     pub(crate) fn replica_from_disk(&self, id: NodeId, disk: &SimDisk, bootstrap: bool, restarts: u64) -> Replica {
         let cfg = self.raft_config(id, restarts);
-        let lost_state = disk.is_empty();
-        let (kv, membership) = Replica::restore_state(disk.snapshot.as_ref(), &disk.entries, BTreeMap::new())
+        let lost_state = disk.holds_no_state();
+        // As the server does: a torn first write is discarded.
+        let entries = if lost_state { Vec::new() } else { disk.entries.clone() };
+        let (kv, membership) = Replica::restore_state(disk.snapshot.as_ref(), &entries, BTreeMap::new())
             .expect("a simulated disk holds a valid state");
-        let recovered = Recovered {
-            hard_state: disk.hard_state,
-            snapshot: disk.snapshot.clone(),
-            entries: disk.entries.clone(),
-            lost_state,
-        };
+        let recovered = Recovered { hard_state: disk.hard_state, snapshot: disk.snapshot.clone(), entries, lost_state };
         let raw = if bootstrap {
             RawNode::bootstrap_with(cfg, self.bootstrap_changes(), recovered)
         } else {
