@@ -301,6 +301,48 @@ def test_each_raftkv_fault_button_runs_raftkv_fault_with_its_arguments(tmp_path,
         assert "outcome=won" in out.stdout
 
 
+def closed_endpoint():
+    """127.0.0.1:<a port nothing listens on> (bound by the kernel's choice, then closed)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def cli_refusals(cli, calls):
+    """The raftkv calls the real CLI's parser refuses (clap's exit 2); each runs against
+    an endpoint nothing listens on, so a parsed call fails to connect instead (exit 1)."""
+    out = []
+    env = dict(os.environ, RAFTKV_ENDPOINTS=closed_endpoint())
+    for c in calls:
+        if c[0] != "raftkv":
+            continue
+        r = subprocess.run([cli, *c[1:]], capture_output=True, text=True, timeout=60, env=env)
+        connect_failed = "unreachable" in r.stderr or "no endpoint answered" in r.stderr
+        if r.returncode != 1 or not connect_failed:
+            out.append(f"raftkv {' '.join(c[1:])}: exit {r.returncode}: {r.stderr.strip()[:300]}")
+    return out
+
+
+def test_what_the_buttons_run_the_real_raftkv_parses(tmp_path, cli_bin):
+    """Every raftkv command line the buttons ran against the stand-in, given to the real
+    CLI: none is a usage error (a misspelt flag, a missing argument)."""
+    rec = tilt_record()
+    for name, cmd in sorted(inject_buttons(rec).items()):
+        words = cmd.split()
+        (tmp_path / name).mkdir()
+        out, calls = run_script(tmp_path / name, INJECT, words[1:], inject_scenario())
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert cli_refusals(cli_bin, calls) == [], name
+
+
+def test_negative_the_real_parser_catches_a_misspelt_fault_command(cli_bin):
+    problems = cli_refusals(cli_bin, [["raftkv", "fault", "pause", "2", "--duration", "3s"],
+                                      ["raftkv", "fault", "delay-fsync", "1", "--for", "30s"],
+                                      ["raftkv", "fault", "pause", "2", "--for", "3s"]])
+    assert len(problems) == 2 and "--duration" in problems[0] and "delay-fsync" in problems[1], problems
+
+
 def test_partition_leader_says_so_when_no_new_leader_shows(tmp_path):
     scenario = inject_scenario()
     scenario["rules"][1] = raftkv(r"^status -o json$", status_json(1, 5), when={"phase": "after"})
