@@ -34,11 +34,15 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
 
 
-@pytest.fixture(scope="session")
-def server_bin():
-    """raftkv-server, built from this checkout for its --check-args. The command is
-    scripts/test-all's (the same packages, so the same features): a no-op there, where
-    it ran before the offline checks."""
+_BUILT = {}
+
+
+def built_executables():
+    """{target name: path} of raftkv-server and raftkv, built from this checkout. The
+    command is scripts/test-all's (the same packages, so the same features): a no-op
+    there, where it ran before the offline checks."""
+    if _BUILT:
+        return _BUILT
     cargo = need_tool("cargo", "rustup: https://rustup.rs")
     r = subprocess.run([cargo, "build", "-q", "-p", "raftkv", "-p", "raftkv-server",
                         "--message-format=json-render-diagnostics"], cwd=ROOT, capture_output=True, text=True,
@@ -46,10 +50,28 @@ def server_bin():
     assert r.returncode == 0, r.stderr[-3000:]
     for line in r.stdout.splitlines():
         msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
-                and msg["target"]["name"] == "raftkv-server":
-            return msg["executable"]
-    pytest.fail("cargo built no raftkv-server executable")
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+            _BUILT[msg["target"]["name"]] = msg["executable"]
+    return _BUILT
+
+
+@pytest.fixture(scope="session")
+def server_bin():
+    """raftkv-server, built from this checkout for its --check-args."""
+    exe = built_executables().get("raftkv-server")
+    if not exe:
+        pytest.fail("cargo built no raftkv-server executable")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def cli_bin():
+    """The raftkv CLI, built from this checkout (its argument parser checks what the
+    fault buttons run)."""
+    exe = built_executables().get("raftkv")
+    if not exe:
+        pytest.fail("cargo built no raftkv executable")
+    return exe
 
 
 # The deployment mutation suite's results (test_mutations.py): name -> caught.

@@ -7,6 +7,8 @@ suite (test_mutations.py) runs them on copies broken on purpose.
   server_args_problems(root, exe)  every raftkv-server container's args and env through
                                    the server's real parser (`raftkv-server --check-args`)
                                    and where what they resolve to listens
+  fault_problems(root, exe)        `raftkv fault` off in k8s/'s servers, on in those the Tiltfile
+                                   deploys (both through `raftkv-server --check-args`)
   script_problems(root, only)      every shell script found in the tree: bash -n, shellcheck
 """
 import glob
@@ -237,6 +239,60 @@ def server_args_problems(root, exe, docs=None):
     if not found:
         out.append(f"no workload runs the {SERVER_IMAGE} image")
     return out
+
+
+# ---- fault injection: on in the Tilt dev loop, off everywhere else ----------------------------
+
+def tilt_manifests(root):
+    """The Kubernetes objects the Tiltfile of `root` passes to k8s_yaml (files and blobs),
+    evaluated against the stubs of tiltstub.py."""
+    import tiltstub
+    rec = tiltstub.evaluate(os.path.join(root, "Tiltfile"), root)
+    docs = []
+    for y in rec.yaml_files:
+        with open(y if os.path.isabs(y) else os.path.join(root, y)) as fh:
+            docs += [d for d in yaml.safe_load_all(fh) if d]
+    for text in rec.yaml_blobs:
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def faults_of(exe, docs, where):
+    """([(label, `faults` as --check-args resolves it)], problems) of every server
+    container of `docs`; a container whose args the parser refuses is a problem."""
+    got_all, out = [], []
+    for label, _, pod_name, c in server_containers(docs):
+        r, got = check_args(exe, c, pod_name)
+        if r.returncode != 0:
+            out.append(f"{label} ({where}): raftkv-server refuses its args: {r.stderr.strip()[:400]}")
+            continue
+        got_all.append((label, got.get("faults")))
+    return got_all, out
+
+
+def base_fault_problems(root, exe):
+    """The manifests of k8s/ (what kubectl users apply): no server accepts `raftkv fault`
+    (no --enable-faults, no RAFTKV_ENABLE_FAULTS that the parser reads as on)."""
+    got, out = faults_of(exe, load_manifests(root), "k8s/")
+    return out + [f"{label} (k8s/): faults {f}: the base manifest must never accept `raftkv fault` "
+                  "(partitions, pauses); only the Tilt dev loop enables it" for label, f in got if f != "off"]
+
+
+def tilt_fault_problems(root, exe):
+    """The servers the Tiltfile deploys accept `raftkv fault` (the fault buttons need it)."""
+    try:
+        docs = tilt_manifests(root)
+    except Exception as e:  # noqa: BLE001 - any failed evaluation is the finding
+        return [f"the Tiltfile does not evaluate: {e}"]
+    got, out = faults_of(exe, docs, "as Tilt deploys it")
+    if not got and not out:
+        return [f"the Tiltfile deploys no workload running the {SERVER_IMAGE} image"]
+    return out + [f"{label} (as Tilt deploys it): faults {f}: `raftkv fault` and the fault buttons would be "
+                  "refused; the Tiltfile must add --enable-faults" for label, f in got if f != "on"]
+
+
+def fault_problems(root, exe):
+    return base_fault_problems(root, exe) + tilt_fault_problems(root, exe)
 
 
 # ---- shell scripts --------------------------------------------------------------------------

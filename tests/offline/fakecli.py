@@ -18,7 +18,8 @@ test puts bin_dir first on PATH. A scenario is a dict:
                 "set": {"k": "v"}}]}      # optional: state changes
 
 The first rule that matches answers. A call no rule matches exits 97 with a message.
-Every call is logged as a JSON line [tool, arg, ...] to workdir/calls.jsonl.
+Every call is logged as a JSON line [tool, arg, ...] to workdir/calls.jsonl, and the
+variables of LOGGED_ENV it saw as a JSON object to workdir/env.jsonl (`envs`).
 """
 import fcntl
 import json
@@ -40,6 +41,19 @@ def install(bin_dir, tools, scenario, workdir):
         os.chmod(path, 0o755)
 
 
+# The variables each call's environment is logged with (None: unset).
+LOGGED_ENV = ("RAFTKV_ENDPOINTS",)
+
+
+def envs(workdir):
+    """One {variable: value} per call, in the order of calls()."""
+    path = os.path.join(workdir, "env.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def calls(workdir):
     path = os.path.join(workdir, "calls.jsonl")
     if not os.path.exists(path):
@@ -57,6 +71,8 @@ def main():
         st = json.load(f)
         with open(os.path.join(workdir, "calls.jsonl"), "a") as log:
             log.write(json.dumps([tool] + args) + "\n")
+        with open(os.path.join(workdir, "env.jsonl"), "a") as log:
+            log.write(json.dumps({k: os.environ.get(k) for k in LOGGED_ENV}) + "\n")
         line = " ".join(args)
         for i, rule in enumerate(scenario["rules"]):
             if rule["tool"] != tool or not re.search(rule["match"], line):

@@ -3,7 +3,8 @@ flake.nix, the Tiltfile, k8s/ and the scripts, each a text edit of one file and 
 checks (deploychecks.py) of which at least one must fail on it.
 
 Checks: image (the flake's image config, evaluated, against the manifests and the
-rehearsal), manifests, server-args (through raftkv-server's own parser), tilt, scripts.
+rehearsal), manifests, server-args (through raftkv-server's own parser), tilt, faults
+(`raftkv fault` off in k8s/, on as Tilt deploys the servers), scripts.
 An `old` text that is no longer in its file fails the suite: edit the mutant with the
 file."""
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ class Mutant:
 
 
 M = Mutant
-IMAGE, MANIFESTS, ARGS, TILT, SCRIPTS = "image", "manifests", "server-args", "tilt", "scripts"
+IMAGE, MANIFESTS, ARGS, TILT, FAULTS, SCRIPTS = "image", "manifests", "server-args", "tilt", "faults", "scripts"
 
 RAFT_RESOURCE_END = "    resource_deps=['jaeger'] if OBSERVABILITY_YAML else [],\n    labels=['raft'],\n"
 SERVER_PORTS = "            ports = [\n              6000\n              9090\n            ];\n"
@@ -87,6 +88,16 @@ MUTANTS = [
       (MANIFESTS,)),
     M("validation-pod-group-root", "k8s/validate-pod.yaml", "    runAsGroup: 65532\n", "    runAsGroup: 0\n",
       (MANIFESTS,)),
+    # ---- fault injection: only the Tilt dev loop enables it ----
+    M("faults-enabled-in-base-args", "k8s/statefulset.yaml", "            - --admin-listen=0.0.0.0:9090\n",
+      "            - --admin-listen=0.0.0.0:9090\n            - --enable-faults\n", (FAULTS,)),
+    M("faults-enabled-in-base-env", "k8s/statefulset.yaml", "            - name: RUST_LOG\n",
+      "            - name: RAFTKV_ENABLE_FAULTS\n              value: \"true\"\n            - name: RUST_LOG\n",
+      (FAULTS,)),
+    M("tilt-faults-not-enabled", "Tiltfile", "k8s_yaml(encode_yaml(with_faults_enabled(read_yaml('k8s/statefulset.yaml'))))",
+      "k8s_yaml('k8s/statefulset.yaml')", (FAULTS,)),
+    M("tilt-faults-flag-misspelt", "Tiltfile", "c['args'] + ['--enable-faults']", "c['args'] + ['--enable-fault']",
+      (FAULTS,)),
     # ---- the scripts ----
     M("jepsen-syntax-error", "scripts/jepsen", '    *) echo "$n" ;;\n  esac\n}', '    *) echo "$n" ;;\n}',
       (SCRIPTS,)),

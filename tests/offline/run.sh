@@ -10,16 +10,18 @@
 #     pins nixpkgs and crane; the nix/check_image.py image check on test archives;
 #   - the scripts parse and pass shellcheck, name their kube context, cordon before they
 #     stop a node, never force-delete a pod; the cluster scripts (fault buttons,
-#     revalidation, k8s/raftkv) against scripted stand-ins of kubectl, docker and tilt;
+#     revalidation, k8s/raftkv) against scripted stand-ins of kubectl, docker, tilt and
+#     raftkv;
+#   - `raftkv fault` enabled only in the servers the Tiltfile deploys, never in k8s/;
 #   - where 3, 4 and 5 replicas land on the kind cluster under the scheduler's Filter
 #     rules (scheduling.py), and Jaeger's config against its components and memory limit;
 #   - negative tests showing each checker catches a broken copy, and the deployment
-#     mutation suite (test_mutations.py: 40 mistakes in flake.nix, the Tiltfile, k8s/
+#     mutation suite (test_mutations.py: 44 mistakes in flake.nix, the Tiltfile, k8s/
 #     and the scripts, each of which some check must catch; tests/README.md).
-# Installs what it needs: nix-bin, shellcheck and debootstrap from Debian (when root and
-# missing); once per checkout, the Nix 2.26 chroot under target/nix-chroot (about a
-# minute: debootstrap and apt-get fetch Debian 13 from the Debian mirror, as apt does;
-# tests/offline/nix-eval.sh); the pinned PyPI packages of requirements.txt into a venv
+# Installs what it needs: nix-bin, shellcheck, debootstrap and jq (k8s/tilt/inject)
+# from Debian (when root and missing); once per checkout, the Nix 2.26 chroot under
+# target/nix-chroot (about a minute: debootstrap and apt-get fetch Debian 13 from the
+# Debian mirror, as apt does; tests/offline/nix-eval.sh); the pinned PyPI packages of requirements.txt into a venv
 # under target/. The checks themselves use no network.
 # Exits non-zero on any failure; ends with pytest's "N passed" summary.
 set -euo pipefail
@@ -30,6 +32,7 @@ missing=()
 command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "offline checks: installing ${missing[*]} (apt-get)"

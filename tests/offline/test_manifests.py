@@ -193,12 +193,37 @@ def test_server_args_pass_the_servers_own_parser(server_bin):
     assert got["listen"] == "0.0.0.0:6000" and got["admin-listen"] == "0.0.0.0:9090" and got["tls"] == "off"
 
 
+def test_base_manifest_never_enables_faults(server_bin):
+    """`raftkv fault` (partitions, pauses) is for the Tilt dev loop only: no server of
+    k8s/ resolves `faults on` (--enable-faults or RAFTKV_ENABLE_FAULTS), through the
+    server's own parser. The mutation suite shows it failing with either added."""
+    assert deploychecks.base_fault_problems(ROOT, server_bin) == []
+    (_, _, pod, c), = deploychecks.server_containers(deploychecks.load_manifests(ROOT))
+    assert deploychecks.check_args(server_bin, c, pod)[1]["faults"] == "off"
+
+
+def test_negative_a_base_manifest_enabling_faults_is_caught(m, server_bin):
+    sts = yaml.safe_load(yaml.safe_dump(m[("StatefulSet", "raft")]))
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    for how in ("args", "env"):
+        c2 = yaml.safe_load(yaml.safe_dump(c))
+        if how == "args":
+            c2["args"].append("--enable-faults")
+        else:
+            c2["env"].append({"name": "RAFTKV_ENABLE_FAULTS", "value": "true"})
+        r, got = deploychecks.check_args(server_bin, c2, "raft-0")
+        assert r.returncode == 0 and got["faults"] == "on", (how, r.stderr, got)
+    c["env"].append({"name": "RAFTKV_ENABLE_FAULTS", "value": "false"})
+    assert deploychecks.check_args(server_bin, c, "raft-0")[1]["faults"] == "off"
+
+
 def test_tls_patched_server_args_pass_the_servers_own_parser(server_bin):
     """With k8s/tls/statefulset-tls.yaml applied: the RAFTKV_TLS_* variables come together."""
     (_, _, pod, c), = deploychecks.server_containers([patched(*TLS_PATCHES[0])])
     r, got = deploychecks.check_args(server_bin, c, pod)
     assert r.returncode == 0, r.stderr
     assert got["tls"] == "on" and got["advertise"] == "raft-0.raft-service.default.svc:6000"
+    assert got["faults"] == "off"
 
 
 def test_negative_the_servers_parser_refuses_a_misspelt_flag_and_a_loopback_listener(m, server_bin):

@@ -74,6 +74,8 @@ def run_check(name, root, scratch, server_bin, mutated=None):
         return deploychecks.server_args_problems(root, server_bin)
     if name == "tilt":
         return deploychecks.tilt_problems(root, scratch)
+    if name == "faults":
+        return deploychecks.fault_problems(root, server_bin)
     if name == "scripts":
         return deploychecks.script_problems(root, only=[mutated] if isinstance(mutated, str) else None)
     raise ValueError(f"no check {name}")
@@ -83,7 +85,7 @@ def test_mutants_are_named_once_and_name_known_checks():
     names = [m.name for m in MUTANTS]
     assert len(names) == len(set(names))
     for m in MUTANTS:
-        assert set(m.checks) <= {"image", "manifests", "server-args", "tilt", "scripts"}, m.name
+        assert set(m.checks) <= {"image", "manifests", "server-args", "tilt", "faults", "scripts"}, m.name
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
@@ -95,7 +97,7 @@ def test_every_mutant_applies_to_its_file_once(mutant):
     assert n == 1, f"{mutant.name}: {mutant.old!r} is in {mutant.file} {n} times, not once; update mutants.py"
 
 
-@pytest.mark.parametrize("check", ["image", "manifests", "server-args", "tilt", "scripts"])
+@pytest.mark.parametrize("check", ["image", "manifests", "server-args", "tilt", "faults", "scripts"])
 def test_the_unmutated_copy_passes(copy, tmp_path, server_bin, check):
     if check == "image":
         nixeval.need_real_evaluation()

@@ -121,3 +121,90 @@ def test_the_relabel_model_drops_and_rewrites():
     ]
     assert relabel(rules, {"a": "y"}) is None
     assert relabel(rules, {"a": "x", "b": "h:1", "c": "9"})["d"] == "h:9"
+
+
+# ---- the span reference of README.md against the server's code ----
+
+README = ROOT / "observability" / "README.md"
+SERVER_SRC = ROOT / "crates" / "server" / "src"
+# Span and span event names are dotted string literals under these prefixes.
+SPAN_NAME = re.compile(r'"((?:raft|fault|storage|kv)(?:\.[a-z_]+)+)"')
+ATTRIBUTE = re.compile(r'(?:KeyValue::new|kv)\(\s*"([a-z_]+)"')
+
+
+def code_names():
+    """Every span and span event name the server's code writes."""
+    return {n for f in SERVER_SRC.rglob("*.rs") for n in SPAN_NAME.findall(f.read_text())}
+
+
+def function_body(path, signature):
+    """The text of the function of `path` whose definition starts with `signature`."""
+    text = path.read_text()
+    start = text.index(signature)
+    return text[start:text.index("\n}\n", start)]
+
+
+def election_fields():
+    """The fields of the `raft.election` span (tracing::info_span! in ElectionTrace::start)."""
+    body = function_body(SERVER_SRC / "trace.rs", "    pub fn start(node: NodeId, term: Term, pre_vote")
+    block = body[body.index('"raft.election",'):body.index(");")]
+    return set(re.findall(r"^\s*([a-z_]+)(?:,| =)", block, re.M))
+
+
+def span_attributes():
+    """{span name: the attributes its code sets} of the election's spans and the fault's."""
+    trace_rs, faults_rs = SERVER_SRC / "trace.rs", SERVER_SRC / "faults.rs"
+    out = {"raft.election": election_fields()}
+    for name, path, sig in [
+        ("raft.vote_request", trace_rs, "pub(crate) fn vote_request("),
+        ("raft.step_down", trace_rs, "pub(crate) fn step_down("),
+        ("raft.transfer_leader", trace_rs, "pub(crate) fn transfer_leader("),
+        ("fault.inject", faults_rs, "fn inject_span("),
+    ]:
+        out[name] = set(ATTRIBUTE.findall(function_body(path, sig)))
+    out["fault.inject"].add("healed_by")  # set when it heals (Faults::heal)
+    out["raft.step_down"].discard("cause")  # its links' attribute (`cause=election`, `cause=fault`)
+    return out
+
+
+def reference(text):
+    return text[text.index("## Reference: every span and event"):]
+
+
+def undocumented(text):
+    """Names of the code missing from the reference, and attributes of the election's
+    spans missing from their reference row or from "Watching an election"."""
+    ref = reference(text)
+    watching = text[text.index("## Watching an election"):text.index("## Read a commit's trace")]
+    out = [f"{n}: not in the reference" for n in sorted(code_names()) if f"`{n}`" not in ref]
+    for span, attrs in sorted(span_attributes().items()):
+        rows = [line for line in ref.splitlines() if line.startswith(f"| `{span}`")]
+        if len(rows) != 1:
+            out.append(f"{span}: {len(rows)} rows in the reference table")
+            continue
+        out += [f"{span}.{a}: not in its reference row" for a in sorted(attrs - {"node"}) if f"`{a}`" not in rows[0]]
+        out += [f"{span}.{a}: not in \"Watching an election\"" for a in sorted(attrs) if f"`{a}`" not in watching]
+        if f"`{span}`" not in watching:
+            out.append(f"{span}: not in \"Watching an election\"")
+    return out
+
+
+def test_the_extraction_finds_the_election_spans_and_their_attributes():
+    names = code_names()
+    assert {"raft.election", "raft.vote_request", "raft.step_down", "raft.transfer_leader", "fault.inject",
+            "raft.vote_received", "fault.healed", "raft.commit", "kv.request"} <= names, names
+    attrs = span_attributes()
+    assert {"outcome", "pre_vote_granted", "first_commit_index"} <= attrs["raft.election"]
+    assert {"decision", "reason", "voted_for", "own_term", "candidate_last_index"} <= attrs["raft.vote_request"]
+    assert {"kind", "peers", "delay_ms", "fault_id"} <= attrs["fault.inject"]
+
+
+def test_every_span_and_event_of_the_server_is_in_the_readme():
+    assert undocumented(README.read_text()) == []
+
+
+@pytest.mark.parametrize("cut", ["`raft.vote_request`", "`voted_for`", "`first_commit_index`", "`fault.healed`"])
+def test_negative_a_readme_missing_a_name_is_caught(cut):
+    text = README.read_text().replace(cut, "`x`")
+    problems = undocumented(text)
+    assert problems and all(cut.strip("`") in p for p in problems), problems

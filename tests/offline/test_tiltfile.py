@@ -1,6 +1,7 @@
 """The Tiltfile, evaluated by a Starlark interpreter against stubs of Tilt's builtins
 (tiltstub.py): a check of what it asks Tilt for, not a run of Tilt."""
 import os
+import shutil
 import subprocess
 import re
 
@@ -182,16 +183,48 @@ def test_server_rebuilds_revalidate_after_the_rollout(rec):
 
 
 def test_fault_buttons(rec):
+    """The kill/stop buttons (k8s/tilt/faults) and the `raftkv fault` buttons
+    (k8s/tilt/inject; test_devloop_scripts.py runs each against a stand-in raftkv)."""
     faults = [r for r in rec.local_resources if r["labels"] == ["faults"]]
-    assert sorted(r["name"] for r in faults) == ["fault-kill-leader", "fault-restore", "fault-stop-follower-node"]
-    with open(os.path.join(ROOT, "k8s", "tilt", "faults")) as f:
-        script = f.read()
+    assert sorted(r["name"] for r in faults) == [
+        "fault-heal-all", "fault-kill-leader", "fault-partition-leader-10s", "fault-pause-follower-3s",
+        "fault-restore", "fault-slow-fsync-leader", "fault-stop-follower-node"]
     for r in faults:
         assert r["trigger_mode"] == tiltstub.TRIGGER_MODE_MANUAL and r["auto_init"] is False, r["name"]
         assert r["allow_parallel"] is True, f"{r['name']} would hold every other update while it waits"
         words = r["cmd"].split()
-        assert words[0] == "k8s/tilt/faults" and len(words) == 2
-        assert f"\n  {words[1]}) " in script, f"k8s/tilt/faults has no action {words[1]}"
+        assert words[0] in ("k8s/tilt/faults", "k8s/tilt/inject"), r["cmd"]
+        with open(os.path.join(ROOT, words[0])) as f:
+            script = f.read()
+        assert f"\n  {words[1]}) " in script, f"{words[0]} has no action {words[1]}"
+        if words[0] == "k8s/tilt/inject":
+            # They reach the servers through the raft resource's port-forward.
+            assert "raft" in r["resource_deps"], r["name"]
+
+
+def test_tilt_deployed_servers_enable_faults_and_differ_from_the_base_only_there(rec, server_bin):
+    """The servers Tilt deploys resolve `faults on` through the server's own parser (the
+    fault buttons need it), and are k8s/statefulset.yaml's with --enable-faults added,
+    nothing else; the base manifest stays off (test_manifests.py). The mutation suite
+    shows this failing without the flag and with it misspelt."""
+    assert deploychecks.tilt_fault_problems(ROOT, server_bin) == []
+    tilt = [d for t in rec.yaml_blobs for d in yaml.safe_load_all(t) if d and d["kind"] == "StatefulSet"]
+    with open(os.path.join(ROOT, "k8s", "statefulset.yaml")) as f:
+        base = yaml.safe_load(f)
+    assert "k8s/statefulset.yaml" not in rec.yaml_files, "the base manifest is deployed as it is, faults off"
+    assert len(tilt) == 1
+    c = base["spec"]["template"]["spec"]["containers"][0]
+    c["args"].append("--enable-faults")
+    assert tilt[0] == base
+
+
+def test_negative_a_tiltfile_deploying_the_base_servers_is_caught(server_bin, tmp_path):
+    src = mutated("k8s_yaml(encode_yaml(with_faults_enabled(read_yaml('k8s/statefulset.yaml'))))",
+                  "k8s_yaml('k8s/statefulset.yaml')")
+    shutil.copytree(ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(".git", "target", "target-*"))
+    (tmp_path / "repo" / "Tiltfile").write_text(src)
+    problems = deploychecks.tilt_fault_problems(str(tmp_path / "repo"), server_bin)
+    assert len(problems) == 1 and "faults off" in problems[0], problems
 
 
 def test_tests_fast_on_save_full_on_a_click(rec):

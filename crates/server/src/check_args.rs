@@ -6,7 +6,8 @@
 use crate::args::{ServerArgs, tls_files};
 
 /// What `args` resolve to, one `KEY VALUE` line each (`id`, `listen`, `advertise`,
-/// `admin-listen` (`-` when off), `data-dir`, `peers`, `join`, `tls`). The TLS files are
+/// `admin-listen` (`-` when off), `data-dir`, `peers`, `join`, `tls`, `faults` (`on` with
+/// `--enable-faults` or `RAFTKV_ENABLE_FAULTS`, else `off`)). The TLS files are
 /// only required to come together, not read: they exist in the pod, not here.
 pub fn check_args(args: &ServerArgs) -> Result<String, String> {
     let tls = tls_files(args.tls_cert.as_ref(), args.tls_key.as_ref(), args.tls_ca.as_ref())?.is_some();
@@ -22,6 +23,7 @@ pub fn check_args(args: &ServerArgs) -> Result<String, String> {
         ("peers", peers.join(",")),
         ("join", cfg.cluster.join.join(",")),
         ("tls", if tls { "on" } else { "off" }.into()),
+        ("faults", if cfg.enable_faults { "on" } else { "off" }.into()),
     ];
     Ok(lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect())
 }
@@ -51,7 +53,7 @@ mod tests {
         .unwrap();
         let want = "id 2\nlisten 0.0.0.0:6000\nadvertise raft-1.raft-service:6000\nadmin-listen 0.0.0.0:9090\n\
                     data-dir /data\npeers 1=raft-0.raft-service:6000,2=raft-1.raft-service:6000,\
-                    3=raft-2.raft-service:6000\njoin \ntls off\n";
+                    3=raft-2.raft-service:6000\njoin \ntls off\nfaults off\n";
         assert_eq!(out, want);
     }
 
@@ -68,6 +70,15 @@ mod tests {
         let e = check(&[&base[..], &["--tls-cert=/nonexistent/c.pem"]].concat()).unwrap_err();
         assert!(e.contains("missing --tls-key, --tls-ca"), "{e}");
         let tls = ["--tls-cert=/nonexistent/c.pem", "--tls-key=/nonexistent/k.pem", "--tls-ca=/nonexistent/ca.pem"];
-        assert!(check(&[&base[..], &tls[..]].concat()).unwrap().ends_with("tls on\n"));
+        assert!(check(&[&base[..], &tls[..]].concat()).unwrap().ends_with("tls on\nfaults off\n"));
+    }
+
+    #[test]
+    fn says_whether_faults_are_enabled() {
+        let base = ["--check-args", "--pod-name=raft-0", "--service=s", "--replicas=3", "--data-dir=/d"];
+        let on = check(&[&base[..], &["--enable-faults"]].concat()).unwrap();
+        assert!(on.ends_with("\nfaults on\n"), "{on}");
+        let e = check(&[&base[..], &["--enable-fault"]].concat()).unwrap_err();
+        assert!(e.contains("--enable-fault"), "{e}");
     }
 }
