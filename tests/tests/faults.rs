@@ -61,8 +61,8 @@ async fn each_fault_takes_effect_and_heals_by_itself() {
     let node = old.id.to_string();
 
     // A partition of the leader: the others elect another; it heals by itself.
-    let out = cli(&cluster, &["fault", "partition", &node, "--for", "3s"]).await.expect_code(0);
-    assert!(out.stdout.contains("injected partition from every other node for 3s"), "{}", out.show());
+    let out = cli(&cluster, &["fault", "partition", &node, "--for", "8s"]).await.expect_code(0);
+    assert!(out.stdout.contains("injected partition from every other node for 8s"), "{}", out.show());
     let client = cluster.client();
     poll_until(LEADER_TIMEOUT, "another leader", || async {
         for id in cluster.ids().into_iter().filter(|id| *id != old.id) {
@@ -91,7 +91,7 @@ async fn each_fault_takes_effect_and_heals_by_itself() {
     // A pause of a follower: it applies nothing while paused, catches up after.
     let follower = *cluster.ids().iter().find(|id| **id != put.leader).expect("a follower");
     let f = follower.to_string();
-    cli(&cluster, &["fault", "pause", &f, "--for", "5s"]).await.expect_code(0);
+    cli(&cluster, &["fault", "pause", &f, "--for", "8s"]).await.expect_code(0);
     let during = client.put("during-the-pause", "1").await.expect("a put while a follower is paused");
     let listed = active(&cluster, follower).await;
     assert!(listed.iter().any(|a| a["kind"] == "pause"), "the pause is listed: {listed:?}");
