@@ -7,6 +7,7 @@
 
 mod checker;
 mod cluster;
+mod disk;
 mod driving;
 mod network;
 mod reads;
