@@ -207,3 +207,79 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inflight_window_fills_and_frees_by_acknowledged_index() {
+        let mut w = Inflights::new(2);
+        assert!(!w.is_full());
+        w.add(3);
+        assert!(!w.is_full(), "one of two slots used");
+        w.add(5);
+        assert!(w.is_full(), "two of two slots used");
+        w.free_to(4);
+        assert!(!w.is_full(), "a match at 4 acknowledges the message ending at 3");
+        w.add(7);
+        w.free_to(6);
+        assert!(!w.is_full(), "a match at 6 acknowledges the message ending at 5, not 7");
+        w.add(8);
+        w.free_first();
+        assert!(!w.is_full(), "a heartbeat response frees the oldest slot");
+        w.add(9);
+        w.reset();
+        w.add(10);
+        assert!(!w.is_full(), "reset empties the window");
+    }
+
+    #[test]
+    fn a_replicating_peer_pauses_when_its_window_is_full() {
+        let mut p = Progress::new(1, 2);
+        p.become_replicate();
+        p.sent_append(Some(4));
+        assert!(!p.is_paused());
+        assert_eq!(p.next_index, 5, "pipelined: the next append starts after the last sent");
+        p.sent_append(Some(6));
+        assert!(p.is_paused(), "two appends in flight fill a window of two");
+        assert!(p.maybe_update(4, true));
+        p.inflights.free_to(4);
+        assert!(!p.is_paused());
+    }
+
+    #[test]
+    fn leaving_a_snapshot_probes_after_the_snapshot_index() {
+        let mut p = Progress::new(1, 4);
+        p.maybe_update(3, true);
+        p.become_snapshot(10);
+        p.become_probe();
+        assert_eq!((p.state, p.next_index), (ProgressState::Probe, 11));
+        // Without a snapshot the probe starts after the match.
+        p.become_probe();
+        assert_eq!(p.next_index, 4);
+    }
+
+    #[test]
+    fn rejections_move_next_index_back() {
+        // Replicating: a rejection above the match falls back to just after it.
+        let mut p = Progress::new(1, 4);
+        p.maybe_update(5, true);
+        p.become_replicate();
+        p.sent_append(Some(9));
+        assert!(!p.maybe_decrease_to(5, 0), "a rejection at or below the match is stale");
+        assert!(p.maybe_decrease_to(7, 0));
+        assert_eq!(p.next_index, 6);
+        // Probing: the follower's hint (its last index) moves next to just after it.
+        let mut p = Progress::new(10, 4);
+        assert!(!p.maybe_decrease_to(5, 2), "not the probe in flight (prev index 9)");
+        assert!(p.maybe_decrease_to(9, 4));
+        assert_eq!(p.next_index, 5);
+        // Never below the match.
+        let mut p = Progress::new(10, 4);
+        p.maybe_update(6, true);
+        p.next_index = 10;
+        assert!(p.maybe_decrease_to(9, 2));
+        assert_eq!(p.next_index, 7);
+    }
+}

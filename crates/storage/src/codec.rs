@@ -291,6 +291,23 @@ mod tests {
     }
 
     #[test]
+    fn a_record_exactly_at_the_limit_is_written_and_read() {
+        let mut buf = Vec::new();
+        // A hard state's len (type byte + payload) is 26: a limit of 26 takes it.
+        encode_hard_state(&mut buf, &HardState::default(), 26).unwrap();
+        assert!(matches!(read_frame(&buf, 0, 26), Frame::Ok { .. }));
+        assert!(matches!(read_frame(&buf, 0, 25), Frame::BadLength(_)));
+        assert!(encode_hard_state(&mut Vec::new(), &HardState::default(), 25).is_err());
+    }
+
+    #[test]
+    fn a_whole_header_is_judged_by_its_length() {
+        // Eight bytes are a whole header: a zero length is bad, not a short header.
+        assert!(matches!(read_frame(&[0; HEADER_LEN], 0, 1024), Frame::BadLength(_)));
+        assert!(matches!(read_frame(&[0; HEADER_LEN - 1], 0, 1024), Frame::Incomplete(_)));
+    }
+
+    #[test]
     fn frames_classify_damage() {
         let mut buf = Vec::new();
         encode_hard_state(&mut buf, &HardState::default(), DEFAULT_MAX_RECORD_SIZE).unwrap();

@@ -10,8 +10,6 @@
 
 use std::collections::VecDeque;
 
-use raftkv_raft::Entry;
-
 /// Where a log with this base ending at `last` ends after writing an entry at
 /// `index`; `Err` names the gap.
 pub(crate) fn last_after(base: u64, last: u64, index: u64) -> Result<u64, String> {
@@ -24,23 +22,6 @@ pub(crate) fn last_after(base: u64, last: u64, index: u64) -> Result<u64, String
     }
 }
 
-/// What the log keeps per entry: the whole entry during replay, its term at run time.
-pub(crate) trait HasTerm {
-    fn term(&self) -> u64;
-}
-
-impl HasTerm for Entry {
-    fn term(&self) -> u64 {
-        self.term
-    }
-}
-
-impl HasTerm for u64 {
-    fn term(&self) -> u64 {
-        *self
-    }
-}
-
 /// The entries after a base (the snapshot position), contiguous from `base_index + 1`.
 #[derive(Debug)]
 pub(crate) struct Log<T> {
@@ -49,7 +30,7 @@ pub(crate) struct Log<T> {
     items: VecDeque<T>,
 }
 
-impl<T: HasTerm> Log<T> {
+impl<T> Log<T> {
     pub fn new(base_index: u64, base_term: u64) -> Self {
         Log { base_index, base_term, items: VecDeque::new() }
     }
@@ -66,14 +47,6 @@ impl<T: HasTerm> Log<T> {
         self.base_index + self.items.len() as u64
     }
 
-    pub fn term_at(&self, index: u64) -> Option<u64> {
-        if index == self.base_index {
-            return Some(self.base_term);
-        }
-        let offset = index.checked_sub(self.base_index + 1)?;
-        self.items.get(offset as usize).map(HasTerm::term)
-    }
-
     /// Applies an entry the caller validated with [`last_after`].
     pub fn apply(&mut self, index: u64, item: T) {
         if index <= self.base_index {
@@ -83,11 +56,6 @@ impl<T: HasTerm> Log<T> {
         assert!(index <= self.last_index() + 1, "unvalidated gap at {index}");
         self.items.truncate((index - self.base_index - 1) as usize);
         self.items.push_back(item);
-    }
-
-    /// Whether a snapshot at (`index`, `term`) keeps the entries above it.
-    pub fn keeps_suffix(&self, index: u64, term: u64) -> bool {
-        self.term_at(index) == Some(term)
     }
 
     /// Moves the base to a snapshot at (`index`, `term`) with the given decision.
@@ -109,6 +77,24 @@ impl<T: HasTerm> Log<T> {
 
     pub fn into_items(self) -> Vec<T> {
         self.items.into()
+    }
+}
+
+/// The run-time log keeps each entry's term. (Replay keeps whole entries, `Log<Entry>`,
+/// and never asks for a term: its snapshot decision uses the term the WAL wrote at the
+/// base.)
+impl Log<u64> {
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        if index == self.base_index {
+            return Some(self.base_term);
+        }
+        let offset = index.checked_sub(self.base_index + 1)?;
+        self.items.get(offset as usize).copied()
+    }
+
+    /// Whether a snapshot at (`index`, `term`) keeps the entries above it.
+    pub fn keeps_suffix(&self, index: u64, term: u64) -> bool {
+        self.term_at(index) == Some(term)
     }
 }
 

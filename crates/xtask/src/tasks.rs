@@ -116,6 +116,14 @@ pub const TASKS: &[Task] = &[
         action: Action::Cargo(&["test", "-p", "raftkv-sim", "--features", "planted-bug", "--test", "planted_bug"]),
     },
     Task {
+        name: "mutants",
+        args: "[--crate NAME] [--file GLOB] [--budget MINUTES] [--list]",
+        about: "mutation testing of raft (with the simulation), storage and kv: the score per crate and file \
+                (scripts/mutants; hours for all, not in CI)",
+        needs: &[CARGO, tool("cargo-mutants", "cargo install cargo-mutants --locked")],
+        action: Action::Script("scripts/mutants"),
+    },
+    Task {
         name: "prerequisites",
         args: "",
         about: "install what test-all needs where it can (root with apt, cargo-fuzz), else name every missing piece",
