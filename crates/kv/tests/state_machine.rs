@@ -220,7 +220,9 @@ fn limits_are_checked_with_messages_naming_the_limit() {
 
     let key = Bytes::from(vec![b'k'; MAX_KEY_LEN]);
     let value = Bytes::from(vec![0; MAX_VALUE_LEN]);
-    assert_eq!(WriteOp::Put { key, value }.validate(), Ok(()));
+    assert_eq!(WriteOp::Put { key, value: value.clone() }.validate(), Ok(()));
+    // An expected value at the limit could be stored, so it could match: accepted.
+    assert_eq!(WriteOp::Cas { key: b("k"), expected: Some(value), new: b("n") }.validate(), Ok(()));
 }
 
 #[test]

@@ -117,7 +117,7 @@ pub const TASKS: &[Task] = &[
     },
     Task {
         name: "mutants",
-        args: "[--crate NAME] [--file GLOB] [--budget MINUTES] [--list]",
+        args: "[--crate NAME] [--file GLOB] [--budget MINUTES] [--list | --report]",
         about: "mutation testing of raft (with the simulation), storage and kv: the score per crate and file \
                 (scripts/mutants; hours for all, not in CI)",
         needs: &[CARGO, tool("cargo-mutants", "cargo install cargo-mutants --locked")],
