@@ -612,7 +612,7 @@ exited_0() {
 }
 
 log "write load: validate (run 5) in the background while the cluster scales 3 -> 5 -> 3"
-client --pod-args --quiet --duration=25s --expect-data=/rehearsal/run4.tsv \
+client --pod-args --quiet --duration=45s --expect-data=/rehearsal/run4.tsv \
   --write-data=/rehearsal/run5.tsv > "$tmp/load.out" 2>&1 &
 load_pid=$!
 client_n=$((client_n + 1)) # the background run took the next client name
@@ -638,7 +638,9 @@ while read -r id ordinal; do
   docker volume rm -f "$prefix-data-raft-$ordinal" >/dev/null
 done <<< "$victims"
 wait_until 30 "3 voters in the committed configuration" voters_are 3
-kill -0 "$load_pid" 2>/dev/null || log "note: the write load ended before the scale-down did"
+# The load must span the whole scaling, or its SUCCESS says nothing about it.
+kill -0 "$load_pid" 2>/dev/null \
+  || fail "the write load ended before the scale-down did: it did not cover the scaling (raise its --duration)"
 pass "scaled down: removed nodes $(echo "$victims" | cut -d' ' -f1 | tr '\n' ' ')(each exited 0); 3 voters"
 wait "$load_pid" || true
 sed 's/^/    /' "$tmp/load.out"
