@@ -31,6 +31,24 @@ impl Recovered {
     pub fn empty() -> Recovered {
         Recovered { lost_state: true, ..Recovered::default() }
     }
+
+    /// Entries without any hard state are a torn first write: a node's first write
+    /// with entries records its hard state (a term of at least 1) after them, so
+    /// nothing of it was ever acted on. Kept, a founder's prefix of its bootstrap
+    /// entries would read as a smaller cluster (`AddVoter 1` alone: a one-voter cluster
+    /// that elects itself), and a recovery under way would be forgotten with its hard
+    /// state. It is no state at all: the entries go and the state counts as lost; the
+    /// node's next first write replaces them from index 1. Returns whether it
+    /// discarded anything. [`RawNode`] applies it at start; a runtime that decides
+    /// from `lost_state` before that (bootstrap, join) applies it first.
+    pub fn discard_torn_first_write(&mut self) -> bool {
+        let torn = self.snapshot.is_none() && !self.entries.is_empty() && self.hard_state == HardState::default();
+        if torn {
+            self.entries.clear();
+            self.lost_state = true;
+        }
+        torn
+    }
 }
 
 /// Everything the runtime must do, in this order:
@@ -169,9 +187,10 @@ impl RawNode {
         cfg: Config,
         conf: ConfState,
         changes: Vec<ConfChange>,
-        recovered: Recovered,
+        mut recovered: Recovered,
     ) -> Result<RawNode, ConfigError> {
         cfg.validate()?;
+        recovered.discard_torn_first_write();
         let hard_state = recovered.hard_state;
         let raft =
             Raft::new(cfg, conf, changes, hard_state, recovered.snapshot, recovered.entries, recovered.lost_state);

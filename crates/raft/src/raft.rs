@@ -204,22 +204,6 @@ fn recovered_log(
     (log, bootstrap)
 }
 
-/// Whether storage holds only a torn first write of a founding member: some or all of
-/// the bootstrap entries (`changes`, in order, at term 1) and no hard state (its record
-/// comes after them and was lost). That node promised nothing to anyone (its first
-/// Ready never became durable) but may have lost what an earlier life promised — the
-/// hard state that said it was recovering went with the tear — so it starts over as
-/// a node whose storage was empty.
-fn torn_bootstrap(changes: &[ConfChange], hard_state: &HardState, snapshot: bool, entries: &[Entry]) -> bool {
-    !snapshot
-        && *hard_state == HardState::default()
-        && !entries.is_empty()
-        && entries.len() <= changes.len()
-        && entries.iter().zip(changes).enumerate().all(|(i, (e, cc))| {
-            e.index == i as Index + 1 && e.term == 1 && e.kind == EntryKind::ConfChange && e.data == cc.encode()
-        })
-}
-
 impl Raft {
     /// `conf`: the base of a log written before configurations were logged (its first
     /// entry is not a ConfChange). `changes`: the changes a brand-new cluster starts
@@ -235,11 +219,6 @@ impl Raft {
         lost_state: bool,
     ) -> Raft {
         let meta = snapshot.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
-        let (entries, lost_state) = if torn_bootstrap(&changes, &hard_state, snapshot.is_some(), &entries) {
-            (Vec::new(), true)
-        } else {
-            (entries, lost_state)
-        };
         let (log, bootstrap) = recovered_log(&meta, conf, changes, entries, hard_state.commit);
         let (mut term, mut vote) = (hard_state.term, hard_state.vote);
         if bootstrap && term == 0 {

@@ -87,30 +87,14 @@ pub(crate) async fn open(cfg: &NodeConfig) -> anyhow::Result<Opened> {
         .await
         .context("the storage open task failed")?
         .with_context(|| format!("cannot open storage in --data-dir {}", cfg.data_dir.display()))?;
-    if discard_torn_first_write(&mut recovered) {
+    // Before the identity decides from `lost_state` whether to bootstrap or join.
+    if recovered.discard_torn_first_write() {
         tracing::warn!(
             data_dir = %cfg.data_dir.display(),
             "the log holds entries but no hard state (a torn first write): starting as a node with no state"
         );
     }
     Ok(Opened { _lock: lock, fs, storage, recovered })
-}
-
-/// Entries without any hard state are a torn first write: a node's first write with
-/// entries carries a hard state (its term, at least 1) recorded after them, so nothing
-/// of it was acted on. Kept, a founder's prefix of its bootstrap entries would read as
-/// a smaller cluster (`AddVoter 1` alone: a one-voter cluster that elects itself). It
-/// is no state at all; the node's next first write replaces it from index 1. Returns
-/// whether it discarded anything.
-fn discard_torn_first_write(recovered: &mut raftkv_raft::Recovered) -> bool {
-    let torn = recovered.snapshot.is_none()
-        && !recovered.entries.is_empty()
-        && recovered.hard_state == raftkv_raft::HardState::default();
-    if torn {
-        recovered.entries.clear();
-        recovered.lost_state = true;
-    }
-    torn
 }
 
 impl Opened {
@@ -335,24 +319,4 @@ fn tamper_for_tests(kv: &mut raftkv_kv::KvStateMachine) {
     };
     tracing::warn!(key, value, "tampering with the state machine (RAFTKV_TEST_TAMPER, a test build)");
     kv.tamper_for_tests(key.as_bytes(), value.as_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use raftkv_raft::{Entry, EntryKind, HardState, Recovered};
-
-    use super::discard_torn_first_write;
-
-    #[test]
-    fn entries_without_a_hard_state_are_no_state_and_anything_else_is_kept() {
-        let entry = Entry { index: 1, term: 1, kind: EntryKind::ConfChange, data: Default::default() };
-        let mut torn = Recovered { entries: vec![entry.clone()], ..Recovered::default() };
-        assert!(discard_torn_first_write(&mut torn));
-        assert!(torn.entries.is_empty() && torn.lost_state);
-        let hard_state = HardState { term: 1, vote: None, commit: 0, recovering: false };
-        let mut whole = Recovered { entries: vec![entry], hard_state, ..Recovered::default() };
-        assert!(!discard_torn_first_write(&mut whole));
-        assert_eq!(whole.entries.len(), 1);
-        assert!(!whole.lost_state);
-    }
 }

@@ -269,12 +269,16 @@ impl Cluster {
     /// to be brand new: `confirm_new_clusters`).
     pub(crate) fn replica_from_disk(&self, id: NodeId, disk: &SimDisk, bootstrap: bool, restarts: u64) -> Replica {
         let cfg = self.raft_config(id, restarts);
-        let lost_state = disk.holds_no_state();
-        // As the server does: a torn first write is discarded.
-        let entries = if lost_state { Vec::new() } else { disk.entries.clone() };
-        let (kv, membership) = Replica::restore_state(disk.snapshot.as_ref(), &entries, BTreeMap::new())
+        let mut recovered = Recovered {
+            hard_state: disk.hard_state,
+            snapshot: disk.snapshot.clone(),
+            entries: disk.entries.clone(),
+            lost_state: disk.snapshot.is_none() && disk.entries.is_empty(),
+        };
+        // As the server does, before anything reads the entries.
+        recovered.discard_torn_first_write();
+        let (kv, membership) = Replica::restore_state(recovered.snapshot.as_ref(), &recovered.entries, BTreeMap::new())
             .expect("a simulated disk holds a valid state");
-        let recovered = Recovered { hard_state: disk.hard_state, snapshot: disk.snapshot.clone(), entries, lost_state };
         let raw = if bootstrap {
             RawNode::bootstrap_with(cfg, self.bootstrap_changes(), recovered)
         } else {
@@ -534,9 +538,13 @@ impl Cluster {
     /// state yet (its first write not durable) loses that state, and counts as a wipe
     /// (see `run::wipe_disk`): allowed only within the bound on recoveries.
     pub fn may_lose_state(&self, id: NodeId) -> bool {
-        if !self.nodes[&id].disk.holds_no_state() || self.is_recovering_now(id) {
-            return true;
-        }
+        !self.nodes[&id].disk.holds_no_state() || self.is_recovering_now(id) || self.may_wipe(id)
+    }
+
+    /// Whether `id` may lose its disk now: while every node that is not recovering
+    /// agrees on the voters, and the recoveries stay within their bound (see
+    /// `run::wipe_disk`).
+    pub fn may_wipe(&self, id: NodeId) -> bool {
         let confs = self.candidate_confs();
         confs.windows(2).all(|w| w[0].voters == w[1].voters) && self.recoveries_within_bound(Some(id), None)
     }

@@ -38,7 +38,7 @@ impl SimDisk {
 
     /// Whether a node restarting on this disk comes back with lost state, as
     /// raftkv-server decides it: no snapshot and no entries, or entries without any
-    /// hard state (a torn first write, which the server discards).
+    /// hard state (`Recovered::discard_torn_first_write`).
     pub fn holds_no_state(&self) -> bool {
         self.snapshot.is_none() && (self.entries.is_empty() || self.hard_state == HardState::default())
     }

@@ -408,9 +408,7 @@ fn wipe_disk(c: &mut Cluster) {
     let Some(conf) = c.leader_conf() else { return };
     let members: Vec<NodeId> = conf.members().collect();
     let id = members[(c.rng().next_u64() % members.len() as u64) as usize];
-    let confs = c.candidate_confs();
-    let settled = confs.windows(2).all(|w| w[0].voters == w[1].voters);
-    if settled && c.recoveries_within_bound(Some(id), None) {
+    if c.may_wipe(id) {
         c.restart_empty(id);
     }
 }
