@@ -79,14 +79,8 @@ async fn each_fault_takes_effect_and_heals_by_itself() {
     .expect("the partition cut the leader off");
     wait_healed(&cluster, old.id).await;
     let put = client.put("after-the-partition", "1").await.expect("a put");
-    poll_until(HEAL_LIMIT, "the healed node to catch up", || async {
-        match client.status(&cluster.addr(old.id)).await {
-            Ok(s) if s.applied_index >= put.index => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .expect("the healed node hears from the leader again");
+    // Healed, it hears from the leader again.
+    cluster.caught_up(old.id, put.index).await;
 
     // A pause of a follower: it applies nothing while paused, catches up after.
     let follower = *cluster.ids().iter().find(|id| **id != put.leader).expect("a follower");
@@ -100,14 +94,7 @@ async fn each_fault_takes_effect_and_heals_by_itself() {
         assert!(paused.applied_index < during.index, "a paused node applies nothing: {paused:?}");
     }
     wait_healed(&cluster, follower).await;
-    poll_until(HEAL_LIMIT, "the resumed node to catch up", || async {
-        match client.status(&cluster.addr(follower)).await {
-            Ok(s) if s.applied_index >= during.index => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .expect("the resumed node catches up");
+    cluster.caught_up(follower, during.index).await;
 
     // A slow fsync, ended by `fault heal` (every member) before its time.
     cli(&cluster, &["fault", "delay-fsync", &f, "50ms", "--for", "10m"]).await.expect_code(0);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::otlp::{Received, attr, hex};
 use common::traced::{
-    TracedCluster, client_of, flush, leader_among, partition, span_kinds, start_traced_cluster_with, stop,
+    TracedCluster, client_of, flush, leader_among, partition, span_kinds, start_traced_cluster_with, stepped_down, stop,
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use raftkv_client::local::poll_until;
@@ -34,15 +34,7 @@ async fn a_partitioned_leaders_successor_shows_its_election_as_one_trace_across_
     client.put("after-the-partition", "1").await.expect("the new leader commits");
     // Cut off, the old leader steps down by itself (check-quorum) before any healing
     // could show it the new term.
-    let old_addr = cluster.node(old.id).expect("the old leader's process").addr().to_string();
-    poll_until(Duration::from_secs(30), "the partitioned leader stepping down", || async {
-        match client.status(&old_addr).await {
-            Ok(s) if s.role != "leader" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .expect("the partitioned leader steps down: it lost its quorum");
+    stepped_down(&client, &cluster, old.id).await;
     // Healed now, so that the fault's span (open while it lasts) is exported.
     let healed = client.fault(old.id, FaultRequest::Heal).await.expect("the partition heals");
     assert_eq!(healed.healed, 1, "{healed:?}");

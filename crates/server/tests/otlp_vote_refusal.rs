@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::otlp::Received;
 use common::traced::{
-    TracedCluster, client_of, flush, leader_among, partition, span_kinds, start_traced_cluster_with, stop,
+    TracedCluster, client_of, flush, leader_among, partition, span_kinds, start_traced_cluster_with, stepped_down, stop,
 };
 use raftkv_client::local::poll_until;
 use raftkv_client::{FaultRequest, NodeId};
@@ -42,15 +42,7 @@ async fn a_voter_refusing_a_stale_candidate_names_both_log_positions() {
     }
     // The leader loses its quorum and steps down: it is then out of any lease.
     partition(&client, other, 60).await;
-    let leader_addr = cluster.node(leader).expect("the leader's process").addr().to_string();
-    poll_until(Duration::from_secs(30), "the leader stepping down", || async {
-        match client.status(&leader_addr).await {
-            Ok(s) if s.role != "leader" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .expect("the cut-off leader steps down");
+    stepped_down(&client, &cluster, leader).await;
     let healed = client.fault(3, FaultRequest::Heal).await.expect("node 3 heals");
     assert_eq!(healed.healed, 1, "{healed:?}");
     let (winner, _) = leader_among(&client, &cluster, &[leader, 3], 0).await;

@@ -109,3 +109,17 @@ pub async fn leader_among(client: &Client, cluster: &LocalCluster, ids: &[NodeId
     .await
     .expect("the others elect a leader")
 }
+
+/// Waits until node `id`, cut off from its peers, no longer says it leads (it stepped
+/// down by itself: check-quorum).
+pub async fn stepped_down(client: &Client, cluster: &LocalCluster, id: NodeId) {
+    let addr = cluster.node(id).expect("the node's process").addr().to_string();
+    poll_until(Duration::from_secs(30), "the cut-off leader stepping down", || async {
+        match client.status(&addr).await {
+            Ok(s) if s.role != "leader" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("the cut-off leader steps down: it lost its quorum");
+}
