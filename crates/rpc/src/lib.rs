@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 pub use tarpc;
 
 mod codec;
+mod cork;
 mod fault;
 pub mod tls;
 mod transport;
 
 pub use codec::{MAX_REQUEST_DEADLINE, ServerCodec, ServerMessage, decode_client_message, encode_request};
+pub use cork::Corked;
 
 pub use fault::{ActiveFault, Fault, FaultReply, FaultRequest, MAX_FAULT_MS, MAX_FSYNC_DELAY_MS};
 pub use tls::{PeerIdentity, TlsConfig, TlsError, TlsFiles};

@@ -13,18 +13,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::codec::{ServerCodec, ServerMessage};
+use crate::cork::Corked;
 use crate::tls::{PeerIdentity, TlsConfig, server_name};
 use crate::{MAX_FRAME_BYTES, RaftKvClient, RaftKvResponse};
 
 /// How long an accepted connection may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens a plaintext client connection to a node.
+/// Opens a plaintext client connection to a node. Requests made at about the same
+/// moment leave in one write ([`Corked`]).
 pub async fn connect(addr: &str) -> io::Result<RaftKvClient> {
     let mut connecting = tcp::connect(addr, Bincode::default);
     connecting.config_mut().max_frame_length(MAX_FRAME_BYTES);
     let transport = connecting.await?;
-    Ok(RaftKvClient::new(tarpc::client::Config::default(), transport).spawn())
+    Ok(RaftKvClient::new(tarpc::client::Config::default(), Corked::new(transport)).spawn())
 }
 
 /// Opens a client connection to a node: plaintext ([`connect`]) without `tls`, else
@@ -47,8 +49,9 @@ pub async fn connect_with(addr: &str, tls: Option<&TlsConfig>) -> io::Result<Raf
 /// A client on an already established byte stream (e.g. a TLS stream set up by the
 /// caller), with the same framing as [`connect`].
 pub fn client_on<S: AsyncRead + AsyncWrite + Send + 'static>(io: S) -> RaftKvClient {
-    let transport = serde_transport::new(framed(io), Bincode::default());
-    RaftKvClient::new(tarpc::client::Config::default(), transport).spawn()
+    // Boxed: a pinned box is Unpin whatever `S` is, as the cork needs.
+    let transport = serde_transport::new(framed(Box::pin(io)), Bincode::default());
+    RaftKvClient::new(tarpc::client::Config::default(), Corked::new(transport)).spawn()
 }
 
 fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
@@ -59,8 +62,10 @@ fn framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// The server side of one established connection.
-pub type ServerTransport = Transport<Pin<Box<dyn Io>>, ServerMessage, tarpc::Response<RaftKvResponse>, ServerCodec>;
+/// The server side of one established connection; its answers are corked (see
+/// [`Corked`]).
+pub type ServerTransport =
+    Corked<Transport<Pin<Box<dyn Io>>, ServerMessage, tarpc::Response<RaftKvResponse>, ServerCodec>>;
 
 /// A listener whose connections are plaintext or mutual TLS. Accepting does not
 /// handshake: [`Accepted::establish`] does, on the connection's own task, so a slow
@@ -131,6 +136,6 @@ impl Accepted {
                 (Box::pin(tls), identity)
             }
         };
-        Ok((serde_transport::new(framed(io), ServerCodec::default()), identity))
+        Ok((Corked::new(serde_transport::new(framed(io), ServerCodec::default())), identity))
     }
 }

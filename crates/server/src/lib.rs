@@ -265,8 +265,11 @@ async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(MAX_REQUESTS_PER_CONNECTION)
         .execute(service.serve())
-        .for_each(|request| async {
-            tokio::spawn(request);
-        })
+        // The connection's requests run inside its own task, not one task each: the
+        // answers of one commit wake it once and leave in one write, with no spawn
+        // and no wake-up across threads per request. tarpc bounds them (at most
+        // MAX_REQUESTS_PER_CONNECTION in flight); no bound here, so that the stream,
+        // which also writes the answers, is always polled.
+        .for_each_concurrent(None, |request| request)
         .await;
 }
