@@ -18,7 +18,8 @@
 # Environment: DURATION / WARMUP (repetitions; default 4s / 1s, --quick 2s / 500ms),
 # SWEEP_DURATION / SWEEP_WARMUP (default 2s / 500ms, --quick 1s / 500ms), REPS (3),
 # RESULTS (the output directory), DATA_ROOT (both stores keep their data in a fresh
-# directory under it, on one filesystem, removed at the end; default /var/tmp).
+# directory under it, on one filesystem, removed at the end; default /var/tmp),
+# CLIENT_COUNTS (the client counts, space-separated, instead of the mode's own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -39,6 +40,12 @@ if [ "$QUICK" = 1 ]; then
 else
   DURATION=${DURATION:-4s}; WARMUP=${WARMUP:-1s}; SWEEP_DURATION=${SWEEP_DURATION:-2s}
   CLIENTS=(1 16 64 256); VALUES=(100 1024); WORKLOADS=(write read mixed)
+fi
+if [ -n "${CLIENT_COUNTS:-}" ]; then
+  read -r -a CLIENTS <<<"$CLIENT_COUNTS"
+  for c in "${CLIENTS[@]}"; do
+    case "$c" in '' | *[!0-9]* | 0) echo "CLIENT_COUNTS: '$c' is not a positive whole number" >&2; exit 2 ;; esac
+  done
 fi
 SWEEP_WARMUP=${SWEEP_WARMUP:-500ms}; REPS=${REPS:-3}
 CONNECTIONS=(1 4 16 64)
