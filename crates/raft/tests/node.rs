@@ -1,0 +1,85 @@
+//! What a `RawNode` resumes with and tells its runtime, outside the golden scripts: the
+//! hard state and snapshot it recovered, the configuration of a log written before
+//! configurations were logged, and its answers to messages of an older term.
+
+use bytes::Bytes;
+use raftkv_raft::{
+    ConfState, Config, Entry, EntryKind, HardState, Message, MessageBody, RawNode, Recovered, Snapshot, SnapshotMeta,
+};
+
+fn hard_state(term: u64, commit: u64) -> HardState {
+    HardState { term, vote: Some(2), commit, recovering: false }
+}
+
+/// Node 1 of {1, 2, 3}, restarted from a snapshot at 5 (term 2) in term 3.
+fn restarted_from_snapshot() -> RawNode {
+    let meta = SnapshotMeta { index: 5, term: 2, conf: ConfState::with_voters([1, 2, 3]) };
+    let snapshot = Snapshot { meta, data: Bytes::from_static(b"state") };
+    let recovered =
+        Recovered { hard_state: hard_state(3, 5), snapshot: Some(snapshot), entries: Vec::new(), lost_state: false };
+    RawNode::new(Config::new(1), ConfState::default(), recovered).unwrap()
+}
+
+/// Everything the node sends in its next Ready.
+fn sent(node: &mut RawNode) -> Vec<Message> {
+    let ready = node.ready();
+    node.advance();
+    ready.messages.into_iter().chain(ready.persisted_messages).collect()
+}
+
+#[test]
+fn the_hard_state_handed_out_is_the_recovered_one_until_a_ready_moves_it() {
+    let mut node = restarted_from_snapshot();
+    assert_eq!(node.handed_out_hard_state(), hard_state(3, 5));
+    let heartbeat = MessageBody::Heartbeat { leader_commit: 5, read_round: 0 };
+    node.step(Message::new(2, 1, 4, heartbeat)).unwrap();
+    assert_eq!(node.handed_out_hard_state(), hard_state(3, 5), "nothing handed out yet");
+    let ready = node.ready();
+    let moved = HardState { term: 4, vote: None, commit: 5, recovering: false };
+    assert_eq!(ready.hard_state, Some(moved));
+    assert_eq!(node.handed_out_hard_state(), moved);
+}
+
+#[test]
+fn a_node_holds_the_snapshot_it_recovered() {
+    let node = restarted_from_snapshot();
+    let snapshot = node.snapshot().expect("the recovered snapshot");
+    assert_eq!((snapshot.meta.index, snapshot.meta.term, &snapshot.data[..]), (5, 2, &b"state"[..]));
+}
+
+#[test]
+fn a_log_written_before_configurations_were_logged_takes_the_startup_configuration() {
+    let entry = |index| Entry { index, term: 1, kind: EntryKind::Command, data: Bytes::new() };
+    let recovered =
+        Recovered { hard_state: hard_state(1, 2), entries: vec![entry(1), entry(2)], ..Recovered::default() };
+    let node = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), recovered).unwrap();
+    assert_eq!(node.conf(), &ConfState::with_voters([1, 2, 3]));
+    assert_eq!(node.status().last_index, 2, "no bootstrap entries appended");
+}
+
+#[test]
+fn a_message_of_an_older_term_from_a_leader_is_answered_with_the_newer_term() {
+    let meta = SnapshotMeta { index: 9, term: 1, conf: ConfState::with_voters([1, 2, 3]) };
+    let bodies = [
+        MessageBody::Heartbeat { leader_commit: 0, read_round: 0 },
+        MessageBody::AppendEntries { prev_log_index: 5, prev_log_term: 2, entries: Vec::new(), leader_commit: 5 },
+        MessageBody::InstallSnapshot { meta, offset: 0, total_len: 1, data: Bytes::from_static(b"s"), done: true },
+    ];
+    for body in bodies {
+        let mut node = restarted_from_snapshot();
+        let kind = body.name();
+        node.step(Message::new(2, 1, 2, body)).unwrap();
+        let answers: Vec<_> = sent(&mut node).into_iter().map(|m| (m.to, m.term, m.body)).collect();
+        let told = MessageBody::HeartbeatResponse { read_round: 0, missing_from: None };
+        assert_eq!(answers, vec![(2, 3, told)], "a stale {kind}");
+    }
+}
+
+#[test]
+fn a_pre_vote_of_an_older_term_is_refused_out_loud() {
+    let mut node = restarted_from_snapshot();
+    let request = MessageBody::RequestVote { pre_vote: true, last_log_index: 5, last_log_term: 2, force: false };
+    node.step(Message::new(2, 1, 2, request)).unwrap();
+    let answers: Vec<_> = sent(&mut node).into_iter().map(|m| (m.to, m.term, m.body)).collect();
+    assert_eq!(answers, vec![(2, 3, MessageBody::RequestVoteResponse { pre_vote: true, granted: false })]);
+}
