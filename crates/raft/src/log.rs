@@ -344,6 +344,15 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_counts_each_entrys_overhead_so_empty_entries_fill_it_too() {
+        let empty: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+        let log = RaftLog::recovered(&SnapshotMeta::default(), ConfState::default(), empty, 0);
+        assert_eq!(entry(1, 1).size(), 24);
+        assert_eq!(log.entries_from(1, 48).map(|b| b.len()), Some(2));
+        assert_eq!(log.entries_from(1, 47).map(|b| b.len()), Some(1));
+    }
+
+    #[test]
     fn appended_entries_are_unstable_until_handed_out() {
         let mut log = log_after_snapshot();
         assert!(!log.has_unstable(), "recovered entries are durable already");
