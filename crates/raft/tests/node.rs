@@ -1,10 +1,11 @@
 //! What a `RawNode` resumes with and tells its runtime, outside the golden scripts: the
 //! hard state and snapshot it recovered, the configuration of a log written before
-//! configurations were logged, and its answers to messages of an older term.
+//! configurations were logged, its answers to messages of an older term, and elections.
 
 use bytes::Bytes;
 use raftkv_raft::{
-    ConfState, Config, Entry, EntryKind, HardState, Message, MessageBody, RawNode, Recovered, Snapshot, SnapshotMeta,
+    ConfState, Config, ElectionOutcome, Entry, EntryKind, Event, HardState, Message, MessageBody, RawNode, Recovered,
+    Role, Snapshot, SnapshotMeta,
 };
 
 fn hard_state(term: u64, commit: u64) -> HardState {
@@ -82,4 +83,57 @@ fn a_pre_vote_of_an_older_term_is_refused_out_loud() {
     node.step(Message::new(2, 1, 2, request)).unwrap();
     let answers: Vec<_> = sent(&mut node).into_iter().map(|m| (m.to, m.term, m.body)).collect();
     assert_eq!(answers, vec![(2, 3, MessageBody::RequestVoteResponse { pre_vote: true, granted: false })]);
+}
+
+/// Node `id` of a brand-new cluster of voters {1, 2, 3} and learner 4 (term 1, log 1..=4).
+fn fresh(id: u64) -> RawNode {
+    let conf = ConfState { learners: [4].into(), ..ConfState::with_voters([1, 2, 3]) };
+    let mut node = RawNode::new(Config::new(id), conf, Recovered::default()).unwrap();
+    while node.has_ready() {
+        node.ready();
+        node.advance();
+    }
+    node
+}
+
+#[test]
+fn a_learner_does_not_campaign() {
+    let mut node = fresh(4);
+    node.campaign();
+    assert_eq!(node.status().role, Role::Follower);
+    assert!(!node.has_ready(), "nothing to send");
+}
+
+#[test]
+fn a_repeated_vote_request_from_the_candidate_voted_for_is_granted_again() {
+    let mut node = fresh(1);
+    let request = MessageBody::RequestVote { pre_vote: false, last_log_index: 4, last_log_term: 1, force: false };
+    let granted = MessageBody::RequestVoteResponse { pre_vote: false, granted: true };
+    for attempt in ["first", "repeated"] {
+        node.step(Message::new(2, 1, 2, request.clone())).unwrap();
+        let answers: Vec<_> = sent(&mut node).into_iter().map(|m| (m.to, m.term, m.body)).collect();
+        assert_eq!(answers, vec![(2, 2, granted.clone())], "{attempt} request");
+    }
+}
+
+#[test]
+fn a_pre_vote_refused_by_a_majority_is_lost_not_superseded() {
+    let mut node = fresh(1);
+    node.campaign();
+    assert_eq!(node.status().role, Role::PreCandidate);
+    let refused = MessageBody::RequestVoteResponse { pre_vote: true, granted: false };
+    for from in [2, 3] {
+        node.step(Message::new(from, 1, 1, refused.clone())).unwrap();
+    }
+    assert_eq!(node.status().role, Role::Follower);
+    let outcomes: Vec<_> = node
+        .ready()
+        .events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ElectionFinished { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, vec![ElectionOutcome::Lost]);
 }
