@@ -137,3 +137,25 @@ fn a_pre_vote_refused_by_a_majority_is_lost_not_superseded() {
         .collect();
     assert_eq!(outcomes, vec![ElectionOutcome::Lost]);
 }
+
+/// Node 1 of a brand-new {1, 2, 3} whose storage held nothing: recovering, in term 1.
+fn founder_without_state() -> RawNode {
+    RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::empty()).unwrap()
+}
+
+#[test]
+fn a_new_cluster_is_not_confirmed_once_the_node_is_past_term_1_or_has_voted() {
+    let mut past_term_1 = founder_without_state();
+    let refused = MessageBody::RequestVoteResponse { pre_vote: false, granted: false };
+    past_term_1.step(Message::new(2, 1, 2, refused)).unwrap();
+    assert_eq!((past_term_1.status().term, past_term_1.status().vote), (2, None));
+    assert!(!past_term_1.confirm_new_cluster(), "past term 1");
+    assert!(past_term_1.status().recovering);
+    let mut voted = founder_without_state();
+    voted.step(Message::new(2, 1, 1, MessageBody::Heartbeat { leader_commit: 0, read_round: 0 })).unwrap();
+    assert_eq!((voted.status().term, voted.status().vote), (1, Some(2)), "a recovering node's vote is its leader");
+    assert!(!voted.confirm_new_cluster(), "voted");
+    let mut untouched = founder_without_state();
+    assert!(untouched.confirm_new_cluster());
+    assert!(!untouched.status().recovering);
+}
