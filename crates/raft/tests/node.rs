@@ -159,3 +159,27 @@ fn a_new_cluster_is_not_confirmed_once_the_node_is_past_term_1_or_has_voted() {
     assert!(untouched.confirm_new_cluster());
     assert!(!untouched.status().recovering);
 }
+
+#[test]
+fn a_chunk_of_another_snapshot_does_not_continue_the_one_being_received() {
+    let mut node = restarted_from_snapshot();
+    let chunk = |index, offset, done| {
+        let meta = SnapshotMeta { index, term: 3, conf: ConfState::with_voters([1, 2, 3]) };
+        let data = Bytes::from_static(b"abc");
+        Message::new(2, 1, 3, MessageBody::InstallSnapshot { meta, offset, total_len: 6, data, done })
+    };
+    node.step(chunk(10, 0, false)).unwrap();
+    sent(&mut node);
+    // The second half of a snapshot at 12, of the same length, while 10's is under way.
+    node.step(chunk(12, 3, true)).unwrap();
+    let answers: Vec<_> = sent(&mut node).into_iter().map(|m| m.body).collect();
+    let restart_from_0 = MessageBody::InstallSnapshotResponse {
+        meta_index: 12,
+        next_offset: 0,
+        done: false,
+        rejected: true,
+        too_large: None,
+    };
+    assert_eq!(answers, vec![restart_from_0]);
+    assert_eq!(node.status().commit_index, 5, "nothing installed");
+}
