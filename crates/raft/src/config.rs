@@ -116,3 +116,30 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid raft config: {0}")]
 pub struct ConfigError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A setting made invalid, and what it is.
+    type Breaker = (&'static str, fn(&mut Config));
+
+    #[test]
+    fn the_defaults_are_valid_and_each_setting_the_core_cannot_survive_is_refused() {
+        assert!(Config::new(1).validate().is_ok());
+        let breakers: [Breaker; 7] = [
+            ("id 0", |c| c.id = 0),
+            ("heartbeat_tick 0", |c| c.heartbeat_tick = 0),
+            ("election_tick = heartbeat_tick", |c| c.election_tick = c.heartbeat_tick),
+            ("max_inflight_appends 0", |c| c.max_inflight_appends = 0),
+            ("snapshot_chunk_bytes 0", |c| c.snapshot_chunk_bytes = 0),
+            ("max_append_bytes 0 alone", |c| c.max_append_bytes = 0),
+            ("max_apply_bytes 0 alone", |c| c.max_apply_bytes = 0),
+        ];
+        for (what, break_it) in breakers {
+            let mut cfg = Config::new(1);
+            break_it(&mut cfg);
+            assert!(cfg.validate().is_err(), "{what} must be refused");
+        }
+    }
+}

@@ -297,3 +297,95 @@ pub enum LogError {
     #[error("entry {index} conflicts with committed entries up to {committed}")]
     ConflictWithCommitted { index: Index, committed: Index },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ConfChangeKind, ConfState};
+    use bytes::Bytes;
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry { index, term, kind: EntryKind::Command, data: Bytes::new() }
+    }
+
+    fn snapshot_meta(index: Index, term: Term) -> SnapshotMeta {
+        SnapshotMeta { index, term, conf: ConfState::with_voters([1, 2, 3]) }
+    }
+
+    /// A snapshot at 5 (term 3) of {1, 2, 3}, then 6 (term 3), 7 (term 4: node 4 joins
+    /// as a learner) and 8 (term 4).
+    fn log_after_snapshot() -> RaftLog {
+        let add_learner = ConfChange::new(ConfChangeKind::AddLearner, 4, Bytes::new()).encode();
+        let conf_change = Entry { index: 7, term: 4, kind: EntryKind::ConfChange, data: add_learner };
+        let meta = snapshot_meta(5, 3);
+        RaftLog::recovered(&meta, meta.conf.clone(), vec![entry(6, 3), conf_change, entry(8, 4)], 5)
+    }
+
+    #[test]
+    fn conf_at_answers_from_the_snapshot_index_to_the_last_index() {
+        let log = log_after_snapshot();
+        let base = ConfState::with_voters([1, 2, 3]);
+        let with_learner = ConfState { learners: [4].into(), ..base.clone() };
+        assert_eq!(log.conf_at(4), None, "compacted away");
+        assert_eq!(log.conf_at(5), Some(&base), "the snapshot's own index");
+        assert_eq!(log.conf_at(6), Some(&base));
+        assert_eq!(log.conf_at(7), Some(&with_learner));
+        assert_eq!(log.conf_at(8), Some(&with_learner));
+        assert_eq!(log.conf_at(9), None, "beyond the last index");
+    }
+
+    #[test]
+    fn backtracking_by_term_never_goes_below_the_snapshot_index() {
+        let log = log_after_snapshot();
+        assert_eq!(log.find_conflict_by_term(8, 3), 6);
+        // Every entry the log holds, the snapshot's included, has a higher term: the
+        // answer is the snapshot's index, not an index whose term the log cannot know.
+        assert_eq!(log.find_conflict_by_term(8, 2), 5);
+    }
+
+    #[test]
+    fn a_batch_counts_each_entrys_overhead_so_empty_entries_fill_it_too() {
+        let empty: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+        let log = RaftLog::recovered(&SnapshotMeta::default(), ConfState::default(), empty, 0);
+        assert_eq!(entry(1, 1).size(), 24);
+        assert_eq!(log.entries_from(1, 48).map(|b| b.len()), Some(2));
+        assert_eq!(log.entries_from(1, 47).map(|b| b.len()), Some(1));
+    }
+
+    #[test]
+    fn appended_entries_are_unstable_until_handed_out() {
+        let mut log = log_after_snapshot();
+        assert!(!log.has_unstable(), "recovered entries are durable already");
+        log.append(entry(9, 4));
+        assert!(log.has_unstable());
+        assert_eq!(log.unstable_entries(), vec![entry(9, 4)]);
+        log.mark_handed_out();
+        assert!(!log.has_unstable());
+    }
+
+    #[test]
+    fn a_restored_log_has_nothing_unstable() {
+        let mut log = log_after_snapshot();
+        log.restore(&snapshot_meta(10, 5));
+        assert_eq!((log.first_index(), log.last_index(), log.persisted()), (11, 10, 10));
+        assert!(!log.has_unstable());
+        assert!(log.unstable_entries().is_empty());
+    }
+
+    #[test]
+    fn a_write_handed_out_before_a_snapshot_does_not_count_as_persisted() {
+        let mut log = RaftLog::recovered(&SnapshotMeta::default(), ConfState::default(), Vec::new(), 0);
+        let old_write: Vec<Entry> = (1..=7).map(|i| entry(i, 2)).collect();
+        assert_eq!(log.maybe_append(0, 0, &old_write), Ok(Some(7)));
+        log.mark_handed_out();
+        // A snapshot at 5 replaces the log, and the leader sends 6..=8 again (the same
+        // entries) before the write of 1..=7 completes.
+        log.restore(&snapshot_meta(5, 2));
+        assert_eq!(log.maybe_append(5, 2, &[entry(6, 2), entry(7, 2), entry(8, 2)]), Ok(Some(8)));
+        log.persisted_to(7);
+        assert_eq!(log.persisted(), 5, "6 and 7 were written before the snapshot, not after it");
+        log.mark_handed_out();
+        log.persisted_to(8);
+        assert_eq!(log.persisted(), 8);
+    }
+}

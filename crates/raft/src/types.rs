@@ -413,3 +413,48 @@ impl MessageBody {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_kind_round_trips_through_its_byte_and_other_bytes_are_unknown() {
+        for kind in [EntryKind::Noop, EntryKind::Command, EntryKind::ConfChange] {
+            assert_eq!(EntryKind::from_byte(kind.to_byte()), Some(kind));
+        }
+        assert_eq!(EntryKind::from_byte(3), None);
+        assert_eq!(EntryKind::from_byte(u8::MAX), None);
+    }
+
+    #[test]
+    fn requests_and_responses_are_told_apart() {
+        let requests = [
+            MessageBody::RequestVote { pre_vote: false, last_log_index: 0, last_log_term: 0, force: false },
+            MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), leader_commit: 0 },
+            MessageBody::Heartbeat { leader_commit: 0, read_round: 0 },
+            MessageBody::InstallSnapshot {
+                meta: SnapshotMeta::default(),
+                offset: 0,
+                total_len: 0,
+                data: Bytes::new(),
+                done: true,
+            },
+            MessageBody::TimeoutNow,
+        ];
+        let responses = [
+            MessageBody::RequestVoteResponse { pre_vote: false, granted: true },
+            MessageBody::AppendEntriesResponse { success: true, index: 0, reject_hint: 0, hint_term: 0 },
+            MessageBody::HeartbeatResponse { read_round: 0, missing_from: None },
+            MessageBody::InstallSnapshotResponse {
+                meta_index: 0,
+                next_offset: 0,
+                done: true,
+                rejected: false,
+                too_large: None,
+            },
+        ];
+        assert!(requests.iter().all(|m| !m.is_response()), "{requests:?}");
+        assert!(responses.iter().all(MessageBody::is_response), "{responses:?}");
+    }
+}

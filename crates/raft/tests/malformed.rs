@@ -112,3 +112,43 @@ fn append_entries_with_indexes_past_u64_max_is_malformed() {
     let m = Message { from: 2, to: 1, term: 1, body, recovery: None, trace: None };
     assert!(matches!(node.step(m), Err(StepError::Malformed { .. })));
 }
+
+/// Node 1 of {1, 2, 3}, fresh, stepping `body` from `from` in term 2.
+fn step_from(from: u64, body: MessageBody) -> Result<(), StepError> {
+    let mut node = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::default()).unwrap();
+    node.step(Message { from, to: 1, term: 2, body, recovery: None, trace: None })
+}
+
+#[test]
+fn a_message_from_node_0_or_from_the_node_itself_is_refused() {
+    let heartbeat = || MessageBody::Heartbeat { leader_commit: 0, read_round: 0 };
+    assert!(matches!(step_from(0, heartbeat()), Err(StepError::BadSender { from: 0 })));
+    assert!(matches!(step_from(1, heartbeat()), Err(StepError::BadSender { from: 1 })));
+    assert_eq!(step_from(2, heartbeat()), Ok(()));
+}
+
+#[test]
+fn append_entries_whose_terms_exceed_the_messages_or_decrease_is_malformed() {
+    let entry = |index, term| Entry { index, term, kind: EntryKind::Noop, data: Default::default() };
+    let append =
+        |entries| MessageBody::AppendEntries { prev_log_index: 0, prev_log_term: 0, entries, leader_commit: 0 };
+    let out_of_order = |r: Result<(), StepError>| matches!(r, Err(StepError::Malformed { kind: "AppendEntries", reason }) if reason.contains("out of order"));
+    assert!(out_of_order(step_from(2, append(vec![entry(1, 3)]))), "a term above the message's");
+    assert!(out_of_order(step_from(2, append(vec![entry(1, 2), entry(2, 1)]))), "decreasing terms");
+    assert_eq!(step_from(2, append(vec![entry(1, 1), entry(2, 2)])), Ok(()));
+}
+
+#[test]
+fn a_snapshot_chunk_past_its_total_length_is_malformed() {
+    let chunk = |offset, total_len| MessageBody::InstallSnapshot {
+        meta: SnapshotMeta { index: 10, term: 1, conf: ConfState::with_voters([1, 2, 3]) },
+        offset,
+        total_len,
+        data: Bytes::from_static(b"state"),
+        done: true,
+    };
+    let malformed = |r| matches!(r, Err(StepError::Malformed { kind: "InstallSnapshot", .. }));
+    assert!(malformed(step_from(2, chunk(0, 4))), "5 bytes of a 4-byte snapshot");
+    assert!(malformed(step_from(2, chunk(u64::MAX, u64::MAX))), "an end past u64::MAX");
+    assert_eq!(step_from(2, chunk(0, 5)), Ok(()));
+}
