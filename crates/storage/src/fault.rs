@@ -369,6 +369,18 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_exactly_fills_the_disk_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::new();
+        let (path, mut f) = file(&fs, dir.path(), "a");
+        fs.set_space_left(4);
+        f.write_all(b"abcd").unwrap();
+        assert!(f.write_all(b"e").is_err(), "full");
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcd");
+        assert_eq!(fs.counts().enospc_writes, 1);
+    }
+
+    #[test]
     fn fsync_delay_slows_file_and_directory_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultyFs::new();

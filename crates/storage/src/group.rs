@@ -227,3 +227,54 @@ fn commit_batch(storage: &mut DiskStorage, batch: Vec<(WriteRequest, WriteCallba
         done(result.and_then(|()| report.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use raftkv_raft::EntryKind;
+
+    use super::*;
+
+    fn write(index: u64) -> (WriteRequest, WriteCallback) {
+        let entry = Entry { index, term: 1, kind: EntryKind::Command, data: Bytes::from_static(b"0123456789") };
+        (WriteRequest { entries: vec![entry], hard_state: None }, Box::new(|_| ()))
+    }
+
+    /// The first write of a batch, and a queue holding `queued` more.
+    fn first_and_queue(queued: u64) -> ((WriteRequest, WriteCallback), Receiver<Job>) {
+        let (tx, rx) = sync_channel(16);
+        for i in 2..=queued + 1 {
+            let (request, done) = write(i);
+            tx.send(Job::Write(request, done)).unwrap();
+        }
+        (write(1), rx)
+    }
+
+    #[test]
+    fn request_bytes_are_the_entry_sizes_plus_a_fixed_overhead() {
+        assert_eq!(request_bytes(&WriteRequest::default()), 24);
+        let two = WriteRequest { entries: vec![write(1).0.entries[0].clone(); 2], hard_state: None };
+        assert_eq!(request_bytes(&two), 2 * (10 + 24) + 24);
+    }
+
+    #[test]
+    fn a_batch_takes_at_most_max_batch_requests() {
+        let (first, rx) = first_and_queue(5);
+        let opts = GroupCommitOptions { max_batch_requests: 3, ..GroupCommitOptions::default() };
+        let (batch, next) = collect_batch(first, &rx, &opts);
+        assert_eq!(batch.len(), 3);
+        assert!(next.is_none());
+        assert_eq!(rx.try_iter().count(), 3, "the rest stays queued");
+    }
+
+    #[test]
+    fn a_batch_stops_once_its_bytes_reach_max_batch_bytes() {
+        let one = request_bytes(&write(1).0);
+        for (max_batch_bytes, expected) in [(3 * one, 3), (3 * one + 1, 4), (1, 1)] {
+            let (first, rx) = first_and_queue(5);
+            let opts = GroupCommitOptions { max_batch_bytes, ..GroupCommitOptions::default() };
+            let (batch, _) = collect_batch(first, &rx, &opts);
+            assert_eq!(batch.len(), expected, "max_batch_bytes {max_batch_bytes}, {one} bytes per request");
+        }
+    }
+}

@@ -153,6 +153,15 @@ mod tests {
         assert_eq!(names, ["meta", "removed"], "no temporary file is left behind");
     }
 
+    /// Only a missing file is "no meta"; one that cannot be read is an error.
+    #[test]
+    fn an_unreadable_meta_file_is_an_io_error_not_an_absent_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(NodeMeta::path(dir.path())).unwrap();
+        let err = NodeMeta::load(&RealFs, dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Io { op: "read", .. }), "{err}");
+    }
+
     #[test]
     fn damaged_files_are_corrupt_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();

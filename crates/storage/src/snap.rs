@@ -555,6 +555,76 @@ mod tests {
     }
 
     #[test]
+    fn small_pieces_are_gathered_into_buffer_sized_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fault::FaultyFs::new();
+        let disk = Disk { fs: std::sync::Arc::new(fs.clone()), sync: true, counters: Default::default() };
+        let snaps = SnapDir::new(disk, dir.path().to_path_buf());
+        let meta = sample().meta;
+        // The header and the data fill the buffer exactly.
+        let data = vec![7; WRITE_BUF - header(&meta, 0).len()];
+        let mut file = snaps.create(meta, data.len() as u64).unwrap();
+        for piece in data.chunks(1000) {
+            io::Write::write_all(&mut file, piece).unwrap();
+        }
+        file.finish().unwrap();
+        assert_eq!(fs.counts().writes, 1, "one write, of the buffer and the checksum");
+    }
+
+    #[test]
+    fn write_takes_the_whole_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = real_snap_dir(dir.path());
+        let mut file = snaps.create(sample().meta, 4).unwrap();
+        assert_eq!(io::Write::write(&mut file, b"1234").unwrap(), 4);
+        file.finish().unwrap();
+    }
+
+    #[test]
+    fn the_header_fits_the_capacity_reserved_for_it() {
+        for ids in [0, 1, 10] {
+            let meta = SnapshotMeta {
+                conf: ConfState { voters: (0..ids).collect(), learners: (0..ids).collect() },
+                ..sample().meta
+            };
+            let header = header(&meta, 5);
+            assert_eq!(header.len(), 44 + 16 * ids as usize);
+            assert_eq!(header.capacity(), header.len(), "{ids} voters and learners: one allocation, no slack");
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_two_and_fsyncs_the_directory_only_when_it_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = real_snap_dir(dir.path());
+        let dir_fsyncs = || snaps.disk.counters.dir_fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+        for index in [1, 2] {
+            std::fs::write(dir.path().join(file_name(index, 1)), b"").unwrap();
+        }
+        snaps.prune().unwrap();
+        assert_eq!(dir_fsyncs(), 0, "nothing deleted");
+        std::fs::write(dir.path().join(file_name(3, 1)), b"").unwrap();
+        snaps.prune().unwrap();
+        assert_eq!(dir_fsyncs(), 1);
+        assert_eq!(snaps.list().unwrap(), [(2, 1), (3, 1)]);
+    }
+
+    /// A second refused snapshot of the same name keeps both pieces of evidence.
+    #[test]
+    fn a_name_refused_twice_is_moved_aside_under_a_numbered_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = real_snap_dir(dir.path());
+        let name = file_name(10, 3);
+        for _ in 0..2 {
+            std::fs::write(dir.path().join(&name), b"not a snapshot").unwrap();
+            assert_eq!(snaps.load_newest_valid().unwrap().lost_index, Some(10));
+        }
+        let mut names = snaps.disk.list_dir(dir.path()).unwrap();
+        names.sort();
+        assert_eq!(names, [format!("{CORRUPT_PREFIX}{name}"), format!("{CORRUPT_PREFIX}{name}.1")]);
+    }
+
+    #[test]
     fn any_flipped_bit_is_detected() {
         let bytes = encode(&sample());
         for i in 0..bytes.len() * 8 {

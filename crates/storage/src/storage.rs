@@ -619,4 +619,30 @@ mod tests {
         assert!(err.contains("already has a vote for Some(1)"), "{err}");
         assert_eq!(s.hard_state(), hs(4, Some(1)), "the refused one was not applied");
     }
+
+    #[test]
+    fn the_write_buffer_is_kept_between_batches_unless_it_grew_too_large() {
+        assert!(MAX_KEPT_WRITE_BUF >= crate::GroupCommitOptions::default().max_batch_bytes, "a default batch fits");
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), StorageOptions::default()).unwrap();
+        s.append(&[], Some(&HardState { term: 1, ..HardState::default() })).unwrap();
+        assert!(s.write_buf.capacity() > 0, "kept after a small batch");
+        s.keep_write_buf(Vec::with_capacity(MAX_KEPT_WRITE_BUF));
+        assert_eq!(s.write_buf.capacity(), MAX_KEPT_WRITE_BUF);
+        s.keep_write_buf(Vec::with_capacity(MAX_KEPT_WRITE_BUF + 1));
+        assert_eq!(s.write_buf.capacity(), 0, "released");
+    }
+
+    #[test]
+    fn only_io_errors_poison_and_the_first_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), StorageOptions::default()).unwrap();
+        s.poison(&StorageError::invalid("a caller's mistake: the files are as they were"));
+        assert!(s.check_healthy().is_ok());
+        let io_error = |path: &str| StorageError::io("write", path, std::io::Error::other("injected"));
+        s.poison(&io_error("/first"));
+        s.poison(&io_error("/second"));
+        let err = s.check_healthy().unwrap_err().to_string();
+        assert!(err.contains("/first"), "{err}");
+    }
 }

@@ -406,4 +406,50 @@ mod tests {
         assert!(decode_segment(&[0xff; 64], true, None, limit).is_err());
         assert_eq!(decode_segment(&[], true, None, limit).unwrap().valid_len, 0);
     }
+
+    /// Four hard-state records of 34 bytes, each exactly at a limit of 26, the second
+    /// with a bad checksum.
+    fn damaged_second_of_four() -> (Vec<u8>, u32) {
+        let limit = 26;
+        let mut buf = Vec::new();
+        for commit in 0..4 {
+            let hs = HardState { term: 1, vote: None, commit, recovering: false };
+            codec::encode_hard_state(&mut buf, &hs, limit).unwrap();
+        }
+        assert_eq!(buf.len(), 4 * 34);
+        buf[34 + 20] ^= 1;
+        (buf, limit)
+    }
+
+    #[test]
+    fn a_damaged_record_followed_by_one_at_the_limit_is_corruption_naming_it() {
+        let (buf, limit) = damaged_second_of_four();
+        let err = decode_segment(&buf, true, None, limit).unwrap_err().to_string();
+        assert!(err.contains("byte offset 34"), "{err}");
+        assert!(err.contains("not a torn write at the end of the log: a valid record follows at offset 68"), "{err}");
+        // In a segment other than the last no torn write is possible: the reason alone.
+        let err = decode_segment(&buf, false, None, limit).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch") && !err.contains("torn"), "{err}");
+    }
+
+    #[test]
+    fn strict_replay_refuses_a_gap_and_markers_its_snapshot_does_not_explain() {
+        let limit = codec::DEFAULT_MAX_RECORD_SIZE;
+        let entry = |index| Entry { index, term: 1, kind: raftkv_raft::EntryKind::Command, data: "x".into() };
+        let mut gap = Vec::new();
+        codec::encode_entries(&mut gap, &[entry(1), entry(3)], limit).unwrap();
+        let marker = |index, term| {
+            let mut buf = Vec::new();
+            codec::encode_marker(&mut buf, &Marker { index, term, keep_suffix: true }, limit).unwrap();
+            buf
+        };
+        for (buf, snapshot, says) in [
+            (gap, None, "entry 3 leaves a gap"),
+            (marker(8, 1), Some((4, 1)), "newer than the newest snapshot file (index 4)"),
+            (marker(4, 1), Some((4, 2)), "snapshot marker at index 4 has term 1, the snapshot file term 2"),
+        ] {
+            let err = decode_segment(&buf, true, snapshot, limit).unwrap_err();
+            assert!(matches!(err, StorageError::Corrupt { offset: 0, .. }) && err.to_string().contains(says), "{err}");
+        }
+    }
 }

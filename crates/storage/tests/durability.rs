@@ -2,14 +2,16 @@
 
 mod common;
 
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
 use common::*;
 use raftkv_storage::fault::FaultyFs;
 use raftkv_storage::{
-    BatchReport, DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageError, WriteRequest,
+    BatchReport, DiskStorage, FsyncPolicy, GroupCommitOptions, GroupCommitWriter, StorageError, StorageOptions,
+    WriteRequest,
 };
 
 fn request(index: u64) -> WriteRequest {
@@ -35,6 +37,30 @@ fn always_fsyncs_before_returning() {
     assert_eq!(fs.counts().file_syncs, before + 1, "exactly one fsync for one append");
     assert_eq!(s.stats().fsyncs, fs.counts().file_syncs);
     assert_eq!(s.stats().dir_fsyncs, fs.counts().dir_syncs);
+}
+
+#[test]
+fn opening_fsyncs_the_directory_its_parent_and_the_new_wal_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    // The parent too: the data directory itself may have just been created.
+    let (s, _) = DiskStorage::open(&dir.path().join("node"), options(&fs, FsyncPolicy::Always, 1 << 20)).unwrap();
+    assert_eq!(fs.counts().dir_syncs, 3, "node/, its parent and node/wal/ (just created)");
+    assert_eq!(s.stats().dir_fsyncs, 3);
+}
+
+#[test]
+fn records_written_counts_each_record_of_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let records = |s: &DiskStorage| s.stats().records_written;
+    let before = records(&s);
+    s.append(&entries(1..=3, 1), Some(&hs(1, None, 0))).unwrap();
+    assert_eq!(records(&s), before + 2, "the entries are one record, the hard state another");
+    s.append(&entries(4..=4, 1), None).unwrap();
+    assert_eq!(records(&s), before + 3);
+    s.append(&[], Some(&hs(1, None, 4))).unwrap();
+    assert_eq!(records(&s), before + 4);
 }
 
 #[test]
@@ -221,4 +247,56 @@ fn group_commit_commits_a_streamed_snapshot_in_order() {
     let (_, rec) = open(dir.path());
     assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
     assert_eq!(rec.entries, entries(5..=6, 1));
+}
+
+#[test]
+fn group_commit_stats_are_the_storage_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path());
+    let opened = s.stats();
+    assert!(opened.fsyncs > 0, "the open wrote and fsynced the first segment's header");
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    assert_eq!(writer.stats(), opened);
+    submit_wait(&writer, request(1)).unwrap();
+    let stats = writer.stats();
+    assert_eq!((stats.fsyncs, stats.records_written), (opened.fsyncs + 1, opened.records_written + 2));
+    assert_eq!(writer.shutdown().unwrap().stats(), stats);
+}
+
+/// Dropping the writer shuts it down: every queued request is done when drop returns.
+#[test]
+fn dropping_the_writer_waits_for_the_queued_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
+    // A slow disk: the writer is still busy when drop is called.
+    fs.set_fsync_delay(Duration::from_millis(20));
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    for i in 1..=3 {
+        let done = done.clone();
+        let count = move |r: Result<BatchReport, StorageError>| {
+            if r.is_ok() {
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        writer.submit(request(i), Box::new(count));
+    }
+    drop(writer);
+    assert_eq!(done.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn debug_output_shows_the_settings_and_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StorageOptions { segment_size: 4096, ..StorageOptions::default() };
+    let shown = format!("{opts:?}");
+    assert!(shown.starts_with("StorageOptions") && shown.contains("segment_size: 4096"), "{shown}");
+    let (mut s, _) = DiskStorage::open(dir.path(), opts).unwrap();
+    s.append(&entries(1..=2, 1), None).unwrap();
+    let shown = format!("{s:?}");
+    assert!(shown.starts_with("DiskStorage") && shown.contains("last_index: 2"), "{shown}");
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let shown = format!("{writer:?}");
+    assert!(shown.starts_with("GroupCommitWriter") && shown.contains("records_written"), "{shown}");
 }

@@ -341,3 +341,104 @@ fn streamed_older_snapshot_is_refused_and_deleted() {
     assert_eq!(sorted_names(&dir.path().join("snap")), [format!("{:016x}-{:016x}.snap", 4, 1)]);
     s.append(&entries(6..=6, 1), None).unwrap();
 }
+
+/// Saving the current snapshot again is allowed; one at its index with another term is
+/// not newer, and is refused.
+#[test]
+fn a_snapshot_at_the_current_index_is_accepted_only_with_its_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=5, 1), None).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    let err = s.save_snapshot(&snapshot(4, 2)).unwrap_err();
+    assert!(err.to_string().contains("not newer than the current one at index 4 term 1"), "{err}");
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!((rec.snapshot, rec.entries), (Some(snapshot(4, 1)), entries(5..=5, 1)));
+}
+
+/// A crash between a snapshot's rename and its marker: the decision taken at open
+/// compares the snapshot's term with that of the entry at its index, not with the
+/// terms of the entries after it.
+#[test]
+fn crash_before_the_marker_decides_by_the_term_at_the_snapshot_index() {
+    let src = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(src.path());
+    s.append(&entries(1..=8, 1), None).unwrap();
+    s.append(&entries(9..=10, 2), None).unwrap();
+    drop(s);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(src.path(), crashed.path());
+    let (mut s, _) = open(src.path());
+    s.save_snapshot(&snapshot(8, 1)).unwrap();
+    let name = snap_name(8, 1);
+    fs::copy(src.path().join("snap").join(&name), crashed.path().join("snap").join(&name)).unwrap();
+    let (_, rec) = open(crashed.path());
+    assert_eq!(rec.snapshot, Some(snapshot(8, 1)));
+    assert_eq!(rec.entries, entries(9..=10, 2), "entry 8 has the snapshot's term: the suffix stays");
+}
+
+/// A WAL marker of a snapshot whose file is gone is an error, even when a snapshot
+/// refused earlier at the index recovered on left its evidence: only a snapshot lost
+/// above that index relaxes replay.
+#[test]
+fn a_missing_newer_snapshot_is_an_error_even_beside_evidence_at_the_recovered_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    s.save_snapshot(&snapshot(8, 1)).unwrap();
+    drop(s);
+    let snap_dir = dir.path().join("snap");
+    fs::remove_file(snap_dir.join(snap_name(8, 1))).unwrap();
+    for evidence in [None, Some(format!("corrupt-{}", snap_name(4, 1)))] {
+        if let Some(name) = &evidence {
+            fs::write(snap_dir.join(name), b"refused at an earlier open").unwrap();
+        }
+        let err = DiskStorage::open(dir.path(), StorageOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("newer than the newest snapshot file (index 4)"), "{evidence:?}: {err}");
+    }
+}
+
+/// Entries 1..=10 of term 1, snapshots at 4 and 8, then `after` appended, then the
+/// snapshot at 8 corrupted: what the reopen recovers over the snapshot at 4.
+fn recover_over_a_lost_snapshot(after: &[raftkv_raft::Entry]) -> raftkv_raft::Recovered {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), None).unwrap();
+    s.save_snapshot(&snapshot(4, 1)).unwrap();
+    s.save_snapshot(&snapshot(8, 1)).unwrap();
+    s.append(after, None).unwrap();
+    drop(s);
+    flip_bit(&dir.path().join("snap").join(snap_name(8, 1)), 30, 2);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(snapshot(4, 1)));
+    rec
+}
+
+/// After a lost snapshot's marker, entries above its index continue the log; entries
+/// at or below it were not kept when written (below that snapshot's base), so they
+/// cannot be placed, and nothing after them is either.
+#[test]
+fn replay_over_a_lost_snapshot_places_only_the_entries_above_it() {
+    let rec = recover_over_a_lost_snapshot(&entries(11..=12, 1));
+    assert_eq!(rec.entries, entries(5..=12, 1));
+    let rec = recover_over_a_lost_snapshot(&entries(6..=9, 2));
+    assert_eq!(rec.entries, vec![], "6..=8 were not kept when written, so 9 has nothing to follow");
+}
+
+/// The only snapshot is lost, and it had discarded the log (its term did not match):
+/// the discarded entries do not come back.
+#[test]
+fn a_lost_snapshot_that_discarded_the_log_leaves_no_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=10, 1), Some(&hs(3, Some(2), 0))).unwrap();
+    s.save_snapshot(&snapshot(8, 3)).unwrap();
+    drop(s);
+    flip_bit(&dir.path().join("snap").join(snap_name(8, 3)), 30, 2);
+    let (_, rec) = open(dir.path());
+    assert_eq!((rec.snapshot, rec.entries), (None, vec![]));
+    assert_eq!(rec.hard_state, hs(3, Some(2), 0));
+}

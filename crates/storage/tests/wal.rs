@@ -309,3 +309,63 @@ fn a_hard_state_that_goes_back_is_refused_without_poisoning() {
     let (_, rec) = open(dir.path());
     assert_eq!(rec.hard_state, hs(5, Some(1), 2));
 }
+
+#[test]
+fn options_are_checked_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_with = |opts: StorageOptions| DiskStorage::open(dir.path(), opts).map(drop);
+    let err = open_with(StorageOptions { segment_size: 0, ..StorageOptions::default() }).unwrap_err();
+    assert!(err.to_string().contains("segment_size must be positive"), "{err}");
+    // A hard state record must fit: the smallest limit is 64 bytes.
+    let err = open_with(StorageOptions { max_record_size: 63, ..StorageOptions::default() }).unwrap_err();
+    assert!(matches!(err, StorageError::Invalid { .. }) && err.to_string().contains("at least 64"), "{err}");
+    open_with(StorageOptions { segment_size: 1, max_record_size: 64, ..StorageOptions::default() }).unwrap();
+}
+
+#[test]
+fn options_are_equal_when_every_setting_is() {
+    let opts = StorageOptions::default();
+    assert_eq!(opts, opts.clone(), "same settings, same file system instance");
+    let differ = [
+        StorageOptions { fsync: raftkv_storage::FsyncPolicy::Never, ..opts.clone() },
+        StorageOptions { segment_size: opts.segment_size + 1, ..opts.clone() },
+        StorageOptions { max_record_size: opts.max_record_size + 1, ..opts.clone() },
+        StorageOptions { fs: std::sync::Arc::new(raftkv_storage::RealFs), ..opts.clone() },
+    ];
+    for other in differ {
+        assert_ne!(opts, other);
+    }
+}
+
+/// A reopen with nothing to repair (no torn tail, a commit index the log holds) writes
+/// and fsyncs nothing.
+#[test]
+fn reopening_a_clean_log_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&entries(1..=3, 1), Some(&hs(1, Some(1), 3))).unwrap();
+    drop(s);
+    let len = file_len(&segment(dir.path(), 1));
+    let (s, rec) = open(dir.path());
+    assert_eq!(rec.hard_state, hs(1, Some(1), 3));
+    let stats = s.stats();
+    assert_eq!((stats.bytes_written, stats.records_written, stats.fsyncs), (0, 0, 0));
+    assert_eq!(file_len(&segment(dir.path(), 1)), len);
+}
+
+/// `lost_state` is set only when nothing at all was recovered: no snapshot and no entry.
+#[test]
+fn the_state_is_lost_only_when_nothing_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, rec) = open(dir.path());
+    assert!(rec.lost_state, "a new directory");
+    s.append(&entries(1..=3, 1), Some(&hs(1, None, 3))).unwrap();
+    drop(s);
+    let (mut s, rec) = open(dir.path());
+    assert!(!rec.lost_state, "entries, no snapshot");
+    s.save_snapshot(&snapshot(3, 1)).unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path());
+    assert_eq!((rec.snapshot.is_some(), rec.entries.len()), (true, 0));
+    assert!(!rec.lost_state, "a snapshot, no entries");
+}
