@@ -156,7 +156,7 @@ run() { # target workload clients value connections out warmup duration
   echo "# raftkv vs etcd, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "# $(nproc) cores; $(uname -srm); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# data of both on: $(df -P "$DATA_ROOT" | awk 'NR==2{print $1" ("$6")"}'); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "# command: bench/compare-etcd.sh $*; sweep $SWEEP_DURATION after $SWEEP_WARMUP warmup; $REPS repetitions of $DURATION after $WARMUP warmup"
+  echo "# command: ${CLIENT_COUNTS:+CLIENT_COUNTS=\"$CLIENT_COUNTS\" }bench/compare-etcd.sh $*; sweep $SWEEP_DURATION after $SWEEP_WARMUP warmup; $REPS repetitions of $DURATION after $WARMUP warmup"
 } >"$RESULTS/machine.txt"
 
 KEYS=()
