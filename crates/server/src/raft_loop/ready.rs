@@ -51,10 +51,9 @@ impl RaftLoop {
     async fn carry_out(&mut self, run: &mut ReadyRun) -> anyhow::Result<()> {
         loop {
             let mut hooks = Hooks::new(self.id, &mut self.pending, &self.admin);
-            let io = self.replica.next_io(run, &mut hooks);
-            // Also when the step failed: what it applied before is answered.
+            let io = self.replica.next_io(run, &mut hooks)?;
             self.answer_settled();
-            match io? {
+            match io {
                 Io::Send(messages) => self.send(messages),
                 Io::SaveSnapshot(snapshot) => {
                     let index = snapshot.meta.index;
@@ -71,11 +70,10 @@ impl RaftLoop {
         }
     }
 
-    /// Answers the writes applied, then what applying settled but needs the replica
-    /// to answer: committed membership changes (with the member list), dropped reads (with a hint), and
+    /// Answers what applying settled but needs the replica to answer: committed
+    /// membership changes (with the member list), dropped reads (with a hint), and
     /// reads the state machine has now reached.
     fn answer_settled(&mut self) {
-        self.pending.send_write_answers();
         for c in std::mem::take(&mut self.pending.changes_done) {
             let _ = c.reply.send(Ok(raftkv_rpc::MemberChangeReply { id: c.id, members: self.member_list() }));
         }

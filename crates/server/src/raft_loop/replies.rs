@@ -58,11 +58,6 @@ pub(crate) struct Pending {
     pub reads_dropped: Vec<PendingRead>,
     /// `hash_kv` requests waiting for the state machine to reach their index.
     hashes: BTreeMap<Index, Vec<Reply<HashKvReply>>>,
-    /// Answers of writes applied by the step being carried out, sent together once it
-    /// is done ([`Pending::send_write_answers`]): a burst of wake-ups the connections'
-    /// corked flushes can gather into few writes, rather than one per entry spread
-    /// over the whole apply.
-    write_answers: Vec<(Reply<WriteReply>, Result<WriteReply, RequestError>)>,
 }
 
 impl Pending {
@@ -163,14 +158,7 @@ impl Pending {
             } else {
                 write_reply(node, index, applied.take())
             };
-            self.write_answers.push((w.reply, result));
-        }
-    }
-
-    /// Sends the answers [`Pending::complete_writes`] gathered.
-    pub fn send_write_answers(&mut self) {
-        for (reply, result) in self.write_answers.drain(..) {
-            let _ = reply.send(result);
+            let _ = w.reply.send(result);
         }
     }
 
