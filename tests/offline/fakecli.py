@@ -45,21 +45,22 @@ def install(bin_dir, tools, scenario, workdir):
 LOGGED_ENV = ("RAFTKV_ENDPOINTS",)
 
 
-def envs(workdir):
-    """One {variable: value} per call, in the order of calls()."""
-    path = os.path.join(workdir, "env.jsonl")
+def _records(workdir, name):
+    """The JSON lines of `name` in `workdir` (none yet: empty)."""
+    path = os.path.join(workdir, name)
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+def envs(workdir):
+    """One {variable: value} per call, in the order of calls()."""
+    return _records(workdir, "env.jsonl")
 
 
 def calls(workdir):
-    path = os.path.join(workdir, "calls.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    return _records(workdir, "calls.jsonl")
 
 
 def main():

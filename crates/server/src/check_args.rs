@@ -57,28 +57,29 @@ mod tests {
         assert_eq!(out, want);
     }
 
+    /// The flags of a StatefulSet member, to which each test adds its own.
+    const BASE: [&str; 5] = ["--check-args", "--pod-name=raft-0", "--service=s", "--replicas=3", "--data-dir=/d"];
+
     #[test]
     fn refuses_what_a_start_would_refuse_but_reads_no_tls_file() {
-        let base = ["--check-args", "--pod-name=raft-0", "--service=s", "--replicas=3", "--data-dir=/d"];
-        let e = check(&[&base[..], &["--admin-listne=0.0.0.0:9090"]].concat()).unwrap_err();
+        let e = check(&[&BASE[..], &["--admin-listne=0.0.0.0:9090"]].concat()).unwrap_err();
         assert!(e.contains("--admin-listne"), "{e}");
-        let e = check(&[&base[..], &["--admin-listen=9090"]].concat()).unwrap_err();
+        let e = check(&[&BASE[..], &["--admin-listen=9090"]].concat()).unwrap_err();
         assert!(e.contains("--admin-listen"), "{e}");
         let e =
             check(&["--check-args", "--pod-name=raft", "--service=s", "--replicas=3", "--data-dir=/d"]).unwrap_err();
         assert!(e.contains("must look like"), "{e}");
-        let e = check(&[&base[..], &["--tls-cert=/nonexistent/c.pem"]].concat()).unwrap_err();
+        let e = check(&[&BASE[..], &["--tls-cert=/nonexistent/c.pem"]].concat()).unwrap_err();
         assert!(e.contains("missing --tls-key, --tls-ca"), "{e}");
         let tls = ["--tls-cert=/nonexistent/c.pem", "--tls-key=/nonexistent/k.pem", "--tls-ca=/nonexistent/ca.pem"];
-        assert!(check(&[&base[..], &tls[..]].concat()).unwrap().ends_with("tls on\nfaults off\n"));
+        assert!(check(&[&BASE[..], &tls[..]].concat()).unwrap().ends_with("tls on\nfaults off\n"));
     }
 
     #[test]
     fn says_whether_faults_are_enabled() {
-        let base = ["--check-args", "--pod-name=raft-0", "--service=s", "--replicas=3", "--data-dir=/d"];
-        let on = check(&[&base[..], &["--enable-faults"]].concat()).unwrap();
+        let on = check(&[&BASE[..], &["--enable-faults"]].concat()).unwrap();
         assert!(on.ends_with("\nfaults on\n"), "{on}");
-        let e = check(&[&base[..], &["--enable-fault"]].concat()).unwrap_err();
+        let e = check(&[&BASE[..], &["--enable-fault"]].concat()).unwrap_err();
         assert!(e.contains("--enable-fault"), "{e}");
     }
 }
