@@ -158,6 +158,52 @@ fn scan_range_starts_at_or_after_a_key() {
     }
 }
 
+/// A start before the prefix (even one with a key between it and the prefix) starts
+/// at the prefix; a start at the prefix itself is taken as given.
+#[test]
+fn a_start_before_or_at_the_prefix_is_clamped_only_when_before_it() {
+    use std::ops::Bound::{Excluded, Included};
+    let mut sm = KvStateMachine::new();
+    for (i, k) in ["0x", "a", "a1", "a2", "b"].into_iter().enumerate() {
+        run(&mut sm, 1, i as u64 + 1, put(k, "v"));
+    }
+    let scan =
+        |start| -> Vec<Bytes> { sm.scan_range(b"a", start, 10).unwrap().items.into_iter().map(|(k, _)| k).collect() };
+    let from_a = [b("a"), b("a1"), b("a2")];
+    assert_eq!(scan(Included(&b"0"[..])), from_a);
+    assert_eq!(scan(Excluded(&b"0"[..])), from_a);
+    assert_eq!(scan(Included(&b"a"[..])), from_a);
+    assert_eq!(scan(Excluded(&b"a"[..])), from_a[1..]);
+}
+
+#[test]
+fn a_start_key_of_exactly_the_key_limit_is_accepted() {
+    use std::ops::Bound::{Excluded, Included};
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("a1", "v"));
+    let longest = vec![b'a'; MAX_KEY_LEN];
+    for start in [Included(&longest[..]), Excluded(&longest[..])] {
+        let page = sm.scan_range(b"a", start, 1).unwrap();
+        assert!(page.items.is_empty() && !page.more);
+    }
+    assert_eq!(keys(&sm.scan_range(b"a", Included(&longest[..1]), 1).unwrap()), [&b"a1"[..]]);
+}
+
+/// Pairs of exactly 1 MiB each: the fourth brings the page to exactly the bound, and
+/// the page stops there.
+#[test]
+fn a_scan_page_stops_when_its_bytes_are_exactly_the_bound() {
+    let mut sm = KvStateMachine::new();
+    let pair_bytes = MAX_SCAN_BYTES / 4;
+    for i in 0..6u64 {
+        let key = format!("big/{i}");
+        ok(run(&mut sm, 1, i + 1, put(&key, &"v".repeat(pair_bytes - key.len()))));
+    }
+    let page = sm.scan(b"big/", 10).unwrap();
+    let bytes: usize = page.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert_eq!((page.items.len(), bytes, page.more), (4, MAX_SCAN_BYTES, true));
+}
+
 #[test]
 fn scan_limit_out_of_range_is_an_error_naming_the_limit() {
     let sm = KvStateMachine::new();
@@ -354,6 +400,27 @@ fn max_sessions_is_at_least_one() {
 }
 
 #[test]
+fn len_and_is_empty_count_the_keys() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("a", "1"));
+    assert!(!sm.is_empty());
+    run(&mut sm, 1, 2, put("b", "2"));
+    run(&mut sm, 1, 3, put("c", "3"));
+    run(&mut sm, 1, 4, delete("a"));
+    assert_eq!(sm.len(), 2);
+    let restored = KvStateMachine::restore(&sm.snapshot()).unwrap();
+    assert_eq!((restored.len(), restored.is_empty()), (2, false));
+}
+
+#[test]
+fn max_sessions_is_the_bound_set_and_survives_a_snapshot() {
+    assert_eq!(KvStateMachine::new().max_sessions(), raftkv_kv::DEFAULT_MAX_SESSIONS);
+    let mut sm = KvStateMachine::new().with_max_sessions(7);
+    assert_eq!(sm.max_sessions(), 7);
+    assert_eq!(KvStateMachine::restore(&sm.snapshot()).unwrap().max_sessions(), 7);
+}
+
+#[test]
 #[cfg_attr(debug_assertions, should_panic(expected = "not after the applied index"))]
 fn index_not_after_applied_is_refused() {
     let mut sm = KvStateMachine::new();
@@ -462,6 +529,54 @@ fn inconsistent_snapshot_is_an_error() {
     bad[1] = 0;
     let err = KvStateMachine::restore(&bad).unwrap_err();
     assert!(err.to_string().contains("applied index"), "{err}");
+}
+
+/// A restored machine is one `apply` could have made: the session bound is at least 1
+/// and holds every session.
+#[test]
+fn a_snapshot_whose_session_bound_is_zero_or_below_its_sessions_is_refused() {
+    let empty = KvStateMachine::new().with_max_sessions(3).snapshot().to_vec();
+    let mut sm = KvStateMachine::new().with_max_sessions(3);
+    run(&mut sm, 1, 1, put("k", "v"));
+    run(&mut sm, 2, 1, put("k", "w"));
+    let two_sessions = sm.snapshot().to_vec();
+    // Layout: version, applied_index, applied_term, max_sessions (one-byte varints here).
+    let with_bound = |snapshot: &[u8], bound: u8| {
+        let mut bytes = snapshot.to_vec();
+        assert_eq!(bytes[3], 3, "the bound's byte");
+        bytes[3] = bound;
+        KvStateMachine::restore(&bytes[..])
+    };
+    for (snapshot, bound, sessions) in [(&empty, 0, 0), (&two_sessions, 0, 2), (&two_sessions, 1, 2)] {
+        let err = with_bound(snapshot, bound).unwrap_err();
+        let want = format!("{sessions} sessions with a bound of {bound}");
+        assert!(err.to_string().contains(&want), "{err}");
+    }
+    assert_eq!(with_bound(&two_sessions, 2).unwrap().session_count(), 2);
+}
+
+/// A byte array (`[u8; N]`, e.g. a constant) restores like a slice.
+#[test]
+fn a_snapshot_restores_from_a_byte_array() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("a", "one"));
+    let array: [u8; 20] = sm.snapshot()[..].try_into().expect("20 bytes");
+    assert_eq!(KvStateMachine::restore(&array).unwrap(), sm);
+}
+
+/// Tampering (a test-only feature, which this crate's own tests turn on) changes the
+/// data behind the log's back: the value and the digest change, the applied index
+/// does not.
+#[test]
+fn tampering_changes_the_value_and_the_digest_but_not_the_applied_index() {
+    let mut sm = KvStateMachine::new();
+    run(&mut sm, 1, 1, put("k", "v"));
+    let (digest, index) = (sm.digest(), sm.applied_index());
+    sm.tamper_for_tests(b"k", b"tampered");
+    sm.tamper_for_tests(b"extra", b"never written");
+    assert_eq!((sm.get(b"k"), sm.get(b"extra")), (Some(b("tampered")), Some(b("never written"))));
+    assert_eq!((sm.applied_index(), sm.len()), (index, 2));
+    assert_ne!(sm.digest(), digest);
 }
 
 /// Snapshot bytes written by the build before pairs were stored compactly (the format

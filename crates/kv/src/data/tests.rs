@@ -270,6 +270,126 @@ fn rebase_shrinks_a_base_far_larger_than_needed() {
     assert!(d.base.capacity() >= 2);
 }
 
+/// Grows and shrinks the base through rebases: a base that must grow is allocated at
+/// its exact size, one of up to twice the pairs is kept, a larger one is given back.
+#[test]
+fn rebase_allocates_a_growing_base_exactly_and_keeps_one_up_to_twice_the_pairs() {
+    let mut d = data(&[("a", "1"), ("b", "2"), ("c", "3")]);
+    let rebase = |d: &mut Data| {
+        write_and_rebase(d);
+        (d.base.len(), d.base.capacity())
+    };
+    assert_eq!(rebase(&mut d), (3, 3), "grown to the exact size, not by doubling");
+    d.remove(b"a");
+    d.remove(b"b");
+    assert_eq!(rebase(&mut d), (1, 1), "3 slots for 1 pair (over twice) are given back");
+    for k in ["d", "e", "f"] {
+        d.insert(k.as_bytes(), b"x");
+    }
+    assert_eq!(rebase(&mut d), (4, 4));
+    d.remove(b"d");
+    d.remove(b"e");
+    assert_eq!(rebase(&mut d), (2, 4), "twice the pairs is kept");
+}
+
+/// The index sorts out which stride `key` is in: the pairs it sampled (here every
+/// 16th key, `k000`, `k016`, `k032`) are never read again.
+#[test]
+fn a_lookup_reads_only_keys_the_index_cannot_settle() {
+    let pairs: Vec<_> = (0..40).map(|i| (format!("k{i:03}"), String::new())).collect();
+    let pairs: Vec<_> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut d = data(&pairs);
+    write_and_rebase(&mut d);
+    let read = std::cell::RefCell::new(Vec::new());
+    let at = d.base_partition(b"k017", |k| {
+        read.borrow_mut().push(k.to_vec());
+        k < &b"k017"[..]
+    });
+    assert_eq!(at, 17);
+    let read = read.into_inner();
+    assert!(!read.is_empty() && read.iter().all(|k| k[..] > b"k016"[..] && k[..] < b"k032"[..]), "{read:?}");
+}
+
+#[test]
+fn the_prefix_is_the_first_eight_bytes_zero_padded() {
+    assert_eq!(prefix(b"ab"), 0x6162_0000_0000_0000);
+    assert_eq!(prefix(b"abcdefghij"), u64::from_be_bytes(*b"abcdefgh"));
+    assert!(prefix(b"a") < prefix(b"a\0\x01") && prefix(b"b") > prefix(b"azzzzzzzzz"));
+}
+
+/// A `BTreeSet<Change>` is a map by key only if a put and a delete of one key are the
+/// same element, and order follows the keys.
+#[test]
+fn changes_compare_by_key_alone() {
+    let put = Change::Put(Pair::new(b"k", b"1"));
+    let delete = Change::Delete(b"k"[..].into());
+    let later = Change::Put(Pair::new(b"l", b"1"));
+    assert!(put == delete);
+    assert!(put != later);
+    assert_eq!(put.partial_cmp(&later), Some(Ordering::Less));
+    assert_eq!(later.partial_cmp(&delete), Some(Ordering::Greater));
+    assert_eq!(put.partial_cmp(&delete), Some(Ordering::Equal));
+}
+
+/// The pair count is a varint: from 128 pairs on it takes two bytes.
+#[test]
+fn encoded_len_counts_a_two_byte_pair_count() {
+    let keys: Vec<_> = (0..200).map(|i| format!("k{i:03}")).collect();
+    let pairs: Vec<_> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+    let d = data(&pairs);
+    // 200 = 0b1_1001000: the low seven bits with the continuation bit, then 1.
+    assert_eq!(encoded(&d)[..2], [0xc8, 0x01]);
+    assert_eq!(d.encoded_len(), 2 + 200 * 7);
+}
+
+/// Decoding sizes the base from the count (up to a bound): no doubling as it fills.
+#[test]
+fn decoding_allocates_the_base_at_its_size() {
+    let d = data(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]);
+    let (decoded, _) = Data::decode(&encoded(&d), 0).unwrap();
+    assert_eq!((decoded.base.len(), decoded.base.capacity()), (5, 5));
+}
+
+#[test]
+fn debug_output_shows_the_pairs_in_key_order_escaped() {
+    let mut d = data(&[("b", "2"), ("a", "\x01")]);
+    write_and_rebase(&mut d);
+    d.insert(b"a\xff", b"\"");
+    d.remove(b"b");
+    assert_eq!(format!("{d:?}"), r#"{b"a": b"\x01", b"a\xff": b"\""}"#);
+    assert_eq!(format!("{:?}", Data::default()), "{}");
+}
+
+/// Each invariant `debug_check` guards, broken on purpose, makes it panic.
+#[cfg(debug_assertions)]
+#[test]
+fn the_debug_check_catches_each_broken_invariant() {
+    let ab = data(&[("a", "1"), ("b", "2")]);
+    let mut based = ab.clone();
+    write_and_rebase(&mut based);
+    let mut unsorted = based.clone();
+    unsorted.base.swap(0, 1);
+    let mut unindexed = based.clone();
+    unindexed.index.clear();
+    let mut stray_delete = based.clone();
+    stray_delete.overlay.insert(Change::Delete(b"z"[..].into()));
+    let mut miscounted = ab;
+    miscounted.len = 3;
+    let broken = [
+        (unsorted, "base keys strictly ascend"),
+        (unindexed, "the index is that of the base"),
+        (stray_delete, "a delete is of a base key"),
+        (miscounted, "len counts the pairs"),
+    ];
+    for (d, want) in broken {
+        let panic = std::panic::catch_unwind(|| d.debug_check()).expect_err(want);
+        let message =
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        assert!(message.as_deref().is_some_and(|m| m.contains(want)), "{message:?}, wanted {want}");
+    }
+    based.debug_check();
+}
+
 /// Encodes pairs as a map in the given order, duplicates included.
 struct SeqAsMap<'a>(Vec<(ByteStr<'a>, ByteStr<'a>)>);
 
