@@ -10,6 +10,7 @@
 //!   and directory fsyncs return `EIO`. A failed file fsync also drops what was written
 //!   through that handle since its last good fsync (the file is cut back), as the kernel
 //!   may drop dirty pages whose write-back failed: data never made durable is lost.
+//!   Zero-filled space ahead of the data stays, zeros again where writes were lost.
 //! - **short write** ([`FaultyFs::short_writes`], [`FaultyFs::short_all_writes`]): half
 //!   of the buffer lands, then the write fails with `EIO`.
 //! - **full disk** ([`FaultyFs::set_space_left`]): after that many more bytes, a write
@@ -177,7 +178,15 @@ impl FaultyFs {
     }
 
     fn wrap(&self, path: &Path, inner: Box<dyn FileHandle>, len: u64) -> Box<dyn FileHandle> {
-        Box::new(FaultyFile { fs: self.clone(), path: path.to_path_buf(), inner, len, synced_len: len })
+        Box::new(FaultyFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inner,
+            len,
+            synced_len: len,
+            zeroed_to: 0,
+            synced_zeroed_to: 0,
+        })
     }
 }
 
@@ -199,10 +208,14 @@ struct FaultyFile {
     fs: FaultyFs,
     path: PathBuf,
     inner: Box<dyn FileHandle>,
-    /// The file's length as this handle knows it.
+    /// The end of what was written through this handle (its write position).
     len: u64,
-    /// Its length at the last good fsync (or at open).
+    /// `len` at the last good fsync (or at open).
     synced_len: u64,
+    /// The end of the space zero-filled ahead of the writes (0: none).
+    zeroed_to: u64,
+    /// `zeroed_to` at the last good fsync: the zeros a failed one leaves.
+    synced_zeroed_to: u64,
 }
 
 /// What a write does after the fault check.
@@ -252,20 +265,33 @@ impl FileHandle for FaultyFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)?;
-        self.len = len;
+        self.len = self.len.min(len);
         self.synced_len = self.synced_len.min(len);
+        self.zeroed_to = self.zeroed_to.min(len);
+        self.synced_zeroed_to = self.synced_zeroed_to.min(len);
+        Ok(())
+    }
+
+    fn zero_fill_ahead(&mut self, len: u64) -> io::Result<()> {
+        // Counted apart from `write_all`: it is room, not data.
+        self.inner.zero_fill_ahead(len)?;
+        self.zeroed_to = self.zeroed_to.max(self.len + len);
         Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
         if self.fs.fsync_fails(&self.path, true) {
-            // The write-back failed: what it carried is gone.
+            // The write-back failed: what it carried is gone; zero-filled space
+            // reads as zeros again.
             self.inner.set_len(self.synced_len)?;
+            self.inner.zero_fill_ahead(self.synced_zeroed_to.saturating_sub(self.synced_len))?;
             self.len = self.synced_len;
+            self.zeroed_to = self.synced_zeroed_to;
             return Err(eio());
         }
         self.inner.sync_data()?;
         self.synced_len = self.len;
+        self.synced_zeroed_to = self.zeroed_to;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! fsync, runs out of space, or counts calls.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -25,7 +25,7 @@ pub trait FileSystem: Send + Sync {
     }
     /// Creates (or truncates) the file at `path`, open for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
-    /// Opens an existing file for appending at its end.
+    /// Opens an existing file for writing at its end.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
     /// Atomically replaces `to` with `from`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -38,8 +38,12 @@ pub trait FileSystem: Send + Sync {
 pub trait FileHandle: Send {
     /// Writes all of `buf` at the file's write position (the end, for appends).
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
-    /// Truncates or extends the file to `len` bytes.
+    /// Truncates or extends the file to `len` bytes; the write position moves back
+    /// to `len` if it was beyond it.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Writes `len` zero bytes from the write position on and leaves the position
+    /// where it was: space that later writes overwrite instead of growing the file.
+    fn zero_fill_ahead(&mut self, len: u64) -> io::Result<()>;
     /// Makes the file's data and size durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
 }
@@ -48,6 +52,11 @@ pub trait FileHandle: Send {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;
 
+/// Zeros are written in pieces of at most this size.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+/// Written at its position, which only writes and `set_len` move (not `O_APPEND`:
+/// writes may land inside zero-filled space).
 struct RealFile(File);
 
 impl FileHandle for RealFile {
@@ -56,7 +65,24 @@ impl FileHandle for RealFile {
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.0.set_len(len)?;
+        if self.0.stream_position()? > len {
+            self.0.seek(SeekFrom::Start(len))?;
+        }
+        Ok(())
+    }
+
+    fn zero_fill_ahead(&mut self, len: u64) -> io::Result<()> {
+        let at = self.0.stream_position()?;
+        let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZERO_CHUNK) as usize;
+            self.0.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        self.0.seek(SeekFrom::Start(at))?;
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -93,7 +119,8 @@ impl FileSystem for RealFs {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
-        let file = OpenOptions::new().append(true).open(path)?;
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        file.seek(SeekFrom::End(0))?;
         Ok(Box::new(RealFile(file)))
     }
 

@@ -3,6 +3,11 @@
 //! Segments are `<dir>/wal/<seq:016x>.wal`, consecutive. Every segment starts with a
 //! `HardState` record (the state when it was created), so deleting a prefix of old
 //! segments never loses the latest hard state.
+//!
+//! The last segment may end in zeros: the space written ahead of its records
+//! (`StorageOptions::zero_fill_bytes`), where a crash leaves zeros or a torn record
+//! followed by zeros. Replay stops at the first zero header there; every other segment
+//! is cut to its records before the next one is created, so zeros in it are corruption.
 
 use std::path::{Path, PathBuf};
 
@@ -130,10 +135,16 @@ fn scan(
             Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason)
                 if is_last && torn_tail(buf, off, limit) =>
             {
-                tracing::warn!(
-                    file = %path.display(), offset = off, file_len = buf.len(), %reason,
-                    "torn write at the end of the WAL: truncating to the last complete record"
-                );
+                if buf[off..].iter().all(|b| *b == 0) {
+                    // The zeros written ahead of the log's end (or a write that never
+                    // landed): nothing was lost that had been acknowledged.
+                    tracing::debug!(file = %path.display(), offset = off, file_len = buf.len(), "zeros after the WAL's last record");
+                } else {
+                    tracing::warn!(
+                        file = %path.display(), offset = off, file_len = buf.len(), %reason,
+                        "torn write at the end of the WAL: truncating to the last complete record"
+                    );
+                }
                 break;
             }
             Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) if is_last => {

@@ -289,9 +289,10 @@ fn dropping_the_writer_waits_for_the_queued_requests() {
 #[test]
 fn debug_output_shows_the_settings_and_the_state() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StorageOptions { segment_size: 4096, ..StorageOptions::default() };
+    let opts = StorageOptions { segment_size: 4096, zero_fill_bytes: 512, ..StorageOptions::default() };
     let shown = format!("{opts:?}");
     assert!(shown.starts_with("StorageOptions") && shown.contains("segment_size: 4096"), "{shown}");
+    assert!(shown.contains("zero_fill_bytes: 512"), "{shown}");
     let (mut s, _) = DiskStorage::open(dir.path(), opts).unwrap();
     s.append(&entries(1..=2, 1), None).unwrap();
     let shown = format!("{s:?}");

@@ -330,6 +330,7 @@ fn options_are_equal_when_every_setting_is() {
         StorageOptions { fsync: raftkv_storage::FsyncPolicy::Never, ..opts.clone() },
         StorageOptions { segment_size: opts.segment_size + 1, ..opts.clone() },
         StorageOptions { max_record_size: opts.max_record_size + 1, ..opts.clone() },
+        StorageOptions { zero_fill_bytes: opts.zero_fill_bytes + 1, ..opts.clone() },
         StorageOptions { fs: std::sync::Arc::new(raftkv_storage::RealFs), ..opts.clone() },
     ];
     for other in differ {

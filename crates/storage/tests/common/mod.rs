@@ -33,12 +33,13 @@ pub fn snapshot(index: u64, term: u64) -> Snapshot {
     }
 }
 
+/// Opens on the real file system; like [`options`], with no zeros written ahead.
 pub fn open(dir: &Path) -> (DiskStorage, Recovered) {
-    DiskStorage::open(dir, StorageOptions::default()).expect("open")
+    DiskStorage::open(dir, StorageOptions { zero_fill_bytes: 0, ..StorageOptions::default() }).expect("open")
 }
 
 pub fn open_with(dir: &Path, fs: &FaultyFs, segment_size: u64) -> (DiskStorage, Recovered) {
-    let opts = StorageOptions { segment_size, fs: Arc::new(fs.clone()), ..StorageOptions::default() };
+    let opts = options(fs, FsyncPolicy::Always, segment_size);
     DiskStorage::open(dir, opts).expect("open")
 }
 
@@ -84,9 +85,10 @@ pub fn truncate(path: &Path, len: u64) {
     fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
 }
 
-/// Options with the given file system and policy.
+/// Options with the given file system and policy, and no zeros written ahead: these
+/// tests find records by the files' lengths (tests/zero_fill.rs tests the zeros).
 pub fn options(fs: &FaultyFs, fsync: FsyncPolicy, segment_size: u64) -> StorageOptions {
-    StorageOptions { fsync, segment_size, fs: Arc::new(fs.clone()), ..StorageOptions::default() }
+    StorageOptions { fsync, segment_size, zero_fill_bytes: 0, fs: Arc::new(fs.clone()), ..StorageOptions::default() }
 }
 
 /// Streams `snap`'s data into a snapshot file from `start` (in two pieces, as an
