@@ -6,8 +6,8 @@
 //!
 //! The last segment may end in zeros: the space written ahead of its records
 //! (`StorageOptions::zero_fill_bytes`), where a crash leaves zeros or a torn record
-//! followed by zeros. Replay stops at the first zero header there; every other segment
-//! is cut to its records before the next one is created, so zeros in it are corruption.
+//! followed by zeros, and replay ends the log there. Every other segment is cut to its
+//! records before the next one is created, so zeros in one are corruption.
 
 use std::path::{Path, PathBuf};
 
