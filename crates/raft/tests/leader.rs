@@ -3,10 +3,12 @@
 //! inflight window a heartbeat answer frees, a follower that lost its log, and the
 //! recovery marker that a snapshot covers.
 
+mod common;
+
 use bytes::Bytes;
 use raftkv_raft::{
-    ConfState, Config, Entry, EntryKind, Event, HardState, Message, MessageBody, RawNode, Recovered, Role, Snapshot,
-    SnapshotMeta, Term,
+    ConfState, Config, Entry, EntryKind, Event, HardState, Message, MessageBody, RawNode, Recovered, Snapshot,
+    SnapshotMeta,
 };
 
 /// Takes the next Ready, carries it out, and returns it.
@@ -45,30 +47,7 @@ fn heartbeat_answer(missing_from: Option<u64>) -> MessageBody {
 /// the probes it sent are unanswered.
 fn elected(cfg: Config, recovered: Recovered) -> RawNode {
     let mut node = RawNode::new(cfg, ConfState::with_voters([1, 2, 3]), recovered).unwrap();
-    node.campaign();
-    for _ in 0..10 {
-        if node.status().role == Role::Leader {
-            break;
-        }
-        let ready = carry_out(&mut node);
-        let requests: Vec<(bool, Term)> = ready
-            .messages
-            .iter()
-            .chain(&ready.persisted_messages)
-            .filter_map(|m| match m.body {
-                MessageBody::RequestVote { pre_vote, .. } if m.to == 2 => Some((pre_vote, m.term)),
-                _ => None,
-            })
-            .collect();
-        for (pre_vote, term) in requests {
-            let body = MessageBody::RequestVoteResponse { pre_vote, granted: true };
-            node.step(Message::new(2, 1, term, body)).unwrap();
-        }
-    }
-    assert_eq!(node.status().role, Role::Leader);
-    while node.has_ready() {
-        carry_out(&mut node);
-    }
+    common::win_election(&mut node);
     node
 }
 

@@ -2,41 +2,17 @@
 //! they can trip an assertion, overflow, or count toward a quorum. Found by fuzzing the
 //! wire (fuzz/, wire_decode).
 
+mod common;
+
 use bytes::Bytes;
 use raftkv_raft::{
-    ConfState, Config, Entry, EntryKind, Message, MessageBody, RawNode, Recovered, Role, SnapshotMeta, StepError, Term,
+    ConfState, Config, Entry, EntryKind, Message, MessageBody, RawNode, Recovered, Role, SnapshotMeta, StepError,
 };
 
 /// Drives node 1 of {1, 2, 3} to leadership with node 2's (pre-)votes.
 fn leader_of_three() -> RawNode {
     let mut node = RawNode::new(Config::new(1), ConfState::with_voters([1, 2, 3]), Recovered::default()).unwrap();
-    node.campaign();
-    for _ in 0..10 {
-        if node.status().role == Role::Leader {
-            break;
-        }
-        let ready = node.ready();
-        let requests: Vec<(bool, Term)> = ready
-            .messages
-            .iter()
-            .chain(&ready.persisted_messages)
-            .filter_map(|m| match m.body {
-                MessageBody::RequestVote { pre_vote, .. } if m.to == 2 => Some((pre_vote, m.term)),
-                _ => None,
-            })
-            .collect();
-        node.advance();
-        for (pre_vote, term) in requests {
-            let body = MessageBody::RequestVoteResponse { pre_vote, granted: true };
-            node.step(Message { from: 2, to: 1, term, body, recovery: None, trace: None }).unwrap();
-        }
-    }
-    assert_eq!(node.status().role, Role::Leader);
-    // Persist the leader's no-op, so its own log counts toward the commit quorum.
-    while node.has_ready() {
-        node.ready();
-        node.advance();
-    }
+    common::win_election(&mut node);
     node
 }
 

@@ -3,10 +3,12 @@
 //! counts as maybe recovering, the promotion lag, and leadership transfer requests that
 //! change nothing.
 
+mod common;
+
 use bytes::Bytes;
 use raftkv_raft::{
     ConfChange, ConfChangeKind as K, ConfState, Config, Entry, EntryKind, Message, MessageBody, ProposeError, RawNode,
-    Recovered, Role, Term,
+    Recovered,
 };
 
 /// Takes the next Ready, carries it out, and returns what it sends, as (to, body).
@@ -20,33 +22,7 @@ fn sent(node: &mut RawNode) -> Vec<(u64, MessageBody)> {
 /// carried out.
 fn elected(cfg: Config, conf: ConfState) -> RawNode {
     let mut node = RawNode::new(cfg, conf, Recovered::default()).unwrap();
-    node.campaign();
-    for _ in 0..10 {
-        if node.status().role == Role::Leader {
-            break;
-        }
-        let requests: Vec<(bool, Term)> = {
-            let ready = node.ready();
-            node.advance();
-            ready
-                .messages
-                .iter()
-                .chain(&ready.persisted_messages)
-                .filter_map(|m| match m.body {
-                    MessageBody::RequestVote { pre_vote, .. } if m.to == 2 => Some((pre_vote, m.term)),
-                    _ => None,
-                })
-                .collect()
-        };
-        for (pre_vote, term) in requests {
-            let body = MessageBody::RequestVoteResponse { pre_vote, granted: true };
-            node.step(Message::new(2, 1, term, body)).unwrap();
-        }
-    }
-    assert_eq!(node.status().role, Role::Leader);
-    while node.has_ready() {
-        sent(&mut node);
-    }
+    common::win_election(&mut node);
     node
 }
 
