@@ -52,9 +52,6 @@ pub trait FileHandle: Send {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;
 
-/// Zeros are written in pieces of at most this size.
-const ZERO_CHUNK: u64 = 1 << 20;
-
 /// Written at its position, which only writes and `set_len` move (not `O_APPEND`:
 /// writes may land inside zero-filled space).
 struct RealFile(File);
@@ -74,13 +71,10 @@ impl FileHandle for RealFile {
 
     fn zero_fill_ahead(&mut self, len: u64) -> io::Result<()> {
         let at = self.0.stream_position()?;
-        let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ZERO_CHUNK) as usize;
-            self.0.write_all(&zeros[..n])?;
-            left -= n as u64;
-        }
+        // One write, no loop: `vec!` of zeros maps fresh zeroed pages.
+        let len =
+            usize::try_from(len).map_err(|_| io::Error::other(format!("{len} bytes of zeros do not fit in memory")))?;
+        self.0.write_all(&vec![0u8; len])?;
         self.0.seek(SeekFrom::Start(at))?;
         Ok(())
     }
