@@ -128,8 +128,7 @@ pub struct DiskStorage {
     /// Oldest first; the last one is the current segment, open in `file`.
     segments: Vec<Segment>,
     file: Box<dyn FileHandle>,
-    /// The end of the zeros written ahead in the current segment (its length when
-    /// there are none). Never below the segment's length.
+    /// The end of the zeros written ahead in the current segment (0: none).
     zeroed_to: u64,
     /// Indices and terms of the entries after the snapshot.
     log: Log<u64>,
@@ -232,7 +231,8 @@ impl DiskStorage {
             segment_size: opts.segment_size,
             max_record: opts.max_record_size,
             zero_fill_bytes: if sync { opts.zero_fill_bytes } else { 0 },
-            zeroed_to: segments.last().map_or(0, |s| s.len),
+            // Reopening cut any zeros: there are none until the first write.
+            zeroed_to: 0,
             segments,
             file,
             log: terms,
@@ -495,17 +495,17 @@ impl DiskStorage {
     /// `len` bytes would go past the zeros written ahead. Their fsync is the write's.
     fn make_room(&mut self, path: &Path, len: u64) -> Result<()> {
         let end = self.current().len;
-        debug_assert!(self.zeroed_to >= end, "zeros end at {} before the segment's end {end}", self.zeroed_to);
-        if end + len <= self.zeroed_to {
-            return Ok(());
-        }
-        if self.zero_fill_bytes == 0 {
-            self.zeroed_to = end + len;
+        if self.zero_fill_bytes == 0 || end + len <= self.zeroed_to {
             return Ok(());
         }
         let ahead = self.zero_fill_bytes.max(len);
         self.file.zero_fill_ahead(ahead).map_err(|e| StorageError::io("zero-fill", path, e))?;
         self.zeroed_to = end + ahead;
+        debug_assert!(
+            end + len <= self.zeroed_to,
+            "a write of {len} bytes past the zeros ending at {}",
+            self.zeroed_to
+        );
         Ok(())
     }
 
@@ -517,7 +517,7 @@ impl DiskStorage {
         if self.zeroed_to > len {
             self.disk.set_len(self.file.as_mut(), &path, len)?;
             self.disk.sync_file(self.file.as_mut(), &path)?;
-            self.zeroed_to = len;
+            self.zeroed_to = 0;
         }
         Ok(())
     }
@@ -531,12 +531,12 @@ impl DiskStorage {
         let file = self.disk.create(&path)?;
         self.disk.sync_dir(&self.wal_dir)?;
         self.file = file;
+        self.zeroed_to = 0;
         self.segments.push(Segment { seq, path: path.clone(), len: 0, max_index: None });
         let mut buf = Vec::new();
         codec::encode_hard_state(&mut buf, &self.hard_state, self.max_record)?;
         self.disk.write(self.file.as_mut(), &path, &buf)?;
         self.segments.last_mut().expect("just pushed").len = buf.len() as u64;
-        self.zeroed_to = buf.len() as u64;
         Counters::add(&self.disk.counters.records_written, 1);
         tracing::debug!(segment = %path.display(), "rolled over to a new WAL segment");
         Ok(())
