@@ -132,27 +132,26 @@ fn scan(
             // bad checksum that nothing valid follows, or a zero-filled tail. A damaged
             // record (a flipped bit, in its length field too) followed by a valid one was
             // written and fsynced before that one: corruption, not a torn write.
-            Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason)
-                if is_last && torn_tail(buf, off, limit) =>
-            {
-                if buf[off..].iter().all(|b| *b == 0) {
+            Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) if is_last => {
+                match tail_after(buf, off, limit) {
                     // The zeros written ahead of the log's end (or a write that never
                     // landed): nothing was lost that had been acknowledged.
-                    tracing::debug!(file = %path.display(), offset = off, file_len = buf.len(), "zeros after the WAL's last record");
-                } else {
-                    tracing::warn!(
+                    Tail::Zeros => {
+                        tracing::debug!(file = %path.display(), offset = off, file_len = buf.len(), "zeros after the WAL's last record");
+                    }
+                    Tail::Torn => tracing::warn!(
                         file = %path.display(), offset = off, file_len = buf.len(), %reason,
                         "torn write at the end of the WAL: truncating to the last complete record"
-                    );
+                    ),
+                    Tail::Damaged => {
+                        let why = match next_valid_frame(buf, off + 1, limit) {
+                            Some(next) => format!("a valid record follows at offset {next}"),
+                            None => "the bytes after it are not zero".to_string(),
+                        };
+                        return Err(corrupt(format!("{reason}; not a torn write at the end of the log: {why}")));
+                    }
                 }
                 break;
-            }
-            Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) if is_last => {
-                let why = match next_valid_frame(buf, off + 1, limit) {
-                    Some(next) => format!("a valid record follows at offset {next}"),
-                    None => "the bytes after it are not zero".to_string(),
-                };
-                return Err(corrupt(format!("{reason}; not a torn write at the end of the log: {why}")));
             }
             Frame::Incomplete(reason) | Frame::BadChecksum { reason, .. } | Frame::BadLength(reason) => {
                 return Err(corrupt(reason));
@@ -162,19 +161,27 @@ fn scan(
     Ok((off as u64, max_index))
 }
 
-/// Whether the bad record at `off` ends the last segment as a torn write does: the rest
-/// is zeros (a zero-filled tail), or — when its length is one our writer could have
-/// written — no valid record follows it.
-fn torn_tail(buf: &[u8], off: usize, limit: u32) -> bool {
+/// How the last segment ends from the bad record at `off`.
+enum Tail {
+    /// Only zeros (zeros written ahead, or a write that never landed).
+    Zeros,
+    /// A torn write: a record whose length our writer could have written, that no
+    /// valid record follows.
+    Torn,
+    /// Neither: corruption.
+    Damaged,
+}
+
+fn tail_after(buf: &[u8], off: usize, limit: u32) -> Tail {
     let rest = &buf[off..];
     if rest.iter().all(|b| *b == 0) {
-        return true;
+        return Tail::Zeros;
     }
     let plausible_len = rest.get(0..4).is_none_or(|l| {
         let len = u32::from_le_bytes(l.try_into().expect("4 bytes"));
         len != 0 && len <= limit
     });
-    plausible_len && next_valid_frame(buf, off + 1, limit).is_none()
+    if plausible_len && next_valid_frame(buf, off + 1, limit).is_none() { Tail::Torn } else { Tail::Damaged }
 }
 
 /// The first offset at or after `from` where a whole, checksummed, decodable record
