@@ -439,6 +439,10 @@ impl Raft {
             {
                 return malformed(format!("chunk at {offset} of {} bytes exceeds total {total_len}", data.len()));
             }
+            // The entry after a snapshot at u64::MAX has no index.
+            MessageBody::InstallSnapshot { meta, .. } if meta.index == u64::MAX => {
+                return malformed(format!("snapshot index {} leaves no index for the next entry", meta.index));
+            }
             // Log indexes start at 1: "missing from 0" would underflow the leader's math.
             MessageBody::HeartbeatResponse { missing_from: Some(0), .. } => {
                 return malformed("missing_from is 0; log indexes start at 1".to_string());

@@ -128,3 +128,22 @@ fn a_snapshot_chunk_past_its_total_length_is_malformed() {
     assert!(malformed(step_from(2, chunk(u64::MAX, u64::MAX))), "an end past u64::MAX");
     assert_eq!(step_from(2, chunk(0, 5)), Ok(()));
 }
+
+/// Found by the wire fuzzer: restoring a snapshot at u64::MAX overflowed the index of
+/// the entry after it.
+#[test]
+fn a_snapshot_at_the_last_possible_index_is_malformed() {
+    let snapshot = |index| MessageBody::InstallSnapshot {
+        meta: SnapshotMeta { index, term: 1, conf: ConfState::with_voters([1, 2, 3]) },
+        offset: 0,
+        total_len: 5,
+        data: Bytes::from_static(b"state"),
+        done: true,
+    };
+    let refused = step_from(2, snapshot(u64::MAX));
+    assert!(
+        matches!(&refused, Err(StepError::Malformed { kind: "InstallSnapshot", reason }) if reason.contains("18446744073709551615")),
+        "{refused:?}"
+    );
+    assert_eq!(step_from(2, snapshot(u64::MAX - 1)), Ok(()));
+}
