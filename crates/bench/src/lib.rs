@@ -40,6 +40,11 @@ use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 
 pub use cpu::CpuUse;
+
+/// `--batch-in-flight` unless set.
+pub const DEFAULT_BATCH_IN_FLIGHT: usize = 1;
+/// The most `--batch-in-flight` takes.
+const MAX_BATCH_IN_FLIGHT: usize = 64;
 pub use report::{LatencySummary, OpStats, Report, Workload};
 
 /// The workload and how to run it (the flags of `raftkv bench` and `raftkv-bench`).
@@ -92,6 +97,12 @@ pub struct BenchArgs {
     /// leader (what a client with one endpoint gets), instead of to the leader.
     #[arg(long)]
     pub via_follower: bool,
+    /// raftkv only: the clients that share a connection send their operations in
+    /// `batch` RPCs, with up to this many batches in flight per connection (a batch
+    /// leaves at once while fewer are in flight, and holds what waits); 0: one RPC per
+    /// operation.
+    #[arg(long = "batch-in-flight", default_value_t = DEFAULT_BATCH_IN_FLIGHT)]
+    pub batch_in_flight: usize,
     /// Linux: also report the CPU time these processes (the store's servers,
     /// PID,PID,...) and this load generator use in the measured window, per operation
     /// (utime + stime from /proc/PID/stat at the window's start and end).
@@ -131,6 +142,9 @@ impl BenchArgs {
         }
         if self.fill && (self.reads > 0.0 || self.rate.is_some()) {
             return Err("--fill writes each key once; it takes neither --reads nor --rate".into());
+        }
+        if self.batch_in_flight > MAX_BATCH_IN_FLIGHT {
+            return Err(format!("--batch-in-flight must be at most {MAX_BATCH_IN_FLIGHT}"));
         }
         if self.fill && !self.cpu_pids.is_empty() {
             return Err("--cpu-pids measures the timed window, which --fill does not have".into());

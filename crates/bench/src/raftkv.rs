@@ -4,17 +4,19 @@
 //!
 //! It uses the wire protocol directly rather than [`raftkv_client::Client`]: a `Client`
 //! owns its connections and serializes its writes, whereas here many clients share
-//! few connections. There are no retries: a failed operation is an error in the
-//! report (a benchmark of a healthy cluster expects none).
+//! few connections. Unless `--batch-in-flight 0`, the clients of one connection send
+//! their writes and linearizable reads through a [`BatchingConnection`], in `batch`
+//! RPCs. There are no retries: a failed operation is an error in the report (a
+//! benchmark of a healthy cluster expects none).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use raftkv_client::{Client, ClientOptions};
+use raftkv_client::{BatchingConnection, Client, ClientOptions};
 use raftkv_kv::{Command, WriteOp};
 use raftkv_rpc::tarpc::context;
-use raftkv_rpc::{RaftKvClient, ReadConsistency};
+use raftkv_rpc::{BatchOp, BatchOpReply, RaftKvClient, ReadConsistency};
 
 use crate::Backend;
 
@@ -27,16 +29,20 @@ pub struct RaftKvBackend {
     /// Where writes and linearizable reads go: the leader, or a follower.
     target: String,
     tls: Option<raftkv_rpc::TlsConfig>,
+    /// Batch RPCs in flight per connection; 0: no batching.
+    batch_in_flight: usize,
 }
 
 impl RaftKvBackend {
     /// Finds the leader among `endpoints` (waiting up to 20 s for one), and with
     /// `via_follower` a follower among them to send to instead. `tls`: mutual TLS to
-    /// the servers, if they use it.
+    /// the servers, if they use it. `batch_in_flight`: see
+    /// [`crate::BenchArgs::batch_in_flight`].
     pub async fn new(
         endpoints: Vec<String>,
         tls: Option<raftkv_rpc::TlsConfig>,
         via_follower: bool,
+        batch_in_flight: usize,
     ) -> anyhow::Result<RaftKvBackend> {
         let opts = ClientOptions { tls: tls.clone(), ..ClientOptions::with_timeout(Duration::from_secs(2)) };
         let client = Client::new(endpoints.clone(), opts)?;
@@ -57,7 +63,8 @@ impl RaftKvBackend {
                     (true, Some((f, _))) => f.clone(),
                     (true, None) => bail!("--via-follower: no follower among {endpoints:?} follows the leader {ep}"),
                 };
-                return Ok(RaftKvBackend { endpoints: client.endpoints(), leader: ep.clone(), target, tls });
+                let endpoints = client.endpoints();
+                return Ok(RaftKvBackend { endpoints, leader: ep.clone(), target, tls, batch_in_flight });
             }
             if Instant::now() >= deadline {
                 bail!("no leader among {endpoints:?} within {LEADER_TIMEOUT:?}: {statuses:?}");
@@ -88,6 +95,8 @@ pub struct Session {
 pub struct Conn {
     target: RaftKvClient,
     reads: RaftKvClient,
+    /// Over `target`, when batching.
+    batching: Option<BatchingConnection>,
 }
 
 fn ctx(timeout: Duration) -> context::Context {
@@ -114,7 +123,8 @@ impl Backend for RaftKvBackend {
         } else {
             target.clone()
         };
-        Ok(Conn { target, reads })
+        let batching = (self.batch_in_flight > 0).then(|| BatchingConnection::new(target.clone(), self.batch_in_flight));
+        Ok(Conn { target, reads, batching })
     }
 
     fn session(&self, _index: usize) -> Session {
@@ -137,6 +147,13 @@ impl Backend for RaftKvBackend {
     ) -> Result<(), String> {
         session.seq += 1;
         let cmd = Command { client_id: session.client_id, seq: session.seq, op: WriteOp::Put { key, value } };
+        if let Some(b) = &conn.batching {
+            return match b.call(BatchOp::Write(cmd), timeout).await {
+                Ok(BatchOpReply::Write(_)) => Ok(()),
+                Ok(other) => Err(format!("a write was answered with {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+        }
         match conn.target.write(ctx(timeout), cmd).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -152,6 +169,13 @@ impl Backend for RaftKvBackend {
         stale: bool,
         timeout: Duration,
     ) -> Result<(), String> {
+        if let (false, Some(b)) = (stale, &conn.batching) {
+            return match b.call(BatchOp::Get { key, consistency: ReadConsistency::Linearizable }, timeout).await {
+                Ok(BatchOpReply::Get(_)) => Ok(()),
+                Ok(other) => Err(format!("a get was answered with {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+        }
         let (c, consistency) =
             if stale { (&conn.reads, ReadConsistency::Stale) } else { (&conn.target, ReadConsistency::Linearizable) };
         match c.get(ctx(timeout), key, consistency).await {

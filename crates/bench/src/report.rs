@@ -13,6 +13,9 @@ use crate::{BenchArgs, CpuUse};
 pub struct Workload {
     pub clients: usize,
     pub connections: usize,
+    /// raftkv: batch RPCs in flight per connection (0: one RPC per operation).
+    #[serde(default)]
+    pub batch_in_flight: usize,
     /// Open-loop rate (operations per second), or `None` for a closed loop.
     pub rate: Option<f64>,
     pub reads: f64,
@@ -116,6 +119,7 @@ impl Report {
             workload: Workload {
                 clients: args.clients,
                 connections: args.connections(),
+                batch_in_flight: if target.starts_with("raftkv") { args.batch_in_flight } else { 0 },
                 rate: args.rate,
                 reads: args.reads,
                 stale: args.stale,
@@ -149,9 +153,13 @@ impl Report {
             None => format!("closed loop, {} clients", w.clients),
         };
         let reads = if w.stale { "stale" } else { "linearizable" };
+        let batching = match w.batch_in_flight {
+            0 => String::new(),
+            n => format!(" (batch RPCs, up to {n} in flight per connection)"),
+        };
         let _ = writeln!(
             out,
-            "target {}: {mode} over {} connections; {:.0}% {reads} reads; {} keys of {} B, values of {} B; {:.3}s measured after {}s warmup",
+            "target {}: {mode} over {} connections{batching}; {:.0}% {reads} reads; {} keys of {} B, values of {} B; {:.3}s measured after {}s warmup",
             self.target,
             w.connections,
             w.reads * 100.0,

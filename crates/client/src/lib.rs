@@ -28,10 +28,15 @@
 //!   of a change that may have been applied is refused, the leader's member list
 //!   decides (done, refused, or unknown), never the refusal alone.
 //!
+//! [`BatchingConnection`] is a lower-level transport for programs that run many
+//! operations at once over few connections (the benchmark): it coalesces them into
+//! `batch` RPCs and leaves retries and leader finding to its caller.
+//!
 //! [`local`] starts and stops local server processes, for the CLI's `up` and `demo`
 //! and for integration tests.
 
 mod backoff;
+mod batching;
 mod client;
 pub mod duration;
 mod error;
@@ -44,6 +49,7 @@ mod routing;
 mod spans;
 pub mod table;
 
+pub use batching::{BatchCallError, BatchStats, BatchingConnection};
 pub use client::{Client, ClientOptions, WriteOutcome};
 pub use error::ClientError;
 pub use hashkv::{HASH_KV_ROUNDS, HashKvRound};

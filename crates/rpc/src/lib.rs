@@ -133,6 +133,34 @@ pub enum ForwardReply {
     TransferLeader(NodeId),
 }
 
+/// The most operations one [`RaftKv::batch`] carries; a larger batch is refused.
+pub const MAX_BATCH_OPS: usize = 256;
+
+/// One operation of a [`RaftKv::batch`]: served exactly as the RPC of the same name
+/// would serve it alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    Write(Command),
+    Get { key: Bytes, consistency: ReadConsistency },
+}
+
+/// The answer to one [`BatchOp`], variant for variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOpReply {
+    Write(WriteReply),
+    Get(GetReply),
+}
+
+impl BatchOp {
+    /// The RPC it stands for, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BatchOp::Write(_) => "write",
+            BatchOp::Get { .. } => "get",
+        }
+    }
+}
+
 impl ForwardRequest {
     /// The RPC it stands for, for logs and errors.
     pub fn name(&self) -> &'static str {
@@ -361,4 +389,12 @@ pub trait RaftKv {
     /// that node, passed on to it by any other (`relayed` set: one hop, never passed
     /// on again). Refused unless `node` runs with `--enable-faults`.
     async fn fault(node: NodeId, request: FaultRequest, relayed: bool) -> Result<FaultReply, RequestError>;
+    /// Several clients' operations in one frame: each is served as its own RPC would
+    /// be (its own log entry and its own answer; forwarded if this node does not
+    /// lead), within the batch's deadline, and the answers come back together, in
+    /// the order of `ops`, once every one is known. Clients that share a connection coalesce into it what
+    /// they have in flight at the same moment, which saves each operation the
+    /// per-frame costs of both ends. More than [`MAX_BATCH_OPS`] operations: the
+    /// whole batch is refused as `Invalid`.
+    async fn batch(ops: Vec<BatchOp>) -> Result<Vec<Result<BatchOpReply, RequestError>>, RequestError>;
 }

@@ -33,6 +33,7 @@
 
 pub mod admin;
 mod args;
+mod batch;
 mod check_args;
 mod conn;
 mod dir_lock;

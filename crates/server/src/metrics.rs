@@ -48,6 +48,7 @@ pub enum RpcMethod {
     forward,
     cluster_status,
     fault,
+    batch,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

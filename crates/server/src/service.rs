@@ -474,6 +474,34 @@ impl RaftKv for Service {
         }
         self.fault_elsewhere(ctx, node, request).await
     }
+
+    async fn batch(
+        self,
+        ctx: Context,
+        ops: Vec<raftkv_rpc::BatchOp>,
+    ) -> Result<Vec<Result<raftkv_rpc::BatchOpReply, RequestError>>, RequestError> {
+        let _timer = self.shared.metrics.time_rpc(RpcMethod::batch);
+        // One span for the batch, not one per operation: what a batch saves.
+        let span = tracing::info_span!(
+            "kv.request",
+            otel.name = "kv.batch",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            node = self.id,
+            ops = ops.len(),
+            failed = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        root_if_untraced(&span, &ctx);
+        let result = self.serve_batch(ctx, ops).instrument(span.clone()).await;
+        match &result {
+            Ok(answers) => {
+                span.record("failed", answers.iter().filter(|a| a.is_err()).count());
+            }
+            Err(e) => record_error(&span, e),
+        }
+        result
+    }
 }
 
 impl Service {
@@ -515,6 +543,6 @@ impl Service {
 }
 
 /// A reply of the wrong kind for the request: a bug, never a client's fault.
-fn mismatched(request: &str, reply: &ForwardReply) -> RequestError {
+pub(crate) fn mismatched(request: &str, reply: &ForwardReply) -> RequestError {
     RequestError::Internal(format!("a {request} request was answered with {reply:?}"))
 }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         match cli.target {
             Target::Raftkv => {
                 let backend =
-                    raftkv_bench::raftkv::RaftKvBackend::new(cli.endpoints.clone(), None, cli.bench.via_follower)
+                    raftkv_bench::raftkv::RaftKvBackend::new(cli.endpoints.clone(), None, cli.bench.via_follower, cli.bench.batch_in_flight)
                         .await?;
                 raftkv_bench::run(backend, &cli.bench).await
             }

@@ -51,6 +51,9 @@ pub(crate) enum Request {
         index: Index,
         reply: Reply<HashKvReply>,
     },
+    /// The writes and reads of one `batch` RPC, handled in order as if each had come
+    /// alone; one send into the loop's queue instead of one per operation.
+    Batch(Vec<Request>),
 }
 
 /// A batch of Raft messages from one peer, with the spans it opened here (see
@@ -137,6 +140,15 @@ impl RaftLoop {
                 let _ = reply.send(self.replica.confirm_new_cluster());
             }
             Request::HashKv { index, reply } => self.pending.hash_at(index, reply, &self.replica),
+            Request::Batch(requests) => {
+                for request in requests {
+                    debug_assert!(
+                        matches!(request, Request::Write { .. } | Request::Read { .. }),
+                        "a batch holds only writes and reads"
+                    );
+                    self.handle_request(request);
+                }
+            }
         }
     }
 
