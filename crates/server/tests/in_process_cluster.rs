@@ -1,6 +1,7 @@
 //! In-process smoke test: three nodes on 127.0.0.1 in one runtime elect a leader, take
 //! writes, serve linearizable and stale reads, snapshot, hand off leadership, shut down
-//! and recover from disk.
+//! and recover from disk; batches of operations, on the leader and through a
+//! follower, and clients that batch.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raftkv_kv::{Command, WriteOp, WriteResult};
 use raftkv_rpc::tarpc::context;
-use raftkv_rpc::{Forwarded, RaftKvClient, ReadConsistency, RequestError};
+use raftkv_client::{BatchStats, BatchingConnection};
+use raftkv_rpc::{
+    BatchOp, BatchOpReply, Forwarded, MAX_BATCH_OPS, RaftKvClient, ReadConsistency, RequestError, WriteReply,
+};
 use raftkv_server::{ClusterConfig, NodeConfig};
 use raftkv_storage::FsyncPolicy;
 use tokio::net::TcpListener;
@@ -264,5 +268,121 @@ async fn a_follower_that_was_down_catches_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(get(&dc, "k300", ReadConsistency::Stale).await.as_deref(), Some(&b"v"[..]));
+    cluster.stop().await;
+}
+
+fn get_op(key: &str, consistency: ReadConsistency) -> BatchOp {
+    BatchOp::Get { key: Bytes::from(key.to_string()), consistency }
+}
+
+async fn batch(client: &RaftKvClient, ops: Vec<BatchOp>) -> Vec<Result<BatchOpReply, RequestError>> {
+    client.batch(context::current(), ops).await.expect("rpc").expect("batch accepted")
+}
+
+fn value_of(answer: &Result<BatchOpReply, RequestError>) -> Option<Bytes> {
+    match answer {
+        Ok(BatchOpReply::Get(reply)) => reply.value.clone(),
+        other => panic!("expected a get's answer, got {other:?}"),
+    }
+}
+
+fn write_of(answer: &Result<BatchOpReply, RequestError>) -> &WriteReply {
+    match answer {
+        Ok(BatchOpReply::Write(reply)) => reply,
+        other => panic!("expected a write's answer, got {other:?}"),
+    }
+}
+
+/// Each operation of a batch is served on its own: its own log entry and answer, in
+/// the order sent, an invalid one refused without failing its neighbours; on a
+/// follower, what needs the leader is forwarded; an oversized batch is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_serves_each_operation_on_its_own() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let cluster = Cluster::start(dirs, None).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let c = cluster.client(leader).await;
+    let empty_key = Command { client_id: 9, seq: 1, op: WriteOp::Put { key: Bytes::new(), value: Bytes::new() } };
+    let answers = batch(
+        &c,
+        vec![
+            BatchOp::Write(put(7, 1, "a", "1")),
+            BatchOp::Write(empty_key),
+            BatchOp::Write(put(8, 1, "b", "2")),
+            get_op("", ReadConsistency::Linearizable),
+        ],
+    )
+    .await;
+    assert_eq!(answers.len(), 4);
+    let (a, b) = (write_of(&answers[0]), write_of(&answers[2]));
+    assert!(a.index != b.index && !a.duplicate && !b.duplicate, "two entries: {a:?} {b:?}");
+    assert!(matches!(answers[1], Err(RequestError::Invalid(_))), "{:?}", answers[1]);
+    assert!(matches!(answers[3], Err(RequestError::Invalid(_))), "{:?}", answers[3]);
+
+    // Reads after the writes were answered see them, each its own key; a retried
+    // write is recognised as a duplicate.
+    let answers = batch(
+        &c,
+        vec![
+            get_op("b", ReadConsistency::Linearizable),
+            BatchOp::Write(put(7, 1, "a", "1")),
+            get_op("a", ReadConsistency::Linearizable),
+            get_op("none", ReadConsistency::Linearizable),
+            get_op("a", ReadConsistency::Stale),
+        ],
+    )
+    .await;
+    assert_eq!(value_of(&answers[0]).as_deref(), Some(&b"2"[..]));
+    assert!(write_of(&answers[1]).duplicate, "{:?}", answers[1]);
+    assert_eq!(value_of(&answers[2]).as_deref(), Some(&b"1"[..]));
+    assert_eq!(value_of(&answers[3]), None);
+    assert_eq!(value_of(&answers[4]).as_deref(), Some(&b"1"[..]));
+
+    let follower = *cluster.addrs.keys().find(|id| **id != leader).expect("a follower");
+    let f = cluster.client(follower).await;
+    let answers = batch(&f, vec![BatchOp::Write(put(7, 2, "c", "3")), get_op("b", ReadConsistency::Linearizable)]).await;
+    assert_eq!(write_of(&answers[0]).forwarded.as_ref().map(|f| f.via), Some(follower));
+    assert_eq!(value_of(&answers[1]).as_deref(), Some(&b"2"[..]));
+
+    let too_many = vec![get_op("a", ReadConsistency::Stale); MAX_BATCH_OPS + 1];
+    match c.batch(context::current(), too_many).await.expect("rpc") {
+        Err(RequestError::Invalid(m)) => assert!(m.contains(&MAX_BATCH_OPS.to_string()), "{m}"),
+        other => panic!("an oversized batch was not refused: {other:?}"),
+    }
+    cluster.stop().await;
+}
+
+/// Callers that share a connection share batches, and each gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_callers_share_frames_and_each_gets_its_own_answer() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let cluster = Cluster::start(dirs, None).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let conn = BatchingConnection::new(cluster.client(leader).await, 1);
+    let alone = conn.call(get_op("x", ReadConsistency::Linearizable), DEADLINE).await.expect("a lone get");
+    assert!(matches!(alone, BatchOpReply::Get(_)));
+    assert_eq!(conn.stats(), BatchStats { batches: 1, ops: 1 }, "a lone call leaves at once, alone");
+
+    const CALLERS: u64 = 64;
+    let each = |op: fn(u64) -> BatchOp| {
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.call(op(i), DEADLINE).await })
+            })
+            .collect();
+        futures::future::join_all(tasks)
+    };
+    for answer in each(|i| BatchOp::Write(put(100 + i, 1, &format!("k{i}"), &format!("v{i}")))).await {
+        assert!(matches!(answer.expect("task"), Ok(BatchOpReply::Write(_))));
+    }
+    let reads = each(|i| get_op(&format!("k{i}"), ReadConsistency::Linearizable)).await;
+    for (i, answer) in reads.into_iter().enumerate() {
+        let value = value_of(&answer.expect("task").map_err(|e| RequestError::Internal(e.to_string())));
+        assert_eq!(value, Some(Bytes::from(format!("v{i}"))), "caller {i} got another's answer");
+    }
+    let stats = conn.stats();
+    assert_eq!(stats.ops, 1 + 2 * CALLERS);
+    assert!(stats.batches < stats.ops, "no two operations shared a batch: {stats:?}");
     cluster.stop().await;
 }
