@@ -2,12 +2,18 @@
 # Benchmarks raftkv and etcd side by side on this machine, each at its best client
 # setting, with the same durability (3 members, fsync on every commit) and workload.
 #
-#   bench/compare-etcd.sh            # 1/16/64/256 clients; write, read, 50/50; 100 B and 1 KiB (~20 min)
-#   bench/compare-etcd.sh --quick    # 1 and 64 clients; write and read; 100 B (~1.5 min)
+#   bench/compare-etcd.sh            # 1/16/64/256 clients; write, read, 50/50; 100 B and 1 KiB (~23 min)
+#   bench/compare-etcd.sh --quick    # 1 and 64 clients; write and read; 100 B (~2 min)
 # (times after the release build)
 #
-# 1. Sweep: for each store, workload and client count, one short run per connection
-#    count (1, 4, 16, 64, at most the client count), raftkv and etcd alternately.
+# A configuration is how the load generator's clients reach the store, named after -n
+# in the file names: etcd "<n>", n shared connections (1, 4, 16, 64, at most the client
+# count); raftkv "<n>-b<K>": the same connection counts unbatched (K = 0, one RPC per
+# operation), and, above one client, 1 and 4 connections (at most the client count)
+# with batch 1 and batch 4 (batch K: batch RPCs with up to K in flight per connection;
+# raftkv-bench --batch-in-flight K).
+# 1. Sweep: for each store, workload and client count, one short run per configuration
+#    (none for a store with a single one), raftkv and etcd alternately.
 # 2. Repetitions: each store's best configuration of the sweep, REPS times, in rounds
 #    over the whole matrix (raftkv, etcd, raftkv, etcd, ...), so drifting machine load
 #    falls on both alike; the table gives the median with min and max, and each
@@ -29,7 +35,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +55,8 @@ if [ -n "${CLIENT_COUNTS:-}" ]; then
 fi
 SWEEP_WARMUP=${SWEEP_WARMUP:-500ms}; REPS=${REPS:-3}
 CONNECTIONS=(1 4 16 64)
+BATCH_CONNECTIONS=(1 4) # raftkv: the connection counts also run batched, at these K
+BATCHES=(1 4)
 RUN_LIMIT=120 # seconds: a bound on one load-generator run (its own deadlines come first)
 STAMP=$(date -u +%Y-%m-%d)
 SUFFIX=""
@@ -127,6 +135,17 @@ fi
 reads_of() { case "$1" in write) echo 0 ;; read) echo 1 ;; mixed) echo 0.5 ;; esac; }
 pids_of() { local IFS=,; if [ "$1" = raftkv ]; then echo "${RK_PIDS[*]}"; else echo "${ETCD_PIDS[*]}"; fi; }
 conns_for() { local n; for n in "${CONNECTIONS[@]}"; do [ "$n" -le "$1" ] && echo "$n"; done; }
+configs_for() { # target clients: the configurations, one a line (see the header)
+  local n k ns
+  mapfile -t ns < <(conns_for "$2")
+  if [ "$1" != raftkv ]; then printf '%s\n' "${ns[@]}"; return; fi
+  for n in "${ns[@]}"; do echo "$n-b0"; done
+  if [ "$2" -gt 1 ]; then
+    for n in "${BATCH_CONNECTIONS[@]}"; do
+      if [ "$n" -le "$2" ]; then for k in "${BATCHES[@]}"; do echo "$n-b$k"; done; fi
+    done
+  fi
+}
 
 # etcd keeps every revision until compacted; compact (and wait for it) between runs so
 # that no run pays for its predecessors' history, as a deployment's auto-compaction does.
@@ -139,13 +158,18 @@ etcd_compact() {
   fi
 }
 
-run() { # target workload clients value connections out warmup duration
-  local target=$1 w=$2 c=$3 v=$4 n=$5 out=$6 eps
-  [ "$target" = raftkv ] && eps=$RK_EPS || eps=$ETCD_EPS
-  if ! timeout -k 5 "$RUN_LIMIT" "$BENCH" --target "$target" --endpoints "$eps" --json --clients "$c" --connections "$n" \
-      --reads "$(reads_of "$w")" --keys 1000 --key-size 16 --value-size "$v" --warmup "$7" --duration "$8" \
+run() { # target workload clients value configuration out warmup duration
+  local target=$1 w=$2 c=$3 v=$4 cfg=$5 out=$6 eps batch=()
+  if [ "$target" = raftkv ]; then
+    eps=$RK_EPS
+    batch=(--batch-in-flight "${cfg#*-b}") # raftkv's configurations are all <n>-b<K>
+  else
+    eps=$ETCD_EPS
+  fi
+  if ! timeout -k 5 "$RUN_LIMIT" "$BENCH" --target "$target" --endpoints "$eps" --json --clients "$c" --connections "${cfg%%-b*}" \
+      "${batch[@]}" --reads "$(reads_of "$w")" --keys 1000 --key-size 16 --value-size "$v" --warmup "$7" --duration "$8" \
       --cpu-pids "$(pids_of "$target")" >"$out" 2>"$out.err"; then
-    echo "$target $w c=$c v=$v n=$n failed: $(tail -3 "$out.err")" >&2
+    echo "$target $w c=$c v=$v n=$cfg failed: $(tail -3 "$out.err")" >&2
     rm -f "$out"
   fi
   [ -s "$out.err" ] || rm -f "$out.err"
@@ -162,14 +186,20 @@ run() { # target workload clients value connections out warmup duration
 KEYS=()
 for v in "${VALUES[@]}"; do for w in "${WORKLOADS[@]}"; do for c in "${CLIENTS[@]}"; do KEYS+=("$w $c $v"); done; done; done
 
-# 1. the sweep (a client count with a single configuration needs none)
+# 1. the sweep (a store with a single configuration for a client count needs none):
+#    raftkv's configuration i, etcd's i, raftkv's i+1, ..., then the rest of the longer list
 for key in "${KEYS[@]}"; do
   read -r w c v <<<"$key"
-  mapfile -t ns < <(conns_for "$c")
-  [ "${#ns[@]}" -gt 1 ] || continue
-  echo "sweep: $w, $c clients, $v B values, connections ${ns[*]} ($(( $(date +%s) - START ))s)" >&2
-  for n in "${ns[@]}"; do
-    for t in raftkv etcd; do run "$t" "$w" "$c" "$v" "$n" "$RESULTS/sweep/$t-$w-c$c-v$v-n$n.json" "$SWEEP_WARMUP" "$SWEEP_DURATION"; done
+  mapfile -t rk < <(configs_for raftkv "$c"); [ "${#rk[@]}" -gt 1 ] || rk=()
+  mapfile -t et < <(configs_for etcd "$c"); [ "${#et[@]}" -gt 1 ] || et=()
+  runs=$(( ${#rk[@]} > ${#et[@]} ? ${#rk[@]} : ${#et[@]} ))
+  [ "$runs" -gt 0 ] || continue
+  echo "sweep: $w, $c clients, $v B values; raftkv ${rk[*]:-(one configuration)}; etcd ${et[*]:-(one configuration)} ($(( $(date +%s) - START ))s)" >&2
+  for ((i = 0; i < runs; i++)); do
+    for t in raftkv etcd; do
+      if [ "$t" = raftkv ]; then cfg=${rk[i]:-}; else cfg=${et[i]:-}; fi
+      if [ -n "$cfg" ]; then run "$t" "$w" "$c" "$v" "$cfg" "$RESULTS/sweep/$t-$w-c$c-v$v-n$cfg.json" "$SWEEP_WARMUP" "$SWEEP_DURATION"; fi
+    done
   done
 done
 
@@ -177,10 +207,10 @@ done
 declare -A BEST
 for key in "${KEYS[@]}"; do
   read -r w c v <<<"$key"
-  mapfile -t ns < <(conns_for "$c")
   for t in raftkv etcd; do
+    mapfile -t cfgs < <(configs_for "$t" "$c")
     bk="$t $key"
-    BEST[$bk]=$("${AGG[@]}" best "$RESULTS" "$t" "$w" "$c" "$v" "${ns[@]}") || BEST[$bk]=""
+    BEST[$bk]=$("${AGG[@]}" best "$RESULTS" "$t" "$w" "$c" "$v" "${cfgs[@]}") || BEST[$bk]=""
   done
 done
 for r in $(seq 1 "$REPS"); do
@@ -188,8 +218,8 @@ for r in $(seq 1 "$REPS"); do
   for key in "${KEYS[@]}"; do
     read -r w c v <<<"$key"
     for t in raftkv etcd; do
-      bk="$t $key"; n=${BEST[$bk]}
-      if [ -n "$n" ]; then run "$t" "$w" "$c" "$v" "$n" "$RESULTS/runs/$t-$w-c$c-v$v-n$n-r$r.json" "$WARMUP" "$DURATION"; fi
+      bk="$t $key"; cfg=${BEST[$bk]}
+      if [ -n "$cfg" ]; then run "$t" "$w" "$c" "$v" "$cfg" "$RESULTS/runs/$t-$w-c$c-v$v-n$cfg-r$r.json" "$WARMUP" "$DURATION"; fi
     done
   done
 done
@@ -201,7 +231,10 @@ echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg); took $(( $(date +%s) - BUI
   echo
   "${AGG[@]}" table "$RESULTS"
   echo
-  echo "Sweep (one run per configuration, ops/s by number of connections):"
+  echo "conns: the connections the clients share; \"n, batch K\" (raftkv): batch RPCs with up to K in flight"
+  echo "per connection; otherwise one RPC per operation."
+  echo
+  echo "Sweep (one run per configuration; ops/s by connections, and batch K when batched):"
   echo
   "${AGG[@]}" sweep "$RESULTS"
 } | tee "$RESULTS/table.md"

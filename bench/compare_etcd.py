@@ -1,15 +1,25 @@
 #!/usr/bin/env python3
-"""The bookkeeping of bench/compare-etcd.sh: which connection count did best in the
+"""The bookkeeping of bench/compare-etcd.sh: which client configuration did best in the
 sweep, and the table of the repeated runs (median, min and max).
 
-    compare_etcd.py best DIR TARGET WORKLOAD CLIENTS VALUE N...   # prints the best N
-    compare_etcd.py table DIR                                      # prints markdown
+    compare_etcd.py best DIR TARGET WORKLOAD CLIENTS VALUE CONFIG...   # prints the best CONFIG
+    compare_etcd.py table DIR                                           # prints markdown
+    compare_etcd.py sweep DIR                                           # prints markdown
+
+A configuration (CONFIG, the text after -n in the file names) is how the load
+generator's clients reach the store:
+    <n>        n connections shared by the clients, one RPC per operation (etcd)
+    <n>-b<K>   raftkv: n connections and batch K: batch RPCs with up to K in flight per
+               connection (raftkv-bench --batch-in-flight K); K = 0: one RPC per operation
+The table shows <n>-b0 as "<n>" and <n>-b<K> as "<n>, batch <K>" (the sweep's as "<n> batch <K>").
 
 Files (raftkv-bench --json reports), under DIR:
-    sweep/<target>-<workload>-c<clients>-v<value>-n<connections>.json   one per configuration
-    runs/<target>-<workload>-c<clients>-v<value>-n<connections>-r<rep>.json
-A report whose workload does not match its file name is refused (exit 1): the table
-would otherwise credit one configuration with another's figures.
+    sweep/<target>-<workload>-c<clients>-v<value>-n<config>.json   one per configuration
+    runs/<target>-<workload>-c<clients>-v<value>-n<config>-r<rep>.json
+A report whose workload does not match its file name (clients, value size, reads,
+connections, batches in flight: a name without -b<K>, and a report without
+workload.batch_in_flight, mean 0) is refused (exit 1): the table would otherwise credit
+one configuration with another's figures.
 """
 import json
 import os
@@ -19,46 +29,68 @@ import sys
 
 TARGETS = ("raftkv", "etcd")
 WORKLOADS = {"write": ("write-only", 0.0), "read": ("linearizable read", 1.0), "mixed": ("50/50", 0.5)}
-NAME = re.compile(r"^(raftkv|etcd)-(write|read|mixed)-c(\d+)-v(\d+)-n(\d+)(?:-r(\d+))?\.json$")
+NAME = re.compile(r"^(?P<target>raftkv|etcd)-(?P<w>write|read|mixed)-c(?P<c>\d+)-v(?P<v>\d+)"
+                  r"-n(?P<cfg>(?P<n>\d+)(?:-b(?P<k>\d+))?)(?:-r(?P<r>\d+))?\.json$")
+CONFIG = re.compile(r"^(\d+)(?:-b(\d+))?$")
 
 
 class BadReport(Exception):
     pass
 
 
+def parse_config(cfg):
+    """(connections, batches in flight) of a configuration: "4" and "4-b0" are (4, 0)."""
+    m = CONFIG.match(str(cfg))
+    if not m:
+        raise BadReport(f"{cfg!r}: not a configuration (<connections> or <connections>-b<batches in flight>)")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def label(cfg, sep=", "):
+    """How the tables name a configuration: "4" for 4 or 4-b0, "1, batch 1" for 1-b1."""
+    n, k = parse_config(cfg)
+    return f"{n}{sep}batch {k}" if k else str(n)
+
+
 def load(path):
     """The report at `path`, checked against what its name says it measured."""
     m = NAME.match(os.path.basename(path))
     if not m:
-        raise BadReport(f"{path}: not a <target>-<workload>-c<N>-v<B>-n<M>[-r<R>].json name")
-    target, w, c, v, n = m.group(1), m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5))
+        raise BadReport(f"{path}: not a <target>-<workload>-c<N>-v<B>-n<M>[-b<K>][-r<R>].json name")
+    target, w, c, v = m["target"], m["w"], int(m["c"]), int(m["v"])
     with open(path) as f:
         r = json.load(f)
     wl = r.get("workload", {})
-    want = {"target": target, "clients": c, "value_size": v, "connections": n, "reads": WORKLOADS[w][1]}
+    want = {"target": target, "clients": c, "value_size": v, "connections": int(m["n"]),
+            "batch_in_flight": int(m["k"] or 0), "reads": WORKLOADS[w][1]}
     got = {"target": r.get("target"), "clients": wl.get("clients"), "value_size": wl.get("value_size"),
-           "connections": wl.get("connections"), "reads": wl.get("reads")}
+           "connections": wl.get("connections"), "batch_in_flight": wl.get("batch_in_flight", 0),
+           "reads": wl.get("reads")}
     if got != want:
         raise BadReport(f"{path}: the report measured {got}, its name says {want}")
     return r
 
 
 def best(d, target, w, c, v, candidates):
-    """The connection count with the highest throughput among the sweep's error-free
-    runs; ties go to fewer connections. With one candidate there is nothing to sweep."""
+    """The configuration (of `candidates`: strings such as "4" or "1-b1", or connection
+    counts) with the highest throughput among the sweep's error-free runs, as its
+    string; ties go to fewer connections, then fewer batches in flight. With one
+    candidate there is nothing to sweep."""
+    candidates = [str(cfg) for cfg in candidates]
+    keys = {cfg: parse_config(cfg) for cfg in candidates}
     if len(candidates) == 1:
         return candidates[0]
     scored = []
-    for n in candidates:
-        p = os.path.join(d, "sweep", f"{target}-{w}-c{c}-v{v}-n{n}.json")
+    for cfg in candidates:
+        p = os.path.join(d, "sweep", f"{target}-{w}-c{c}-v{v}-n{cfg}.json")
         if not os.path.exists(p):
             continue
         r = load(p)
         if r["errors"] == 0 and r["total"]["ops"] > 0:
-            scored.append((-r["total"]["throughput"], n))
+            scored.append((-r["total"]["throughput"], keys[cfg], cfg))
     if not scored:
-        raise BadReport(f"{target} {w} c={c} v={v}: no error-free sweep run among connections {candidates}")
-    return min(scored)[1]
+        raise BadReport(f"{target} {w} c={c} v={v}: no error-free sweep run among configurations {candidates}")
+    return min(scored)[2]
 
 
 def summarize(reports):
@@ -78,20 +110,20 @@ def summarize(reports):
 
 
 def collect(d):
-    """{(workload, clients, value): {target: (connections, [reports])}} of runs/."""
+    """{(workload, clients, value): {target: (configuration, [reports])}} of runs/."""
     runs = {}
     rd = os.path.join(d, "runs")
     for f in sorted(os.listdir(rd)) if os.path.isdir(rd) else []:
         if not f.endswith(".json"):
             continue
         m = NAME.match(f)
-        if not m or m.group(6) is None:
+        if not m or m["r"] is None:
             raise BadReport(f"{os.path.join(rd, f)}: a repetition's name ends in -r<R>.json")
-        key = (m.group(2), int(m.group(3)), int(m.group(4)))
-        n, r = int(m.group(5)), load(os.path.join(rd, f))
-        prev = runs.setdefault(key, {}).setdefault(m.group(1), (n, []))
-        if prev[0] != n:
-            raise BadReport(f"{key}: {m.group(1)} ran with {prev[0]} and {n} connections; the table takes one")
+        key = (m["w"], int(m["c"]), int(m["v"]))
+        cfg, r = m["cfg"], load(os.path.join(rd, f))
+        prev = runs.setdefault(key, {}).setdefault(m["target"], (cfg, []))
+        if prev[0] != cfg:
+            raise BadReport(f"{key}: {m['target']} ran in configurations {prev[0]} and {cfg}; the table takes one")
         prev[1].append(r)
     return runs
 
@@ -107,7 +139,7 @@ def pair(a, b, f):
 def row(key, sides):
     w, c, v = key
     r, e = (summarize(sides[t][1]) if t in sides else None for t in TARGETS)
-    conns = lambda t: str(sides[t][0]) if t in sides else "-"
+    conns = lambda t: label(sides[t][0]) if t in sides else "-"
     ratio = f'{r["ops"] / e["ops"]:.2f}x' if r and e and e["ops"] else "-"
     p99r = f'{r["p99"] / e["p99"]:.2f}' if r and e and e["p99"] else "-"
     lat = lambda s: f'{s["p50"]:.2f} / {s["p99"]:.2f}'
@@ -136,14 +168,17 @@ def sweep_table(d):
     sd, cells = os.path.join(d, "sweep"), {}
     for f in sorted(os.listdir(sd)) if os.path.isdir(sd) else []:
         m = NAME.match(f)
-        if m and m.group(6) is None:
+        if m and m["r"] is None:
             r = load(os.path.join(sd, f))
-            key = (m.group(2), int(m.group(3)), int(m.group(4)), m.group(1))
+            key = (m["w"], int(m["c"]), int(m["v"]), m["target"])
             flag = "" if r["errors"] == 0 else f' ({r["errors"]} errors)'
-            cells.setdefault(key, []).append((int(m.group(5)), f'{r["total"]["throughput"]:,.0f}{flag}'))
-    lines = ["| workload | value | clients | store | ops/s by connections |", "|---|---:|---:|---|---|"]
+            ops = f'{r["total"]["throughput"]:,.0f}{flag}'
+            cells.setdefault(key, []).append((parse_config(m["cfg"]), m["cfg"], ops))
+    lines = ["| workload | value | clients | store | ops/s by configuration (connections, batch K) |",
+             "|---|---:|---:|---|---|"]
     for (w, c, v, t), cs in sorted(cells.items(), key=lambda i: (i[0][2], list(WORKLOADS).index(i[0][0]), i[0][1], i[0][3])):
-        lines.append(f'| {WORKLOADS[w][0]} | {v} B | {c} | {t} | ' + ", ".join(f"{n}: {x}" for n, x in sorted(cs)) + " |")
+        lines.append(f'| {WORKLOADS[w][0]} | {v} B | {c} | {t} | '
+                     + "; ".join(f"{label(cfg, sep=' ')}: {x}" for _, cfg, x in sorted(cs)) + " |")
     return "\n".join(lines)
 
 
@@ -151,7 +186,7 @@ def main(argv):
     try:
         if len(argv) >= 7 and argv[1] == "best":
             d, t, w, c, v = argv[2], argv[3], argv[4], int(argv[5]), int(argv[6])
-            print(best(d, t, w, c, v, [int(n) for n in argv[7:]] or [1]))
+            print(best(d, t, w, c, v, argv[7:] or ["1"]))
         elif len(argv) == 3 and argv[1] == "table":
             print(table(argv[2]))
         elif len(argv) == 3 and argv[1] == "sweep":

@@ -1,6 +1,7 @@
 """bench/compare_etcd.py, the bookkeeping of bench/compare-etcd.sh: the sweep's choice
-of each store's best connection count, the median/min/max table of the repetitions,
-and its refusal of reports that do not match their file names."""
+of each store's best client configuration (connections; raftkv also batches in flight),
+the median/min/max table of the repetitions, and its refusal of reports that do not
+match their file names."""
 import json
 import os
 import subprocess
@@ -16,11 +17,15 @@ import compare_etcd as ce  # noqa: E402
 READS = {"write": 0.0, "read": 1.0, "mixed": 0.5}
 
 
-def report(target, w, c, v, n, ops_s, p50=1.0, p99=2.0, errors=0, server_us=None, client_us=None):
+def report(target, w, c, v, n, ops_s, p50=1.0, p99=2.0, errors=0, server_us=None, client_us=None, batch=None):
+    """A raftkv-bench --json report; `batch`: workload.batch_in_flight (None: absent, as
+    in the reports from before batching)."""
     r = {"target": target,
          "workload": {"clients": c, "connections": n, "value_size": v, "reads": READS[w]},
          "total": {"throughput": ops_s, "ops": int(ops_s * 2), "latency_ms": {"p50": p50, "p99": p99}},
          "errors": errors}
+    if batch is not None:
+        r["workload"]["batch_in_flight"] = batch
     if server_us is not None:
         r["cpu"] = {"server_us_per_op": server_us, "client_us_per_op": client_us}
     return r
@@ -37,8 +42,8 @@ def test_best_is_the_fastest_error_free_configuration_and_ties_go_to_fewer_conne
     for n, ops, errs in [(1, 5000, 0), (4, 9000, 0), (16, 12000, 3), (64, 9000, 0)]:
         put(d, "sweep", f"etcd-write-c64-v100-n{n}.json", report("etcd", "write", 64, 100, n, ops, errors=errs))
     # 16 was fastest but had errors; 4 and 64 tie: fewer connections win.
-    assert ce.best(d, "etcd", "write", 64, 100, [1, 4, 16, 64]) == 4
-    assert ce.best(d, "raftkv", "write", 1, 100, [1]) == 1  # nothing to sweep
+    assert ce.best(d, "etcd", "write", 64, 100, [1, 4, 16, 64]) == "4"
+    assert ce.best(d, "raftkv", "write", 1, 100, [1]) == "1"  # nothing to sweep
 
 
 def test_best_without_any_usable_sweep_run_is_an_error(tmp_path):
@@ -90,7 +95,7 @@ def test_one_store_with_two_configurations_in_its_repetitions_is_refused(tmp_pat
     d = str(tmp_path)
     put(d, "runs", "etcd-write-c64-v100-n16-r1.json", report("etcd", "write", 64, 100, 16, 9000))
     put(d, "runs", "etcd-write-c64-v100-n4-r2.json", report("etcd", "write", 64, 100, 4, 9000))
-    with pytest.raises(ce.BadReport, match="16 and 4 connections|4 and 16 connections"):
+    with pytest.raises(ce.BadReport, match="configurations (16 and 4|4 and 16);"):
         ce.table(d)
 
 
@@ -104,3 +109,78 @@ def test_the_command_line_exits_non_zero_on_a_bad_report(tmp_path):
     put(d, "sweep", "raftkv-write-c64-v100-n4.json", report("raftkv", "write", 64, 100, 4, 1))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout) == (0, "4\n")
+
+
+def sweep_raftkv(d, w, c, ops_by_config):
+    """raftkv sweep reports of `w` at `c` clients, 100 B values: {"<n>-b<K>": ops/s}."""
+    for cfg, ops in ops_by_config.items():
+        n, k = (int(x) for x in cfg.split("-b"))
+        put(d, "sweep", f"raftkv-{w}-c{c}-v100-n{cfg}.json", report("raftkv", w, c, 100, n, ops, batch=k))
+    return list(ops_by_config)
+
+
+def test_best_picks_a_batched_configuration_and_ties_go_to_fewer_connections_then_fewer_batches(tmp_path):
+    d = str(tmp_path)
+    # Batching wins outright: the configuration string comes back, batch and all.
+    cfgs = sweep_raftkv(d, "write", 64, {"1-b0": 5000, "4-b0": 9000, "16-b0": 9500, "64-b0": 8000,
+                                         "1-b1": 11000, "1-b4": 10000, "4-b1": 14000, "4-b4": 13000})
+    assert ce.best(d, "raftkv", "write", 64, 100, cfgs) == "4-b1"
+    # A tie between 1-b4 and 4-b1: fewer connections first, however many batches.
+    cfgs = sweep_raftkv(d, "read", 64, {"1-b0": 5000, "4-b0": 9000, "16-b0": 9000, "64-b0": 8000,
+                                        "1-b1": 11000, "1-b4": 20000, "4-b1": 20000, "4-b4": 20000})
+    assert ce.best(d, "raftkv", "read", 64, 100, cfgs) == "1-b4"
+    # A tie at one connection count: fewer batches in flight; and 4 connections before
+    # 16, however the strings sort.
+    cfgs = sweep_raftkv(d, "mixed", 64, {"1-b0": 5000, "1-b1": 7000, "1-b4": 7000})
+    assert ce.best(d, "raftkv", "mixed", 64, 100, cfgs) == "1-b1"
+    cfgs = sweep_raftkv(d, "write", 16, {"1-b0": 5000, "4-b0": 9000, "16-b0": 9000, "1-b1": 8000})
+    assert ce.best(d, "raftkv", "write", 16, 100, cfgs) == "4-b0"
+    # The command line prints the configuration string.
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "compare_etcd.py"), "best", d, "raftkv", "write", "64",
+           "100", "1-b0", "4-b0", "16-b0", "64-b0", "1-b1", "1-b4", "4-b1", "4-b4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (0, "4-b1\n"), r.stderr
+
+
+def test_a_report_whose_batches_in_flight_do_not_match_its_name_is_refused(tmp_path):
+    d = str(tmp_path)
+    # Named 1 batch in flight, measured with 4.
+    put(d, "runs", "raftkv-write-c64-v100-n4-b1-r1.json", report("raftkv", "write", 64, 100, 4, 9000, batch=4))
+    with pytest.raises(ce.BadReport, match="its name says"):
+        ce.table(d)
+    # A name without -b<K> means unbatched: a report with the bench's default (1) is refused ...
+    put(d, "runs", "raftkv-write-c64-v100-n4-b1-r1.json", report("raftkv", "write", 64, 100, 4, 9000, batch=1))
+    put(d, "runs", "raftkv-read-c64-v100-n4-r1.json", report("raftkv", "read", 64, 100, 4, 9000, batch=1))
+    with pytest.raises(ce.BadReport, match="its name says"):
+        ce.table(d)
+    # ... and one without the field (before batching) is accepted, under either name.
+    put(d, "runs", "raftkv-read-c64-v100-n4-r1.json", report("raftkv", "read", 64, 100, 4, 9000))
+    put(d, "runs", "raftkv-mixed-c64-v100-n4-b0-r1.json", report("raftkv", "mixed", 64, 100, 4, 9000))
+    assert len(ce.table(d).splitlines()) == 5
+    # The sweep's reports too: an unbatched run named as batched does not win the sweep.
+    put(d, "sweep", "raftkv-write-c64-v100-n1-b0.json", report("raftkv", "write", 64, 100, 1, 5000, batch=0))
+    put(d, "sweep", "raftkv-write-c64-v100-n1-b4.json", report("raftkv", "write", 64, 100, 1, 9000, batch=0))
+    with pytest.raises(ce.BadReport, match="its name says"):
+        ce.best(d, "raftkv", "write", 64, 100, ["1-b0", "1-b4"])
+
+
+def test_the_tables_name_the_batched_configuration(tmp_path):
+    d = str(tmp_path)
+    for r in range(1, 4):
+        put(d, "runs", f"raftkv-write-c64-v100-n1-b1-r{r}.json", report("raftkv", "write", 64, 100, 1, 30000, batch=1))
+        put(d, "runs", f"etcd-write-c64-v100-n16-r{r}.json", report("etcd", "write", 64, 100, 16, 9000, batch=0))
+        put(d, "runs", f"raftkv-write-c1-v100-n1-b0-r{r}.json", report("raftkv", "write", 1, 100, 1, 3000, batch=0))
+    lines = ce.table(d).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    assert [(row["clients"], row["raftkv conns"], row["etcd conns"]) for row in rows] == \
+        [("1", "1", "-"), ("64", "1, batch 1", "16")]
+    sweep_raftkv(d, "write", 64, {"16-b0": 9000, "1-b4": 31000, "4-b0": 8000, "1-b1": 30000, "1-b0": 25401,
+                                  "4-b4": 20000})
+    for n, ops in [(1, 5000), (4, 9000)]:
+        put(d, "sweep", f"etcd-write-c64-v100-n{n}.json", report("etcd", "write", 64, 100, n, ops, batch=0))
+    sweep = ce.sweep_table(d).splitlines()
+    assert sweep[2:] == [
+        "| write-only | 100 B | 64 | etcd | 1: 5,000; 4: 9,000 |",
+        "| write-only | 100 B | 64 | raftkv | 1: 25,401; 1 batch 1: 30,000; 1 batch 4: 31,000; 4: 8,000; "
+        "4 batch 4: 20,000; 16: 9,000 |"]
