@@ -123,7 +123,8 @@ impl Backend for RaftKvBackend {
         } else {
             target.clone()
         };
-        let batching = (self.batch_in_flight > 0).then(|| BatchingConnection::new(target.clone(), self.batch_in_flight));
+        let batching =
+            (self.batch_in_flight > 0).then(|| BatchingConnection::new(target.clone(), self.batch_in_flight));
         Ok(Conn { target, reads, batching })
     }
 

@@ -302,9 +302,14 @@ async fn run(global: Global, command: Cmd) -> CliResult {
 async fn bench(global: &Global, args: raftkv_bench::BenchArgs) -> CliResult {
     args.validate().map_err(CliError::usage)?;
     let failed = |e: anyhow::Error| CliError::failed(format!("error: {e:#}"));
-    let backend = raftkv_bench::raftkv::RaftKvBackend::new(global.endpoints.clone(), global.tls()?, args.via_follower, args.batch_in_flight)
-        .await
-        .map_err(failed)?;
+    let backend = raftkv_bench::raftkv::RaftKvBackend::new(
+        global.endpoints.clone(),
+        global.tls()?,
+        args.via_follower,
+        args.batch_in_flight,
+    )
+    .await
+    .map_err(failed)?;
     let report = raftkv_bench::run(backend, &args).await.map_err(failed)?;
     let text = match global.output(global::Output::Table) {
         global::Output::Json => report.to_json() + "\n",

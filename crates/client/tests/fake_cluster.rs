@@ -153,6 +153,14 @@ impl RaftKv for Fake {
         Err(raftkv_rpc::RequestError::Invalid("the fake cluster injects no faults".into()))
     }
 
+    async fn batch(
+        self,
+        _: Context,
+        _: Vec<raftkv_rpc::BatchOp>,
+    ) -> Result<Vec<Result<raftkv_rpc::BatchOpReply, raftkv_rpc::RequestError>>, raftkv_rpc::RequestError> {
+        Err(raftkv_rpc::RequestError::Invalid("the fake cluster serves no batches".into()))
+    }
+
     async fn status(self, _: Context) -> NodeStatus {
         let applied = self.node.lock().unwrap().applied;
         NodeStatus {

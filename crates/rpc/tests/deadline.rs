@@ -99,6 +99,14 @@ impl RaftKv for Stub {
     ) -> Result<raftkv_rpc::FaultReply, RequestError> {
         Err(RequestError::Invalid("the stub injects no faults".into()))
     }
+
+    async fn batch(
+        self,
+        _: Context,
+        _: Vec<raftkv_rpc::BatchOp>,
+    ) -> Result<Vec<Result<raftkv_rpc::BatchOpReply, RequestError>>, RequestError> {
+        Err(RequestError::Invalid("the stub serves no batches".into()))
+    }
 }
 
 async fn serve_stub() -> String {

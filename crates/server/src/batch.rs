@@ -57,15 +57,9 @@ impl Service {
 
     /// Serves again, the way a single request is, every operation that this node
     /// refused because it does not lead: concurrently, each forwarded to the leader.
-    async fn forward_refused(
-        &self,
-        ctx: Context,
-        ops: &[BatchOp],
-        answers: &mut [Result<BatchOpReply, RequestError>],
-    ) {
-        let refused: Vec<usize> = (0..answers.len())
-            .filter(|&i| matches!(answers[i], Err(RequestError::NotLeader { .. })))
-            .collect();
+    async fn forward_refused(&self, ctx: Context, ops: &[BatchOp], answers: &mut [Result<BatchOpReply, RequestError>]) {
+        let refused: Vec<usize> =
+            (0..answers.len()).filter(|&i| matches!(answers[i], Err(RequestError::NotLeader { .. }))).collect();
         if refused.is_empty() {
             return;
         }

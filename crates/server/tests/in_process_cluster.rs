@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use raftkv_client::{BatchStats, BatchingConnection};
 use raftkv_kv::{Command, WriteOp, WriteResult};
 use raftkv_rpc::tarpc::context;
-use raftkv_client::{BatchStats, BatchingConnection};
 use raftkv_rpc::{
     BatchOp, BatchOpReply, Forwarded, MAX_BATCH_OPS, RaftKvClient, ReadConsistency, RequestError, WriteReply,
 };
@@ -340,7 +340,8 @@ async fn a_batch_serves_each_operation_on_its_own() {
 
     let follower = *cluster.addrs.keys().find(|id| **id != leader).expect("a follower");
     let f = cluster.client(follower).await;
-    let answers = batch(&f, vec![BatchOp::Write(put(7, 2, "c", "3")), get_op("b", ReadConsistency::Linearizable)]).await;
+    let answers =
+        batch(&f, vec![BatchOp::Write(put(7, 2, "c", "3")), get_op("b", ReadConsistency::Linearizable)]).await;
     assert_eq!(write_of(&answers[0]).forwarded.as_ref().map(|f| f.via), Some(follower));
     assert_eq!(value_of(&answers[1]).as_deref(), Some(&b"2"[..]));
 

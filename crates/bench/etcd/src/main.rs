@@ -55,9 +55,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.target {
             Target::Raftkv => {
-                let backend =
-                    raftkv_bench::raftkv::RaftKvBackend::new(cli.endpoints.clone(), None, cli.bench.via_follower, cli.bench.batch_in_flight)
-                        .await?;
+                let backend = raftkv_bench::raftkv::RaftKvBackend::new(
+                    cli.endpoints.clone(),
+                    None,
+                    cli.bench.via_follower,
+                    cli.bench.batch_in_flight,
+                )
+                .await?;
                 raftkv_bench::run(backend, &cli.bench).await
             }
             Target::Etcd if cli.bench.via_follower => anyhow::bail!("--via-follower is for --target raftkv"),
