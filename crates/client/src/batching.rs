@@ -185,6 +185,13 @@ fn fail_all(replies: Vec<oneshot::Sender<Answer>>, e: &BatchCallError) {
 async fn send_batches(shared: Arc<Shared>, mut batch: Vec<Waiter>) {
     loop {
         shared.send(batch).await;
+        // Why yield: the callers just answered are woken but have not run yet; a
+        // closed-loop caller queues its next operation as soon as it runs. Deciding
+        // now would find the queue nearly empty and send a batch of one or two, with
+        // the rest a whole round trip behind it; after a yield they are all in the
+        // next batch (measured: 64 clients, 47k -> 63k writes/s, 32 -> 24 µs of
+        // server CPU per write).
+        tokio::task::yield_now().await;
         match shared.next_batch() {
             Some(next) => batch = next,
             None => return,
