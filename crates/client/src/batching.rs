@@ -116,7 +116,14 @@ impl BatchingConnection {
     }
 }
 
+/// Yields at most this often, while callers keep arriving, before the next batch.
+const MAX_GATHER_YIELDS: usize = 8;
+
 impl Shared {
+    fn waiting(&self) -> usize {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).waiting.len()
+    }
+
     /// Queues `waiter`; returns the batch to send now if fewer than `max_in_flight`
     /// are on their way (the caller sends it).
     fn enqueue(&self, waiter: Waiter) -> Option<Vec<Waiter>> {
@@ -188,10 +195,18 @@ async fn send_batches(shared: Arc<Shared>, mut batch: Vec<Waiter>) {
         // Why yield: the callers just answered are woken but have not run yet; a
         // closed-loop caller queues its next operation as soon as it runs. Deciding
         // now would find the queue nearly empty and send a batch of one or two, with
-        // the rest a whole round trip behind it; after a yield they are all in the
-        // next batch (measured: 64 clients, 47k -> 63k writes/s, 32 -> 24 µs of
-        // server CPU per write).
-        tokio::task::yield_now().await;
+        // the rest a whole round trip behind it. Yielding while callers keep arriving
+        // (a bounded number of times) lets them into the next batch. Measured with 64
+        // clients and one batch in flight: one yield took writes from 47k to 63k/s
+        // (a mean batch of 50), yielding while the queue grows to 74k/s (a mean batch
+        // of 64, every client); never waiting on a timer.
+        for _ in 0..MAX_GATHER_YIELDS {
+            let waiting = shared.waiting();
+            tokio::task::yield_now().await;
+            if shared.waiting() == waiting {
+                break;
+            }
+        }
         match shared.next_batch() {
             Some(next) => batch = next,
             None => return,
