@@ -45,7 +45,7 @@ pub use cpu::CpuUse;
 pub const DEFAULT_BATCH_IN_FLIGHT: usize = 1;
 /// The most `--batch-in-flight` takes.
 const MAX_BATCH_IN_FLIGHT: usize = 64;
-pub use report::{LatencySummary, OpStats, Report, Workload};
+pub use report::{BatchingUse, LatencySummary, OpStats, Report, Workload};
 
 /// The workload and how to run it (the flags of `raftkv bench` and `raftkv-bench`).
 #[derive(Args, Debug, Clone)]
@@ -190,6 +190,18 @@ pub trait Backend: Send + Sync + 'static {
         stale: bool,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), String>> + Send;
+    /// The batches and operations sent over `conn` so far, if it batches.
+    fn batches(_conn: &Self::Conn) -> Option<raftkv_client::BatchStats> {
+        None
+    }
+}
+
+/// The batches sent over `conns` so far, summed; `None` if none batches.
+fn batches_of<B: Backend>(conns: &[B::Conn]) -> Option<raftkv_client::BatchStats> {
+    conns
+        .iter()
+        .filter_map(B::batches)
+        .reduce(|a, b| raftkv_client::BatchStats { batches: a.batches + b.batches, ops: a.ops + b.ops })
 }
 
 /// The `i`th key: `k` and its number, zero-padded to `size` bytes.
@@ -280,6 +292,7 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
         samples = preload.samples;
     }
 
+    let batched_before = batches_of::<B>(&conns);
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let measure_to = measure_from + args.duration;
@@ -311,6 +324,9 @@ pub async fn run<B: Backend>(backend: B, args: &BenchArgs) -> anyhow::Result<Rep
         tally.early_errors + preload_errors,
         samples,
     );
+    if let (Some(before), Some(after)) = (batched_before, batches_of::<B>(&conns)) {
+        report.batching = Some(BatchingUse::new(after.batches - before.batches, after.ops - before.ops));
+    }
     if let Some(cpu) = cpu {
         let (pids, server_s, client_s) = cpu.await?.map_err(anyhow::Error::msg)?;
         report.cpu = Some(CpuUse::new(pids, server_s, client_s, report.total.ops));

@@ -162,6 +162,10 @@ impl Backend for RaftKvBackend {
         }
     }
 
+    fn batches(conn: &Conn) -> Option<raftkv_client::BatchStats> {
+        conn.batching.as_ref().map(BatchingConnection::stats)
+    }
+
     async fn get(
         &self,
         conn: &Conn,

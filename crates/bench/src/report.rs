@@ -95,6 +95,24 @@ pub struct Report {
     /// CPU time in the measured window (`--cpu-pids`); absent when not asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuUse>,
+    /// raftkv with `--batch-in-flight`: the batch RPCs of the warmup and the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingUse>,
+}
+
+/// How many batch RPCs carried how many operations (warmup and measured window).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchingUse {
+    pub batches: u64,
+    pub ops: u64,
+    pub mean_ops_per_batch: f64,
+}
+
+impl BatchingUse {
+    pub fn new(batches: u64, ops: u64) -> BatchingUse {
+        let mean_ops_per_batch = if batches == 0 { 0.0 } else { ops as f64 / batches as f64 };
+        BatchingUse { batches, ops, mean_ops_per_batch }
+    }
 }
 
 impl Report {
@@ -136,6 +154,7 @@ impl Report {
             errors: write_errors + read_errors + other_errors,
             error_samples,
             cpu: None,
+            batching: None,
         }
     }
 
@@ -191,6 +210,13 @@ impl Report {
             ]);
         }
         out.push_str(&table.render());
+        if let Some(b) = &self.batching {
+            let _ = writeln!(
+                out,
+                "batch RPCs (warmup and window): {} carrying {} operations, {:.1} per batch",
+                b.batches, b.ops, b.mean_ops_per_batch
+            );
+        }
         if let Some(c) = &self.cpu {
             let _ = writeln!(
                 out,
