@@ -15,7 +15,8 @@ CLIENTS=${CLIENTS:-64}; READS=${READS:-0}; VALUE=${VALUE:-100}; DURATION=${DURAT
 DATA=$(mktemp -d /var/tmp/raftkv-ab.XXXXXX)
 PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
-trap 'stop_all; rm -rf "$DATA"' EXIT INT TERM
+trap 'stop_all; rm -rf "$DATA"' EXIT
+trap 'exit 130' INT TERM # the EXIT trap cleans up; without exit bash would go on
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 one_run() { # bin_dir label extra_bench_args
@@ -52,8 +53,9 @@ PY
 
 echo "# $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $CLIENTS clients, reads $READS, ${VALUE} B, $DURATION; A: $A ${A_ARGS:-}; B: $B ${B_ARGS:-}"
 for r in $(seq 1 "$ROUNDS"); do
-  one_run "$A" "A$r" "${A_ARGS:-}" | tee -a "$DATA/results.tsv"
-  one_run "$B" "B$r" "${B_ARGS:-}" | tee -a "$DATA/results.tsv"
+  # Not in a pipeline: a pipeline's subshell would keep the server pids from stop_all.
+  one_run "$A" "A$r" "${A_ARGS:-}" >>"$DATA/results.tsv"; tail -n 1 "$DATA/results.tsv"
+  one_run "$B" "B$r" "${B_ARGS:-}" >>"$DATA/results.tsv"; tail -n 1 "$DATA/results.tsv"
 done
 python3 - "$DATA/results.tsv" <<'PY'
 import statistics, sys

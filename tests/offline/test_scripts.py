@@ -190,3 +190,31 @@ def test_negative_a_force_delete_is_caught():
     """kind.sh and observability/README.md before the fix."""
     assert force_deletes('k delete pod "$pod" --grace-period=0 --force >/dev/null 2>&1\n')
     assert force_deletes("1. Kill the leader: `kubectl delete pod raft-1 --grace-period=0 --force` (or\n")
+
+
+# `trap CMD ... INT TERM`: bash runs CMD on the signal and then goes on with the script,
+# so a cleanup trap that does not exit leaves a Ctrl-C'd benchmark running against the
+# servers it has just stopped (bench/compare-etcd.sh did so until 2026-12-06).
+TRAP = re.compile(r"""^\s*trap\s+(?P<cmd>'[^']*'|"[^"]*"|\S+)\s+(?P<signals>[^#\n]*)""", re.M)
+
+
+def signal_traps_that_go_on(text):
+    """The traps on INT or TERM whose command does not exit."""
+    found = []
+    for m in TRAP.finditer(text):
+        signals = {s.removeprefix("SIG") for s in m.group("signals").split()}
+        if signals & {"INT", "TERM"} and not re.search(r"\bexit\b", m.group("cmd")):
+            found.append(m.group(0).strip())
+    return found
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_interrupt_ends_the_script(script):
+    assert not signal_traps_that_go_on(read(script)), f"{script}: a trap on INT/TERM must exit"
+
+
+def test_negative_a_trap_that_cleans_up_and_goes_on_is_caught():
+    assert signal_traps_that_go_on("trap cleanup EXIT INT TERM\n") == ["trap cleanup EXIT INT TERM"]
+    assert signal_traps_that_go_on("  trap 'stop; rm -rf \"$d\"' EXIT SIGTERM\n") == ["trap 'stop; rm -rf \"$d\"' EXIT SIGTERM"]
+    assert signal_traps_that_go_on("trap cleanup EXIT\ntrap 'exit 130' INT TERM\n") == []
+    assert signal_traps_that_go_on("trap 'rm -rf \"$work\"' EXIT\n") == []

@@ -516,6 +516,21 @@ mod tests {
     }
 
     #[test]
+    fn batches_in_flight_are_bounded_and_default_to_one() {
+        assert_eq!(parse(&[]).batch_in_flight, DEFAULT_BATCH_IN_FLIGHT);
+        assert!(parse(&["--batch-in-flight", "64"]).validate().is_ok());
+        let err = parse(&["--batch-in-flight", "65"]).validate().unwrap_err();
+        assert!(err.contains("--batch-in-flight") && err.contains("64"), "{err}");
+    }
+
+    #[test]
+    fn batching_figures_are_per_batch() {
+        let b = BatchingUse::new(4, 256);
+        assert_eq!(b.mean_ops_per_batch, 64.0);
+        assert_eq!(BatchingUse::new(0, 0).mean_ops_per_batch, 0.0);
+    }
+
+    #[test]
     fn keys_have_the_requested_size() {
         assert_eq!(key(7, 16).len(), 16);
         assert_eq!(&key(7, 8)[..], b"k0000007");
