@@ -40,12 +40,12 @@ use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 
 pub use cpu::CpuUse;
+pub use report::{BatchingUse, LatencySummary, OpStats, Report, Workload};
 
 /// `--batch-in-flight` unless set.
 pub const DEFAULT_BATCH_IN_FLIGHT: usize = 1;
 /// The most `--batch-in-flight` takes.
 const MAX_BATCH_IN_FLIGHT: usize = 64;
-pub use report::{BatchingUse, LatencySummary, OpStats, Report, Workload};
 
 /// The workload and how to run it (the flags of `raftkv bench` and `raftkv-bench`).
 #[derive(Args, Debug, Clone)]

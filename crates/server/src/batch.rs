@@ -18,7 +18,7 @@ use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::oneshot;
 
 use crate::raft_loop::{ReadOp, ReadOutput, Request};
-use crate::service::{Service, mismatched, wait};
+use crate::service::{Service, mismatched, wait_read, wait_write};
 
 /// What one operation of a batch waits for.
 enum Waiting {
@@ -99,8 +99,8 @@ fn to_requests(ops: &[BatchOp]) -> (Vec<Request>, Vec<Waiting>) {
                     waiting.push(Waiting::Done(Err(RequestError::Invalid(e.to_string()))));
                     continue;
                 }
-                let (reply, rx) = oneshot::channel();
-                requests.push(Request::Write { data: command.encode(), reply, trace: trace.clone() });
+                let (request, rx) = Request::write(command, trace.clone());
+                requests.push(request);
                 waiting.push(Waiting::Write(rx));
             }
             BatchOp::Get { key, consistency } => {
@@ -108,8 +108,8 @@ fn to_requests(ops: &[BatchOp]) -> (Vec<Request>, Vec<Waiting>) {
                     waiting.push(Waiting::Done(Err(RequestError::Invalid(e.to_string()))));
                     continue;
                 }
-                let (reply, rx) = oneshot::channel();
-                requests.push(Request::Read { op: ReadOp::Get(key.clone()), consistency: *consistency, reply });
+                let (request, rx) = Request::read(ReadOp::Get(key.clone()), *consistency);
+                requests.push(request);
                 waiting.push(Waiting::Read(rx));
             }
         }
@@ -118,14 +118,9 @@ fn to_requests(ops: &[BatchOp]) -> (Vec<Request>, Vec<Waiting>) {
 }
 
 async fn answer(ctx: Context, waiting: Waiting) -> Result<BatchOpReply, RequestError> {
-    let gone = || RequestError::Unavailable("the node is shutting down".into());
     match waiting {
         Waiting::Done(result) => result,
-        // Why Timeout when the loop is gone: the write may have been proposed already.
-        Waiting::Write(rx) => wait(ctx, rx, RequestError::Timeout).await.map(BatchOpReply::Write),
-        Waiting::Read(rx) => match wait(ctx, rx, gone()).await? {
-            ReadOutput::Get(reply) => Ok(BatchOpReply::Get(reply)),
-            ReadOutput::Scan(_) => Err(RequestError::Internal("a get was answered with a scan".into())),
-        },
+        Waiting::Write(rx) => wait_write(ctx, rx).await.map(BatchOpReply::Write),
+        Waiting::Read(rx) => wait_read(ctx, rx).await?.into_get().map(BatchOpReply::Get),
     }
 }

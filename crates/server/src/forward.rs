@@ -27,8 +27,8 @@ use raftkv_telemetry::OpenTelemetrySpanExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
-use crate::raft_loop::{ReadOp, ReadOutput, Request};
-use crate::service::{MAX_WAIT, Service, wait};
+use crate::raft_loop::{ReadOp, Request};
+use crate::service::{MAX_WAIT, Service, wait, wait_write};
 
 /// Requests a node forwards at once; the next is refused as overloaded.
 pub(crate) const MAX_FORWARDED: usize = 512;
@@ -192,24 +192,18 @@ impl Service {
         let gone = || RequestError::Unavailable("the node is shutting down".into());
         match request {
             ForwardRequest::Write(command) => {
-                let data = command.encode();
-                let trace = tracing::Span::current().context();
-                let (reply, rx) = oneshot::channel();
-                self.submit(Request::Write { data, reply, trace })?;
-                // Why Timeout when the loop is gone: the write may have been proposed already.
-                wait(ctx, rx, RequestError::Timeout).await.map(ForwardReply::Write)
+                let (request, rx) = Request::write(&command, tracing::Span::current().context());
+                self.submit(request)?;
+                wait_write(ctx, rx).await.map(ForwardReply::Write)
             }
-            ForwardRequest::Get { key } => match self.read(ctx, ReadOp::Get(key), ReadConsistency::Linearizable).await?
-            {
-                ReadOutput::Get(reply) => Ok(ForwardReply::Get(reply)),
-                ReadOutput::Scan(_) => Err(RequestError::Internal("a get was answered with a scan".into())),
-            },
+            ForwardRequest::Get { key } => {
+                let read = self.read(ctx, ReadOp::Get(key), ReadConsistency::Linearizable).await?;
+                read.into_get().map(ForwardReply::Get)
+            }
             ForwardRequest::ScanPage { prefix, start, limit } => {
                 let op = ReadOp::Scan { prefix, start, limit: limit as usize };
-                match self.read(ctx, op, ReadConsistency::Linearizable).await? {
-                    ReadOutput::Scan(reply) => Ok(ForwardReply::ScanPage(reply)),
-                    ReadOutput::Get(_) => Err(RequestError::Internal("a scan was answered with a get".into())),
-                }
+                let read = self.read(ctx, op, ReadConsistency::Linearizable).await?;
+                read.into_scan().map(ForwardReply::ScanPage)
             }
             ForwardRequest::Members => {
                 let (reply, rx) = oneshot::channel();

@@ -143,10 +143,27 @@ impl Service {
         op: ReadOp,
         consistency: ReadConsistency,
     ) -> Result<ReadOutput, RequestError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Request::Read { op, consistency, reply })?;
-        wait(ctx, rx, RequestError::Unavailable("the node is shutting down".into())).await
+        let (request, rx) = Request::read(op, consistency);
+        self.submit(request)?;
+        wait_read(ctx, rx).await
     }
+}
+
+/// Waits for a write's answer (see [`wait`]).
+pub(crate) async fn wait_write(
+    ctx: Context,
+    rx: oneshot::Receiver<Result<WriteReply, RequestError>>,
+) -> Result<WriteReply, RequestError> {
+    // Why Timeout when the loop is gone: the write may have been proposed already.
+    wait(ctx, rx, RequestError::Timeout).await
+}
+
+/// Waits for a read's answer (see [`wait`]).
+pub(crate) async fn wait_read(
+    ctx: Context,
+    rx: oneshot::Receiver<Result<ReadOutput, RequestError>>,
+) -> Result<ReadOutput, RequestError> {
+    wait(ctx, rx, RequestError::Unavailable("the node is shutting down".into())).await
 }
 
 /// Makes `span` (not yet entered) a root span when the caller sent no trace context
@@ -294,10 +311,7 @@ impl RaftKv for Service {
         let result = async {
             raftkv_kv::validate_key(&key).map_err(|e| RequestError::Invalid(e.to_string()))?;
             if consistency == ReadConsistency::Stale {
-                return match self.read(ctx, ReadOp::Get(key), consistency).await? {
-                    ReadOutput::Get(reply) => Ok(reply),
-                    ReadOutput::Scan(_) => Err(RequestError::Internal("a get was answered with a scan".into())),
-                };
+                return self.read(ctx, ReadOp::Get(key), consistency).await?.into_get();
             }
             match self.serve_or_forward(ctx, ForwardRequest::Get { key }).await? {
                 ForwardReply::Get(reply) => Ok(reply),
@@ -352,10 +366,7 @@ impl RaftKv for Service {
         root_if_untraced(&span, &ctx);
         let result = async {
             if consistency == ReadConsistency::Stale {
-                return match self.read(ctx, ReadOp::Scan { prefix, start, limit }, consistency).await? {
-                    ReadOutput::Scan(reply) => Ok(reply),
-                    ReadOutput::Get(_) => Err(RequestError::Internal("a scan was answered with a get".into())),
-                };
+                return self.read(ctx, ReadOp::Scan { prefix, start, limit }, consistency).await?.into_scan();
             }
             let limit = limit as u32;
             match self.serve_or_forward(ctx, ForwardRequest::ScanPage { prefix, start, limit }).await? {

@@ -85,6 +85,45 @@ pub(crate) enum ReadOutput {
     Scan(ScanReply),
 }
 
+impl ReadOutput {
+    /// The answer to a get (a scan's answer here is a server bug).
+    pub fn into_get(self) -> Result<GetReply, RequestError> {
+        match self {
+            ReadOutput::Get(reply) => Ok(reply),
+            ReadOutput::Scan(_) => Err(RequestError::Internal("a get was answered with a scan".into())),
+        }
+    }
+
+    /// The answer to a scan (a get's answer here is a server bug).
+    pub fn into_scan(self) -> Result<ScanReply, RequestError> {
+        match self {
+            ReadOutput::Scan(reply) => Ok(reply),
+            ReadOutput::Get(_) => Err(RequestError::Internal("a scan was answered with a get".into())),
+        }
+    }
+}
+
+impl Request {
+    /// A validated write for the loop, and where its answer will come (see
+    /// [`Request::wait_write`]).
+    pub fn write(
+        command: &raftkv_kv::Command,
+        trace: OtelContext,
+    ) -> (Request, oneshot::Receiver<Result<WriteReply, RequestError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Request::Write { data: command.encode(), reply, trace }, rx)
+    }
+
+    /// A read for the loop, and where its answer will come.
+    pub fn read(
+        op: ReadOp,
+        consistency: ReadConsistency,
+    ) -> (Request, oneshot::Receiver<Result<ReadOutput, RequestError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Request::Read { op, consistency, reply }, rx)
+    }
+}
+
 impl RaftLoop {
     pub(super) fn step_batch(&mut self, batch: RaftBatch) {
         self.inbound_spans.extend(batch.spans);
