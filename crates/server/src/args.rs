@@ -145,6 +145,14 @@ pub struct ServerArgs {
     #[arg(long, env = "RAFTKV_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Threads of the async runtime that serves the network and runs the Raft loop
+    /// (default: the CPUs this process may use). Fewer suit a machine shared with other
+    /// busy processes, such as several nodes on one host: each runtime thread that
+    /// wakes to share a burst of work costs a context switch there. The log writer has
+    /// a thread of its own besides.
+    #[arg(long, env = "RAFTKV_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Accept `raftkv fault` requests (partitions, slow fsyncs, pauses that heal by
     /// themselves): for development clusters and demos only. Off: every fault request
     /// is refused.

@@ -76,6 +76,17 @@ const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
 /// OpenTelemetry export ([`init_telemetry`]), resolves the flags, binds `--listen` and
 /// calls [`serve`]; flushes the spans still queued before it returns. With
 /// `--check-args` it prints what the flags resolve to ([`check_args`]) and returns.
+/// The runtime `args` ask for: tokio's multi-threaded runtime with `--worker-threads`
+/// threads (tokio's default, one per CPU available, without it).
+pub fn runtime(args: &ServerArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n.into());
+    }
+    builder.build()
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if args.check_args {
         let resolved = check_args(&args).map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
@@ -273,4 +284,26 @@ async fn serve_connection(accepted: raftkv_rpc::Accepted, mut service: service::
         // which also writes the answers, is always polled.
         .for_each_concurrent(None, |request| request)
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args_with(extra: &[&str]) -> Result<ServerArgs, clap::Error> {
+        let base = ["raftkv-server", "--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "d"];
+        ServerArgs::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn worker_threads_sizes_the_runtime_and_zero_is_refused() {
+        for n in [1, 3] {
+            let args = args_with(&["--worker-threads", &n.to_string()]).unwrap();
+            assert_eq!(runtime(&args).unwrap().metrics().num_workers(), n);
+        }
+        let e = args_with(&["--worker-threads", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--worker-threads") && e.contains("1..=1024"), "{e}");
+    }
 }

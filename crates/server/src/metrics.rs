@@ -56,6 +56,12 @@ pub struct MethodLabel {
     pub method: RpcMethod,
 }
 
+/// Which thread made a log write (see the Raft loop's `WriteOn`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WalThreadLabel {
+    pub thread: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabel {
     role: &'static str,
@@ -98,6 +104,7 @@ pub struct NodeMetrics {
     pub snapshots_refused: Counter,
     pub bytes_replicated: Counter,
     pub forwarded: Counter,
+    pub wal_writes: Family<WalThreadLabel, Counter>,
     pub commit_seconds: Histogram,
     pub fsync_seconds: Histogram,
     pub apply_seconds: Histogram,
@@ -135,6 +142,7 @@ impl Default for NodeMetrics {
             snapshots_refused: Counter::default(),
             bytes_replicated: Counter::default(),
             forwarded: Counter::default(),
+            wal_writes: Family::default(),
             commit_seconds: latency_histogram(),
             fsync_seconds: latency_histogram(),
             apply_seconds: latency_histogram(),
@@ -226,6 +234,11 @@ impl NodeMetrics {
             "forwarded_requests",
             "Client requests this node (following) passed to the leader and answered",
             self.forwarded.clone(),
+        );
+        r.register(
+            "wal_writes",
+            "Log writes, by the thread that made them: `loop` (the Raft loop's own, nothing to overlap) or `writer` (the log writer's, overlapping the messages sent before it)",
+            self.wal_writes.clone(),
         );
         r.register(
             "replicated_bytes",

@@ -242,6 +242,13 @@ async fn metrics_parse_and_histograms_move_under_load() {
     assert_eq!(fm.value("raftkv_role", &[("server_id", &fid), ("role", "follower")]), 1.0);
     assert_eq!(fm.value("raftkv_leader_id", &f), leader_id as f64);
     assert!(fm.histogram_count("raftkv_wal_fsync_seconds", &f) >= 1.0);
+    // Where the log writes were made: the leader's appends overlap the messages it sent
+    // first (the writer thread); a follower's have nothing to overlap (its loop thread).
+    let writes = |m: &Metrics, id: &str, thread: &str| {
+        m.value("raftkv_wal_writes_total", &[("server_id", id), ("thread", thread)])
+    };
+    assert!(writes(&after, &sid, "writer") >= WRITES as f64, "{}", after.text);
+    assert!(writes(&fm, &fid, "loop") >= WRITES as f64, "{}", fm.text);
 
     // Every series the Grafana dashboard queries is one this server exports.
     let mut exported = series_names(&after.text);

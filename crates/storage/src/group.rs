@@ -1,8 +1,10 @@
 //! Group commit: one writer thread turns many concurrent requests into one write and
-//! one fsync per batch.
+//! one fsync per batch. A caller with nothing to do while its write is made durable can
+//! make it on its own thread instead ([`GroupCommitWriter::write_here`]).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -69,7 +71,11 @@ enum Job {
 /// the files' state is unknown, so it never reports success again.
 pub struct GroupCommitWriter {
     tx: Option<SyncSender<Job>>,
-    thread: Option<JoinHandle<DiskStorage>>,
+    thread: Option<JoinHandle<()>>,
+    /// Locked by the writer thread for each batch and by [`Self::write_here`].
+    storage: Option<Arc<Mutex<DiskStorage>>>,
+    /// Jobs sent to the writer thread and not finished yet.
+    queued: Arc<AtomicUsize>,
     counters: Arc<Counters>,
     /// Where [`snapshot_file`](Self::snapshot_file) starts files, off the writer thread.
     snaps: SnapDir,
@@ -85,11 +91,34 @@ impl GroupCommitWriter {
         let counters = storage.counters();
         let snaps = storage.snap_dir_handle();
         let wal_dir = storage.wal_dir().to_path_buf();
+        let storage = Arc::new(Mutex::new(storage));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (theirs, their_queued) = (storage.clone(), queued.clone());
         let thread = thread::Builder::new()
             .name("raftkv-wal".into())
-            .spawn(move || run(storage, &rx, opts))
+            .spawn(move || run(&theirs, &their_queued, &rx, opts))
             .map_err(|e| StorageError::io("spawn writer thread", wal_dir, e))?;
-        Ok(GroupCommitWriter { tx: Some(tx), thread: Some(thread), counters, snaps })
+        Ok(GroupCommitWriter { tx: Some(tx), thread: Some(thread), storage: Some(storage), queued, counters, snaps })
+    }
+
+    /// Makes `request` durable on the calling thread, which blocks until it is (or
+    /// failed), after every job submitted before it. For a caller that has nothing to
+    /// do meanwhile: it spares the hand-off to the writer thread and the wake-up back,
+    /// which on a busy machine take longer than a fast fsync. Concurrent callers'
+    /// requests are not batched together this way: they take turns.
+    pub fn write_here(&self, request: WriteRequest) -> Result<BatchReport, StorageError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done: WriteCallback = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        let storage = self.storage.as_ref().ok_or(StorageError::Closed)?;
+        // Why the writer thread when jobs are queued: they must reach the disk first.
+        if self.queued.load(Ordering::Acquire) > 0 {
+            self.submit(request, done);
+        } else {
+            commit_batch(&mut *lock(storage)?, vec![(request, done)]);
+        }
+        rx.recv().unwrap_or(Err(StorageError::Closed))
     }
 
     /// Queues `request`; `done` runs once it is durable. Blocks while the queue is
@@ -119,7 +148,9 @@ impl GroupCommitWriter {
 
     fn send(&self, job: Job) {
         let tx = self.tx.as_ref().expect("the sender lives until shutdown");
+        self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(rejected) = tx.send(job) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             match rejected.0 {
                 Job::Write(_, done) => done(Err(StorageError::Closed)),
                 Job::Snapshot(_, done) => done(Err(StorageError::Closed)),
@@ -146,7 +177,9 @@ impl GroupCommitWriter {
         // Why dropping the sender is enough: the thread drains every queued job before
         // `recv` reports the disconnection.
         drop(self.tx.take());
-        self.thread.take()?.join().ok()
+        self.thread.take()?.join().ok()?;
+        // The thread is gone, and its handle on the storage with it.
+        Arc::try_unwrap(self.storage.take()?).ok()?.into_inner().ok()
     }
 }
 
@@ -162,25 +195,53 @@ impl Drop for GroupCommitWriter {
     }
 }
 
+/// The storage, or why it cannot be had: a callback panicked while it was locked.
+fn lock(storage: &Mutex<DiskStorage>) -> Result<MutexGuard<'_, DiskStorage>, StorageError> {
+    storage.lock().map_err(|_| StorageError::Failed { reason: "a storage writer callback panicked".into() })
+}
+
 /// The writer thread: one batch per iteration until every sender is gone.
-fn run(mut storage: DiskStorage, rx: &Receiver<Job>, opts: GroupCommitOptions) -> DiskStorage {
+fn run(storage: &Mutex<DiskStorage>, queued: &AtomicUsize, rx: &Receiver<Job>, opts: GroupCommitOptions) {
     let mut carried = None;
     loop {
         let job = match carried.take() {
             Some(job) => job,
             None => match rx.recv() {
                 Ok(job) => job,
-                Err(_) => return storage,
+                Err(_) => return,
             },
         };
-        match job {
-            Job::Snapshot(snapshot, done) => done(storage.save_snapshot(&snapshot)),
-            Job::Commit(written, done) => done(storage.commit_snapshot(written)),
+        let Ok(mut storage) = lock(storage) else { return fail_all(job, rx) };
+        let jobs = match job {
+            Job::Snapshot(snapshot, done) => {
+                done(storage.save_snapshot(&snapshot));
+                1
+            }
+            Job::Commit(written, done) => {
+                done(storage.commit_snapshot(written));
+                1
+            }
             Job::Write(request, done) => {
                 let (batch, next) = collect_batch((request, done), rx, &opts);
                 carried = next;
+                let n = batch.len();
                 commit_batch(&mut storage, batch);
+                n
             }
+        };
+        drop(storage);
+        queued.fetch_sub(jobs, Ordering::AcqRel);
+    }
+}
+
+/// After a callback panicked with the storage locked: `job` and every later one fail.
+fn fail_all(job: Job, rx: &Receiver<Job>) {
+    for job in std::iter::once(job).chain(rx.iter()) {
+        let failed = || StorageError::Failed { reason: "a storage writer callback panicked".into() };
+        match job {
+            Job::Write(_, done) => done(Err(failed())),
+            Job::Snapshot(_, done) => done(Err(failed())),
+            Job::Commit(_, done) => done(Err(failed())),
         }
     }
 }

@@ -301,3 +301,63 @@ fn debug_output_shows_the_settings_and_the_state() {
     let shown = format!("{writer:?}");
     assert!(shown.starts_with("GroupCommitWriter") && shown.contains("records_written"), "{shown}");
 }
+
+/// A write made on the caller's thread is as durable as a queued one, and the two kinds
+/// mix in order.
+#[test]
+fn write_here_is_durable_and_mixes_with_queued_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path());
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let fsyncs = writer.stats().fsyncs;
+    let report = writer.write_here(request(1)).unwrap();
+    assert_eq!((report.requests_in_batch, report.entries), (1, 1));
+    assert_eq!(writer.stats().fsyncs, fsyncs + 1, "fsynced before returning");
+    submit_wait(&writer, request(2)).unwrap();
+    writer.write_here(request(3)).unwrap();
+    drop(writer.shutdown().unwrap());
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.entries, entries(1..=3, 1));
+    assert_eq!(rec.hard_state, hs(1, Some(1), 2));
+}
+
+/// Jobs submitted before a write made on the caller's thread reach the disk first: a
+/// write that overtook them would leave a gap in the log and be refused.
+#[test]
+fn write_here_waits_for_the_jobs_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
+    // A slow disk keeps the queued writes waiting when write_here is called.
+    fs.set_fsync_delay(Duration::from_millis(20));
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=3 {
+        let tx = tx.clone();
+        writer.submit(request(i), Box::new(move |r| tx.send(r.map(|_| ())).unwrap()));
+    }
+    writer.write_here(request(4)).expect("written after 1..=3");
+    drop(tx);
+    assert_eq!(rx.iter().filter(Result::is_ok).count(), 3);
+    drop(writer);
+    assert_eq!(open(dir.path()).1.entries, entries(1..=4, 1));
+}
+
+/// A failed fsync on the caller's thread fails the writer for good, as one on the
+/// writer thread does.
+#[test]
+fn write_here_after_a_failed_fsync_fails_every_later_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
+    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    writer.write_here(request(1)).unwrap();
+    fs.fail_all_fsyncs();
+    let err = writer.write_here(request(2)).unwrap_err();
+    assert!(matches!(&err, StorageError::Io { op: "fsync", .. }), "{err}");
+    fs.heal();
+    let err = writer.write_here(request(2)).unwrap_err();
+    assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+    let err = submit_wait(&writer, request(2)).unwrap_err();
+    assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+}

@@ -5,10 +5,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use raftkv_server::ServerArgs;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = ServerArgs::parse();
-    match raftkv_server::run(args).await {
+    let runtime = match raftkv_server::runtime(&args) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raftkv-server: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(raftkv_server::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("raftkv-server: error: {e:#}");

@@ -254,7 +254,8 @@ impl RaftLoop {
         if std::mem::take(&mut self.flush_due)
             && let Some(hs) = self.deferred_hs.take()
         {
-            self.write(raftkv_storage::WriteRequest { entries: Vec::new(), hard_state: Some(hs) }).await?;
+            let request = raftkv_storage::WriteRequest { entries: Vec::new(), hard_state: Some(hs) };
+            self.write(request, ready::WriteOn::WriterThread).await?;
             self.durable_hs = hs;
         }
         Ok(())

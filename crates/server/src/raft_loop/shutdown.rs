@@ -9,6 +9,7 @@ use raftkv_storage::WriteRequest;
 
 use super::RaftLoop;
 use super::intake::shutting_down;
+use super::ready::WriteOn;
 
 /// Logs why the loop stops.
 pub(super) fn log_stop(id: NodeId, stop: Stop) {
@@ -32,7 +33,8 @@ impl RaftLoop {
         self.answer_everyone();
         if result.is_ok()
             && let Some(hs) = self.deferred_hs.take()
-            && let Err(e) = self.write(WriteRequest { entries: Vec::new(), hard_state: Some(hs) }).await
+            && let Err(e) =
+                self.write(WriteRequest { entries: Vec::new(), hard_state: Some(hs) }, WriteOn::WriterThread).await
         {
             tracing::warn!(id = self.id, error = %e, "could not write the last commit index");
         }
