@@ -295,3 +295,114 @@ def test_the_help_is_the_whole_header_comment():
     assert header and all(line.startswith("#") for line in header)
     r = subprocess.run(["bash", path, "-h"], capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout.splitlines()) == (0, header), r.stderr
+
+
+# ---- compare-etcd.sh itself, on stand-ins ----------------------------------------------
+# Stand-ins for etcd, etcdctl, cargo, raftkv-server and raftkv-bench: each server writes
+# down its pid, port and thread setting; the bench answers from the servers its
+# endpoints reach (one thread: raftkv faster, etcd slower but at one client) and writes
+# down any run whose --cpu-pids are not those servers.
+FAKE_SERVER = r'''#!/usr/bin/env python3
+import json, os, sys
+a = sys.argv[1:]
+if a[:1] == ["--version"]:
+    print("etcd Version: 3.4.23"); sys.exit(0)
+url = a[a.index("--listen-client-urls") + 1] if "--listen-client-urls" in a else a[a.index("--listen") + 1]
+threads = a[a.index("--worker-threads") + 1] if "--worker-threads" in a else os.environ.get("GOMAXPROCS", "default")
+with open(os.path.join(os.environ["FAKE_LOG"], f"server-{os.getpid()}"), "w") as f:
+    json.dump({"pid": os.getpid(), "port": url.rsplit(":", 1)[1], "threads": threads,
+               "kind": "etcd" if "--listen-client-urls" in a else "raftkv"}, f)
+os.execvp("sleep", ["sleep", "600"])
+'''
+FAKE_BENCH = r'''#!/usr/bin/env python3
+import glob, json, os, sys
+a = sys.argv[1:]
+arg = lambda k, d=None: a[a.index(k) + 1] if k in a else d
+servers = [json.load(open(p)) for p in glob.glob(os.path.join(os.environ["FAKE_LOG"], "server-*"))]
+ports = {e.rsplit(":", 1)[1] for e in arg("--endpoints").split(",")}
+reached = [s for s in servers if s["port"] in ports and s["kind"] == arg("--target")]
+ok = len(reached) == 3 and len({s["threads"] for s in reached}) == 1 \
+    and sorted(arg("--cpu-pids").split(",")) == sorted(str(s["pid"]) for s in reached)
+if not ok:
+    with open(os.path.join(os.environ["FAKE_LOG"], "violations"), "a") as f:
+        f.write(" ".join(a) + "\n")
+one = reached[0]["threads"] == "1"
+c, n, k = int(arg("--clients")), int(arg("--connections")), int(arg("--batch-in-flight", "0"))
+ops = 1000 * c / n * (1 + k)
+if arg("--target") == "raftkv":
+    ops *= 1.2 if one else 1
+else:
+    ops *= (1.1 if c == 1 else 0.9) if one else 1
+print(json.dumps({"target": arg("--target"), "label": arg("--label"),
+                  "workload": {"clients": c, "connections": n, "value_size": int(arg("--value-size")),
+                               "reads": float(arg("--reads")), "batch_in_flight": k},
+                  "total": {"throughput": ops, "ops": int(ops), "latency_ms": {"p50": 1.0, "p99": 2.0}},
+                  "errors": 0}))
+'''
+# A server that refuses an option exits at once, as clap's does (python's start-up can
+# take a second on a loaded machine).
+FAKE_SERVER_SH = """#!/bin/sh
+case " $* " in *" --worker-threads "*)
+  if [ -n "$FAKE_OLD_SERVER" ]; then echo "error: unexpected argument '--worker-threads'" >&2; exit 2; fi ;; esac
+exec python3 "$FAKE_LOG/../bin/fake_server.py" "$@"
+"""
+FAKE_ETCDCTL = '#!/bin/sh\ncase "$*" in *"endpoint status"*) echo \'[{"Status":{"header":{"revision":5}}}]\' ;; esac\n'
+FAKE_CARGO = '#!/bin/sh\nif [ "$1" = metadata ]; then echo "{\\"target_directory\\": \\"$FAKE_TARGET\\"}"; fi\n'
+
+
+def fake_run(tmp_path, **env):
+    bin_dir, target, log = tmp_path / "bin", tmp_path / "target", tmp_path / "log"
+    for d in (bin_dir, target / "release", log, tmp_path / "data"):
+        d.mkdir(parents=True)
+    for path, text in [(bin_dir / "fake_server.py", FAKE_SERVER), (bin_dir / "etcd", FAKE_SERVER_SH),
+                       (target / "release" / "raftkv-server", FAKE_SERVER_SH),
+                       (target / "release" / "raftkv-bench", FAKE_BENCH), (bin_dir / "etcdctl", FAKE_ETCDCTL),
+                       (bin_dir / "cargo", FAKE_CARGO), (bin_dir / "protoc", "#!/bin/sh\n")]:
+        path.write_text(text)
+        path.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_TARGET=str(target), FAKE_LOG=str(log),
+               RESULTS=str(tmp_path / "results"), DATA_ROOT=str(tmp_path / "data"), CLIENT_COUNTS="1 16", **env)
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "compare-etcd.sh"), "--quick"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    servers = [json.load(open(p)) for p in log.glob("server-*")]
+    return r, servers, log
+
+
+def test_the_script_runs_each_configuration_on_its_cluster_and_stops_them_all(tmp_path):
+    r, servers, log = fake_run(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted((s["kind"], s["threads"]) for s in servers) == \
+        sorted([("etcd", "default"), ("etcd", "1"), ("raftkv", "default"), ("raftkv", "1")] * 3)
+    assert not (log / "violations").exists(), (log / "violations").read_text()
+    assert not list((tmp_path / "data").iterdir())  # its fresh directory removed
+    for s in servers:  # every server stopped
+        assert not os.path.exists(f"/proc/{s['pid']}"), s
+    sweep = sorted(os.listdir(tmp_path / "results" / "sweep"))
+    # One client: the single configuration is swept now, and its -t1 variant.
+    assert [f for f in sweep if "-write-c1-" in f] == \
+        ["etcd-write-c1-v100-n1-t1.json", "etcd-write-c1-v100-n1.json",
+         "raftkv-write-c1-v100-n1-b0-t1.json", "raftkv-write-c1-v100-n1-b0.json"]
+    # 16 clients: every client configuration (no batch 4), then the best's -t1 only.
+    assert [f for f in sweep if "-write-c16-" in f] == \
+        ["etcd-write-c16-v100-n1-t1.json", "etcd-write-c16-v100-n1.json", "etcd-write-c16-v100-n16.json",
+         "etcd-write-c16-v100-n4.json", "raftkv-write-c16-v100-n1-b0.json", "raftkv-write-c16-v100-n1-b1-t1.json",
+         "raftkv-write-c16-v100-n1-b1.json", "raftkv-write-c16-v100-n16-b0.json", "raftkv-write-c16-v100-n4-b0.json",
+         "raftkv-write-c16-v100-n4-b1.json"]
+    runs = sorted(f for f in os.listdir(tmp_path / "results" / "runs") if "-write-" in f)
+    assert runs == sorted(f"{t}-write-c{c}-v100-n{cfg}-r{i}.json" for i in (1, 2, 3)
+                          for t, c, cfg in [("raftkv", 1, "1-b0-t1"), ("raftkv", 16, "1-b1-t1"),
+                                            ("etcd", 1, "1-t1"), ("etcd", 16, "1")])
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "| 1, batch 1, 1 server thread | 38,400 (38,400–38,400) | 1 | 16,000 (16,000–16,000) |" in table
+    assert "| etcd | 1: 16,000; 1 t1: 14,400; 4: 4,000; 16: 1,000 |" in table
+
+
+def test_the_script_stops_when_a_server_refuses_its_thread_setting(tmp_path):
+    """A raftkv-server without --worker-threads: every -t1 run would fail, and the
+    table would quietly leave one thread out."""
+    r, servers, log = fake_run(tmp_path, FAKE_OLD_SERVER="1")
+    assert r.returncode == 1 and "a server exited at start" in r.stderr, r.stderr[-3000:]
+    assert "unexpected argument '--worker-threads'" in r.stderr
+    for s in servers:
+        assert not os.path.exists(f"/proc/{s['pid']}"), s
+    assert not list((tmp_path / "data").iterdir())
