@@ -4,6 +4,7 @@ servers' thread setting), the median/min/max table of the repetitions, and its r
 of reports that do not match their file names."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -312,7 +313,7 @@ threads = a[a.index("--worker-threads") + 1] if "--worker-threads" in a else os.
 with open(os.path.join(os.environ["FAKE_LOG"], f"server-{os.getpid()}"), "w") as f:
     json.dump({"pid": os.getpid(), "port": url.rsplit(":", 1)[1], "threads": threads,
                "kind": "etcd" if "--listen-client-urls" in a else "raftkv"}, f)
-os.execvp("sleep", ["sleep", "600"])
+os.execvp("sleep", ["sleep", "300"])
 '''
 FAKE_BENCH = r'''#!/usr/bin/env python3
 import glob, json, os, sys
@@ -362,21 +363,35 @@ def fake_run(tmp_path, **env):
         path.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_TARGET=str(target), FAKE_LOG=str(log),
                RESULTS=str(tmp_path / "results"), DATA_ROOT=str(tmp_path / "data"), CLIENT_COUNTS="1 16", **env)
-    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "compare-etcd.sh"), "--quick"], env=env,
-                       capture_output=True, text=True, timeout=300)
-    servers = [json.load(open(p)) for p in log.glob("server-*")]
-    return r, servers, log
+    try:
+        r = subprocess.run(["bash", os.path.join(ROOT, "bench", "compare-etcd.sh"), "--quick"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        # The servers the script left running (none, unless it is broken), stopped here so
+        # that a failing test leaves none behind.
+        servers = [json.load(open(p)) for p in log.glob("server-*")]
+        alive = [s for s in servers if stand_in_alive(s["pid"])]
+        for s in alive:
+            os.kill(s["pid"], signal.SIGKILL)
+    return r, servers, alive, log
+
+
+def stand_in_alive(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"sleep\0")
+    except FileNotFoundError:
+        return False
 
 
 def test_the_script_runs_each_configuration_on_its_cluster_and_stops_them_all(tmp_path):
-    r, servers, log = fake_run(tmp_path)
+    r, servers, alive, log = fake_run(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted((s["kind"], s["threads"]) for s in servers) == \
         sorted([("etcd", "default"), ("etcd", "1"), ("raftkv", "default"), ("raftkv", "1")] * 3)
     assert not (log / "violations").exists(), (log / "violations").read_text()
     assert not list((tmp_path / "data").iterdir())  # its fresh directory removed
-    for s in servers:  # every server stopped
-        assert not os.path.exists(f"/proc/{s['pid']}"), s
+    assert alive == []  # every server stopped
     sweep = sorted(os.listdir(tmp_path / "results" / "sweep"))
     # One client: the single configuration is swept now, and its -t1 variant.
     assert [f for f in sweep if "-write-c1-" in f] == \
@@ -400,9 +415,8 @@ def test_the_script_runs_each_configuration_on_its_cluster_and_stops_them_all(tm
 def test_the_script_stops_when_a_server_refuses_its_thread_setting(tmp_path):
     """A raftkv-server without --worker-threads: every -t1 run would fail, and the
     table would quietly leave one thread out."""
-    r, servers, log = fake_run(tmp_path, FAKE_OLD_SERVER="1")
+    r, servers, alive, log = fake_run(tmp_path, FAKE_OLD_SERVER="1")
     assert r.returncode == 1 and "a server exited at start" in r.stderr, r.stderr[-3000:]
     assert "unexpected argument '--worker-threads'" in r.stderr
-    for s in servers:
-        assert not os.path.exists(f"/proc/{s['pid']}"), s
+    assert len(servers) == 9 and alive == []
     assert not list((tmp_path / "data").iterdir())
