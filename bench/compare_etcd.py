@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
-"""The bookkeeping of bench/compare-etcd.sh: which client configuration did best in the
-sweep, and the table of the repeated runs (median, min and max).
+"""The bookkeeping of bench/compare-etcd.sh: which configuration did best in the sweep,
+and the table of the repeated runs (median, min and max).
 
     compare_etcd.py best DIR TARGET WORKLOAD CLIENTS VALUE CONFIG...   # prints the best CONFIG
     compare_etcd.py table DIR                                           # prints markdown
     compare_etcd.py sweep DIR                                           # prints markdown
 
 A configuration (CONFIG, the text after -n in the file names) is how the load
-generator's clients reach the store:
+generator's clients reach the store, and on which of its clusters:
     <n>        n connections shared by the clients, one RPC per operation (etcd)
     <n>-b<K>   raftkv: n connections and batch K: batch RPCs with up to K in flight per
                connection (raftkv-bench --batch-in-flight K); K = 0: one RPC per operation
-The table shows <n>-b0 as "<n>" and <n>-b<K> as "<n>, batch <K>" (the sweep's as "<n> batch <K>").
+    ...-t<T>   either, at the end: the store's servers ran on T threads (raftkv
+               --worker-threads T, etcd GOMAXPROCS=T); without it, at their default
+The table shows <n>-b0 as "<n>", <n>-b<K> as "<n>, batch <K>" and -t1 as ", 1 server
+thread" after either (the sweep's as "<n> batch <K> t1").
 
 Files (raftkv-bench --json reports), under DIR:
     sweep/<target>-<workload>-c<clients>-v<value>-n<config>.json   one per configuration
     runs/<target>-<workload>-c<clients>-v<value>-n<config>-r<rep>.json
 A report whose workload does not match its file name (clients, value size, reads,
 connections, batches in flight: a name without -b<K>, and a report without
-workload.batch_in_flight, mean 0) is refused (exit 1): the table would otherwise credit
-one configuration with another's figures.
+workload.batch_in_flight, mean 0; server threads: the report's label is
+"server-threads=<T>", or "server-threads=default" without -t<T>, as is a report without
+a label) is refused (exit 1): the table would otherwise credit one configuration with
+another's figures.
 """
 import json
 import os
@@ -30,8 +35,10 @@ import sys
 TARGETS = ("raftkv", "etcd")
 WORKLOADS = {"write": ("write-only", 0.0), "read": ("linearizable read", 1.0), "mixed": ("50/50", 0.5)}
 NAME = re.compile(r"^(?P<target>raftkv|etcd)-(?P<w>write|read|mixed)-c(?P<c>\d+)-v(?P<v>\d+)"
-                  r"-n(?P<cfg>(?P<n>\d+)(?:-b(?P<k>\d+))?)(?:-r(?P<r>\d+))?\.json$")
-CONFIG = re.compile(r"^(\d+)(?:-b(\d+))?$")
+                  r"-n(?P<cfg>(?P<n>\d+)(?:-b(?P<k>\d+))?(?:-t(?P<t>[1-9]\d*))?)(?:-r(?P<r>\d+))?\.json$")
+# -t0 is not a thread count: the default is the absence of -t<T>, so that one setting
+# has one name.
+CONFIG = re.compile(r"^(\d+)(?:-b(\d+))?(?:-t([1-9]\d*))?$")
 
 
 class BadReport(Exception):
@@ -39,43 +46,55 @@ class BadReport(Exception):
 
 
 def parse_config(cfg):
-    """(connections, batches in flight) of a configuration: "4" and "4-b0" are (4, 0)."""
+    """(connections, batches in flight, server threads) of a configuration, threads 0 for
+    the store's default: "4" and "4-b0" are (4, 0, 0), "1-b1-t1" is (1, 1, 1)."""
     m = CONFIG.match(str(cfg))
     if not m:
-        raise BadReport(f"{cfg!r}: not a configuration (<connections> or <connections>-b<batches in flight>)")
-    return int(m.group(1)), int(m.group(2) or 0)
+        raise BadReport(f"{cfg!r}: not a configuration (<connections>[-b<batches in flight>][-t<server threads>])")
+    return int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
 
 
-def label(cfg, sep=", "):
-    """How the tables name a configuration: "4" for 4 or 4-b0, "1, batch 1" for 1-b1."""
-    n, k = parse_config(cfg)
-    return f"{n}{sep}batch {k}" if k else str(n)
+def label(cfg, short=False):
+    """How the tables name a configuration: "4" for 4 or 4-b0, "1, batch 1" for 1-b1,
+    "1, batch 1, 1 server thread" for 1-b1-t1; `short` (the sweep's): "1 batch 1 t1"."""
+    n, k, t = parse_config(cfg)
+    sep = " " if short else ", "
+    parts = [str(n)] + ([f"batch {k}"] if k else [])
+    if t:
+        parts.append(f"t{t}" if short else f"{t} server thread{'s' if t > 1 else ''}")
+    return sep.join(parts)
+
+
+def threads_label(t):
+    """The report label (raftkv-bench --label) of a run at `t` server threads, 0 the default."""
+    return f"server-threads={t or 'default'}"
 
 
 def load(path):
     """The report at `path`, checked against what its name says it measured."""
     m = NAME.match(os.path.basename(path))
     if not m:
-        raise BadReport(f"{path}: not a <target>-<workload>-c<N>-v<B>-n<M>[-b<K>][-r<R>].json name")
+        raise BadReport(f"{path}: not a <target>-<workload>-c<N>-v<B>-n<M>[-b<K>][-t<T>][-r<R>].json name")
     target, w, c, v = m["target"], m["w"], int(m["c"]), int(m["v"])
     with open(path) as f:
         r = json.load(f)
     wl = r.get("workload", {})
     want = {"target": target, "clients": c, "value_size": v, "connections": int(m["n"]),
-            "batch_in_flight": int(m["k"] or 0), "reads": WORKLOADS[w][1]}
+            "batch_in_flight": int(m["k"] or 0), "reads": WORKLOADS[w][1], "label": threads_label(int(m["t"] or 0))}
+    # No label: a report from before the thread setting was swept, at the default.
     got = {"target": r.get("target"), "clients": wl.get("clients"), "value_size": wl.get("value_size"),
            "connections": wl.get("connections"), "batch_in_flight": wl.get("batch_in_flight", 0),
-           "reads": wl.get("reads")}
+           "reads": wl.get("reads"), "label": r.get("label") or threads_label(0)}
     if got != want:
         raise BadReport(f"{path}: the report measured {got}, its name says {want}")
     return r
 
 
 def best(d, target, w, c, v, candidates):
-    """The configuration (of `candidates`: strings such as "4" or "1-b1", or connection
-    counts) with the highest throughput among the sweep's error-free runs, as its
-    string; ties go to fewer connections, then fewer batches in flight. With one
-    candidate there is nothing to sweep."""
+    """The configuration (of `candidates`: strings such as "4", "1-b1" or "1-b1-t1", or
+    connection counts) with the highest throughput among the sweep's error-free runs, as
+    its string; ties go to fewer connections, then fewer batches in flight, then the
+    default server threads. With one candidate there is nothing to sweep."""
     candidates = [str(cfg) for cfg in candidates]
     keys = {cfg: parse_config(cfg) for cfg in candidates}
     if len(candidates) == 1:
@@ -139,19 +158,19 @@ def pair(a, b, f):
 def row(key, sides):
     w, c, v = key
     r, e = (summarize(sides[t][1]) if t in sides else None for t in TARGETS)
-    conns = lambda t: label(sides[t][0]) if t in sides else "-"
+    config = lambda t: label(sides[t][0]) if t in sides else "-"
     ratio = f'{r["ops"] / e["ops"]:.2f}x' if r and e and e["ops"] else "-"
     p99r = f'{r["p99"] / e["p99"]:.2f}' if r and e and e["p99"] else "-"
     lat = lambda s: f'{s["p50"]:.2f} / {s["p99"]:.2f}'
     us = lambda k: lambda s: "-" if s[k] is None else f"{s[k]:.0f}"
     reps = pair(r, e, lambda s: str(s["n"]))
-    return (f'| {WORKLOADS[w][0]} | {v} B | {c} | {conns("raftkv")} | {fmt_ops(r) if r else "-"} | '
-            f'{conns("etcd")} | {fmt_ops(e) if e else "-"} | {ratio} | {lat(r) if r else "-"} | '
+    return (f'| {WORKLOADS[w][0]} | {v} B | {c} | {config("raftkv")} | {fmt_ops(r) if r else "-"} | '
+            f'{config("etcd")} | {fmt_ops(e) if e else "-"} | {ratio} | {lat(r) if r else "-"} | '
             f'{lat(e) if e else "-"} | {p99r} | {pair(r, e, us("server_us"))} | {pair(r, e, us("client_us"))} | '
             f'{reps} | {pair(r, e, lambda s: str(s["errors"]))} |')
 
 
-HEADER = ("| workload | value | clients | raftkv conns | raftkv ops/s median (min–max) | etcd conns | "
+HEADER = ("| workload | value | clients | raftkv config | raftkv ops/s median (min–max) | etcd config | "
           "etcd ops/s median (min–max) | ratio | raftkv p50 / p99 ms | etcd p50 / p99 ms | p99 ratio | "
           "server CPU µs/op r / e | load-gen CPU µs/op r / e | runs r / e | errors r / e |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -174,11 +193,11 @@ def sweep_table(d):
             flag = "" if r["errors"] == 0 else f' ({r["errors"]} errors)'
             ops = f'{r["total"]["throughput"]:,.0f}{flag}'
             cells.setdefault(key, []).append((parse_config(m["cfg"]), m["cfg"], ops))
-    lines = ["| workload | value | clients | store | ops/s by configuration (connections, batch K) |",
+    lines = ["| workload | value | clients | store | ops/s by configuration (connections, batch K, tT: T server threads) |",
              "|---|---:|---:|---|---|"]
     for (w, c, v, t), cs in sorted(cells.items(), key=lambda i: (i[0][2], list(WORKLOADS).index(i[0][0]), i[0][1], i[0][3])):
         lines.append(f'| {WORKLOADS[w][0]} | {v} B | {c} | {t} | '
-                     + "; ".join(f"{label(cfg, sep=' ')}: {x}" for _, cfg, x in sorted(cs)) + " |")
+                     + "; ".join(f"{label(cfg, short=True)}: {x}" for _, cfg, x in sorted(cs)) + " |")
     return "\n".join(lines)
 
 
