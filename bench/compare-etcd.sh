@@ -100,7 +100,7 @@ BUILT=$(date +%s) # the time limits of --quick and the full run are from here
 # data directory under one fresh directory (never the given DATA_ROOT itself), removed
 # at the end.
 DATA_ROOT=$(mktemp -d "${DATA_ROOT:-/var/tmp}/raftkv-vs-etcd.XXXXXX")
-PIDS=(); declare -A LOG_OF # a server's log, by its pid
+PIDS=()
 declare -A EPS CPU_PIDS # by cluster: its client endpoints, and its server processes (--cpu-pids)
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -137,7 +137,7 @@ start_etcd() { # cluster name, then the members' environment (e.g. GOMAXPROCS=1)
       --listen-peer-urls "http://127.0.0.1:${peer[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}" \
       --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$name" \
       --quota-backend-bytes $((8 << 30)) --logger zap --log-level error >"$DATA_ROOT/$name-$m.log" 2>&1 &
-    PIDS+=($!); pids+=($!); LOG_OF[$!]=$DATA_ROOT/$name-$m.log # env execs etcd: the same process
+    PIDS+=($!); pids+=($!) # env execs etcd: the same process
     eps+="${eps:+,}127.0.0.1:${client[$i]}"
   done
   EPS[$name]=$eps; CPU_PIDS[$name]=$(IFS=,; echo "${pids[*]}")
@@ -154,12 +154,17 @@ start_raftkv() { # cluster name, then options of every server
     id=$((i+1)); dir=$DATA_ROOT/$name/$id; mkdir -p "$dir"
     "$BIN/raftkv-server" --id "$id" --listen "127.0.0.1:${ports[$i]}" --peers "$peers" --data-dir "$dir" \
       --fsync always "$@" >"$DATA_ROOT/$name-$id.log" 2>&1 &
-    PIDS+=($!); pids+=($!); LOG_OF[$!]=$DATA_ROOT/$name-$id.log
+    PIDS+=($!); pids+=($!)
     eps+="${eps:+,}127.0.0.1:${ports[$i]}"
   done
   EPS[$name]=$eps; CPU_PIDS[$name]=$(IFS=,; echo "${pids[*]}")
 }
 
+# A raftkv-server without --worker-threads would refuse the one-thread cluster's option
+# and every run on it would fail: the sweep would quietly lose the setting.
+if ! "$BIN/raftkv-server" --help | grep -q -- '--worker-threads'; then
+  echo "$BIN/raftkv-server has no --worker-threads option (an older build?)" >&2; exit 1
+fi
 start_etcd etcd
 start_etcd "etcd-t$THREADS" "GOMAXPROCS=$THREADS"
 start_raftkv raftkv
@@ -167,14 +172,6 @@ start_raftkv "raftkv-t$THREADS" --worker-threads "$THREADS"
 for name in "${!EPS[@]}"; do
   if [ "$(stat -f -c %i "$DATA_ROOT/$name")" != "$(stat -f -c %i "$DATA_ROOT/etcd")" ]; then
     echo "the clusters' data directories are on different filesystems" >&2; exit 1
-  fi
-done
-# A server that refuses its options (a raftkv-server without --worker-threads) exits at
-# once; without this check every run on its cluster would fail and the sweep go on.
-sleep 1
-for pid in "${PIDS[@]}"; do
-  if ! kill -0 "$pid" 2>/dev/null; then
-    echo "a server exited at start (${LOG_OF[$pid]}):" >&2; tail -n 5 "${LOG_OF[$pid]}" >&2; exit 1
   fi
 done
 
@@ -240,9 +237,12 @@ sweep_run() { # target workload clients value configuration
   run "$1" "$2" "$3" "$4" "$5" "$RESULTS/sweep/$1-$2-c$3-v$4-n$5.json" "$SWEEP_WARMUP" "$SWEEP_DURATION"
 }
 
-# 1. the sweep of the client configurations on the default clusters (one configuration
-#    too: its run is what the -t1 run of 1b is compared with): raftkv's configuration i,
-#    etcd's i, raftkv's i+1, ..., then the rest of the longer list
+# 1. per row, the sweep of the client configurations on the default clusters (one
+#    configuration too: its run is what the -t1 run of 1b is compared with): raftkv's
+#    configuration i, etcd's i, raftkv's i+1, ..., then the rest of the longer list;
+#    1b. right after it (so that both meet the same machine state), the servers'
+#    thread setting: each store's best of 1 once more on its one-thread cluster
+declare -A CANDIDATES # by "<target> <workload> <clients> <value>": the configurations swept
 for key in "${KEYS[@]}"; do
   read -r w c v <<<"$key"
   mapfile -t rk < <(configs_for raftkv "$c")
@@ -255,13 +255,6 @@ for key in "${KEYS[@]}"; do
       if [ -n "$cfg" ]; then sweep_run "$t" "$w" "$c" "$v" "$cfg"; fi
     done
   done
-done
-
-# 1b. the servers' thread setting: each store's best client configuration of 1 once
-#     more on its one-thread cluster, raftkv then etcd
-declare -A CANDIDATES # by "<target> <workload> <clients> <value>": the configurations swept
-for key in "${KEYS[@]}"; do
-  read -r w c v <<<"$key"
   for t in raftkv etcd; do
     bk="$t $key"; CANDIDATES[$bk]=$(configs_for "$t" "$c" | tr '\n' ' ')
     # shellcheck disable=SC2086 # the configurations are words
