@@ -162,7 +162,7 @@ pub const TASKS: &[Task] = &[
     Task {
         name: "bench-etcd",
         args: "[--quick]",
-        about: "raftkv and etcd side by side, same durability and workloads (bench/compare-etcd.sh; --quick: ~1 minute)",
+        about: "raftkv and etcd side by side, same durability and workloads (bench/compare-etcd.sh; --quick: ~2 minutes, full: ~23)",
         needs: &[
             CARGO,
             PYTHON,
