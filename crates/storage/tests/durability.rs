@@ -18,6 +18,20 @@ fn request(index: u64) -> WriteRequest {
     WriteRequest { entries: entries(index..=index, 1), hard_state: Some(hs(1, Some(1), index.saturating_sub(1))) }
 }
 
+/// A writer on a disk whose faults the returned handle switches on.
+fn writer_on_a_faulty_disk(dir: &std::path::Path) -> (FaultyFs, GroupCommitWriter) {
+    let fs = FaultyFs::new();
+    let (s, _) = open_with(dir, &fs, 1 << 20);
+    (fs, GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap())
+}
+
+/// A writer whose every fsync takes 20 ms longer.
+fn writer_on_a_slow_disk(dir: &std::path::Path) -> GroupCommitWriter {
+    let (fs, writer) = writer_on_a_faulty_disk(dir);
+    fs.set_fsync_delay(Duration::from_millis(20));
+    writer
+}
+
 /// Submits and waits for the result.
 fn submit_wait(writer: &GroupCommitWriter, req: WriteRequest) -> Result<BatchReport, StorageError> {
     let (tx, rx) = mpsc::channel();
@@ -167,9 +181,7 @@ fn group_commit_batches_concurrent_writers() {
 #[test]
 fn group_commit_fails_the_batch_and_every_later_request_after_a_failed_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::new();
-    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
-    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let (fs, writer) = writer_on_a_faulty_disk(dir.path());
     submit_wait(&writer, request(1)).unwrap();
 
     fs.fail_all_fsyncs();
@@ -267,11 +279,8 @@ fn group_commit_stats_are_the_storage_totals() {
 #[test]
 fn dropping_the_writer_waits_for_the_queued_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::new();
-    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
     // A slow disk: the writer is still busy when drop is called.
-    fs.set_fsync_delay(Duration::from_millis(20));
-    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let writer = writer_on_a_slow_disk(dir.path());
     let done = Arc::new(AtomicUsize::new(0));
     for i in 1..=3 {
         let done = done.clone();
@@ -326,11 +335,8 @@ fn write_here_is_durable_and_mixes_with_queued_writes() {
 #[test]
 fn write_here_waits_for_the_jobs_queued_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::new();
-    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
     // A slow disk keeps the queued writes waiting when write_here is called.
-    fs.set_fsync_delay(Duration::from_millis(20));
-    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let writer = writer_on_a_slow_disk(dir.path());
     let (tx, rx) = mpsc::channel();
     for i in 1..=3 {
         let tx = tx.clone();
@@ -348,9 +354,7 @@ fn write_here_waits_for_the_jobs_queued_before_it() {
 #[test]
 fn write_here_after_a_failed_fsync_fails_every_later_write() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::new();
-    let (s, _) = open_with(dir.path(), &fs, 1 << 20);
-    let writer = GroupCommitWriter::spawn(s, GroupCommitOptions::default()).unwrap();
+    let (fs, writer) = writer_on_a_faulty_disk(dir.path());
     writer.write_here(request(1)).unwrap();
     fs.fail_all_fsyncs();
     let err = writer.write_here(request(2)).unwrap_err();
