@@ -72,10 +72,6 @@ pub(crate) const CLIENT_QUEUE: usize = 4096;
 /// Requests one connection may have in flight.
 const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
 
-/// Runs a node until SIGTERM or Ctrl-C, as `raftkv-server` does: sets up logging and
-/// OpenTelemetry export ([`init_telemetry`]), resolves the flags, binds `--listen` and
-/// calls [`serve`]; flushes the spans still queued before it returns. With
-/// `--check-args` it prints what the flags resolve to ([`check_args`]) and returns.
 /// The runtime `args` ask for: tokio's multi-threaded runtime with `--worker-threads`
 /// threads (tokio's default, one per CPU available, without it).
 pub fn runtime(args: &ServerArgs) -> std::io::Result<tokio::runtime::Runtime> {
@@ -87,6 +83,10 @@ pub fn runtime(args: &ServerArgs) -> std::io::Result<tokio::runtime::Runtime> {
     builder.build()
 }
 
+/// Runs a node until SIGTERM or Ctrl-C, as `raftkv-server` does: sets up logging and
+/// OpenTelemetry export ([`init_telemetry`]), resolves the flags, binds `--listen` and
+/// calls [`serve`]; flushes the spans still queued before it returns. With
+/// `--check-args` it prints what the flags resolve to ([`check_args`]) and returns.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if args.check_args {
         let resolved = check_args(&args).map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
