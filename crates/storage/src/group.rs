@@ -65,6 +65,21 @@ enum Job {
     Commit(WrittenSnapshot, CommitCallback),
 }
 
+impl Job {
+    /// Answers the job with `error` without doing it (a written snapshot's file is
+    /// removed).
+    fn fail(self, error: StorageError, snaps: &SnapDir) {
+        match self {
+            Job::Write(_, done) => done(Err(error)),
+            Job::Snapshot(_, done) => done(Err(error)),
+            Job::Commit(written, done) => {
+                snaps.discard(written);
+                done(Err(error))
+            }
+        }
+    }
+}
+
 /// Owns a [`DiskStorage`] on a dedicated thread and commits requests in batches.
 ///
 /// After a failed write or fsync the writer fails that batch and every later request:
@@ -93,10 +108,10 @@ impl GroupCommitWriter {
         let wal_dir = storage.wal_dir().to_path_buf();
         let storage = Arc::new(Mutex::new(storage));
         let queued = Arc::new(AtomicUsize::new(0));
-        let (theirs, their_queued) = (storage.clone(), queued.clone());
+        let (theirs, their_queued, their_snaps) = (storage.clone(), queued.clone(), snaps.clone());
         let thread = thread::Builder::new()
             .name("raftkv-wal".into())
-            .spawn(move || run(&theirs, &their_queued, &rx, opts))
+            .spawn(move || run(&theirs, &their_queued, &their_snaps, &rx, opts))
             .map_err(|e| StorageError::io("spawn writer thread", wal_dir, e))?;
         Ok(GroupCommitWriter { tx: Some(tx), thread: Some(thread), storage: Some(storage), queued, counters, snaps })
     }
@@ -151,14 +166,7 @@ impl GroupCommitWriter {
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(rejected) = tx.send(job) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            match rejected.0 {
-                Job::Write(_, done) => done(Err(StorageError::Closed)),
-                Job::Snapshot(_, done) => done(Err(StorageError::Closed)),
-                Job::Commit(written, done) => {
-                    self.snaps.discard(written);
-                    done(Err(StorageError::Closed))
-                }
-            }
+            rejected.0.fail(StorageError::Closed, &self.snaps);
         }
     }
 
@@ -201,7 +209,13 @@ fn lock(storage: &Mutex<DiskStorage>) -> Result<MutexGuard<'_, DiskStorage>, Sto
 }
 
 /// The writer thread: one batch per iteration until every sender is gone.
-fn run(storage: &Mutex<DiskStorage>, queued: &AtomicUsize, rx: &Receiver<Job>, opts: GroupCommitOptions) {
+fn run(
+    storage: &Mutex<DiskStorage>,
+    queued: &AtomicUsize,
+    snaps: &SnapDir,
+    rx: &Receiver<Job>,
+    opts: GroupCommitOptions,
+) {
     let mut carried = None;
     loop {
         let job = match carried.take() {
@@ -211,7 +225,10 @@ fn run(storage: &Mutex<DiskStorage>, queued: &AtomicUsize, rx: &Receiver<Job>, o
                 Err(_) => return,
             },
         };
-        let Ok(mut storage) = lock(storage) else { return fail_all(job, rx) };
+        let mut storage = match lock(storage) {
+            Ok(storage) => storage,
+            Err(e) => return fail_all(job, rx, &e, snaps),
+        };
         let jobs = match job {
             Job::Snapshot(snapshot, done) => {
                 done(storage.save_snapshot(&snapshot));
@@ -234,15 +251,11 @@ fn run(storage: &Mutex<DiskStorage>, queued: &AtomicUsize, rx: &Receiver<Job>, o
     }
 }
 
-/// After a callback panicked with the storage locked: `job` and every later one fail.
-fn fail_all(job: Job, rx: &Receiver<Job>) {
+/// After a callback panicked with the storage locked: `job` and every later one fail
+/// with `error`.
+fn fail_all(job: Job, rx: &Receiver<Job>, error: &StorageError, snaps: &SnapDir) {
     for job in std::iter::once(job).chain(rx.iter()) {
-        let failed = || StorageError::Failed { reason: "a storage writer callback panicked".into() };
-        match job {
-            Job::Write(_, done) => done(Err(failed())),
-            Job::Snapshot(_, done) => done(Err(failed())),
-            Job::Commit(_, done) => done(Err(failed())),
-        }
+        job.fail(error.clone(), snaps);
     }
 }
 
