@@ -34,11 +34,12 @@ import sys
 
 TARGETS = ("raftkv", "etcd")
 WORKLOADS = {"write": ("write-only", 0.0), "read": ("linearizable read", 1.0), "mixed": ("50/50", 0.5)}
+# A configuration. -t0 is not a thread count: the default is the absence of -t<T>, so
+# that one setting has one name.
+CONFIG_PATTERN = r"(?P<n>\d+)(?:-b(?P<k>\d+))?(?:-t(?P<t>[1-9]\d*))?"
 NAME = re.compile(r"^(?P<target>raftkv|etcd)-(?P<w>write|read|mixed)-c(?P<c>\d+)-v(?P<v>\d+)"
-                  r"-n(?P<cfg>(?P<n>\d+)(?:-b(?P<k>\d+))?(?:-t(?P<t>[1-9]\d*))?)(?:-r(?P<r>\d+))?\.json$")
-# -t0 is not a thread count: the default is the absence of -t<T>, so that one setting
-# has one name.
-CONFIG = re.compile(r"^(\d+)(?:-b(\d+))?(?:-t([1-9]\d*))?$")
+                  rf"-n(?P<cfg>{CONFIG_PATTERN})(?:-r(?P<r>\d+))?\.json$")
+CONFIG = re.compile(rf"^{CONFIG_PATTERN}$")
 
 
 class BadReport(Exception):
@@ -51,7 +52,7 @@ def parse_config(cfg):
     m = CONFIG.match(str(cfg))
     if not m:
         raise BadReport(f"{cfg!r}: not a configuration (<connections>[-b<batches in flight>][-t<server threads>])")
-    return int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
+    return int(m["n"]), int(m["k"] or 0), int(m["t"] or 0)
 
 
 def label(cfg, short=False):
